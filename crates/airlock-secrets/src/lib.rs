@@ -1,0 +1,117 @@
+//! Secret material and where it comes from.
+//!
+//! Invariant I2 lives here: [`Secret`] has no `Debug`, `Display` or `Serialize` that reveals it,
+//! is zeroized on drop and compares in constant time. Its bytes leave this crate through exactly
+//! one method, [`Secret::expose_to_upstream`], which only the provider adapters call when they
+//! build the outgoing request.
+#![warn(missing_docs)]
+
+mod keyed;
+mod reference;
+
+pub use keyed::{random_token, HmacKey};
+pub use reference::{ResolveError, SecretRef};
+
+use secrecy::{ExposeSecret, SecretString};
+use std::fmt;
+use subtle::ConstantTimeEq;
+
+/// A provider key or any other secret value. It cannot be printed, serialized or cloned
+/// implicitly; its memory is wiped when it is dropped.
+pub struct Secret(SecretString);
+
+impl Secret {
+    /// Wraps a value; the `String` is moved in and zeroized with the `Secret`.
+    pub fn new(value: String) -> Self {
+        Secret(SecretString::from(value))
+    }
+
+    /// The secret's bytes, for the one place that needs them: the header of an outgoing
+    /// request to the provider (and the scanner's inventory match, which compares fingerprints).
+    pub fn expose_to_upstream(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// Constant-time comparison with another secret.
+    pub fn ct_eq(&self, other: &Secret) -> bool {
+        self.0
+            .expose_secret()
+            .as_bytes()
+            .ct_eq(other.0.expose_secret().as_bytes())
+            .into()
+    }
+
+    /// The keyed fingerprint that identifies this secret in the inventory without revealing it.
+    pub fn fingerprint(&self, key: &HmacKey) -> String {
+        key.fingerprint(self.0.expose_secret().as_bytes())
+    }
+
+    /// The last four characters (shown in the inventory, as providers' consoles do).
+    /// Secrets shorter than 12 characters show nothing.
+    pub fn last4(&self) -> String {
+        let s = self.0.expose_secret();
+        let n = s.chars().count();
+        if n < 12 {
+            return String::new();
+        }
+        s.chars().skip(n - 4).collect()
+    }
+
+    /// Length in bytes (for validation messages; never the content).
+    pub fn len(&self) -> usize {
+        self.0.expose_secret().len()
+    }
+
+    /// Whether the secret is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.expose_secret().is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let canary = format!("canary-{}", random_token(16));
+        let s = Secret::new(canary.clone());
+        let shown = format!("{s:?} {:?}", Some(&s));
+        assert!(!shown.contains(&canary), "{shown}");
+        assert!(shown.contains("redacted"));
+    }
+
+    #[test]
+    fn constant_time_equality() {
+        let a = Secret::new("abcdefgh".into());
+        assert!(a.ct_eq(&Secret::new("abcdefgh".into())));
+        assert!(!a.ct_eq(&Secret::new("abcdefgi".into())));
+        assert!(!a.ct_eq(&Secret::new("abc".into())));
+    }
+
+    #[test]
+    fn last4_and_fingerprint() {
+        let key = HmacKey::generate();
+        let s = Secret::new("0123456789abcdefWXYZ".into());
+        assert_eq!(s.last4(), "WXYZ");
+        assert_eq!(Secret::new("short".into()).last4(), "");
+        let fp = s.fingerprint(&key);
+        assert!(fp.starts_with("hmac-sha256:"));
+        assert_eq!(
+            fp,
+            Secret::new("0123456789abcdefWXYZ".into()).fingerprint(&key)
+        );
+        assert_ne!(
+            fp,
+            s.fingerprint(&HmacKey::generate()),
+            "fingerprints are keyed"
+        );
+        assert!(!fp.contains("WXYZ"));
+    }
+}

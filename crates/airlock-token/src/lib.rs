@@ -1,0 +1,645 @@
+//! airlock's client tokens: Biscuit (Ed25519) tokens that clients hold instead of provider keys.
+//!
+//! A token's authority block carries its id, subject, environment, allowed models (globs),
+//! allowed credentials and expiry, both as facts (to read them) and as checks (to enforce them):
+//!
+//! ```text
+//! token_id("tok_…"); subject("…"); env("prod"); model("gpt-*"); expires(2026-…Z);
+//! check if time($t), $t <= 2026-…Z;
+//! check if request_env("prod");
+//! check if request_model($m), $m.matches("^(?:gpt-.*)$");
+//! check if request_credential($c), {"openai-prod"}.contains($c);   // only when restricted
+//! ```
+//!
+//! Any holder can append a block with more checks ([`attenuate`]); checks only ever narrow.
+//! User-supplied strings reach Datalog only as parameters, never spliced into source.
+//!
+//! [`Verifier`] checks the signature once per distinct token and caches the result (bounded,
+//! keyed by the SHA-256 of the token, expiring with the token); the Datalog decision for each
+//! (model, credential) pair is cached on the verified token, so the hot path runs no Datalog
+//! for a token it has seen. Tokens whose appended blocks use time in a form other than the
+//! canonical `check if time($t), $t <= DATE` are evaluated in full on every request.
+#![warn(missing_docs)]
+
+pub mod glob;
+mod keys;
+
+pub use keys::{parse_public_key, write_private, KeyRing};
+
+use biscuit_auth::builder::{self, AuthorizerBuilder, BlockBuilder, Term};
+use biscuit_auth::{error, Biscuit, UnverifiedBiscuit};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Every airlock token starts with this, so scanners and people can tell what it is.
+pub const TOKEN_PREFIX: &str = "alk_tok_";
+/// Hard ceiling on a client token's lifetime (invariant I3).
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Lifetime when none is asked for.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+const MAX_TOKEN_LEN: usize = 16 * 1024;
+const MAX_BLOCKS: usize = 16;
+
+/// Why a token was refused or could not be made. Messages say what to do and never contain
+/// the token itself.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// Not a well-formed airlock token.
+    #[error("invalid token: {0}")]
+    Malformed(String),
+    /// The signature does not verify, or the key id is unknown.
+    #[error("invalid token: the signature does not verify against this server's keys")]
+    Forged,
+    /// Past its expiry.
+    #[error("token expired at {0}; mint a new one")]
+    Expired(String),
+    /// Revoked by an administrator.
+    #[error("token {0} has been revoked")]
+    Revoked(String),
+    /// Valid, but its scope does not cover this request.
+    #[error("{0}")]
+    Denied(String),
+    /// Bad arguments to mint or attenuate.
+    #[error("{0}")]
+    Invalid(String),
+    /// Key files.
+    #[error("key error: {0}")]
+    Keys(String),
+}
+
+impl TokenError {
+    /// Whether the client should see 401 (identity) rather than 403 (scope).
+    pub fn is_authentication(&self) -> bool {
+        !matches!(self, TokenError::Denied(_))
+    }
+}
+
+/// What a new token may do.
+#[derive(Debug, Clone)]
+pub struct MintOptions {
+    /// Who or what the token is for (a person, a service account, a workload identity).
+    pub subject: String,
+    /// Environment tag; only credentials with the same tag serve it (I4).
+    pub env: String,
+    /// Allowed model globs (at least one; `*` allows every model).
+    pub models: Vec<String>,
+    /// Allowed credential names; empty means any credential of the environment.
+    pub credentials: Vec<String>,
+    /// Lifetime, at most [`MAX_TTL`].
+    pub ttl: Duration,
+}
+
+/// A freshly minted token.
+#[derive(Debug, Clone, Serialize)]
+pub struct Minted {
+    /// The token string to hand to the client (`alk_tok_…`).
+    pub token: String,
+    /// Its id, for revocation and audit.
+    pub id: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// Id of the root key that signed it.
+    pub key_id: u32,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// RFC 3339 UTC rendering of unix seconds.
+pub fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+fn lang(e: error::Token) -> TokenError {
+    TokenError::Invalid(format!("cannot build token: {e}"))
+}
+
+fn string_set(items: &[String]) -> Term {
+    Term::Set(
+        items
+            .iter()
+            .map(|s| builder::string(s))
+            .collect::<BTreeSet<_>>(),
+    )
+}
+
+fn params(list: &[(&str, Term)]) -> HashMap<String, Term> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+fn validate_name(kind: &str, s: &str) -> Result<(), TokenError> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@' | '/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(TokenError::Invalid(format!(
+            "{kind} `{s}` must be 1-128 characters of letters, digits and -_.:@/"
+        )))
+    }
+}
+
+/// Mints a token signed by the ring's signing key.
+pub fn mint(keys: &KeyRing, o: &MintOptions, now: SystemTime) -> Result<Minted, TokenError> {
+    if o.ttl.is_zero() || o.ttl > MAX_TTL {
+        return Err(TokenError::Invalid(format!(
+            "ttl must be between 1s and 24h (asked for {})",
+            humantime::format_duration(o.ttl)
+        )));
+    }
+    validate_name("environment", &o.env)?;
+    if o.subject.is_empty() || o.subject.len() > 256 {
+        return Err(TokenError::Invalid(
+            "subject must be 1-256 characters".into(),
+        ));
+    }
+    let models = glob::parse_list(&o.models).map_err(|e| TokenError::Invalid(e.to_string()))?;
+    if models.is_empty() {
+        return Err(TokenError::Invalid(
+            "a token needs at least one --model pattern (use '*' for every model)".into(),
+        ));
+    }
+    for c in &o.credentials {
+        validate_name("credential", c)?;
+    }
+    let id = format!("tok_{}", airlock_secrets::random_token(12));
+    let exp = unix(now) + o.ttl.as_secs();
+    let exp_t = UNIX_EPOCH + Duration::from_secs(exp);
+    let model_strs: Vec<&str> = models.iter().map(|g| g.as_str()).collect();
+    let (kp, kid) = keys.signing();
+
+    let mut b = Biscuit::builder()
+        .fact(builder::fact("airlock_token", &[builder::int(1)]))
+        .and_then(|b| b.fact(builder::fact("token_id", &[builder::string(&id)])))
+        .and_then(|b| b.fact(builder::fact("subject", &[builder::string(&o.subject)])))
+        .and_then(|b| b.fact(builder::fact("env", &[builder::string(&o.env)])))
+        .and_then(|b| b.fact(builder::fact("expires", &[builder::date(&exp_t)])))
+        .map_err(lang)?;
+    for m in &model_strs {
+        b = b
+            .fact(builder::fact("model", &[builder::string(m)]))
+            .map_err(lang)?;
+    }
+    for c in &o.credentials {
+        b = b
+            .fact(builder::fact("credential", &[builder::string(c)]))
+            .map_err(lang)?;
+    }
+    let mut code = String::from(
+        "check if time($t), $t <= {exp};\n\
+         check if request_env({env});\n\
+         check if request_model($m), $m.matches({re});\n",
+    );
+    if !o.credentials.is_empty() {
+        code.push_str("check if request_credential($c), {creds}.contains($c);\n");
+    }
+    let p = params(&[
+        ("exp", builder::date(&exp_t)),
+        ("env", builder::string(&o.env)),
+        ("re", builder::string(&glob::anchored(&model_strs))),
+        ("creds", string_set(&o.credentials)),
+    ]);
+    let token = b
+        .code_with_params(code, p, HashMap::new())
+        .map_err(lang)?
+        .root_key_id(kid)
+        .build(kp)
+        .map_err(lang)?;
+    let b64 = token.to_base64().map_err(lang)?;
+    Ok(Minted {
+        token: format!("{TOKEN_PREFIX}{}", b64.trim_end_matches('=')),
+        id,
+        expires_at: exp,
+        key_id: kid,
+    })
+}
+
+fn decode(token: &str) -> Result<String, TokenError> {
+    let t = token.trim();
+    if t.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::Malformed("token is too long".into()));
+    }
+    let body = t.strip_prefix(TOKEN_PREFIX).ok_or_else(|| {
+        TokenError::Malformed("not an airlock token (airlock tokens start with alk_tok_)".into())
+    })?;
+    if !body
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    {
+        return Err(TokenError::Malformed(
+            "token holds characters outside base64url".into(),
+        ));
+    }
+    let mut padded = body.to_string();
+    while padded.len() % 4 != 0 {
+        padded.push('=');
+    }
+    Ok(padded)
+}
+
+fn encode(b64: &str) -> String {
+    format!("{TOKEN_PREFIX}{}", b64.trim_end_matches('='))
+}
+
+/// Narrows a token offline: the result allows at most the given models, credentials and
+/// lifetime, and never more than the original. Needs no key and no server.
+pub fn attenuate(
+    token: &str,
+    models: &[String],
+    credentials: &[String],
+    ttl: Option<Duration>,
+    now: SystemTime,
+) -> Result<String, TokenError> {
+    let unverified = UnverifiedBiscuit::from_base64(decode(token)?)
+        .map_err(|_| TokenError::Malformed("cannot decode the token".into()))?;
+    if unverified.block_count() >= MAX_BLOCKS {
+        return Err(TokenError::Invalid(format!(
+            "a token may have at most {MAX_BLOCKS} blocks"
+        )));
+    }
+    let models = glob::parse_list(models).map_err(|e| TokenError::Invalid(e.to_string()))?;
+    for c in credentials {
+        validate_name("credential", c)?;
+    }
+    if models.is_empty() && credentials.is_empty() && ttl.is_none() {
+        return Err(TokenError::Invalid(
+            "nothing to narrow: give --model, --credential or --ttl".into(),
+        ));
+    }
+    let mut code = String::new();
+    let mut p = Vec::new();
+    if let Some(ttl) = ttl {
+        if ttl.is_zero() || ttl > MAX_TTL {
+            return Err(TokenError::Invalid("ttl must be between 1s and 24h".into()));
+        }
+        let exp = UNIX_EPOCH + Duration::from_secs(unix(now) + ttl.as_secs());
+        code.push_str("check if time($t), $t <= {exp};\n");
+        p.push(("exp", builder::date(&exp)));
+    }
+    if !models.is_empty() {
+        let strs: Vec<&str> = models.iter().map(|g| g.as_str()).collect();
+        code.push_str("check if request_model($m), $m.matches({re});\n");
+        p.push(("re", builder::string(&glob::anchored(&strs))));
+    }
+    if !credentials.is_empty() {
+        code.push_str("check if request_credential($c), {creds}.contains($c);\n");
+        p.push(("creds", string_set(credentials)));
+    }
+    let block = BlockBuilder::new()
+        .code_with_params(code, params(&p), HashMap::new())
+        .map_err(lang)?;
+    let narrowed = unverified.append(block).map_err(lang)?;
+    Ok(encode(&narrowed.to_base64().map_err(lang)?))
+}
+
+/// The expiries set by canonical time checks in a block's source, or `None` when the block
+/// refers to time in any other way (then its decisions cannot be cached).
+fn block_expiries(src: &str) -> Option<Vec<u64>> {
+    let mut out = Vec::new();
+    for stmt in src
+        .split(';')
+        .map(str::trim)
+        .filter(|s| s.contains("time("))
+    {
+        let rest = stmt.strip_prefix("check if time($t), $t <= ")?;
+        let t = humantime::parse_rfc3339(rest.trim()).ok()?;
+        out.push(unix(t));
+    }
+    Some(out)
+}
+
+/// What a token says, read without verifying its signature (for `token attenuate --json`
+/// and diagnostics). Never trust this for authorization.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    /// Number of blocks (1 = not attenuated).
+    pub blocks: usize,
+    /// Root key id.
+    pub key_id: Option<u32>,
+    /// Earliest canonical expiry across all blocks (unix seconds), if readable.
+    pub expires_at: Option<u64>,
+    /// Datalog source of each block.
+    pub source: Vec<String>,
+}
+
+/// Reads a token without verifying it.
+pub fn inspect(token: &str) -> Result<Inspection, TokenError> {
+    let u = UnverifiedBiscuit::from_base64(decode(token)?)
+        .map_err(|_| TokenError::Malformed("cannot decode the token".into()))?;
+    let mut source = Vec::new();
+    let mut exp: Option<u64> = None;
+    for i in 0..u.block_count() {
+        let s = u.print_block_source(i).map_err(lang)?;
+        if let Some(v) = block_expiries(&s) {
+            for e in v {
+                exp = Some(exp.map_or(e, |x| x.min(e)));
+            }
+        }
+        source.push(s);
+    }
+    Ok(Inspection {
+        blocks: u.block_count(),
+        key_id: u.root_key_id(),
+        expires_at: exp,
+        source,
+    })
+}
+
+/// A token whose signature verified, with the claims of its authority block.
+pub struct Verified {
+    /// SHA-256 of the token string (the cache key; safe to log as a short prefix).
+    pub hash: [u8; 32],
+    /// Token id (from the authority block).
+    pub id: String,
+    /// Subject.
+    pub subject: String,
+    /// Environment.
+    pub env: String,
+    /// Allowed model globs of the authority block (attenuation may narrow further).
+    pub models: Vec<String>,
+    /// Allowed credentials of the authority block (empty: any of the environment).
+    pub credentials: Vec<String>,
+    /// Earliest expiry over all blocks, unix seconds.
+    pub expires_at: u64,
+    /// Number of blocks; > 1 means attenuated.
+    pub blocks: usize,
+    cacheable: bool,
+    biscuit: Biscuit,
+    decisions: Mutex<Vec<Decision>>,
+}
+
+impl std::fmt::Debug for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verified")
+            .field("id", &self.id)
+            .field("env", &self.env)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+const DECISIONS_PER_TOKEN: usize = 64;
+
+/// A cached Datalog outcome: (model, credential, allowed or the refusal's message).
+type Decision = (String, String, Result<(), String>);
+
+/// What one request asks of a token.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The model asked for.
+    pub model: &'a str,
+    /// The credential that would serve it.
+    pub credential: &'a str,
+    /// That credential's environment.
+    pub credential_env: &'a str,
+}
+
+/// Verifies tokens against a key ring, with a bounded cache.
+pub struct Verifier {
+    keys: Arc<KeyRing>,
+    cache: quick_cache::sync::Cache<[u8; 32], Arc<Verified>>,
+}
+
+impl Verifier {
+    /// A verifier holding at most `capacity` verified tokens.
+    pub fn new(keys: Arc<KeyRing>, capacity: usize) -> Self {
+        Verifier {
+            keys,
+            cache: quick_cache::sync::Cache::new(capacity.max(16)),
+        }
+    }
+
+    /// The key ring in use.
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// Checks the token's signature and expiry and reads its claims; cached per token.
+    pub fn verify(&self, token: &str, now: SystemTime) -> Result<Arc<Verified>, TokenError> {
+        let hash: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        let now_s = unix(now);
+        if let Some(v) = self.cache.get(&hash) {
+            if now_s > v.expires_at {
+                let _ = self.cache.remove(&hash);
+                return Err(TokenError::Expired(rfc3339(v.expires_at)));
+            }
+            return Ok(v);
+        }
+        let v = Arc::new(self.verify_uncached(token, hash)?);
+        if now_s > v.expires_at {
+            return Err(TokenError::Expired(rfc3339(v.expires_at)));
+        }
+        self.cache.insert(hash, v.clone());
+        Ok(v)
+    }
+
+    fn verify_uncached(&self, token: &str, hash: [u8; 32]) -> Result<Verified, TokenError> {
+        let b64 = decode(token)?;
+        let keys = self.keys.clone();
+        let biscuit = Biscuit::from_base64(&b64, move |kid: Option<u32>| {
+            keys.public(kid).ok_or(error::Format::UnknownPublicKey)
+        })
+        .map_err(|e| match e {
+            error::Token::Format(error::Format::Signature(_))
+            | error::Token::Format(error::Format::UnknownPublicKey) => TokenError::Forged,
+            _ => TokenError::Malformed("cannot decode the token".into()),
+        })?;
+        if biscuit.block_count() > MAX_BLOCKS {
+            return Err(TokenError::Malformed(format!(
+                "more than {MAX_BLOCKS} blocks"
+            )));
+        }
+        let mut az = AuthorizerBuilder::new()
+            .set_limits(limits())
+            .build(&biscuit)
+            .map_err(|_| TokenError::Malformed("cannot load the token".into()))?;
+        let one = |az: &mut biscuit_auth::Authorizer, pred: &str| -> Vec<String> {
+            let rule = format!("q($x) <- {pred}($x)");
+            az.query(rule.as_str())
+                .map(|v: Vec<(String,)>| v.into_iter().map(|(s,)| s).collect())
+                .unwrap_or_default()
+        };
+        let id = one(&mut az, "token_id");
+        let subject = one(&mut az, "subject");
+        let env = one(&mut az, "env");
+        let mut models = one(&mut az, "model");
+        let mut credentials = one(&mut az, "credential");
+        let expires: Vec<(SystemTime,)> = az
+            .query("q($x) <- expires($x)")
+            .map_err(|_| TokenError::Malformed("token has no expiry".into()))?;
+        if [id.len(), subject.len(), env.len(), expires.len()] != [1, 1, 1, 1] {
+            return Err(TokenError::Malformed(
+                "token must carry exactly one id, subject, environment and expiry".into(),
+            ));
+        }
+        let (Some(id), Some(subject), Some(env), Some((exp,))) =
+            (id.first(), subject.first(), env.first(), expires.first())
+        else {
+            return Err(TokenError::Malformed(
+                "token lacks airlock's authority facts (id, subject, env, expiry)".into(),
+            ));
+        };
+        models.sort();
+        credentials.sort();
+        let mut expires_at = unix(*exp);
+        let mut cacheable = true;
+        for i in 1..biscuit.block_count() {
+            let src = biscuit.print_block_source(i).map_err(lang)?;
+            match block_expiries(&src) {
+                Some(v) => {
+                    for e in v {
+                        expires_at = expires_at.min(e);
+                    }
+                }
+                None => cacheable = false,
+            }
+        }
+        Ok(Verified {
+            hash,
+            id: id.clone(),
+            subject: subject.clone(),
+            env: env.clone(),
+            models,
+            credentials,
+            expires_at,
+            blocks: biscuit.block_count(),
+            cacheable,
+            biscuit,
+            decisions: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Runs the token's checks (every block's) for one request. The decision is cached on the
+    /// verified token per (model, credential) unless the token's time checks are non-canonical.
+    pub fn authorize(
+        &self,
+        v: &Verified,
+        r: Request<'_>,
+        now: SystemTime,
+    ) -> Result<(), TokenError> {
+        if unix(now) > v.expires_at {
+            return Err(TokenError::Expired(rfc3339(v.expires_at)));
+        }
+        if v.cacheable {
+            if let Ok(d) = v.decisions.lock() {
+                if let Some((_, _, res)) =
+                    d.iter().find(|(m, c, _)| m == r.model && c == r.credential)
+                {
+                    return res.clone().map_err(TokenError::Denied);
+                }
+            }
+        }
+        let res = run_checks(v, r, now);
+        match &res {
+            Err(TokenError::Denied(msg)) if v.cacheable => self.remember(v, r, Err(msg.clone())),
+            Ok(()) if v.cacheable => self.remember(v, r, Ok(())),
+            _ => {}
+        }
+        res
+    }
+
+    fn remember(&self, v: &Verified, r: Request<'_>, res: Result<(), String>) {
+        if let Ok(mut d) = v.decisions.lock() {
+            if d.len() >= DECISIONS_PER_TOKEN {
+                let _ = d.remove(0);
+            }
+            d.push((r.model.to_string(), r.credential.to_string(), res));
+        }
+    }
+
+    /// Forgets a cached token (after revocation the gateway refuses it before this matters,
+    /// but dropping it frees memory at once).
+    pub fn forget(&self, hash: &[u8; 32]) {
+        let _ = self.cache.remove(hash);
+    }
+}
+
+fn limits() -> biscuit_auth::AuthorizerLimits {
+    biscuit_auth::AuthorizerLimits {
+        max_facts: 1000,
+        max_iterations: 100,
+        // Generous: the default 1 ms trips on a loaded 2-core machine.
+        max_time: Duration::from_millis(50),
+    }
+}
+
+fn run_checks(v: &Verified, r: Request<'_>, now: SystemTime) -> Result<(), TokenError> {
+    let now_t = UNIX_EPOCH + Duration::from_secs(unix(now));
+    let mut az = AuthorizerBuilder::new()
+        .fact(builder::fact("time", &[builder::date(&now_t)]))
+        .and_then(|b| b.fact(builder::fact("request_model", &[builder::string(r.model)])))
+        .and_then(|b| {
+            b.fact(builder::fact(
+                "request_credential",
+                &[builder::string(r.credential)],
+            ))
+        })
+        .and_then(|b| {
+            b.fact(builder::fact(
+                "request_env",
+                &[builder::string(r.credential_env)],
+            ))
+        })
+        .and_then(|b| b.policy("allow if true"))
+        .map_err(lang)?
+        .set_limits(limits())
+        .build(&v.biscuit)
+        .map_err(|_| TokenError::Malformed("cannot load the token".into()))?;
+    match az.authorize() {
+        Ok(_) => Ok(()),
+        Err(error::Token::FailedLogic(
+            error::Logic::Unauthorized { checks, .. } | error::Logic::NoMatchingPolicy { checks },
+        )) => Err(explain(v, r, &checks)),
+        Err(error::Token::RunLimit(_)) => Err(TokenError::Denied(
+            "token checks exceed the evaluation limits".into(),
+        )),
+        Err(_) => Err(TokenError::Denied("token checks failed".into())),
+    }
+}
+
+fn explain(v: &Verified, r: Request<'_>, checks: &[error::FailedCheck]) -> TokenError {
+    let rules: Vec<String> = checks
+        .iter()
+        .map(|c| match c {
+            error::FailedCheck::Block(b) => b.rule.clone(),
+            error::FailedCheck::Authorizer(a) => a.rule.clone(),
+        })
+        .collect();
+    let any = |needle: &str| rules.iter().any(|s| s.contains(needle));
+    if any("time(") {
+        return TokenError::Expired("the time limit set when it was narrowed".into());
+    }
+    if any("request_env") {
+        return TokenError::Denied(format!(
+            "token is for environment `{}` and cannot use credential `{}` of environment `{}`",
+            v.env, r.credential, r.credential_env
+        ));
+    }
+    if any("request_model") {
+        return TokenError::Denied(format!(
+            "token does not allow model `{}` (allowed: {})",
+            r.model,
+            v.models.join(", ")
+        ));
+    }
+    if any("request_credential") {
+        return TokenError::Denied(format!(
+            "token does not allow credential `{}`",
+            r.credential
+        ));
+    }
+    TokenError::Denied("a check in the token refused this request".into())
+}
+
+#[cfg(test)]
+mod tests;

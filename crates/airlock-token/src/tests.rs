@@ -1,0 +1,237 @@
+use super::*;
+
+fn ring() -> (Arc<KeyRing>, std::path::PathBuf) {
+    let dir =
+        std::env::temp_dir().join(format!("airlock-tok-{}", airlock_secrets::random_token(6)));
+    KeyRing::generate(&dir, 1).unwrap();
+    (Arc::new(KeyRing::load(&dir, 1).unwrap()), dir)
+}
+
+fn opts(models: &[&str]) -> MintOptions {
+    MintOptions {
+        subject: "alice".into(),
+        env: "prod".into(),
+        models: models.iter().map(|s| s.to_string()).collect(),
+        credentials: vec![],
+        ttl: Duration::from_secs(600),
+    }
+}
+
+fn req<'a>(model: &'a str, cred: &'a str, env: &'a str) -> Request<'a> {
+    Request {
+        model,
+        credential: cred,
+        credential_env: env,
+    }
+}
+
+#[test]
+fn mint_verify_authorize() {
+    let (keys, _d) = ring();
+    let now = SystemTime::now();
+    let m = mint(&keys, &opts(&["gpt-4o*", "o1"]), now).unwrap();
+    assert!(m.token.starts_with(TOKEN_PREFIX));
+    assert!(!m.token.contains('='));
+    let ver = Verifier::new(keys.clone(), 100);
+    let v = ver.verify(&m.token, now).unwrap();
+    assert_eq!(v.id, m.id);
+    assert_eq!(v.env, "prod");
+    assert_eq!(v.subject, "alice");
+    assert_eq!(v.models, vec!["gpt-4o*".to_string(), "o1".to_string()]);
+    assert_eq!(v.expires_at, m.expires_at);
+    ver.authorize(&v, req("gpt-4o-mini", "c1", "prod"), now)
+        .unwrap();
+    ver.authorize(&v, req("o1", "c1", "prod"), now).unwrap();
+    // cached decision path gives the same answers
+    ver.authorize(&v, req("gpt-4o-mini", "c1", "prod"), now)
+        .unwrap();
+    let e = ver
+        .authorize(&v, req("o1-mini", "c1", "prod"), now)
+        .unwrap_err();
+    assert!(
+        matches!(e, TokenError::Denied(ref m) if m.contains("does not allow model")),
+        "{e}"
+    );
+    let e = ver
+        .authorize(&v, req("gpt-4o", "c1", "eval"), now)
+        .unwrap_err();
+    assert!(
+        matches!(e, TokenError::Denied(ref m) if m.contains("environment")),
+        "{e}"
+    );
+}
+
+#[test]
+fn expiry_is_enforced_including_cache() {
+    let (keys, _d) = ring();
+    let now = SystemTime::now();
+    let m = mint(&keys, &opts(&["*"]), now).unwrap();
+    let ver = Verifier::new(keys, 100);
+    let v = ver.verify(&m.token, now).unwrap();
+    ver.authorize(&v, req("x", "c", "prod"), now).unwrap();
+    let later = now + Duration::from_secs(601);
+    assert!(matches!(
+        ver.verify(&m.token, later),
+        Err(TokenError::Expired(_))
+    ));
+    assert!(matches!(
+        ver.authorize(&v, req("x", "c", "prod"), later),
+        Err(TokenError::Expired(_))
+    ));
+}
+
+#[test]
+fn forged_and_malformed_tokens_are_refused() {
+    let (keys, _d) = ring();
+    let (other, _d2) = ring();
+    let now = SystemTime::now();
+    let m = mint(&other, &opts(&["*"]), now).unwrap();
+    let ver = Verifier::new(keys.clone(), 100);
+    assert!(matches!(ver.verify(&m.token, now), Err(TokenError::Forged)));
+    // flip a character in the signature part
+    let good = mint(&keys, &opts(&["*"]), now).unwrap().token;
+    let mut bytes = good.clone().into_bytes();
+    let i = bytes.len() - 10;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    let bad = String::from_utf8(bytes).unwrap();
+    assert!(ver.verify(&bad, now).is_err());
+    for junk in ["", "alk_tok_", "Bearer x", "alk_tok_!!!!", "sk-not-a-token"] {
+        assert!(
+            matches!(ver.verify(junk, now), Err(TokenError::Malformed(_))),
+            "{junk}"
+        );
+    }
+    assert!(mint(
+        &keys,
+        &MintOptions {
+            ttl: Duration::from_secs(25 * 3600),
+            ..opts(&["*"])
+        },
+        now
+    )
+    .is_err());
+    assert!(mint(&keys, &opts(&[]), now).is_err());
+    assert!(mint(
+        &keys,
+        &MintOptions {
+            env: "p\"rod".into(),
+            ..opts(&["*"])
+        },
+        now
+    )
+    .is_err());
+}
+
+#[test]
+fn attenuation_narrows_and_cannot_widen() {
+    let (keys, _d) = ring();
+    let now = SystemTime::now();
+    let m = mint(&keys, &opts(&["gpt-*"]), now).unwrap();
+    let narrow = attenuate(
+        &m.token,
+        &["gpt-4o-mini".into()],
+        &[],
+        Some(Duration::from_secs(60)),
+        now,
+    )
+    .unwrap();
+    let ver = Verifier::new(keys.clone(), 100);
+    let v = ver.verify(&narrow, now).unwrap();
+    assert_eq!(
+        v.id, m.id,
+        "same token id: revoking the parent revokes the child"
+    );
+    assert_eq!(v.blocks, 2);
+    assert!(v.expires_at <= unix(now) + 60);
+    ver.authorize(&v, req("gpt-4o-mini", "c", "prod"), now)
+        .unwrap();
+    assert!(ver.authorize(&v, req("gpt-4o", "c", "prod"), now).is_err());
+    // "widening" by appending a broader block does not help: all blocks' checks apply
+    let wider = attenuate(
+        &narrow,
+        &["*".into()],
+        &[],
+        Some(Duration::from_secs(3600)),
+        now,
+    )
+    .unwrap();
+    let w = ver.verify(&wider, now).unwrap();
+    assert!(ver.authorize(&w, req("gpt-4o", "c", "prod"), now).is_err());
+    assert!(w.expires_at <= unix(now) + 60);
+    assert!(matches!(
+        ver.verify(&wider, now + Duration::from_secs(61)),
+        Err(TokenError::Expired(_))
+    ));
+    // credential narrowing
+    let only_c1 = attenuate(&m.token, &[], &["c1".into()], None, now).unwrap();
+    let c = ver.verify(&only_c1, now).unwrap();
+    ver.authorize(&c, req("gpt-4o", "c1", "prod"), now).unwrap();
+    assert!(ver.authorize(&c, req("gpt-4o", "c2", "prod"), now).is_err());
+    // attenuation needs no keys and refuses a no-op
+    assert!(attenuate(&m.token, &[], &[], None, now).is_err());
+    let i = inspect(&narrow).unwrap();
+    assert_eq!(i.blocks, 2);
+    assert_eq!(i.expires_at, Some(v.expires_at));
+}
+
+#[test]
+fn facts_in_appended_blocks_cannot_forge_claims() {
+    let (keys, _d) = ring();
+    let now = SystemTime::now();
+    let m = mint(&keys, &opts(&["gpt-4o"]), now).unwrap();
+    let u = UnverifiedBiscuit::from_base64(decode(&m.token).unwrap()).unwrap();
+    let block = BlockBuilder::new()
+        .code(r#"model("*"); env("eval"); token_id("tok_other"); expires(2099-01-01T00:00:00Z);"#)
+        .unwrap();
+    let t = encode(&u.append(block).unwrap().to_base64().unwrap());
+    let ver = Verifier::new(keys, 100);
+    let v = ver.verify(&t, now).unwrap();
+    assert_eq!(v.id, m.id);
+    assert_eq!(v.env, "prod");
+    assert_eq!(v.models, vec!["gpt-4o".to_string()]);
+    assert!(ver
+        .authorize(&v, req("gpt-4o-mini", "c", "prod"), now)
+        .is_err());
+    assert!(ver.authorize(&v, req("gpt-4o", "c", "eval"), now).is_err());
+}
+
+#[test]
+fn non_canonical_time_checks_are_evaluated_every_time() {
+    let (keys, _d) = ring();
+    let now = SystemTime::now();
+    let m = mint(&keys, &opts(&["*"]), now).unwrap();
+    let u = UnverifiedBiscuit::from_base64(decode(&m.token).unwrap()).unwrap();
+    let cutoff = UNIX_EPOCH + Duration::from_secs(unix(now) + 30);
+    let block = BlockBuilder::new()
+        .code_with_params(
+            "check if time($x), $x < {c};",
+            params(&[("c", builder::date(&cutoff))]),
+            HashMap::new(),
+        )
+        .unwrap();
+    let t = encode(&u.append(block).unwrap().to_base64().unwrap());
+    let ver = Verifier::new(keys, 100);
+    let v = ver.verify(&t, now).unwrap();
+    assert!(!v.cacheable);
+    ver.authorize(&v, req("m", "c", "prod"), now).unwrap();
+    assert!(ver
+        .authorize(&v, req("m", "c", "prod"), now + Duration::from_secs(40))
+        .is_err());
+}
+
+#[test]
+fn block_expiry_parsing() {
+    assert_eq!(
+        block_expiries("check if request_model($m), $m.matches(\"x\");"),
+        Some(vec![])
+    );
+    assert_eq!(
+        block_expiries("check if time($t), $t <= 2030-01-01T00:00:00Z;"),
+        Some(vec![1893456000])
+    );
+    assert_eq!(
+        block_expiries("check if time($t), $t >= 2030-01-01T00:00:00Z;"),
+        None
+    );
+    assert_eq!(block_expiries("r($t) <- time($t);"), None);
+}

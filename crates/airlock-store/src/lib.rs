@@ -1,1 +1,593 @@
+//! airlock's database. SQLite by default (one file, WAL mode); every query lives here so the
+//! rest of the code never writes SQL. No column ever holds a provider key (invariant I1).
+#![warn(missing_docs)]
 
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Database failures. Messages name the operation, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A row with this key exists already.
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// The database failed.
+    #[error("database error during {op}: {source}")]
+    Db {
+        /// What we were doing.
+        op: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Db { op, source }
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A credential as stored: where its key lives, never the key.
+#[derive(Debug, Clone, Serialize)]
+pub struct CredentialRow {
+    /// Unique name, e.g. `openai-prod`.
+    pub name: String,
+    /// `openai`, `anthropic`, `azure`, `openai-compatible`.
+    pub provider: String,
+    /// Environment tag.
+    pub env: String,
+    /// Secret reference (`env:NAME`, `file:/path`).
+    pub secret_ref: String,
+    /// Base URL override.
+    pub base_url: Option<String>,
+    /// Model globs this credential serves.
+    pub models: Vec<String>,
+    /// Lower is tried first.
+    pub priority: i64,
+    /// Keyed fingerprint of the key.
+    pub fingerprint: Option<String>,
+    /// Last four characters of the key.
+    pub last4: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub rotated_at: Option<i64>,
+    /// Unix milliseconds.
+    pub last_used_at: Option<i64>,
+    /// Suspended credentials serve nothing.
+    pub suspended: bool,
+}
+
+/// Metadata of a minted token.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenRow {
+    /// Token id.
+    pub id: String,
+    /// Subject.
+    pub subject: String,
+    /// Environment.
+    pub env: String,
+    /// Model globs.
+    pub models: Vec<String>,
+    /// Credential names (empty: any of the environment).
+    pub credentials: Vec<String>,
+    /// Root key id.
+    pub key_id: i64,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Unix milliseconds.
+    pub revoked_at: Option<i64>,
+    /// Admin key id that minted it.
+    pub minted_by: String,
+}
+
+/// An admin API key (hash only).
+#[derive(Debug, Clone)]
+pub struct AdminKeyRow {
+    /// Public id part of the key.
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// Role name.
+    pub role: String,
+    /// Keyed hash of the secret part.
+    pub hash: String,
+    /// Unix milliseconds.
+    pub revoked_at: Option<i64>,
+}
+
+/// One finished request.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UsageRow {
+    /// Unix milliseconds at request start.
+    pub ts: i64,
+    /// Request id (also sent to the client as `x-request-id`).
+    pub request_id: String,
+    /// Token id, when the token verified.
+    pub token_id: Option<String>,
+    /// Token subject.
+    pub subject: Option<String>,
+    /// Token environment.
+    pub env: Option<String>,
+    /// Credential that served (the last one tried).
+    pub credential: Option<String>,
+    /// Its provider.
+    pub provider: Option<String>,
+    /// Endpoint path.
+    pub endpoint: String,
+    /// Model asked for.
+    pub model: Option<String>,
+    /// Status sent to the client.
+    pub status: i64,
+    /// `ok`, `refused`, `upstream_error`, `client_disconnected`, `timeout`, …
+    pub outcome: String,
+    /// Input tokens reported by the provider.
+    pub input_tokens: Option<i64>,
+    /// Output tokens reported by the provider.
+    pub output_tokens: Option<i64>,
+    /// Cached input tokens.
+    pub cached_tokens: Option<i64>,
+    /// Milliseconds until the response finished.
+    pub latency_ms: i64,
+    /// Milliseconds until the first byte of the upstream response.
+    pub ttfb_ms: Option<i64>,
+    /// Whether the response was streamed.
+    pub stream: bool,
+    /// Upstream attempts (more than 1 after fallbacks).
+    pub attempts: i64,
+    /// Client address.
+    pub client_ip: Option<String>,
+}
+
+/// Usage summed over rows.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct UsageTotals {
+    /// Number of requests.
+    pub requests: i64,
+    /// Sum of input tokens.
+    pub input_tokens: i64,
+    /// Sum of output tokens.
+    pub output_tokens: i64,
+}
+
+fn json_list(s: &str) -> Vec<String> {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+fn to_json(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
+/// The database handle (cheap to clone).
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
+    pub async fn open_sqlite(path: &Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .map_err(db("open"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(db("open"))?;
+        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Db {
+            op: "migrate",
+            source: e.into(),
+        })?;
+        Ok(Store { pool })
+    }
+
+    /// Opens from a store URL: `sqlite:///abs/path.db` or a bare path.
+    pub async fn open(url: &str) -> Result<Self> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        Self::open_sqlite(Path::new(path)).await
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    // ---- credentials ------------------------------------------------------------------
+
+    /// Adds a credential; `Conflict` if the name is taken.
+    pub async fn insert_credential(&self, c: &CredentialRow) -> Result<()> {
+        let r = sqlx::query(
+            "INSERT INTO credentials (name, provider, env, secret_ref, base_url, models, priority,
+               fingerprint, last4, created_at, suspended) VALUES (?,?,?,?,?,?,?,?,?,?,0)",
+        )
+        .bind(&c.name)
+        .bind(&c.provider)
+        .bind(&c.env)
+        .bind(&c.secret_ref)
+        .bind(&c.base_url)
+        .bind(to_json(&c.models))
+        .bind(c.priority)
+        .bind(&c.fingerprint)
+        .bind(&c.last4)
+        .bind(c.created_at)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::Conflict(format!("credential `{}`", c.name)))
+            }
+            Err(e) => Err(db("insert credential")(e)),
+        }
+    }
+
+    fn credential_from(r: &sqlx::sqlite::SqliteRow) -> CredentialRow {
+        CredentialRow {
+            name: r.get("name"),
+            provider: r.get("provider"),
+            env: r.get("env"),
+            secret_ref: r.get("secret_ref"),
+            base_url: r.get("base_url"),
+            models: json_list(r.get::<&str, _>("models")),
+            priority: r.get("priority"),
+            fingerprint: r.get("fingerprint"),
+            last4: r.get("last4"),
+            created_at: r.get("created_at"),
+            rotated_at: r.get("rotated_at"),
+            last_used_at: r.get("last_used_at"),
+            suspended: r.get::<i64, _>("suspended") != 0,
+        }
+    }
+
+    /// All credentials, by priority then name.
+    pub async fn list_credentials(&self) -> Result<Vec<CredentialRow>> {
+        let rows = sqlx::query("SELECT * FROM credentials ORDER BY priority, name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list credentials"))?;
+        Ok(rows.iter().map(Self::credential_from).collect())
+    }
+
+    /// One credential.
+    pub async fn get_credential(&self, name: &str) -> Result<Option<CredentialRow>> {
+        let row = sqlx::query("SELECT * FROM credentials WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("get credential"))?;
+        Ok(row.as_ref().map(Self::credential_from))
+    }
+
+    /// Removes a credential; false if there was none.
+    pub async fn delete_credential(&self, name: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM credentials WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db("delete credential"))?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Records a newly observed fingerprint (the key behind the reference changed).
+    pub async fn set_fingerprint(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        last4: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE credentials SET rotated_at = CASE WHEN fingerprint IS NOT NULL AND fingerprint != ?1 THEN ?3 ELSE rotated_at END,
+               fingerprint = ?1, last4 = ?2 WHERE name = ?4",
+        )
+        .bind(fingerprint)
+        .bind(last4)
+        .bind(now_ms)
+        .bind(name)
+        .execute(&self.pool)
+        .await
+        .map_err(db("update fingerprint"))?;
+        Ok(())
+    }
+
+    // ---- tokens -----------------------------------------------------------------------
+
+    /// Records a minted token's metadata.
+    pub async fn insert_token(&self, t: &TokenRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO tokens (id, subject, env, models, credentials, key_id, created_at, expires_at, minted_by)
+             VALUES (?,?,?,?,?,?,?,?,?)",
+        )
+        .bind(&t.id)
+        .bind(&t.subject)
+        .bind(&t.env)
+        .bind(to_json(&t.models))
+        .bind(to_json(&t.credentials))
+        .bind(t.key_id)
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .bind(&t.minted_by)
+        .execute(&self.pool)
+        .await
+        .map_err(db("insert token"))?;
+        Ok(())
+    }
+
+    /// Tokens, newest first; expired ones only when asked.
+    pub async fn list_tokens(&self, include_expired: bool, now_s: i64) -> Result<Vec<TokenRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM tokens WHERE ?1 OR expires_at >= ?2 ORDER BY created_at DESC LIMIT 1000",
+        )
+        .bind(include_expired)
+        .bind(now_s)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list tokens"))?;
+        Ok(rows
+            .iter()
+            .map(|r| TokenRow {
+                id: r.get("id"),
+                subject: r.get("subject"),
+                env: r.get("env"),
+                models: json_list(r.get::<&str, _>("models")),
+                credentials: json_list(r.get::<&str, _>("credentials")),
+                key_id: r.get("key_id"),
+                created_at: r.get("created_at"),
+                expires_at: r.get("expires_at"),
+                revoked_at: r.get("revoked_at"),
+                minted_by: r.get("minted_by"),
+            })
+            .collect())
+    }
+
+    /// Marks a token revoked. Returns false when no such token was minted here.
+    pub async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool> {
+        let r = sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db("revoke token"))?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Ids of revoked tokens that have not expired yet (the server keeps these in memory).
+    pub async fn revoked_token_ids(&self, now_s: i64) -> Result<Vec<String>> {
+        let rows =
+            sqlx::query("SELECT id FROM tokens WHERE revoked_at IS NOT NULL AND expires_at >= ?")
+                .bind(now_s)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("load revocations"))?;
+        Ok(rows.iter().map(|r| r.get("id")).collect())
+    }
+
+    // ---- admin keys -------------------------------------------------------------------
+
+    /// Stores a new admin key's hash.
+    pub async fn insert_admin_key(
+        &self,
+        id: &str,
+        name: &str,
+        role: &str,
+        hash: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO admin_keys (id, name, role, hash, created_at) VALUES (?,?,?,?,?)")
+            .bind(id)
+            .bind(name)
+            .bind(role)
+            .bind(hash)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db("insert admin key"))?;
+        Ok(())
+    }
+
+    /// Looks up an admin key by its public id.
+    pub async fn admin_key(&self, id: &str) -> Result<Option<AdminKeyRow>> {
+        let row =
+            sqlx::query("SELECT id, name, role, hash, revoked_at FROM admin_keys WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("get admin key"))?;
+        Ok(row.map(|r| AdminKeyRow {
+            id: r.get("id"),
+            name: r.get("name"),
+            role: r.get("role"),
+            hash: r.get("hash"),
+            revoked_at: r.get("revoked_at"),
+        }))
+    }
+
+    // ---- usage ------------------------------------------------------------------------
+
+    /// Writes a batch of finished requests in one transaction and stamps `last_used_at`
+    /// on the credentials that served them.
+    pub async fn record_usage(&self, batch: &[UsageRow]) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db("record usage"))?;
+        for u in batch {
+            sqlx::query(
+                "INSERT INTO usage (ts, request_id, token_id, subject, env, credential, provider, endpoint, model,
+                   status, outcome, input_tokens, output_tokens, cached_tokens, latency_ms, ttfb_ms, stream,
+                   attempts, client_ip) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            )
+            .bind(u.ts)
+            .bind(&u.request_id)
+            .bind(&u.token_id)
+            .bind(&u.subject)
+            .bind(&u.env)
+            .bind(&u.credential)
+            .bind(&u.provider)
+            .bind(&u.endpoint)
+            .bind(&u.model)
+            .bind(u.status)
+            .bind(&u.outcome)
+            .bind(u.input_tokens)
+            .bind(u.output_tokens)
+            .bind(u.cached_tokens)
+            .bind(u.latency_ms)
+            .bind(u.ttfb_ms)
+            .bind(u.stream)
+            .bind(u.attempts)
+            .bind(&u.client_ip)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("record usage"))?;
+            if let (Some(c), true) = (&u.credential, u.status < 500 && u.outcome != "refused") {
+                sqlx::query("UPDATE credentials SET last_used_at = max(COALESCE(last_used_at, 0), ?) WHERE name = ?")
+                    .bind(u.ts)
+                    .bind(c)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("record usage"))?;
+            }
+        }
+        tx.commit().await.map_err(db("record usage"))
+    }
+
+    /// The most recent usage rows (newest first).
+    pub async fn recent_usage(&self, limit: i64) -> Result<Vec<UsageRow>> {
+        let rows = sqlx::query("SELECT * FROM usage ORDER BY id DESC LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read usage"))?;
+        Ok(rows
+            .iter()
+            .map(|r| UsageRow {
+                ts: r.get("ts"),
+                request_id: r.get("request_id"),
+                token_id: r.get("token_id"),
+                subject: r.get("subject"),
+                env: r.get("env"),
+                credential: r.get("credential"),
+                provider: r.get("provider"),
+                endpoint: r.get("endpoint"),
+                model: r.get("model"),
+                status: r.get("status"),
+                outcome: r.get("outcome"),
+                input_tokens: r.get("input_tokens"),
+                output_tokens: r.get("output_tokens"),
+                cached_tokens: r.get("cached_tokens"),
+                latency_ms: r.get("latency_ms"),
+                ttfb_ms: r.get("ttfb_ms"),
+                stream: r.get::<i64, _>("stream") != 0,
+                attempts: r.get("attempts"),
+                client_ip: r.get("client_ip"),
+            })
+            .collect())
+    }
+
+    /// Totals of successful requests served by a credential.
+    pub async fn credential_totals(&self, name: &str) -> Result<UsageTotals> {
+        let r = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(input_tokens),0) AS i, COALESCE(SUM(output_tokens),0) AS o
+             FROM usage WHERE credential = ? AND outcome != 'refused'",
+        )
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("usage totals"))?;
+        Ok(UsageTotals {
+            requests: r.get("n"),
+            input_tokens: r.get("i"),
+            output_tokens: r.get("o"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn roundtrip() {
+        let dir = std::env::temp_dir().join(format!("airlock-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        let _ = std::fs::remove_file(&path);
+        let s = Store::open_sqlite(&path).await.unwrap();
+        let c = CredentialRow {
+            name: "openai-prod".into(),
+            provider: "openai".into(),
+            env: "prod".into(),
+            secret_ref: "env:OPENAI_API_KEY".into(),
+            base_url: None,
+            models: vec!["gpt-*".into()],
+            priority: 10,
+            fingerprint: Some("hmac-sha256:00".into()),
+            last4: Some("abcd".into()),
+            created_at: 1,
+            rotated_at: None,
+            last_used_at: None,
+            suspended: false,
+        };
+        s.insert_credential(&c).await.unwrap();
+        assert!(matches!(
+            s.insert_credential(&c).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let got = s.get_credential("openai-prod").await.unwrap().unwrap();
+        assert_eq!(got.models, vec!["gpt-*".to_string()]);
+        s.set_fingerprint("openai-prod", "hmac-sha256:11", "wxyz", 5)
+            .await
+            .unwrap();
+        let got = s.get_credential("openai-prod").await.unwrap().unwrap();
+        assert_eq!(got.rotated_at, Some(5));
+        s.record_usage(&[UsageRow {
+            ts: 7,
+            request_id: "r".into(),
+            credential: Some("openai-prod".into()),
+            endpoint: "/v1/chat/completions".into(),
+            status: 200,
+            outcome: "ok".into(),
+            input_tokens: Some(3),
+            output_tokens: Some(4),
+            attempts: 1,
+            ..Default::default()
+        }])
+        .await
+        .unwrap();
+        let t = s.credential_totals("openai-prod").await.unwrap();
+        assert_eq!(
+            t,
+            UsageTotals {
+                requests: 1,
+                input_tokens: 3,
+                output_tokens: 4
+            }
+        );
+        assert_eq!(
+            s.get_credential("openai-prod")
+                .await
+                .unwrap()
+                .unwrap()
+                .last_used_at,
+            Some(7)
+        );
+        assert!(s.delete_credential("openai-prod").await.unwrap());
+        assert!(!s.delete_credential("openai-prod").await.unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,1 +1,135 @@
+//! airlock's gateway: the proxy, the admin API, usage recording, and the mock provider used
+//! by `airlock demo` and the tests. See ARCHITECTURE.md for the request path.
 
+pub mod admin;
+pub mod config;
+pub mod credentials;
+pub mod dialect;
+pub mod mock;
+pub mod policy;
+pub mod providers;
+pub mod proxy;
+pub mod server;
+pub mod state;
+pub mod usage;
+
+use airlock_secrets::HmacKey;
+use airlock_store::Store;
+use airlock_token::{KeyRing, Verifier};
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use config::Config;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The id of a request (also returned as `x-airlock-request-id`).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// Name of the HMAC key file in the key directory.
+pub const HMAC_KEY_FILE: &str = "hmac.key";
+
+/// Loads keys, opens the store and starts the usage writer.
+pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::JoinHandle<()>)> {
+    let keys_dir = cfg.keys_dir();
+    let keys = Arc::new(KeyRing::load(&keys_dir, cfg.keys.root_key_id)?);
+    let hmac_path = keys_dir.join(HMAC_KEY_FILE);
+    let hmac_text = std::fs::read_to_string(&hmac_path)
+        .with_context(|| format!("cannot read {}", hmac_path.display()))?;
+    let hmac = HmacKey::from_hex(&hmac_text)
+        .with_context(|| format!("{} is not a 32-byte hex key", hmac_path.display()))?;
+    check_private(&keys_dir)?;
+    let store = Store::open(&cfg.store_url()).await?;
+    let (recorder, writer) = usage::Recorder::start(store.clone());
+    let client = state::http_client(Duration::from_millis(
+        cfg.limits.upstream_connect_timeout_ms,
+    ))?;
+    let verifier = Verifier::new(keys, cfg.tokens.cache_capacity);
+    let app = Arc::new(App {
+        cfg,
+        store,
+        verifier,
+        hmac,
+        creds: ArcSwap::from_pointee(credentials::CredentialSet::default()),
+        revoked: ArcSwap::from_pointee(Default::default()),
+        client,
+        recorder,
+        model_lists: Default::default(),
+        started: Instant::now(),
+    });
+    app.reload_credentials().await?;
+    app.reload_revocations().await?;
+    Ok((app, writer))
+}
+
+pub use state::App;
+
+/// Refuses to start when private key files are readable by others.
+fn check_private(dir: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for e in std::fs::read_dir(dir)?.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.ends_with(".key") {
+                let mode = e.metadata()?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    anyhow::bail!(
+                        "{} is readable by other users (mode {:o}); run chmod 600 on it",
+                        e.path().display(),
+                        mode & 0o777
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What `airlock init` produced.
+#[derive(Debug, serde::Serialize)]
+pub struct Initialized {
+    /// Path of the configuration file.
+    pub config: PathBuf,
+    /// The owner admin key, shown once.
+    pub admin_token: String,
+    /// Public key that verifies tokens offline (`ed25519/<hex>`).
+    pub public_key: String,
+    /// Database URL.
+    pub store: String,
+    /// The address the server will listen on.
+    pub listen: String,
+}
+
+/// Creates a state directory: configuration, root key, HMAC key, database, owner admin key.
+pub async fn init(dir: &Path, listen: &str) -> anyhow::Result<Initialized> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let cfg_path = dir.join("airlock.toml");
+    if cfg_path.exists() {
+        anyhow::bail!("{} already exists: this directory is initialised (admin keys are shown only once; mint new ones with the owner key)", cfg_path.display());
+    }
+    let text = Config::template(&dir, listen);
+    let cfg = Config::parse(&text, std::iter::empty()).map_err(anyhow::Error::msg)?;
+    let keys_dir = cfg.keys_dir();
+    std::fs::create_dir_all(&keys_dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&keys_dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let public = KeyRing::generate(&keys_dir, cfg.keys.root_key_id)?;
+    let hmac = HmacKey::generate();
+    airlock_token::write_private(&keys_dir.join(HMAC_KEY_FILE), hmac.to_hex().as_bytes())?;
+    let store = Store::open(&cfg.store_url()).await?;
+    let admin_token = admin::create_admin_key(&store, &hmac, "owner", admin::Role::Owner).await?;
+    std::fs::write(&cfg_path, text)?;
+    Ok(Initialized {
+        config: cfg_path,
+        admin_token,
+        public_key: format!("ed25519/{}", public.to_bytes_hex()),
+        store: cfg.store_url(),
+        listen: listen.to_string(),
+    })
+}

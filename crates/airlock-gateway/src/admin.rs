@@ -1,0 +1,553 @@
+//! The admin API under `/admin/v1`. Every route declares the roles it admits (invariant I6):
+//! routes are only added through [`guarded`], which wraps the handler in the role check, so a
+//! route without a declared role cannot exist. Keys are `alk_admin_<id>_<secret>`; only a keyed
+//! hash of the secret is stored and it is compared in constant time.
+
+use crate::credentials::Credential;
+use crate::dialect::{ApiError, Dialect};
+use crate::providers::ProviderKind;
+use crate::state::{now_ms, App};
+use airlock_secrets::{Secret, SecretRef};
+use airlock_store::{CredentialRow, StoreError, TokenRow};
+use airlock_token::{MintOptions, TokenError};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use axum::{Json, Router};
+use http::{Request, StatusCode};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Prefix of admin keys.
+pub const ADMIN_KEY_PREFIX: &str = "alk_admin_";
+
+/// Roles of people and automation on the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything.
+    Owner,
+    /// Manage credentials and tokens.
+    Admin,
+    /// Read inventory, usage and (later) audit.
+    Auditor,
+    /// Mint tokens within granted scopes.
+    Developer,
+    /// Read inventory.
+    Viewer,
+}
+
+impl Role {
+    /// Parses a role name; unknown names are refused (I6).
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "owner" => Role::Owner,
+            "admin" => Role::Admin,
+            "auditor" => Role::Auditor,
+            "developer" => Role::Developer,
+            "viewer" => Role::Viewer,
+            _ => return None,
+        })
+    }
+}
+
+const MANAGE: &[Role] = &[Role::Owner, Role::Admin];
+const READ_INVENTORY: &[Role] = &[Role::Owner, Role::Admin, Role::Auditor, Role::Viewer];
+const MINT: &[Role] = &[Role::Owner, Role::Admin, Role::Developer];
+const READ_TOKENS: &[Role] = &[Role::Owner, Role::Admin, Role::Auditor];
+const MATCH_SECRETS: &[Role] = &[Role::Owner, Role::Admin, Role::Auditor];
+
+/// The authenticated caller of an admin endpoint.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Admin key id.
+    pub key_id: String,
+    /// Its name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+fn err(status: StatusCode, code: &'static str, msg: impl Into<String>) -> Response {
+    ApiError::new(status, code, msg).render(Dialect::OpenAi)
+}
+
+async fn caller(app: &App, headers: &http::HeaderMap) -> Result<Caller, Response> {
+    let unauth = |m: &str| err(StatusCode::UNAUTHORIZED, "invalid_admin_key", m);
+    let presented = crate::proxy::presented_token(headers)
+        .ok_or_else(|| unauth("admin API needs an admin key: Authorization: Bearer alk_admin_… (set AIRLOCK_ADMIN_TOKEN for the CLI)"))?;
+    let rest = presented
+        .strip_prefix(ADMIN_KEY_PREFIX)
+        .ok_or_else(|| unauth("not an admin key (admin keys start with alk_admin_; client tokens cannot call the admin API)"))?;
+    let (id, secret) = rest
+        .split_once('_')
+        .ok_or_else(|| unauth("malformed admin key"))?;
+    let secret = Secret::new(secret.to_string());
+    let row = app.store.admin_key(id).await.map_err(|e| {
+        err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        )
+    })?;
+    // Compare even when the id is unknown so timing does not tell ids apart.
+    let stored = row.as_ref().map(|r| r.hash.as_str()).unwrap_or("00");
+    let ok = app
+        .hmac
+        .verify_key_hash(secret.expose_to_upstream().as_bytes(), stored);
+    let Some(row) = row.filter(|_| ok) else {
+        return Err(unauth("admin key not recognised"));
+    };
+    if row.revoked_at.is_some() {
+        return Err(unauth("admin key has been revoked"));
+    }
+    let role = Role::parse(&row.role).ok_or_else(|| {
+        err(
+            StatusCode::FORBIDDEN,
+            "unknown_role",
+            "admin key has an unknown role",
+        )
+    })?;
+    Ok(Caller {
+        key_id: row.id,
+        name: row.name,
+        role,
+    })
+}
+
+/// Wraps a method router so that it only runs for callers holding one of `roles`.
+fn guarded(
+    app: &Arc<App>,
+    roles: &'static [Role],
+    inner: MethodRouter<Arc<App>>,
+) -> MethodRouter<Arc<App>> {
+    inner.layer(axum::middleware::from_fn_with_state(
+        (roles, app.clone()),
+        |State((roles, app)): State<(&'static [Role], Arc<App>)>,
+         mut req: Request<Body>,
+         next: axum::middleware::Next| async move {
+            let headers = req.headers().clone();
+            let c = match caller(&app, &headers).await {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
+            if !roles.contains(&c.role) {
+                return err(
+                    StatusCode::FORBIDDEN,
+                    "role_not_allowed",
+                    format!(
+                        "role {:?} may not call {} {}",
+                        c.role,
+                        req.method(),
+                        req.uri().path()
+                    )
+                    .to_lowercase(),
+                );
+            }
+            req.extensions_mut().insert(c);
+            next.run(req).await
+        },
+    ))
+}
+
+/// The admin router (mounted at `/admin/v1`).
+pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
+    use axum::routing::{delete, get, post};
+    let g = |roles, inner| guarded(app, roles, inner);
+    Router::new()
+        .route("/credentials", g(MANAGE, post(add_credential)))
+        .route("/credentials", g(READ_INVENTORY, get(list_credentials)))
+        .route(
+            "/credentials/{name}",
+            g(READ_INVENTORY, get(show_credential)),
+        )
+        .route("/credentials/{name}", g(MANAGE, delete(remove_credential)))
+        .route("/tokens", g(MINT, post(mint_token)))
+        .route("/tokens", g(READ_TOKENS, get(list_tokens)))
+        .route("/tokens/{id}/revoke", g(MANAGE, post(revoke_token)))
+        .route("/inventory/match", g(MATCH_SECRETS, post(match_secrets)))
+        .route("/usage/recent", g(READ_TOKENS, get(recent_usage)))
+}
+
+fn store_err(e: StoreError) -> Response {
+    match e {
+        StoreError::Conflict(what) => err(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("{what}; pick another name or remove it first"),
+        ),
+        e => {
+            tracing::error!(error = %e, "store failure");
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the database failed; see the server log",
+            )
+        }
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddCredential {
+    name: String,
+    provider: String,
+    env: String,
+    secret_ref: String,
+    base_url: Option<String>,
+    #[serde(default)]
+    models: Vec<String>,
+    priority: Option<i64>,
+}
+
+async fn add_credential(State(app): State<Arc<App>>, Json(a): Json<AddCredential>) -> Response {
+    let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
+    if !valid_name(&a.name) {
+        return bad(format!(
+            "credential name `{}`: use 1-64 letters, digits, '-', '_' or '.'",
+            a.name
+        ));
+    }
+    if !valid_name(&a.env) {
+        return bad(format!(
+            "environment `{}`: use 1-64 letters, digits, '-', '_' or '.'",
+            a.env
+        ));
+    }
+    let Some(provider) = ProviderKind::parse(&a.provider) else {
+        return bad(format!(
+            "unknown provider `{}`: use openai, anthropic, azure or openai-compatible",
+            a.provider
+        ));
+    };
+    if let Some(u) = &a.base_url {
+        let ok = (u.starts_with("https://") || u.starts_with("http://"))
+            && u.parse::<http::Uri>().is_ok();
+        if !ok {
+            return bad(format!("base URL `{u}` must be an http:// or https:// URL"));
+        }
+    } else if provider.default_base_url().is_none() {
+        return bad(format!("provider {} needs --base-url", provider.as_str()));
+    }
+    let models = if a.models.is_empty() {
+        vec!["*".to_string()]
+    } else {
+        a.models
+    };
+    if let Err(e) = airlock_token::glob::parse_list(&models) {
+        return bad(e.to_string());
+    }
+    let reference = match SecretRef::parse(&a.secret_ref) {
+        Ok(r) => r,
+        Err(e) => return bad(e.to_string()),
+    };
+    let secret = match reference.resolve() {
+        Ok(s) => s,
+        Err(e) => return bad(format!("the server cannot read {reference}: {e}")),
+    };
+    let row = CredentialRow {
+        name: a.name,
+        provider: provider.as_str().into(),
+        env: a.env,
+        secret_ref: reference.to_string(),
+        base_url: a.base_url,
+        models,
+        priority: a.priority.unwrap_or(100),
+        fingerprint: Some(secret.fingerprint(&app.hmac)),
+        last4: Some(secret.last4()),
+        created_at: now_ms(),
+        rotated_at: None,
+        last_used_at: None,
+        suspended: false,
+    };
+    drop(secret);
+    if let Err(e) = Credential::from_row(&row) {
+        return bad(e);
+    }
+    if let Err(e) = app.store.insert_credential(&row).await {
+        return store_err(e);
+    }
+    if let Err(e) = app.reload_credentials().await {
+        return store_err(e);
+    }
+    tracing::info!(credential = %row.name, provider = %row.provider, env = %row.env, "credential added");
+    (StatusCode::CREATED, Json(row)).into_response()
+}
+
+async fn list_credentials(State(app): State<Arc<App>>) -> Response {
+    match app.store.list_credentials().await {
+        Ok(rows) => Json(serde_json::json!({ "credentials": rows })).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn show_credential(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    match app.store.get_credential(&name).await {
+        Ok(Some(row)) => {
+            let totals = app.store.credential_totals(&name).await.unwrap_or_default();
+            let mut v = serde_json::to_value(&row).unwrap_or_default();
+            v["usage"] = serde_json::to_value(totals).unwrap_or_default();
+            Json(v).into_response()
+        }
+        Ok(None) => err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no credential named `{name}`"),
+        ),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn remove_credential(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    match app.store.delete_credential(&name).await {
+        Ok(true) => {
+            if let Err(e) = app.reload_credentials().await {
+                return store_err(e);
+            }
+            tracing::info!(credential = %name, "credential removed");
+            Json(serde_json::json!({ "removed": name })).into_response()
+        }
+        Ok(false) => err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no credential named `{name}`"),
+        ),
+        Err(e) => store_err(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Mint {
+    #[serde(default)]
+    models: Vec<String>,
+    #[serde(default)]
+    credentials: Vec<String>,
+    env: Option<String>,
+    ttl: Option<String>,
+    subject: Option<String>,
+}
+
+async fn mint_token(
+    State(app): State<Arc<App>>,
+    axum::Extension(c): axum::Extension<Caller>,
+    Json(m): Json<Mint>,
+) -> Response {
+    let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
+    let default_ttl = app.cfg.default_ttl().unwrap_or(airlock_token::DEFAULT_TTL);
+    let max_ttl = app.cfg.max_ttl().unwrap_or(airlock_token::MAX_TTL);
+    let ttl = match m.ttl.as_deref().map(humantime::parse_duration) {
+        None => default_ttl,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => return bad(format!("ttl: {e} (examples: 15m, 1h, 24h)")),
+    };
+    if ttl > max_ttl {
+        return bad(format!(
+            "ttl {} exceeds this server's maximum of {}",
+            humantime::format_duration(ttl),
+            humantime::format_duration(max_ttl)
+        ));
+    }
+    let set = app.creds.load();
+    let env = match m.env {
+        Some(e) => e,
+        None => {
+            let envs: std::collections::BTreeSet<&str> =
+                set.all.iter().map(|c| c.env.as_str()).collect();
+            match envs.len() {
+                1 => envs.into_iter().next().unwrap_or_default().to_string(),
+                0 => {
+                    return bad(
+                        "no credentials exist yet; add one first (airlock credential add)".into(),
+                    )
+                }
+                _ => {
+                    return bad(format!(
+                        "several environments exist ({}); choose one with --env",
+                        envs.into_iter().collect::<Vec<_>>().join(", ")
+                    ))
+                }
+            }
+        }
+    };
+    for name in &m.credentials {
+        match set.get(name) {
+            None => return bad(format!("unknown credential `{name}`")),
+            Some(cr) if cr.env != env => {
+                return bad(format!(
+                "credential `{name}` is in environment `{}`, not `{env}`; environments never cross",
+                cr.env
+            ))
+            }
+            Some(_) => {}
+        }
+    }
+    let models = if m.models.is_empty() {
+        vec!["*".to_string()]
+    } else {
+        m.models
+    };
+    let opts = MintOptions {
+        subject: m.subject.unwrap_or_else(|| format!("admin:{}", c.name)),
+        env: env.clone(),
+        models: models.clone(),
+        credentials: m.credentials.clone(),
+        ttl,
+    };
+    let minted = match airlock_token::mint(app.verifier.keys(), &opts, SystemTime::now()) {
+        Ok(t) => t,
+        Err(TokenError::Invalid(e)) => return bad(e),
+        Err(e) => {
+            return err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "mint_failed",
+                e.to_string(),
+            )
+        }
+    };
+    let row = TokenRow {
+        id: minted.id.clone(),
+        subject: opts.subject.clone(),
+        env: env.clone(),
+        models,
+        credentials: m.credentials,
+        key_id: i64::from(minted.key_id),
+        created_at: now_ms(),
+        expires_at: minted.expires_at as i64,
+        revoked_at: None,
+        minted_by: c.key_id,
+    };
+    if let Err(e) = app.store.insert_token(&row).await {
+        return store_err(e);
+    }
+    let mut warnings = Vec::new();
+    if !set.all.iter().any(|cr| cr.env == env) {
+        warnings.push(format!(
+            "no credential is tagged `{env}` yet, so this token cannot reach any model"
+        ));
+    }
+    tracing::info!(token_id = %minted.id, env = %env, "token minted");
+    (
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "token": minted.token,
+            "id": minted.id,
+            "expires_at": airlock_token::rfc3339(minted.expires_at),
+            "expires_at_unix": minted.expires_at,
+            "env": env,
+            "subject": row.subject,
+            "models": row.models,
+            "credentials": row.credentials,
+            "warnings": warnings,
+        })),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct ListTokens {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn list_tokens(State(app): State<Arc<App>>, Query(q): Query<ListTokens>) -> Response {
+    match app.store.list_tokens(q.all, now_ms() / 1000).await {
+        Ok(rows) => Json(serde_json::json!({ "tokens": rows })).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn revoke_token(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    match app.store.revoke_token(&id, now_ms()).await {
+        Ok(true) => {
+            // Takes effect at once: the in-memory set is what the hot path checks.
+            let mut next = (**app.revoked.load()).clone();
+            next.insert(id.clone());
+            app.revoked.store(Arc::new(next));
+            tracing::info!(token_id = %id, "token revoked");
+            Json(serde_json::json!({ "revoked": id })).into_response()
+        }
+        Ok(false) => err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no token with id `{id}` was minted by this server"),
+        ),
+        Err(e) => store_err(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchReq {
+    candidates: Vec<String>,
+}
+
+async fn match_secrets(State(app): State<Arc<App>>, Json(m): Json<MatchReq>) -> Response {
+    if m.candidates.len() > 10_000 {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "at most 10000 candidates per call",
+        );
+    }
+    let rows = match app.store.list_credentials().await {
+        Ok(r) => r,
+        Err(e) => return store_err(e),
+    };
+    let matches: Vec<Option<String>> = m
+        .candidates
+        .into_iter()
+        .map(|c| {
+            let s = Secret::new(c);
+            let fp = s.fingerprint(&app.hmac);
+            rows.iter()
+                .find(|r| r.fingerprint.as_deref() == Some(fp.as_str()))
+                .map(|r| r.name.clone())
+        })
+        .collect();
+    Json(serde_json::json!({ "matches": matches })).into_response()
+}
+
+#[derive(Deserialize)]
+struct Recent {
+    limit: Option<i64>,
+}
+
+async fn recent_usage(State(app): State<Arc<App>>, Query(q): Query<Recent>) -> Response {
+    match app
+        .store
+        .recent_usage(q.limit.unwrap_or(100).clamp(1, 10_000))
+        .await
+    {
+        Ok(rows) => Json(serde_json::json!({ "usage": rows })).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+/// Creates an admin key and stores its hash; returns the full key (shown once).
+pub async fn create_admin_key(
+    store: &airlock_store::Store,
+    hmac: &airlock_secrets::HmacKey,
+    name: &str,
+    role: Role,
+) -> Result<String, StoreError> {
+    let id = airlock_secrets::random_token(6);
+    let secret = Secret::new(airlock_secrets::random_token(24));
+    let hash = hmac.key_hash(secret.expose_to_upstream().as_bytes());
+    let role_s = format!("{role:?}").to_lowercase();
+    store
+        .insert_admin_key(&id, name, &role_s, &hash, now_ms())
+        .await?;
+    Ok(format!(
+        "{ADMIN_KEY_PREFIX}{id}_{}",
+        secret.expose_to_upstream()
+    ))
+}

@@ -1,0 +1,324 @@
+//! Configuration: `airlock.toml`, every key overridable by an `AIRLOCK_*` environment variable
+//! (`AIRLOCK_LISTEN`, `AIRLOCK_LIMITS__MAX_BODY_BYTES`, …: `__` separates nested keys).
+//!
+//! The overlay is a few lines over `toml::Value` rather than a layered-config crate: the
+//! mapping is one rule and the set of keys is closed (`deny_unknown_fields`).
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the gateway listens on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Directory holding keys and (by default) the database.
+    pub state_dir: PathBuf,
+    /// Database.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Signing keys.
+    #[serde(default)]
+    pub keys: KeysConfig,
+    /// Timeouts and sizes.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Token lifetimes.
+    #[serde(default)]
+    pub tokens: TokensConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Secret caching.
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite:///path/airlock.db`; default `STATE_DIR/airlock.db`.
+    pub url: Option<String>,
+}
+
+/// `[keys]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// Key directory; default `STATE_DIR/keys`.
+    pub dir: Option<PathBuf>,
+    /// Id of the root key that signs new tokens.
+    pub root_key_id: u32,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            dir: None,
+            root_key_id: 1,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body accepted (bytes).
+    pub max_body_bytes: usize,
+    /// Time allowed for a client to send its request headers.
+    pub header_timeout_secs: u64,
+    /// Time allowed for a client to send its request body.
+    pub body_timeout_secs: u64,
+    /// Time to connect to a provider.
+    pub upstream_connect_timeout_ms: u64,
+    /// Time for a provider to start answering (response headers).
+    pub upstream_timeout_secs: u64,
+    /// Longest silence allowed inside a streamed response.
+    pub stream_idle_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 16 * 1024 * 1024,
+            header_timeout_secs: 30,
+            body_timeout_secs: 60,
+            upstream_connect_timeout_ms: 5_000,
+            upstream_timeout_secs: 600,
+            stream_idle_timeout_secs: 300,
+        }
+    }
+}
+
+/// `[tokens]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    /// Lifetime of a token minted without `--ttl`.
+    pub default_ttl: String,
+    /// Longest lifetime the server mints (at most 24h).
+    pub max_ttl: String,
+    /// Verified tokens kept in the cache.
+    pub cache_capacity: usize,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        TokensConfig {
+            default_ttl: "1h".into(),
+            max_ttl: "24h".into(),
+            cache_capacity: 100_000,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace` or a tracing filter.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// `[secrets]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// How often a `file:` reference is checked for a change (milliseconds).
+    pub file_check_ms: u64,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        SecretsConfig {
+            file_check_ms: 1000,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8400".into()
+}
+
+const TOP_KEYS: &[&str] = &[
+    "listen",
+    "state_dir",
+    "store",
+    "keys",
+    "limits",
+    "tokens",
+    "log",
+    "secrets",
+];
+
+impl Config {
+    /// Reads a file and applies `AIRLOCK_*` overrides from `env`.
+    pub fn load(path: &Path, env: impl Iterator<Item = (String, String)>) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Self::parse(&text, env).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses TOML text and applies overrides.
+    pub fn parse(text: &str, env: impl Iterator<Item = (String, String)>) -> Result<Self, String> {
+        let mut v: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (k, val) in env {
+            let Some(rest) = k.strip_prefix("AIRLOCK_") else {
+                continue;
+            };
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            if !TOP_KEYS.contains(&path[0].as_str()) {
+                continue;
+            }
+            let parsed = toml::from_str::<toml::Table>(&format!("x = {val}"))
+                .ok()
+                .and_then(|mut t| t.remove("x"))
+                .unwrap_or(toml::Value::String(val.clone()));
+            let mut table = &mut v;
+            for seg in &path[..path.len() - 1] {
+                let entry = table
+                    .entry(seg.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                table = entry
+                    .as_table_mut()
+                    .ok_or_else(|| format!("{k}: `{seg}` is not a table"))?;
+            }
+            if let Some(last) = path.last() {
+                table.insert(last.clone(), parsed);
+            }
+        }
+        let c: Config = toml::Value::Table(v)
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+            format!(
+                "listen = {:?} is not an address like 127.0.0.1:8400",
+                self.listen
+            )
+        })?;
+        let d = self.default_ttl()?;
+        let m = self.max_ttl()?;
+        if m > airlock_token::MAX_TTL || d > m {
+            return Err("tokens: default_ttl <= max_ttl <= 24h".into());
+        }
+        if self.limits.max_body_bytes < 1024 {
+            return Err("limits.max_body_bytes must be at least 1024".into());
+        }
+        Ok(())
+    }
+
+    /// The database URL.
+    pub fn store_url(&self) -> String {
+        self.store
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.state_dir.join("airlock.db").display()))
+    }
+
+    /// The key directory.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.keys
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("keys"))
+    }
+
+    /// Default token lifetime.
+    pub fn default_ttl(&self) -> Result<Duration, String> {
+        humantime::parse_duration(&self.tokens.default_ttl)
+            .map_err(|e| format!("tokens.default_ttl: {e}"))
+    }
+
+    /// Longest token lifetime.
+    pub fn max_ttl(&self) -> Result<Duration, String> {
+        humantime::parse_duration(&self.tokens.max_ttl).map_err(|e| format!("tokens.max_ttl: {e}"))
+    }
+
+    /// A commented configuration file for `airlock init`.
+    pub fn template(state_dir: &Path, listen: &str) -> String {
+        format!(
+            r#"# airlock configuration. Every key can be overridden by an environment variable:
+# AIRLOCK_LISTEN, AIRLOCK_LIMITS__MAX_BODY_BYTES, AIRLOCK_LOG__LEVEL, ...
+
+listen = "{listen}"
+state_dir = "{dir}"
+
+[store]
+# SQLite file (default STATE_DIR/airlock.db)
+url = "sqlite://{dir}/airlock.db"
+
+[keys]
+# root-<id>.key signs new tokens; other root-*.key files in the directory still verify.
+dir = "{dir}/keys"
+root_key_id = 1
+
+[tokens]
+default_ttl = "1h"
+max_ttl = "24h"
+
+[limits]
+max_body_bytes = 16777216
+header_timeout_secs = 30
+body_timeout_secs = 60
+upstream_connect_timeout_ms = 5000
+upstream_timeout_secs = 600
+stream_idle_timeout_secs = 300
+
+[log]
+level = "info"   # debug logs never contain keys or prompts
+format = "text"  # or "json"
+"#,
+            dir = state_dir.display()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parses_and_env_overrides() {
+        let t = Config::template(Path::new("/tmp/x"), "127.0.0.1:8400");
+        let c = Config::parse(&t, std::iter::empty()).unwrap();
+        assert_eq!(c.keys_dir(), PathBuf::from("/tmp/x/keys"));
+        let env = vec![
+            ("AIRLOCK_LISTEN".to_string(), "127.0.0.1:9999".to_string()),
+            (
+                "AIRLOCK_LIMITS__MAX_BODY_BYTES".to_string(),
+                "2048".to_string(),
+            ),
+            ("AIRLOCK_URL".to_string(), "http://ignored".to_string()),
+        ];
+        let c = Config::parse(&t, env.into_iter()).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9999");
+        assert_eq!(c.limits.max_body_bytes, 2048);
+        assert!(Config::parse("state_dir='/x'\nbogus=1", std::iter::empty()).is_err());
+        assert!(Config::parse(
+            "state_dir='/x'\n[tokens]\nmax_ttl='48h'",
+            std::iter::empty()
+        )
+        .is_err());
+    }
+}

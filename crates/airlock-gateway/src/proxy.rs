@@ -1,0 +1,684 @@
+//! The proxy: authenticate → read and check the body → choose credentials the token may use
+//! (policy) → call the provider, falling back in priority order → stream the answer back,
+//! recording usage when it ends. Errors reach the client in its own dialect.
+
+use crate::dialect::{ApiError, Dialect};
+use crate::policy::{self, Authorized};
+use crate::providers::{Endpoint, ProviderKind};
+use crate::state::{now_ms, App};
+use crate::usage::{ObservedBody, Observer, Record};
+use crate::RequestId;
+use airlock_secrets::Secret;
+use airlock_store::UsageRow;
+use airlock_token::{TokenError, Verified};
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Request headers passed on to the provider. Everything else, in particular the client's
+/// `Authorization`, `x-api-key`, `api-key` and cookies, is dropped.
+const FORWARD: &[&str] = &[
+    "content-type",
+    "accept",
+    "user-agent",
+    "anthropic-version",
+    "anthropic-beta",
+    "openai-beta",
+    "idempotency-key",
+];
+const FORWARD_PREFIX: &[&str] = &["x-stainless-"];
+
+/// Response headers passed back to the client.
+const RETURN: &[&str] = &[
+    "content-type",
+    "cache-control",
+    "x-request-id",
+    "request-id",
+    "openai-processing-ms",
+    "openai-version",
+    "retry-after",
+    "retry-after-ms",
+];
+const RETURN_PREFIX: &[&str] = &["x-ratelimit-", "anthropic-ratelimit-"];
+
+fn listed(name: &str, exact: &[&str], prefixes: &[&str]) -> bool {
+    exact.contains(&name) || prefixes.iter().any(|p| name.starts_with(p))
+}
+
+/// The token presented by the client, as each SDK sends it.
+pub fn presented_token(h: &HeaderMap) -> Option<&str> {
+    if let Some(v) = h
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+            return Some(v[7..].trim());
+        }
+    }
+    h.get("x-api-key")
+        .or_else(|| h.get("api-key"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+fn token_error(e: &TokenError) -> ApiError {
+    if e.is_authentication() {
+        let code = match e {
+            TokenError::Expired(_) => "token_expired",
+            TokenError::Revoked(_) => "token_revoked",
+            _ => "invalid_token",
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+    } else {
+        ApiError::new(StatusCode::FORBIDDEN, "not_allowed", e.to_string())
+    }
+}
+
+/// Authenticates the client: verified, unexpired, unrevoked token.
+pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Arc<Verified>, ApiError> {
+    let Some(tok) = presented_token(headers) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "no token: pass your airlock token as the SDK's api_key (sent as Authorization: Bearer or x-api-key)",
+        ));
+    };
+    let v = app
+        .verifier
+        .verify(tok, SystemTime::now())
+        .map_err(|e| token_error(&e))?;
+    if app.is_revoked(&v.id) {
+        return Err(token_error(&TokenError::Revoked(v.id.clone())));
+    }
+    Ok(v)
+}
+
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(borrow)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    stream: Option<bool>,
+}
+
+struct Ctx {
+    ep: Endpoint,
+    record: Option<Record>,
+}
+
+impl Ctx {
+    fn rec(&mut self) -> &mut Record {
+        #[allow(clippy::expect_used)]
+        self.record
+            .as_mut()
+            .expect("record present until the response is built")
+    }
+}
+
+/// Entry point for every proxied endpoint.
+pub async fn handle(app: Arc<App>, ep: Endpoint, req: Request<Body>) -> Response {
+    let dialect = ep.dialect();
+    let (parts, body) = req.into_parts();
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let client_ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let row = UsageRow {
+        ts: now_ms(),
+        request_id,
+        endpoint: ep.path().to_string(),
+        client_ip,
+        outcome: "refused".into(),
+        ..Default::default()
+    };
+    let mut ctx = Ctx {
+        ep,
+        record: Some(Record::start(app.recorder.clone(), row)),
+    };
+    match run(&app, &mut ctx, parts, body).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            if let Some(r) = ctx.record.as_mut() {
+                let outcome = if e.status.is_client_error() {
+                    "refused"
+                } else {
+                    "failed"
+                };
+                r.finish(e.status.as_u16(), outcome);
+            }
+            e.render(dialect)
+        }
+    }
+}
+
+async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let max = app.cfg.limits.max_body_bytes;
+    let too_big = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is larger than the {max}-byte limit"),
+        )
+    };
+    if let Some(len) = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > max {
+            return Err(too_big());
+        }
+    }
+    let limit = Duration::from_secs(app.cfg.limits.body_timeout_secs);
+    match tokio::time::timeout(limit, Limited::new(body, max).collect()).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {}s",
+                limit.as_secs()
+            ),
+        )),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_big())
+        }
+        Ok(Err(_)) => Err(ApiError::bad_request("the request body could not be read")),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+async fn run(
+    app: &Arc<App>,
+    ctx: &mut Ctx,
+    parts: http::request::Parts,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let token = authenticate(app, &parts.headers)?;
+    {
+        let r = ctx.rec();
+        r.row.token_id = Some(token.id.clone());
+        r.row.subject = Some(token.subject.clone());
+        r.row.env = Some(token.env.clone());
+    }
+    let bytes = read_body(app, &parts.headers, body).await?;
+    let probe: Probe<'_> = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "request body must be a JSON object ({}) at line {} column {}",
+            match e.classify() {
+                serde_json::error::Category::Data => "a field has the wrong type",
+                _ => "malformed JSON",
+            },
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let model = probe
+        .model
+        .as_deref()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::bad_request("the request names no `model`"))?
+        .to_string();
+    let stream = probe.stream.unwrap_or(false);
+    {
+        let r = ctx.rec();
+        r.row.model = Some(model.clone());
+        r.row.stream = stream;
+    }
+    let dialect = ctx.ep.dialect();
+    let now = SystemTime::now();
+    let set = app.creds.load();
+    let matching: Vec<_> = set
+        .all
+        .iter()
+        .filter(|c| !c.suspended && c.provider.dialect() == dialect && c.serves(&model))
+        .collect();
+    if matching.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!(
+                "no credential on this airlock serves model `{model}` through {}",
+                ctx.ep.path()
+            ),
+        ));
+    }
+    let mut allowed: Vec<Authorized> = Vec::with_capacity(matching.len());
+    let mut denial: Option<TokenError> = None;
+    for c in matching {
+        match policy::authorize(&app.verifier, &token, c, &model, now) {
+            Ok(a) => allowed.push(a),
+            Err(e) => {
+                // Keep the most useful reason: a scope refusal beats an environment mismatch.
+                let better = match (&denial, &e) {
+                    (None, _) => true,
+                    (Some(TokenError::Denied(old)), TokenError::Denied(_)) => {
+                        old.contains("environment")
+                    }
+                    _ => false,
+                };
+                if better {
+                    denial = Some(e);
+                }
+            }
+        }
+    }
+    if allowed.is_empty() {
+        let e = denial.unwrap_or_else(|| TokenError::Denied("not allowed".into()));
+        return Err(token_error(&e));
+    }
+    forward(app, ctx, &parts, bytes, allowed, stream).await
+}
+
+fn upstream_request(
+    a: &Authorized,
+    ep: Endpoint,
+    method: &Method,
+    headers: &HeaderMap,
+    body: Bytes,
+    key: &Secret,
+) -> Result<Request<Full<Bytes>>, ApiError> {
+    let c = a.credential();
+    let url = c.provider.url(&c.base_url, ep);
+    let mut b = Request::builder().method(method.clone()).uri(&url);
+    if let Some(h) = b.headers_mut() {
+        for (name, value) in headers {
+            if listed(name.as_str(), FORWARD, FORWARD_PREFIX) {
+                h.append(name.clone(), value.clone());
+            }
+        }
+        if c.provider == ProviderKind::Anthropic && !h.contains_key("anthropic-version") {
+            h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        }
+        if !h.contains_key(http::header::CONTENT_TYPE) && method == Method::POST {
+            h.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        h.insert(
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        let (name, value) = c.provider.auth_header(key).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "credential_unusable",
+                format!(
+                    "credential `{}` holds characters that cannot go in an HTTP header",
+                    c.name
+                ),
+            )
+        })?;
+        h.insert(name, value);
+    }
+    b.body(Full::new(body)).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "bad_upstream_url",
+            format!("credential `{}` has an unusable base URL", c.name),
+        )
+    })
+}
+
+async fn forward(
+    app: &Arc<App>,
+    ctx: &mut Ctx,
+    parts: &http::request::Parts,
+    body: Bytes,
+    allowed: Vec<Authorized>,
+    stream: bool,
+) -> Result<Response, ApiError> {
+    let n = allowed.len();
+    let upstream_limit = Duration::from_secs(app.cfg.limits.upstream_timeout_secs);
+    let file_check = Duration::from_millis(app.cfg.secrets.file_check_ms);
+    let mut last_err: Option<ApiError> = None;
+    for (i, a) in allowed.iter().enumerate() {
+        let last = i + 1 == n;
+        let c = a.credential();
+        {
+            let r = ctx.rec();
+            r.row.credential = Some(c.name.clone());
+            r.row.provider = Some(c.provider.as_str().to_string());
+            r.row.attempts = i as i64 + 1;
+        }
+        if i > 0 {
+            app.recorder
+                .counters
+                .fallbacks
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let resolved = match c.secret(&app.hmac, file_check) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(credential = %c.name, error = %e, "secret unavailable");
+                last_err = Some(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "credential_unavailable",
+                    format!("the key of credential `{}` cannot be read right now; an operator must check its reference", c.name),
+                ));
+                continue;
+            }
+        };
+        if let Some((fp, last4)) = resolved.changed {
+            let store = app.store.clone();
+            let name = c.name.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.set_fingerprint(&name, &fp, &last4, now_ms()).await {
+                    tracing::warn!(error = %e, "could not record a changed fingerprint");
+                }
+            });
+        }
+        let req = upstream_request(
+            a,
+            ctx.ep,
+            &parts.method,
+            &parts.headers,
+            body.clone(),
+            &resolved.secret,
+        )?;
+        let resp = match tokio::time::timeout(upstream_limit, app.client.request(req)).await {
+            Err(_) => {
+                tracing::warn!(credential = %c.name, "provider timed out");
+                last_err = Some(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    format!(
+                        "the provider did not answer within {}s",
+                        upstream_limit.as_secs()
+                    ),
+                ));
+                continue;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(credential = %c.name, error = %e, "provider unreachable");
+                last_err = Some(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unreachable",
+                    format!(
+                        "the provider behind credential `{}` cannot be reached",
+                        c.name
+                    ),
+                ));
+                continue;
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        let status = resp.status();
+        let credential_refused =
+            status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
+        let retryable = status == StatusCode::TOO_MANY_REQUESTS
+            || status.is_server_error()
+            || credential_refused;
+        if retryable && !last {
+            tracing::info!(credential = %c.name, status = status.as_u16(), "falling back to the next credential");
+            continue;
+        }
+        if credential_refused {
+            tracing::error!(credential = %c.name, status = status.as_u16(), "provider refused the credential's key");
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "credential_refused",
+                format!(
+                    "the provider refused the key of credential `{}` (HTTP {}); an operator must check it (`airlock credential show {}`)",
+                    c.name,
+                    status.as_u16(),
+                    c.name
+                ),
+            ));
+        }
+        let mut record = ctx.record.take().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "request state lost",
+            )
+        })?;
+        record.mark_ttfb();
+        return Ok(respond(app, resp, record, &resolved.secret, stream).await);
+    }
+    Err(last_err.unwrap_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "no_upstream",
+            "no credential could serve the request",
+        )
+    }))
+}
+
+async fn respond(
+    app: &App,
+    resp: http::Response<hyper::body::Incoming>,
+    mut record: Record,
+    key: &Secret,
+    _stream: bool,
+) -> Response {
+    let (parts, body) = resp.into_parts();
+    let status = parts.status;
+    let mut out = Response::builder().status(status);
+    let sse = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if let Some(h) = out.headers_mut() {
+        for (name, value) in &parts.headers {
+            if listed(name.as_str(), RETURN, RETURN_PREFIX) {
+                h.append(name.clone(), value.clone());
+            }
+        }
+    }
+    if !status.is_success() {
+        // Error bodies are small; read them whole and make sure no key is echoed back (I1).
+        let bytes = match tokio::time::timeout(
+            Duration::from_secs(30),
+            Limited::new(body, 1 << 20).collect(),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c.to_bytes(),
+            _ => Bytes::new(),
+        };
+        let cleaned = redact(&bytes, key.expose_to_upstream().as_bytes());
+        record.finish(status.as_u16(), "upstream_refused");
+        drop(record);
+        return out
+            .body(Body::from(cleaned))
+            .unwrap_or_else(|_| Response::new(Body::empty()));
+    }
+    let idle = Duration::from_secs(app.cfg.limits.stream_idle_timeout_secs);
+    let observed = ObservedBody::new(body, Observer::new(sse), record, idle, status.as_u16());
+    out.body(Body::new(observed))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+/// Replaces every occurrence of `needle` in `hay` with `[redacted]`.
+fn redact(hay: &[u8], needle: &[u8]) -> Bytes {
+    if needle.len() < 8 || memchr::memmem::find(hay, needle).is_none() {
+        return Bytes::copy_from_slice(hay);
+    }
+    let mut out = Vec::with_capacity(hay.len());
+    let mut rest = hay;
+    while let Some(i) = memchr::memmem::find(rest, needle) {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(b"[redacted]");
+        rest = &rest[i + needle.len()..];
+    }
+    out.extend_from_slice(rest);
+    Bytes::from(out)
+}
+
+/// `GET /v1/models`: the models this token may use, in the client's dialect.
+pub async fn models(app: Arc<App>, req: Request<Body>) -> Response {
+    let dialect = if req.headers().contains_key("anthropic-version") {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    };
+    match list_models(&app, req.headers()).await {
+        Ok(ids) => {
+            let body = match dialect {
+                Dialect::OpenAi => serde_json::json!({
+                    "object": "list",
+                    "data": ids.iter().map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "airlock"})).collect::<Vec<_>>(),
+                }),
+                Dialect::Anthropic => serde_json::json!({
+                    "data": ids.iter().map(|id| serde_json::json!({"type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"})).collect::<Vec<_>>(),
+                    "has_more": false,
+                    "first_id": ids.first(),
+                    "last_id": ids.last(),
+                }),
+            };
+            axum::Json(body).into_response_ok()
+        }
+        Err(e) => e.render(dialect),
+    }
+}
+
+/// `GET /v1/models/{id}`.
+pub async fn model_one(app: Arc<App>, id: String, req: Request<Body>) -> Response {
+    match list_models(&app, req.headers()).await {
+        Ok(ids) if ids.contains(&id) => axum::Json(
+            serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "airlock"}),
+        )
+        .into_response_ok(),
+        Ok(_) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("model `{id}` is not available to this token"),
+        )
+        .render(Dialect::OpenAi),
+        Err(e) => e.render(Dialect::OpenAi),
+    }
+}
+
+trait OkResponse {
+    fn into_response_ok(self) -> Response;
+}
+
+impl<T: serde::Serialize> OkResponse for axum::Json<T> {
+    fn into_response_ok(self) -> Response {
+        axum::response::IntoResponse::into_response(self)
+    }
+}
+
+async fn list_models(app: &Arc<App>, headers: &HeaderMap) -> Result<Vec<String>, ApiError> {
+    let token = authenticate(app, headers)?;
+    let now = SystemTime::now();
+    let set = app.creds.load();
+    let mut out = std::collections::BTreeSet::new();
+    for c in set
+        .all
+        .iter()
+        .filter(|c| !c.suspended && c.env == token.env)
+    {
+        let mut names: Vec<String> = c
+            .models
+            .iter()
+            .filter(|g| g.is_literal())
+            .map(|g| g.as_str().to_string())
+            .collect();
+        names.extend(upstream_models(app, c).await);
+        for m in names {
+            if c.serves(&m) && policy::authorize(&app.verifier, &token, c, &m, now).is_ok() {
+                out.insert(m);
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+async fn upstream_models(app: &Arc<App>, c: &Arc<crate::credentials::Credential>) -> Vec<String> {
+    if let Ok(cache) = app.model_lists.lock() {
+        if let Some((at, list)) = cache.get(&c.name) {
+            if at.elapsed() < Duration::from_secs(300) {
+                return list.clone();
+            }
+        }
+    }
+    let Ok(resolved) = c.secret(
+        &app.hmac,
+        Duration::from_millis(app.cfg.secrets.file_check_ms),
+    ) else {
+        return Vec::new();
+    };
+    let url = c.provider.url(&c.base_url, Endpoint::Models);
+    let mut b = Request::builder().method(Method::GET).uri(url);
+    if let (Some(h), Some((n, v))) = (b.headers_mut(), c.provider.auth_header(&resolved.secret)) {
+        h.insert(n, v);
+        if c.provider == ProviderKind::Anthropic {
+            h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        }
+    }
+    let Ok(req) = b.body(Full::new(Bytes::new())) else {
+        return Vec::new();
+    };
+    #[derive(Deserialize)]
+    struct List {
+        data: Vec<Item>,
+    }
+    #[derive(Deserialize)]
+    struct Item {
+        id: String,
+    }
+    let list = match tokio::time::timeout(Duration::from_secs(10), app.client.request(req)).await {
+        Ok(Ok(resp)) if resp.status().is_success() => {
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                Limited::new(resp.into_body(), 4 << 20).collect(),
+            )
+            .await
+            {
+                Ok(Ok(b)) => serde_json::from_slice::<List>(&b.to_bytes())
+                    .map(|l| l.data.into_iter().map(|i| i.id).collect())
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            }
+        }
+        _ => Vec::new(),
+    };
+    if let Ok(mut cache) = app.model_lists.lock() {
+        cache.insert(c.name.clone(), (std::time::Instant::now(), list.clone()));
+    }
+    list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_extraction_and_redaction() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("bearer abc"));
+        assert_eq!(presented_token(&h), Some("abc"));
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static(" xyz "));
+        assert_eq!(presented_token(&h), Some("xyz"));
+        assert_eq!(presented_token(&HeaderMap::new()), None);
+        assert_eq!(
+            &redact(b"key sk-12345678 again sk-12345678.", b"sk-12345678")[..],
+            b"key [redacted] again [redacted]."
+        );
+        assert!(!listed("authorization", FORWARD, FORWARD_PREFIX));
+        assert!(!listed("x-api-key", FORWARD, FORWARD_PREFIX));
+        assert!(!listed("cookie", FORWARD, FORWARD_PREFIX));
+        assert!(listed("x-stainless-lang", FORWARD, FORWARD_PREFIX));
+        assert!(!listed("set-cookie", RETURN, RETURN_PREFIX));
+    }
+}

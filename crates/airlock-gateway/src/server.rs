@@ -1,0 +1,208 @@
+//! The HTTP server. The request path, outermost first (each a small layer or step, see
+//! ARCHITECTURE.md):
+//!
+//! 1. `edge`: request id, panic → 500 in the client's dialect, one trace line per request
+//!    (method, path, status, time: never headers or bodies)
+//! 2. router: proxied endpoints, `/v1/models`, health, metrics, `/admin/v1` (role-guarded),
+//!    fallback → 404 in the dialect
+//! 3. proxy: authenticate → read body (size and time limits) → policy (token × credential, I4)
+//!    → provider adapter with fallback → stream back, usage recorded when it ends
+//!
+//! Connections are served by hyper directly (not `axum::serve`) so header-read timeouts and
+//! graceful shutdown are set here.
+
+use crate::dialect::{ApiError, Dialect};
+use crate::providers::Endpoint;
+use crate::state::App;
+use crate::RequestId;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::FutureExt;
+use http::{HeaderValue, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+fn proxied(ep: Endpoint) -> axum::routing::MethodRouter<Arc<App>> {
+    post(move |State(app): State<Arc<App>>, req: Request<Body>| crate::proxy::handle(app, ep, req))
+}
+
+/// Builds the whole router.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", proxied(Endpoint::ChatCompletions))
+        .route("/v1/completions", proxied(Endpoint::Completions))
+        .route("/v1/embeddings", proxied(Endpoint::Embeddings))
+        .route("/v1/responses", proxied(Endpoint::Responses))
+        .route("/v1/messages", proxied(Endpoint::Messages))
+        .route("/v1/messages/count_tokens", proxied(Endpoint::CountTokens))
+        .route(
+            "/v1/models",
+            get(|State(app): State<Arc<App>>, req: Request<Body>| crate::proxy::models(app, req)),
+        )
+        .route(
+            "/v1/models/{id}",
+            get(
+                |State(app): State<Arc<App>>, Path(id): Path<String>, req: Request<Body>| {
+                    crate::proxy::model_one(app, id, req)
+                },
+            ),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .nest("/admin/v1", crate::admin::router(&app))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(edge))
+        .with_state(app)
+}
+
+async fn not_found(req: Request<Body>) -> Response {
+    let path = req.uri().path().to_string();
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_route",
+        format!("airlock has no route {} {path}", req.method()),
+    )
+    .render(Dialect::for_path(&path))
+}
+
+async fn method_not_allowed(req: Request<Body>) -> Response {
+    let path = req.uri().path().to_string();
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {path}", req.method()),
+    )
+    .render(Dialect::for_path(&path))
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.store.ping().await {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let c = &app.recorder.counters;
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let body = format!(
+        "# TYPE airlock_requests_total counter\nairlock_requests_total {}\n\
+         # TYPE airlock_refused_total counter\nairlock_refused_total {}\n\
+         # TYPE airlock_fallbacks_total counter\nairlock_fallbacks_total {}\n\
+         # TYPE airlock_input_tokens_total counter\nairlock_input_tokens_total {}\n\
+         # TYPE airlock_output_tokens_total counter\nairlock_output_tokens_total {}\n\
+         # TYPE airlock_usage_dropped_total counter\nairlock_usage_dropped_total {}\n\
+         # TYPE airlock_usage_write_errors_total counter\nairlock_usage_write_errors_total {}\n\
+         # TYPE airlock_credentials gauge\nairlock_credentials {}\n\
+         # TYPE airlock_uptime_seconds gauge\nairlock_uptime_seconds {}\n",
+        g(&c.requests),
+        g(&c.refused),
+        g(&c.fallbacks),
+        g(&c.input_tokens),
+        g(&c.output_tokens),
+        g(&c.dropped),
+        g(&c.write_errors),
+        app.creds.load().all.len(),
+        app.started.elapsed().as_secs()
+    );
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        body,
+    )
+        .into_response()
+}
+
+async fn edge(mut req: Request<Body>, next: axum::middleware::Next) -> Response {
+    let id = airlock_secrets::random_token(8);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = Instant::now();
+    let mut resp = match AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::error!(request_id = %id, path = %path, "handler panicked");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                format!("internal error (request {id}); the server keeps running"),
+            )
+            .render(Dialect::for_path(&path))
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-airlock-request-id", v);
+    }
+    tracing::debug!(request_id = %id, %method, %path, status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    resp
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then finishes in-flight requests
+/// (up to 30 s).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = router.clone().layer(axum::Extension(ConnectInfo(peer)));
+        let svc = hyper_util::service::TowerToHyperService::new(svc);
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!("in-flight requests did not finish within 30s"),
+    }
+}
+
+/// Binds an address.
+pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind(addr).await?;
+    let a = l.local_addr()?;
+    Ok((l, a))
+}

@@ -1,0 +1,90 @@
+//! Shared server state.
+
+use crate::config::Config;
+use crate::credentials::CredentialSet;
+use crate::usage::Recorder;
+use airlock_secrets::HmacKey;
+use airlock_store::Store;
+use airlock_token::Verifier;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The HTTP client used for providers (rustls with the platform's roots; HTTP/1.1 and h2).
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Everything a handler needs.
+pub struct App {
+    /// Configuration.
+    pub cfg: Config,
+    /// Database.
+    pub store: Store,
+    /// Token verifier (with its cache).
+    pub verifier: Verifier,
+    /// HMAC key for fingerprints and stored key hashes.
+    pub hmac: HmacKey,
+    /// Credentials, swapped whole when they change.
+    pub creds: ArcSwap<CredentialSet>,
+    /// Ids of revoked tokens.
+    pub revoked: ArcSwap<HashSet<String>>,
+    /// Provider client.
+    pub client: HttpClient,
+    /// Usage recorder.
+    pub recorder: Recorder,
+    /// Upstream model lists per credential, for `/v1/models`.
+    pub model_lists: Mutex<HashMap<String, (Instant, Vec<String>)>>,
+    /// When the server started.
+    pub started: Instant,
+}
+
+/// Builds the provider client.
+pub fn http_client(connect_timeout: Duration) -> anyhow::Result<HttpClient> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()?
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(https))
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl App {
+    /// Reloads credentials from the store.
+    pub async fn reload_credentials(&self) -> Result<(), airlock_store::StoreError> {
+        let rows = self.store.list_credentials().await?;
+        self.creds.store(Arc::new(CredentialSet::from_rows(&rows)));
+        Ok(())
+    }
+
+    /// Reloads the revocation list from the store.
+    pub async fn reload_revocations(&self) -> Result<(), airlock_store::StoreError> {
+        let ids = self.store.revoked_token_ids(now_ms() / 1000).await?;
+        self.revoked.store(Arc::new(ids.into_iter().collect()));
+        Ok(())
+    }
+
+    /// Whether a token id is revoked.
+    pub fn is_revoked(&self, id: &str) -> bool {
+        self.revoked.load().contains(id)
+    }
+}

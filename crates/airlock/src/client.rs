@@ -1,0 +1,305 @@
+//! Management commands over the admin API.
+
+use crate::{print_json, CredentialCmd, Failure, TokenCmd};
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+struct Admin {
+    url: String,
+    token: String,
+    client: airlock_gateway::state::HttpClient,
+}
+
+impl Admin {
+    fn from_env() -> Result<Self, Failure> {
+        let url = std::env::var("AIRLOCK_URL").unwrap_or_else(|_| "http://127.0.0.1:8400".into());
+        let token = std::env::var("AIRLOCK_ADMIN_TOKEN").map_err(|_| {
+            Failure::usage(
+                "AIRLOCK_ADMIN_TOKEN is not set: export the admin key that `airlock init` printed",
+            )
+        })?;
+        let client = airlock_gateway::state::http_client(Duration::from_secs(5))
+            .map_err(|e| Failure::usage(e.to_string()))?;
+        Ok(Admin {
+            url: url.trim_end_matches('/').to_string(),
+            token,
+            client,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Failure> {
+        let uri = format!("{}/admin/v1{path}", self.url);
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let req = Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .body(Full::new(bytes))
+            .map_err(|e| Failure::usage(format!("bad AIRLOCK_URL {}: {e}", self.url)))?;
+        let resp = tokio::time::timeout(Duration::from_secs(60), self.client.request(req))
+            .await
+            .map_err(|_| Failure::remote(format!("airlock at {} did not answer within 60s", self.url)))?
+            .map_err(|_| Failure::remote(format!("cannot reach airlock at {} (is `airlock serve` running? is AIRLOCK_URL right?)", self.url)))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Failure::remote(format!("reading the answer failed: {e}")))?
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(v);
+        }
+        let msg = v
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        Err(Failure {
+            code: if status.is_server_error() { 3 } else { 2 },
+            message: msg,
+        })
+    }
+}
+
+fn ms(v: &Value) -> String {
+    v.as_i64()
+        .map(|m| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_millis(m as u64),
+            )
+            .to_string()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("-")
+}
+
+fn list(v: &Value, k: &str) -> String {
+    v.get(k)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "*".into())
+}
+
+pub async fn credential(c: CredentialCmd, json: bool) -> Result<(), Failure> {
+    let admin = Admin::from_env()?;
+    match c {
+        CredentialCmd::Add {
+            name,
+            provider,
+            env,
+            secret,
+            base_url,
+            models,
+            priority,
+        } => {
+            let v = admin
+                .call(
+                    Method::POST,
+                    "/credentials",
+                    Some(json!({"name": name, "provider": provider, "env": env, "secret_ref": secret, "base_url": base_url, "models": models, "priority": priority})),
+                )
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!(
+                    "added {} ({} / {}) fingerprint {} …{}",
+                    s(&v, "name"),
+                    s(&v, "provider"),
+                    s(&v, "env"),
+                    s(&v, "fingerprint"),
+                    s(&v, "last4")
+                );
+            }
+        }
+        CredentialCmd::List => {
+            let v = admin.call(Method::GET, "/credentials", None).await?;
+            if json {
+                print_json(&v);
+                return Ok(());
+            }
+            println!(
+                "{:<20} {:<18} {:<8} {:<4} {:<28} {:<6} {:<20} REFERENCE",
+                "NAME", "PROVIDER", "ENV", "PRIO", "FINGERPRINT", "LAST4", "LAST USED"
+            );
+            for c in v["credentials"].as_array().cloned().unwrap_or_default() {
+                println!(
+                    "{:<20} {:<18} {:<8} {:<4} {:<28} {:<6} {:<20} {}",
+                    s(&c, "name"),
+                    s(&c, "provider"),
+                    s(&c, "env"),
+                    c["priority"],
+                    s(&c, "fingerprint").chars().take(28).collect::<String>(),
+                    s(&c, "last4"),
+                    ms(&c["last_used_at"]),
+                    s(&c, "secret_ref")
+                );
+            }
+        }
+        CredentialCmd::Show { name } => {
+            let v = admin
+                .call(Method::GET, &format!("/credentials/{name}"), None)
+                .await?;
+            if json {
+                print_json(&v);
+                return Ok(());
+            }
+            println!("name         {}", s(&v, "name"));
+            println!("provider     {}", s(&v, "provider"));
+            println!("environment  {}", s(&v, "env"));
+            println!("reference    {}", s(&v, "secret_ref"));
+            println!(
+                "base url     {}",
+                v["base_url"].as_str().unwrap_or("(provider default)")
+            );
+            println!("models       {}", list(&v, "models"));
+            println!("priority     {}", v["priority"]);
+            println!("fingerprint  {}", s(&v, "fingerprint"));
+            println!("last 4       {}", s(&v, "last4"));
+            println!("created      {}", ms(&v["created_at"]));
+            println!("rotated      {}", ms(&v["rotated_at"]));
+            println!("last used    {}", ms(&v["last_used_at"]));
+            println!(
+                "requests     {} ({} input / {} output tokens)",
+                v["usage"]["requests"], v["usage"]["input_tokens"], v["usage"]["output_tokens"]
+            );
+        }
+        CredentialCmd::Remove { name } => {
+            let v = admin
+                .call(Method::DELETE, &format!("/credentials/{name}"), None)
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("removed {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn token(t: TokenCmd, json: bool) -> Result<(), Failure> {
+    match t {
+        TokenCmd::Attenuate {
+            token,
+            models,
+            credentials,
+            ttl,
+        } => {
+            let ttl = ttl
+                .map(|t| {
+                    humantime::parse_duration(&t)
+                        .map_err(|e| Failure::usage(format!("--ttl {t}: {e}")))
+                })
+                .transpose()?;
+            let now = std::time::SystemTime::now();
+            let narrowed = airlock_token::attenuate(&token, &models, &credentials, ttl, now)
+                .map_err(|e| Failure::usage(e.to_string()))?;
+            if json {
+                let info = airlock_token::inspect(&narrowed).ok();
+                print_json(&json!({
+                    "token": narrowed,
+                    "blocks": info.as_ref().map(|i| i.blocks),
+                    "expires_at": info.and_then(|i| i.expires_at).map(airlock_token::rfc3339),
+                }));
+            } else {
+                println!("{narrowed}");
+            }
+            Ok(())
+        }
+        TokenCmd::Mint {
+            models,
+            credentials,
+            env,
+            ttl,
+            subject,
+        } => {
+            let admin = Admin::from_env()?;
+            let v = admin
+                .call(Method::POST, "/tokens", Some(json!({"models": models, "credentials": credentials, "env": env, "ttl": ttl, "subject": subject})))
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                for w in v["warnings"].as_array().cloned().unwrap_or_default() {
+                    eprintln!("warning: {}", w.as_str().unwrap_or_default());
+                }
+                eprintln!(
+                    "token {} for {} (env {}, models {}) expires {}",
+                    s(&v, "id"),
+                    s(&v, "subject"),
+                    s(&v, "env"),
+                    list(&v, "models"),
+                    s(&v, "expires_at")
+                );
+                println!("{}", s(&v, "token"));
+            }
+            Ok(())
+        }
+        TokenCmd::Revoke { id } => {
+            let admin = Admin::from_env()?;
+            let v = admin
+                .call(Method::POST, &format!("/tokens/{id}/revoke"), None)
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("revoked {id}");
+            }
+            Ok(())
+        }
+        TokenCmd::List { all } => {
+            let admin = Admin::from_env()?;
+            let v = admin
+                .call(Method::GET, &format!("/tokens?all={all}"), None)
+                .await?;
+            if json {
+                print_json(&v);
+                return Ok(());
+            }
+            println!(
+                "{:<28} {:<24} {:<8} {:<20} {:<22} REVOKED",
+                "ID", "SUBJECT", "ENV", "MODELS", "EXPIRES"
+            );
+            for t in v["tokens"].as_array().cloned().unwrap_or_default() {
+                println!(
+                    "{:<28} {:<24} {:<8} {:<20} {:<22} {}",
+                    s(&t, "id"),
+                    s(&t, "subject"),
+                    s(&t, "env"),
+                    list(&t, "models"),
+                    t["expires_at"]
+                        .as_u64()
+                        .map(airlock_token::rfc3339)
+                        .unwrap_or_default(),
+                    if t["revoked_at"].is_null() {
+                        "-".to_string()
+                    } else {
+                        ms(&t["revoked_at"])
+                    }
+                );
+            }
+            Ok(())
+        }
+    }
+}

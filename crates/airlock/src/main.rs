@@ -1,0 +1,373 @@
+//! The `airlock` command line. Server commands run the gateway; management commands talk to a
+//! running server through the admin API (`AIRLOCK_URL`, `AIRLOCK_ADMIN_TOKEN`); `init`,
+//! `token attenuate` and `mock-provider` work offline.
+//!
+//! Exit codes: 0 success, 1 a check found a problem, 2 usage or configuration error,
+//! 3 a remote or store failure. Errors go to stderr.
+
+mod client;
+mod demo;
+
+use airlock_gateway::config::Config;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// airlock: a least-trust AI gateway and credential broker.
+///
+/// Applications hold short-lived scoped tokens; provider keys stay in your own store.
+/// Quick start: `airlock demo`, then point the OpenAI or Anthropic SDK at the printed URL.
+#[derive(Parser)]
+#[command(name = "airlock", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway, admin API and metrics.
+    Serve {
+        /// Configuration file.
+        #[arg(long, env = "AIRLOCK_CONFIG", default_value = "airlock.toml")]
+        config: PathBuf,
+        /// Listen address (overrides the file).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Run a throwaway gateway with a built-in mock provider and print a demo token.
+    Demo {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8400")]
+        listen: String,
+    },
+    /// Run a mock OpenAI + Anthropic provider (for tests and demos).
+    MockProvider(MockArgs),
+    /// Create a state directory: configuration, signing key, database, owner admin key.
+    Init {
+        /// Directory to create.
+        #[arg(long, default_value = "./airlock-state")]
+        dir: PathBuf,
+        /// Address the server will listen on.
+        #[arg(long, default_value = "127.0.0.1:8400")]
+        listen: String,
+    },
+    /// Manage provider credentials (the inventory).
+    #[command(subcommand)]
+    Credential(CredentialCmd),
+    /// Mint, narrow, list and revoke client tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Args)]
+struct MockArgs {
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    listen: String,
+    /// The provider key to require (prefer --expect-key-file or AIRLOCK_MOCK_EXPECT_KEY: a
+    /// command-line argument is visible to other users in `ps`).
+    #[arg(long, env = "AIRLOCK_MOCK_EXPECT_KEY", hide_env_values = true)]
+    expect_key: Option<String>,
+    /// Read the required key from a file.
+    #[arg(long)]
+    expect_key_file: Option<PathBuf>,
+    /// Answer every inference request with this HTTP status (to test fallbacks).
+    #[arg(long)]
+    fail_status: Option<u16>,
+    /// Pause between streamed chunks, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    chunk_delay_ms: u64,
+    /// Name echoed in replies.
+    #[arg(long, default_value = "mock")]
+    name: String,
+    /// Models listed by /v1/models.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "gpt-4o-mini,gpt-4o,o3-mini,text-embedding-3-small,claude-sonnet-4-5,claude-haiku-4-5"
+    )]
+    models: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum CredentialCmd {
+    /// Add a credential: a reference to where the key lives, never the key itself.
+    Add {
+        /// Unique name, e.g. openai-prod.
+        name: String,
+        /// openai, anthropic, azure or openai-compatible.
+        #[arg(long)]
+        provider: String,
+        /// Environment tag (prod, eval, dev, …); only tokens of this environment can use it.
+        #[arg(long)]
+        env: String,
+        /// Where the key lives: env:NAME or file:/absolute/path (read by the server).
+        #[arg(long)]
+        secret: String,
+        /// Base URL as the provider's SDK takes it (https://api.openai.com/v1,
+        /// https://api.anthropic.com, an Azure deployment URL, any OpenAI-compatible URL).
+        #[arg(long)]
+        base_url: Option<String>,
+        /// Model globs this credential serves (repeatable or comma-separated; default *).
+        #[arg(long = "models", alias = "model", value_delimiter = ',')]
+        models: Vec<String>,
+        /// Lower is tried first when several credentials serve a model.
+        #[arg(long, default_value_t = 100)]
+        priority: i64,
+    },
+    /// List credentials.
+    List,
+    /// Show one credential with its usage.
+    Show {
+        /// Credential name.
+        name: String,
+    },
+    /// Remove a credential.
+    Remove {
+        /// Credential name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Mint a client token (through the admin API).
+    Mint {
+        /// Allowed model globs (repeatable or comma-separated; default *).
+        #[arg(long = "model", value_delimiter = ',')]
+        models: Vec<String>,
+        /// Allowed credentials (default: any of the environment).
+        #[arg(long = "credential", value_delimiter = ',')]
+        credentials: Vec<String>,
+        /// Environment (default: the only one there is).
+        #[arg(long)]
+        env: Option<String>,
+        /// Lifetime, e.g. 15m, 1h (default 1h, at most 24h).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Who the token is for (default: admin:<your key's name>).
+        #[arg(long)]
+        subject: Option<String>,
+    },
+    /// Narrow a token offline (no server, no key needed).
+    Attenuate {
+        /// The token to narrow.
+        token: String,
+        /// Allowed model globs.
+        #[arg(long = "model", value_delimiter = ',')]
+        models: Vec<String>,
+        /// Allowed credentials.
+        #[arg(long = "credential", value_delimiter = ',')]
+        credentials: Vec<String>,
+        /// New, shorter lifetime from now.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Revoke a token (and every token narrowed from it) at once.
+    Revoke {
+        /// Token id (tok_…).
+        id: String,
+    },
+    /// List minted tokens.
+    List {
+        /// Include expired tokens.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// A failure with its exit code.
+pub struct Failure {
+    /// Exit code.
+    pub code: u8,
+    /// Message for stderr.
+    pub message: String,
+}
+
+impl Failure {
+    fn usage(m: impl Into<String>) -> Self {
+        Failure {
+            code: 2,
+            message: m.into(),
+        }
+    }
+    fn remote(m: impl Into<String>) -> Self {
+        Failure {
+            code: 3,
+            message: m.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("airlock: cannot start the runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("airlock: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn init_logging(level: &str, format: &str) {
+    let filter = std::env::var("RUST_LOG")
+        .unwrap_or_else(|_| format!("{level},hyper=info,sqlx=warn,h2=info,rustls=info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let json = cli.json;
+    match cli.cmd {
+        Cmd::Serve { config, listen } => {
+            let mut cfg = Config::load(&config, std::env::vars()).map_err(Failure::usage)?;
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            init_logging(&cfg.log.level, &cfg.log.format);
+            serve(cfg, None).await
+        }
+        Cmd::Demo { listen } => demo::run(&listen, json).await,
+        Cmd::MockProvider(m) => mock(m).await,
+        Cmd::Init { dir, listen } => {
+            listen.parse::<std::net::SocketAddr>().map_err(|_| {
+                Failure::usage(format!(
+                    "--listen {listen}: not an address like 127.0.0.1:8400"
+                ))
+            })?;
+            let out = airlock_gateway::init(&dir, &listen)
+                .await
+                .map_err(|e| Failure::usage(format!("{e:#}")))?;
+            if json {
+                print_json(&serde_json::to_value(&out).unwrap_or_default());
+            } else {
+                println!("Initialised {}", dir.display());
+                println!("  config      {}", out.config.display());
+                println!(
+                    "  public key  {}  (verifies tokens offline)",
+                    out.public_key
+                );
+                println!();
+                println!("Owner admin key (shown once; store it in your password manager):");
+                println!("  {}", out.admin_token);
+                println!();
+                println!("Next:");
+                println!("  airlock serve --config {}", out.config.display());
+                println!(
+                    "  export AIRLOCK_URL=http://{} AIRLOCK_ADMIN_TOKEN=<the key above>",
+                    out.listen
+                );
+                println!("  airlock credential add openai-prod --provider openai --env prod --secret env:OPENAI_API_KEY");
+            }
+            Ok(())
+        }
+        Cmd::Credential(c) => client::credential(c, json).await,
+        Cmd::Token(t) => client::token(t, json).await,
+    }
+}
+
+/// Runs the gateway until a signal; `ready` receives the bound address.
+pub async fn serve(
+    cfg: Config,
+    ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+) -> Result<(), Failure> {
+    let header_timeout = std::time::Duration::from_secs(cfg.limits.header_timeout_secs);
+    let listen = cfg.listen.clone();
+    let (app, writer) = airlock_gateway::build_app(cfg)
+        .await
+        .map_err(|e| Failure::usage(format!("{e:#}")))?;
+    let (listener, addr) = airlock_gateway::server::bind(&listen)
+        .await
+        .map_err(|e| Failure::usage(format!("cannot listen on {listen}: {e}")))?;
+    tracing::info!(%addr, credentials = app.creds.load().all.len(), "airlock listening");
+    if let Some(tx) = ready {
+        let _ = tx.send(addr);
+    }
+    let router = airlock_gateway::server::router(app.clone());
+    airlock_gateway::server::serve(listener, router, header_timeout, shutdown_signal()).await;
+    tracing::info!("shutting down: writing queued usage records");
+    drop(app);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), writer).await;
+    Ok(())
+}
+
+async fn mock(m: MockArgs) -> Result<(), Failure> {
+    init_logging("info", "text");
+    let key = match (m.expect_key, m.expect_key_file) {
+        (_, Some(f)) => Some(
+            std::fs::read_to_string(&f)
+                .map_err(|e| Failure::usage(format!("{}: {e}", f.display())))?
+                .trim()
+                .to_string(),
+        ),
+        (k, None) => k,
+    };
+    let opts = airlock_gateway::mock::MockOptions {
+        expect_key: key.map(airlock_secrets::Secret::new),
+        fail_status: m.fail_status,
+        chunk_delay: std::time::Duration::from_millis(m.chunk_delay_ms),
+        name: m.name,
+        models: m.models,
+    };
+    let (listener, addr) = airlock_gateway::server::bind(&m.listen)
+        .await
+        .map_err(|e| Failure::usage(format!("cannot listen on {}: {e}", m.listen)))?;
+    eprintln!("mock provider listening on http://{addr}");
+    airlock_gateway::server::serve(
+        listener,
+        airlock_gateway::mock::router(opts),
+        std::time::Duration::from_secs(30),
+        shutdown_signal(),
+    )
+    .await;
+    Ok(())
+}

@@ -172,10 +172,10 @@ pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
 
 fn store_err(e: StoreError) -> Response {
     match e {
-        StoreError::Conflict(what) => err(
+        e @ StoreError::Conflict(_) => err(
             StatusCode::CONFLICT,
             "conflict",
-            format!("{what}; pick another name or remove it first"),
+            format!("{e}; pick another name or remove it first"),
         ),
         e => {
             tracing::error!(error = %e, "store failure");

@@ -206,3 +206,57 @@ pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
     let a = l.local_addr()?;
     Ok((l, a))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panic_becomes_a_500_in_the_dialect_and_the_router_survives() {
+        #[allow(clippy::panic)]
+        let r: Router = Router::new()
+            .route(
+                "/v1/messages",
+                post(|| async {
+                    if true {
+                        panic!("boom");
+                    }
+                    "unreachable"
+                }),
+            )
+            .route(
+                "/v1/chat/completions",
+                post(|| async {
+                    if true {
+                        panic!("boom");
+                    }
+                    "unreachable"
+                }),
+            )
+            .route("/ok", get(|| async { "fine" }))
+            .layer(axum::middleware::from_fn(edge));
+        for (path, anthropic) in [("/v1/messages", true), ("/v1/chat/completions", false)] {
+            let resp = r
+                .clone()
+                .oneshot(Request::post(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(resp.headers().contains_key("x-airlock-request-id"));
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v.get("type").is_some(), anthropic, "{v}");
+            assert!(
+                !String::from_utf8_lossy(&body).contains("boom"),
+                "panic text is not sent to clients"
+            );
+        }
+        let ok = r
+            .oneshot(Request::get("/ok").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+    }
+}

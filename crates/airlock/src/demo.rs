@@ -33,7 +33,7 @@ pub async fn run(listen: &str, json: bool) -> Result<(), Failure> {
             "gpt-4o-mini".into(),
             "gpt-4o".into(),
             "text-embedding-3-small".into(),
-            "claude-sonnet-4-5".into(),
+            "claude-mock-1".into(),
         ],
     });
     tokio::spawn(airlock_gateway::server::serve(

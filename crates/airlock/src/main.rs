@@ -88,7 +88,7 @@ struct MockArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "gpt-4o-mini,gpt-4o,o3-mini,text-embedding-3-small,claude-sonnet-4-5,claude-haiku-4-5"
+        default_value = "gpt-4o-mini,gpt-4o,o3-mini,text-embedding-3-small,claude-mock-1,claude-haiku-4-5"
     )]
     models: Vec<String>,
 }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test. Installs what the tests need, idempotently, into ignored folders of the
+# repo (.venv for the Python SDKs). Under AIRLOCK_REQUIRE_ALL=1 (CI) nothing may be skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "python SDKs (openai, anthropic) into .venv"
+if [[ ! -x .venv/bin/python ]]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.requirements.sha
+want=$(sha256sum tests/e2e/requirements.txt | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+  .venv/bin/pip install -q --disable-pip-version-check -r tests/e2e/requirements.txt
+  echo "$want" > "$stamp"
+fi
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "rust tests"
+cargo test --workspace --quiet
+
+step "end-to-end tests (official SDKs against airlock serve + mock providers)"
+cargo build --quiet --bin airlock
+AIRLOCK_BIN="$PWD/target/debug/airlock" .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider "$@"

@@ -1,0 +1,118 @@
+"""Invariant I8 (bad input gets a clear 4xx in the client's dialect) and the CLI contract."""
+import json
+import socket
+import time
+
+import httpx
+import openai
+import pytest
+
+
+def post(a, path, body, token=None, headers=None):
+    h = {"authorization": f"Bearer {token or a.token}", "content-type": "application/json"}
+    h.update(headers or {})
+    with a.raw() as c:
+        return c.post(a.url + path, content=body, headers=h)
+
+
+def test_malformed_json_and_missing_model(airlock):
+    r = post(airlock, "/v1/chat/completions", b"{nope")
+    assert r.status_code == 400
+    assert "malformed JSON" in r.json()["error"]["message"]
+    r = post(airlock, "/v1/messages", b"[1,2]")
+    assert r.status_code == 400 and r.json()["type"] == "error", "Anthropic dialect"
+    r = post(airlock, "/v1/chat/completions", b'{"messages": []}')
+    assert r.status_code == 400 and "model" in r.json()["error"]["message"]
+    r = post(airlock, "/v1/chat/completions", b'{"model": 7}')
+    assert r.status_code == 400
+
+
+def test_oversize_body(airlock):
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 70000}]}).encode()
+    r = post(airlock, "/v1/chat/completions", body)
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
+    with pytest.raises(openai.APIStatusError) as e:
+        airlock.openai(airlock.token).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "y" * 70000}])
+    assert e.value.status_code == 413
+
+
+def test_slow_client_gets_408(airlock):
+    port = int(airlock.url.rsplit(":", 1)[1])
+    s = socket.create_connection(("127.0.0.1", port), timeout=15)
+    s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {airlock.token}\r\n"
+              f"content-type: application/json\r\ncontent-length: 500\r\n\r\n{{\"model\":".encode())
+    start = time.monotonic()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    assert data.startswith(b"HTTP/1.1 408"), data[:200]
+    assert time.monotonic() - start < 10
+
+
+def test_unknown_route_and_method(airlock):
+    with airlock.raw() as c:
+        r = c.get(airlock.url + "/v1/nothing-here")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_route"
+        r = c.get(airlock.url + "/v1/chat/completions")
+        assert r.status_code == 405
+        r = c.get(airlock.url + "/v1/messages/nothing")
+        assert r.status_code == 404 and r.json()["type"] == "error"
+        assert c.get(airlock.url + "/healthz").status_code == 200
+        assert c.get(airlock.url + "/readyz").status_code == 200
+
+
+def test_admin_api_denies_by_default(airlock):
+    with airlock.raw() as c:
+        assert c.get(airlock.url + "/admin/v1/credentials").status_code == 401
+        r = c.get(airlock.url + "/admin/v1/credentials", headers={"authorization": f"Bearer {airlock.token}"})
+        assert r.status_code == 401 and "client tokens cannot" in r.json()["error"]["message"]
+        forged = airlock.admin[:-4] + "0000"
+        assert c.get(airlock.url + "/admin/v1/credentials", headers={"authorization": f"Bearer {forged}"}).status_code == 401
+        r = c.get(airlock.url + "/admin/v1/unknown", headers={"authorization": f"Bearer {airlock.admin}"})
+        assert r.status_code == 404
+
+
+def test_cli_contract(airlock):
+    m = airlock.mint("--model", "gpt-4o-mini", "--env", "prod", "--ttl", "15m")
+    assert m["token"].startswith("alk_tok_") and m["id"].startswith("tok_") and m["expires_at"]
+    listed = airlock.cli_json("token", "list")
+    assert any(t["id"] == m["id"] for t in listed["tokens"])
+    creds = airlock.cli_json("credential", "list")["credentials"]
+    prod = next(c for c in creds if c["name"] == "openai-prod")
+    assert prod["fingerprint"].startswith("hmac-sha256:") and prod["last4"] == airlock.canary[-4:]
+    assert prod["secret_ref"] == "env:OPENAI_KEY_CANARY"
+    airlock.openai(airlock.token).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    time.sleep(0.3)  # usage is written in batches
+    shown = airlock.cli_json("credential", "show", "openai-prod")
+    assert shown["usage"]["requests"] >= 1 and shown["last_used_at"]
+    text = airlock.cli("credential", "list")
+    assert text.returncode == 0 and "openai-prod" in text.stdout
+
+    # exit codes: 2 usage/config, 3 remote failure
+    assert airlock.cli("credential", "show", "no-such").returncode == 2
+    assert airlock.cli("token", "mint", "--env", "prod", "--ttl", "48h").returncode == 2
+    assert airlock.cli("token", "mint", "--credential", "no-such", "--env", "prod").returncode == 2
+    assert airlock.cli("token", "mint", "--credential", "openai-eval", "--env", "prod").returncode == 2
+    assert airlock.cli("credential", "list", admin=False, env={"AIRLOCK_ADMIN_TOKEN": ""}).returncode == 2
+    assert airlock.cli("credential", "list", env={"AIRLOCK_URL": "http://127.0.0.1:1"}).returncode == 3
+    r = airlock.cli("credential", "add", "x", "--provider", "openai", "--env", "prod", "--secret", "sk-pasted-key-value")
+    assert r.returncode == 2 and "never passed on the command line" in r.stderr
+    r = airlock.cli("credential", "add", "x", "--provider", "openai", "--env", "prod", "--secret", "env:NOT_SET_ANYWHERE_X")
+    assert r.returncode == 2 and "NOT_SET_ANYWHERE_X" in r.stderr
+    r = airlock.cli("credential", "add", "openai-prod", "--provider", "openai", "--env", "prod", "--secret", "env:OPENAI_KEY_CANARY")
+    assert r.returncode == 2 and "already exists" in r.stderr
+    r = airlock.cli("token", "attenuate", "not-a-token", "--model", "x")
+    assert r.returncode == 2
+
+
+def test_init_refuses_to_overwrite(airlock):
+    import subprocess
+    from conftest import BIN
+    r = subprocess.run([BIN, "init", "--dir", str(airlock.state), "--json"], capture_output=True, text=True)
+    assert r.returncode == 2 and "already exists" in r.stderr
+    mode = (airlock.state / "keys" / "root-1.key").stat().st_mode & 0o777
+    assert mode == 0o600

@@ -1,0 +1,29 @@
+"""Invariant I1, checked after every other test has run (this file sorts last): the canary
+provider key's bytes appear nowhere they must not."""
+import httpx
+
+
+def test_canary_never_leaks(airlock):
+    canary = airlock.canary.encode()
+    with httpx.Client() as c:
+        metrics = c.get(airlock.url + "/metrics").content
+    assert b"airlock_requests_total" in metrics
+    assert canary not in metrics
+
+    hits = []
+    for f in airlock.state.iterdir():
+        if f.is_file() and f.name.startswith("airlock.db"):
+            if canary in f.read_bytes():
+                hits.append(str(f))
+    log = airlock.server_log.read_bytes() if airlock.server_log.exists() else (airlock.tmp / "server.log").read_bytes()
+    assert b"DEBUG" in log, "the server ran at debug level, so the log check means something"
+    if canary in log:
+        hits.append("server log")
+    responses = b"".join(airlock.captured)
+    assert len(airlock.captured) > 50, "responses were recorded"
+    if canary in responses:
+        hits.append("a response or CLI output")
+    assert not hits, f"canary key found in: {hits}"
+    # the key was really in use: the mock saw it (that is the only place it belongs)
+    stats = c = httpx.get(f"http://127.0.0.1:{airlock.mocks['good']}/mock/stats").json()
+    assert stats["requests"] > 10 and stats["last"]["key"] == "ok"

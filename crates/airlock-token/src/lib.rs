@@ -390,8 +390,9 @@ impl std::fmt::Debug for Verified {
 
 const DECISIONS_PER_TOKEN: usize = 64;
 
-/// A cached Datalog outcome: (model, credential, allowed or the refusal's message).
-type Decision = (String, String, Result<(), String>);
+/// A cached Datalog outcome: (model, credential, credential's environment, allowed or the
+/// refusal's message). Every request fact except time is part of the key.
+type Decision = (String, String, String, Result<(), String>);
 
 /// What one request asks of a token.
 #[derive(Debug, Clone, Copy)]
@@ -532,8 +533,9 @@ impl Verifier {
         }
         if v.cacheable {
             if let Ok(d) = v.decisions.lock() {
-                if let Some((_, _, res)) =
-                    d.iter().find(|(m, c, _)| m == r.model && c == r.credential)
+                if let Some((_, _, _, res)) = d
+                    .iter()
+                    .find(|(m, c, e, _)| m == r.model && c == r.credential && e == r.credential_env)
                 {
                     return res.clone().map_err(TokenError::Denied);
                 }
@@ -553,7 +555,12 @@ impl Verifier {
             if d.len() >= DECISIONS_PER_TOKEN {
                 let _ = d.remove(0);
             }
-            d.push((r.model.to_string(), r.credential.to_string(), res));
+            d.push((
+                r.model.to_string(),
+                r.credential.to_string(),
+                r.credential_env.to_string(),
+                res,
+            ));
         }
     }
 

@@ -52,6 +52,14 @@ fn mint_verify_authorize() {
         matches!(e, TokenError::Denied(ref m) if m.contains("does not allow model")),
         "{e}"
     );
+    // a cached allow for (gpt-4o-mini, c1, prod) must not answer for the same names in eval
+    let e = ver
+        .authorize(&v, req("gpt-4o-mini", "c1", "eval"), now)
+        .unwrap_err();
+    assert!(
+        matches!(e, TokenError::Denied(ref m) if m.contains("environment")),
+        "{e}"
+    );
     let e = ver
         .authorize(&v, req("gpt-4o", "c1", "eval"), now)
         .unwrap_err();

@@ -269,6 +269,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let json = cli.json;
     match cli.cmd {
         Cmd::Serve { config, listen } => {
+            if !config.exists() {
+                return Err(Failure::usage(format!(
+                    "{} does not exist: run `airlock init --dir DIR` and pass --config DIR/airlock.toml (or try `airlock demo`)",
+                    config.display()
+                )));
+            }
             let mut cfg = Config::load(&config, std::env::vars()).map_err(Failure::usage)?;
             if let Some(l) = listen {
                 cfg.listen = l;

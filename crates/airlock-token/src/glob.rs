@@ -77,6 +77,35 @@ pub fn anchored(patterns: &[&str]) -> String {
     format!("^(?:{})$", alts.join("|"))
 }
 
+/// The inverse of [`anchored`]: the patterns an anchored expression was built from, or `None`
+/// when the text is not something [`anchored`] writes. Callers compare `anchored(result)` with
+/// the input to be sure of the round trip.
+pub fn from_anchored(re: &str) -> Option<Vec<String>> {
+    let inner = re.strip_prefix("^(?:")?.strip_suffix(")$")?;
+    let mut out = Vec::new();
+    for alt in inner.split('|') {
+        let mut p = String::with_capacity(alt.len());
+        let mut chars = alt.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '.' if chars.as_str().starts_with('*') => {
+                    chars.next();
+                    p.push('*');
+                }
+                '.' => p.push('?'),
+                '\\' => p.push(chars.next()?),
+                c => p.push(c),
+            }
+        }
+        Glob::new(&p).ok()?;
+        if p != p.trim() {
+            return None;
+        }
+        out.push(p);
+    }
+    Some(out)
+}
+
 /// Parses a list of globs given as repeated flags and/or comma lists.
 pub fn parse_list<S: AsRef<str>>(items: &[S]) -> Result<Vec<Glob>, GlobError> {
     items
@@ -110,6 +139,26 @@ mod tests {
         );
         for bad in ["", "gpt 4", "a(b)", "x|y", "[ab]", "\"quoted\""] {
             assert!(Glob::new(bad).is_err(), "{bad}");
+        }
+        for list in [&["gpt-4o*", "o?", "a.b+c@d/e:f_g"][..], &["*"][..]] {
+            let re = anchored(list);
+            assert_eq!(from_anchored(&re).unwrap(), list, "{re}");
+        }
+        for bad in [
+            "^(?:a)",
+            "^(?:a b)$",
+            "^(?:a[b])$",
+            "^(?:)$",
+            "^(?:a\\)$",
+            "^(?:.+)$",
+        ] {
+            assert!(
+                from_anchored(bad).is_none_or(|g| {
+                    let g: Vec<&str> = g.iter().map(String::as_str).collect();
+                    anchored(&g) != bad
+                }),
+                "{bad}"
+            );
         }
         let l = parse_list(&["gpt-*,o*", "claude-*"]).unwrap();
         assert_eq!(l.len(), 3);

@@ -17,8 +17,9 @@
 //! [`Verifier`] checks the signature once per distinct token and caches the result (bounded,
 //! keyed by the SHA-256 of the token, expiring with the token); the Datalog decision for each
 //! (model, credential) pair is cached on the verified token, so the hot path runs no Datalog
-//! for a token it has seen. Tokens whose appended blocks use time in a form other than the
-//! canonical `check if time($t), $t <= DATE` are evaluated in full on every request.
+//! for a token it has seen. Appended blocks may hold only the three check forms [`attenuate`]
+//! writes (time limit, model patterns, credential set); any other block is refused before
+//! Datalog runs, so an untrusted holder cannot make the engine do work or vary with time.
 #![warn(missing_docs)]
 
 pub mod glob;
@@ -302,20 +303,82 @@ pub fn attenuate(
     Ok(encode(&narrowed.to_base64().map_err(lang)?))
 }
 
-/// The expiries set by canonical time checks in a block's source, or `None` when the block
-/// refers to time in any other way (then its decisions cannot be cached).
-fn block_expiries(src: &str) -> Option<Vec<u64>> {
-    let mut out = Vec::new();
-    for stmt in src
-        .split(';')
-        .map(str::trim)
-        .filter(|s| s.contains("time("))
-    {
-        let rest = stmt.strip_prefix("check if time($t), $t <= ")?;
-        let t = humantime::parse_rfc3339(rest.trim()).ok()?;
-        out.push(unix(t));
+/// Checks that an appended block holds only the statements [`attenuate`] writes, and returns
+/// the expiries its time checks set.
+///
+/// Anyone holding a token can append a block, so a block is untrusted input to the Datalog
+/// engine. Accepting only these three check forms, each re-derived from the printed source and
+/// compared byte for byte, means no appended rule, fact or expression ever runs: evaluation stays
+/// cheap and bounded, and every decision depends only on the request's model, credential and
+/// environment plus a fixed expiry, which is what makes caching decisions sound.
+///
+/// ```text
+/// check if time($t), $t <= 2026-11-25T12:00:00Z;
+/// check if request_model($m), $m.matches("^(?:gpt\-4o.*)$");
+/// check if request_credential($c), {"a", "b"}.contains($c);
+/// ```
+fn canonical_block(src: &str) -> Result<Vec<u64>, String> {
+    const TIME: &str = "check if time($t), $t <= ";
+    const MODEL: (&str, &str) = ("check if request_model($m), $m.matches(\"", "\")");
+    const CRED: (&str, &str) = ("check if request_credential($c), {", "}.contains($c)");
+    let body = src
+        .strip_suffix(";\n")
+        .ok_or("an appended block is empty or not in airlock's form")?;
+    let mut expiries = Vec::new();
+    for stmt in body.split(";\n") {
+        if let Some(date) = stmt.strip_prefix(TIME) {
+            let ok = date.len() == 20
+                && date.ends_with('Z')
+                && date
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b"-:TZ".contains(&b));
+            let t = humantime::parse_rfc3339(date)
+                .ok()
+                .filter(|_| ok)
+                .ok_or("an appended time check is not in airlock's form")?;
+            expiries.push(unix(t));
+        } else if let Some(re) = stmt
+            .strip_prefix(MODEL.0)
+            .and_then(|r| r.strip_suffix(MODEL.1))
+        {
+            let globs = glob::from_anchored(re)
+                .ok_or("an appended model check is not in airlock's form")?;
+            let strs: Vec<&str> = globs.iter().map(String::as_str).collect();
+            if glob::anchored(&strs) != re {
+                return Err("an appended model check is not in airlock's form".into());
+            }
+        } else if let Some(set) = stmt
+            .strip_prefix(CRED.0)
+            .and_then(|r| r.strip_suffix(CRED.1))
+        {
+            let names: Option<Vec<&str>> = set
+                .split(", ")
+                .map(|q| q.strip_prefix('"').and_then(|q| q.strip_suffix('"')))
+                .collect();
+            let ok = names.is_some_and(|n| {
+                !n.is_empty() && n.iter().all(|c| validate_name("credential", c).is_ok())
+            });
+            if !ok {
+                return Err("an appended credential check is not in airlock's form".into());
+            }
+        } else {
+            return Err(
+                "an appended block holds a statement not in the form airlock accepts; \
+                 narrow tokens with `airlock token attenuate`"
+                    .into(),
+            );
+        }
     }
-    Some(out)
+    Ok(expiries)
+}
+
+/// Expiries stated by canonical time checks anywhere in a block, for display only.
+fn stated_expiries(src: &str) -> Vec<u64> {
+    src.split(";\n")
+        .filter_map(|s| s.strip_prefix("check if time($t), $t <= "))
+        .filter_map(|d| humantime::parse_rfc3339(d.trim_end_matches(";\n")).ok())
+        .map(unix)
+        .collect()
 }
 
 /// What a token says, read without verifying its signature (for `token attenuate --json`
@@ -340,10 +403,8 @@ pub fn inspect(token: &str) -> Result<Inspection, TokenError> {
     let mut exp: Option<u64> = None;
     for i in 0..u.block_count() {
         let s = u.print_block_source(i).map_err(lang)?;
-        if let Some(v) = block_expiries(&s) {
-            for e in v {
-                exp = Some(exp.map_or(e, |x| x.min(e)));
-            }
+        for e in stated_expiries(&s) {
+            exp = Some(exp.map_or(e, |x| x.min(e)));
         }
         source.push(s);
     }
@@ -373,7 +434,6 @@ pub struct Verified {
     pub expires_at: u64,
     /// Number of blocks; > 1 means attenuated.
     pub blocks: usize,
-    cacheable: bool,
     biscuit: Biscuit,
     decisions: Mutex<Vec<Decision>>,
 }
@@ -460,6 +520,20 @@ impl Verifier {
                 "more than {MAX_BLOCKS} blocks"
             )));
         }
+        // Appended blocks are untrusted input: refuse anything but attenuate's own checks
+        // before the Datalog engine sees the token.
+        let mut expires_at = u64::MAX;
+        for i in 1..biscuit.block_count() {
+            if !matches!(biscuit.block_external_key(i), Ok(None)) {
+                return Err(TokenError::Malformed(
+                    "third-party blocks are not accepted".into(),
+                ));
+            }
+            let src = biscuit.print_block_source(i).map_err(lang)?;
+            for e in canonical_block(&src).map_err(TokenError::Malformed)? {
+                expires_at = expires_at.min(e);
+            }
+        }
         let mut az = AuthorizerBuilder::new()
             .set_limits(limits())
             .build(&biscuit)
@@ -492,19 +566,7 @@ impl Verifier {
         };
         models.sort();
         credentials.sort();
-        let mut expires_at = unix(*exp);
-        let mut cacheable = true;
-        for i in 1..biscuit.block_count() {
-            let src = biscuit.print_block_source(i).map_err(lang)?;
-            match block_expiries(&src) {
-                Some(v) => {
-                    for e in v {
-                        expires_at = expires_at.min(e);
-                    }
-                }
-                None => cacheable = false,
-            }
-        }
+        let expires_at = expires_at.min(unix(*exp));
         Ok(Verified {
             hash,
             id: id.clone(),
@@ -514,14 +576,14 @@ impl Verifier {
             credentials,
             expires_at,
             blocks: biscuit.block_count(),
-            cacheable,
             biscuit,
             decisions: Mutex::new(Vec::new()),
         })
     }
 
     /// Runs the token's checks (every block's) for one request. The decision is cached on the
-    /// verified token per (model, credential) unless the token's time checks are non-canonical.
+    /// verified token per (model, credential, credential environment): appended blocks hold only
+    /// canonical checks, so time enters a decision only through `expires_at`.
     pub fn authorize(
         &self,
         v: &Verified,
@@ -531,20 +593,18 @@ impl Verifier {
         if unix(now) > v.expires_at {
             return Err(TokenError::Expired(rfc3339(v.expires_at)));
         }
-        if v.cacheable {
-            if let Ok(d) = v.decisions.lock() {
-                if let Some((_, _, _, res)) = d
-                    .iter()
-                    .find(|(m, c, e, _)| m == r.model && c == r.credential && e == r.credential_env)
-                {
-                    return res.clone().map_err(TokenError::Denied);
-                }
+        if let Ok(d) = v.decisions.lock() {
+            if let Some((_, _, _, res)) = d
+                .iter()
+                .find(|(m, c, e, _)| m == r.model && c == r.credential && e == r.credential_env)
+            {
+                return res.clone().map_err(TokenError::Denied);
             }
         }
         let res = run_checks(v, r, now);
         match &res {
-            Err(TokenError::Denied(msg)) if v.cacheable => self.remember(v, r, Err(msg.clone())),
-            Ok(()) if v.cacheable => self.remember(v, r, Ok(())),
+            Err(TokenError::Denied(msg)) => self.remember(v, r, Err(msg.clone())),
+            Ok(()) => self.remember(v, r, Ok(())),
             _ => {}
         }
         res

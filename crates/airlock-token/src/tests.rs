@@ -193,53 +193,122 @@ fn facts_in_appended_blocks_cannot_forge_claims() {
         .unwrap();
     let t = encode(&u.append(block).unwrap().to_base64().unwrap());
     let ver = Verifier::new(keys, 100);
-    let v = ver.verify(&t, now).unwrap();
-    assert_eq!(v.id, m.id);
-    assert_eq!(v.env, "prod");
-    assert_eq!(v.models, vec!["gpt-4o".to_string()]);
-    assert!(ver
-        .authorize(&v, req("gpt-4o-mini", "c", "prod"), now)
-        .is_err());
-    assert!(ver.authorize(&v, req("gpt-4o", "c", "eval"), now).is_err());
+    // Facts in an appended block are refused outright, before any claim is read.
+    assert!(matches!(ver.verify(&t, now), Err(TokenError::Malformed(_))));
+}
+
+fn append_raw(token: &str, code: &str, p: &[(&str, Term)]) -> String {
+    let u = UnverifiedBiscuit::from_base64(decode(token).unwrap()).unwrap();
+    let block = BlockBuilder::new()
+        .code_with_params(code, params(p), HashMap::new())
+        .unwrap();
+    encode(&u.append(block).unwrap().to_base64().unwrap())
 }
 
 #[test]
-fn non_canonical_time_checks_are_evaluated_every_time() {
+fn appended_blocks_other_than_attenuations_are_refused_before_datalog_runs() {
+    let (keys, _d) = ring();
+    let now = SystemTime::now();
+    let m = mint(&keys, &opts(&["*"]), now).unwrap();
+    let cutoff = builder::date(&(UNIX_EPOCH + Duration::from_secs(unix(now) + 30)));
+    let ver = Verifier::new(keys.clone(), 100);
+    let hostile: [(&str, Vec<(&str, Term)>); 8] = [
+        // A different comparison against time: would make decisions vary with the clock.
+        ("check if time($x), $x < {c};", vec![("c", cutoff.clone())]),
+        ("check if time($t), $t >= {c};", vec![("c", cutoff.clone())]),
+        // Rules and facts: work for the engine, or facts that later checks might trust.
+        ("r($x) <- time($x);", vec![]),
+        ("model(\"*\");", vec![]),
+        ("check if true;", vec![]),
+        (
+            "check all request_model($m), $m.matches(\"^(?:.*)$\");",
+            vec![],
+        ),
+        // Hand-written regular expressions, not ones attenuate derives from globs.
+        (
+            "check if request_model($m), $m.matches(\"^(?:(a+)+)$\");",
+            vec![],
+        ),
+        (
+            "check if request_credential($c), {\"a b\"}.contains($c);",
+            vec![],
+        ),
+    ];
+    for (code, p) in hostile {
+        let t = append_raw(&m.token, code, &p);
+        match ver.verify(&t, now) {
+            Err(TokenError::Malformed(msg)) => assert!(msg.contains("form"), "{code}: {msg}"),
+            other => panic!("{code}: accepted or wrong error: {other:?}"),
+        }
+    }
+    // A block written by hand in exactly attenuate's form is fine.
+    let t = append_raw(
+        &m.token,
+        "check if time($t), $t <= {c};\ncheck if request_model($m), $m.matches({re});",
+        &[
+            ("c", cutoff.clone()),
+            ("re", builder::string(&glob::anchored(&["gpt-4o*"]))),
+        ],
+    );
+    let v = ver.verify(&t, now).unwrap();
+    assert_eq!(v.expires_at, unix(now) + 30);
+    ver.authorize(&v, req("gpt-4o-mini", "c", "prod"), now)
+        .unwrap();
+    assert!(ver.authorize(&v, req("o1", "c", "prod"), now).is_err());
+    assert!(matches!(
+        ver.authorize(
+            &v,
+            req("gpt-4o-mini", "c", "prod"),
+            now + Duration::from_secs(31)
+        ),
+        Err(TokenError::Expired(_))
+    ));
+}
+
+#[test]
+fn third_party_blocks_are_refused() {
     let (keys, _d) = ring();
     let now = SystemTime::now();
     let m = mint(&keys, &opts(&["*"]), now).unwrap();
     let u = UnverifiedBiscuit::from_base64(decode(&m.token).unwrap()).unwrap();
-    let cutoff = UNIX_EPOCH + Duration::from_secs(unix(now) + 30);
+    let outsider = biscuit_auth::KeyPair::new();
     let block = BlockBuilder::new()
-        .code_with_params(
-            "check if time($x), $x < {c};",
-            params(&[("c", builder::date(&cutoff))]),
-            HashMap::new(),
-        )
+        .code("check if request_credential($c), {\"c\"}.contains($c);")
         .unwrap();
-    let t = encode(&u.append(block).unwrap().to_base64().unwrap());
+    let third = u
+        .third_party_request()
+        .unwrap()
+        .create_block(&outsider.private(), block)
+        .unwrap();
+    let t = encode(
+        &u.append_third_party(&third.serialize().unwrap())
+            .unwrap()
+            .to_base64()
+            .unwrap(),
+    );
     let ver = Verifier::new(keys, 100);
-    let v = ver.verify(&t, now).unwrap();
-    assert!(!v.cacheable);
-    ver.authorize(&v, req("m", "c", "prod"), now).unwrap();
-    assert!(ver
-        .authorize(&v, req("m", "c", "prod"), now + Duration::from_secs(40))
-        .is_err());
+    match ver.verify(&t, now) {
+        Err(TokenError::Malformed(msg)) => assert!(msg.contains("third-party"), "{msg}"),
+        other => panic!("accepted or wrong error: {other:?}"),
+    }
 }
 
 #[test]
-fn block_expiry_parsing() {
-    assert_eq!(
-        block_expiries("check if request_model($m), $m.matches(\"x\");"),
-        Some(vec![])
-    );
-    assert_eq!(
-        block_expiries("check if time($t), $t <= 2030-01-01T00:00:00Z;"),
-        Some(vec![1893456000])
-    );
-    assert_eq!(
-        block_expiries("check if time($t), $t >= 2030-01-01T00:00:00Z;"),
-        None
-    );
-    assert_eq!(block_expiries("r($t) <- time($t);"), None);
+fn canonical_block_forms() {
+    let ok = "check if time($t), $t <= 2030-01-01T00:00:00Z;\n\
+              check if request_model($m), $m.matches(\"^(?:gpt\\-4o.*|o.)$\");\n\
+              check if request_credential($c), {\"c-2\", \"c1\"}.contains($c);\n";
+    assert_eq!(canonical_block(ok), Ok(vec![1893456000]));
+    for bad in [
+        "",
+        "check if time($t), $t <= 2030-01-01T00:00:00Z",
+        "check if time($t), $t <= 2030-01-01T00:00:00+01:00;\n",
+        "check if request_model($m), $m.matches(\"^(?:gpt-4o.*)$\");\n",
+        "check if request_model($m), $m.matches(\"^(?:x)$\"), true;\n",
+        "check if request_credential($c), {}.contains($c);\n",
+        "check if request_credential($c), {\"a\",\"b\"}.contains($c);\n",
+        "check if request_env(\"prod\");\n",
+    ] {
+        assert!(canonical_block(bad).is_err(), "{bad}");
+    }
 }

@@ -25,6 +25,9 @@ def test_malformed_json_and_missing_model(airlock):
     assert r.status_code == 400 and "model" in r.json()["error"]["message"]
     r = post(airlock, "/v1/chat/completions", b'{"model": 7}')
     assert r.status_code == 400
+    for bad in ["gpt-4o*", "x" * 257, "gpt 4o", "gpt\u00e94o", "a\nb"]:
+        r = post(airlock, "/v1/chat/completions", json.dumps({"model": bad, "messages": []}).encode())
+        assert r.status_code == 400 and "256 characters" in r.json()["error"]["message"], bad
 
 
 def test_oversize_body(airlock):
@@ -107,6 +110,26 @@ def test_cli_contract(airlock):
     assert r.returncode == 2 and "already exists" in r.stderr
     r = airlock.cli("token", "attenuate", "not-a-token", "--model", "x")
     assert r.returncode == 2
+
+
+def test_credentials_cannot_point_at_airlocks_own_secrets(airlock, tmp_path):
+    """A credential's secret is sent to its base URL: a reference to the signing key, the HMAC
+    key or the server's own AIRLOCK_* settings would hand them to whoever picked that URL."""
+    def add(ref):
+        return airlock.cli("credential", "add", "exfil", "--provider", "openai-compatible", "--env", "prod",
+                           "--secret", ref, "--base-url", "http://127.0.0.1:9/v1")
+    keys = airlock.state / "keys"
+    link = tmp_path / "looks-harmless.key"
+    link.symlink_to(keys / "root-1.key")
+    for ref in [f"file:{keys / 'root-1.key'}", f"file:{keys / 'hmac.key'}", f"file:{link}",
+                f"file:{tmp_path / '..' / tmp_path.name / 'looks-harmless.key'}"]:
+        r = add(ref)
+        assert r.returncode == 2 and "own state or key directory" in r.stderr, (ref, r.stderr)
+    r = add("env:AIRLOCK_LOG__LEVEL")
+    assert r.returncode == 2 and "configure airlock" in r.stderr
+    r = add(f"file:{tmp_path}")
+    assert r.returncode == 2 and "not a regular file" in r.stderr
+    assert airlock.cli("credential", "show", "exfil").returncode == 2, "nothing was added"
 
 
 def test_init_refuses_to_overwrite(airlock):

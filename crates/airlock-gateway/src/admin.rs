@@ -249,7 +249,7 @@ async fn add_credential(State(app): State<Arc<App>>, Json(a): Json<AddCredential
         Ok(r) => r,
         Err(e) => return bad(e.to_string()),
     };
-    let secret = match reference.resolve() {
+    let secret = match reference.resolve(&app.ref_policy) {
         Ok(s) => s,
         Err(e) => return bad(format!("the server cannot read {reference}: {e}")),
     };

@@ -142,12 +142,16 @@ impl Default for LogConfig {
 pub struct SecretsConfig {
     /// How often a `file:` reference is checked for a change (milliseconds).
     pub file_check_ms: u64,
+    /// When set, `file:` references must point inside one of these directories. Files under
+    /// the state and key directories are always refused.
+    pub file_roots: Vec<PathBuf>,
 }
 
 impl Default for SecretsConfig {
     fn default() -> Self {
         SecretsConfig {
             file_check_ms: 1000,
+            file_roots: Vec::new(),
         }
     }
 }
@@ -234,6 +238,15 @@ impl Config {
             .url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.state_dir.join("airlock.db").display()))
+    }
+
+    /// The key directory.
+    /// What `file:` references may point at: never airlock's own state or keys.
+    pub fn reference_policy(&self) -> airlock_secrets::ReferencePolicy {
+        airlock_secrets::ReferencePolicy::new(
+            &[self.state_dir.clone(), self.keys_dir()],
+            &self.secrets.file_roots,
+        )
     }
 
     /// The key directory.

@@ -5,7 +5,7 @@
 //! changes, its new fingerprint is written to the inventory.
 
 use crate::providers::ProviderKind;
-use airlock_secrets::{HmacKey, ResolveError, Secret, SecretRef};
+use airlock_secrets::{HmacKey, ReferencePolicy, ResolveError, Secret, SecretRef};
 use airlock_store::CredentialRow;
 use airlock_token::glob::Glob;
 use std::sync::{Arc, Mutex};
@@ -89,7 +89,12 @@ impl Credential {
     }
 
     /// The secret, from memory when fresh.
-    pub fn secret(&self, fp_key: &HmacKey, file_check: Duration) -> Result<Resolved, ResolveError> {
+    pub fn secret(
+        &self,
+        fp_key: &HmacKey,
+        policy: &ReferencePolicy,
+        file_check: Duration,
+    ) -> Result<Resolved, ResolveError> {
         let now = Instant::now();
         let mut guard = self
             .cached
@@ -114,7 +119,7 @@ impl Credential {
             }
         }
         let version = self.reference.version_hint();
-        let secret = Arc::new(self.reference.resolve()?);
+        let secret = Arc::new(self.reference.resolve(policy)?);
         let fp = secret.fingerprint(fp_key);
         let mut changed = None;
         if let Ok(mut known) = self.fingerprint.lock() {

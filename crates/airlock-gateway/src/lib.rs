@@ -46,7 +46,9 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         cfg.limits.upstream_connect_timeout_ms,
     ))?;
     let verifier = Verifier::new(keys, cfg.tokens.cache_capacity);
+    let ref_policy = cfg.reference_policy();
     let app = Arc::new(App {
+        ref_policy,
         cfg,
         store,
         verifier,

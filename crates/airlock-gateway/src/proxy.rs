@@ -234,6 +234,11 @@ async fn run(
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::bad_request("the request names no `model`"))?
         .to_string();
+    if !valid_model(&model) {
+        return Err(ApiError::bad_request(
+            "`model` must be at most 256 characters of letters, digits and -._:/@+",
+        ));
+    }
     let stream = probe.stream.unwrap_or(false);
     {
         let r = ctx.rec();
@@ -283,6 +288,17 @@ async fn run(
         return Err(token_error(&e));
     }
     forward(app, ctx, &parts, bytes, allowed, stream).await
+}
+
+/// Model names reach the decision cache, usage rows, logs and regular expressions: keep them
+/// to the characters real model names use (`gpt-4o-mini`, `models/gemini-2.0-flash`,
+/// `ft:gpt-4o-mini:org::id`, `llama3.1:8b`). `*` and `?` are refused so a name can never
+/// look like a pattern.
+fn valid_model(m: &str) -> bool {
+    !m.is_empty()
+        && m.len() <= 256
+        && m.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:/@+".contains(&b))
 }
 
 fn upstream_request(
@@ -363,7 +379,7 @@ async fn forward(
                 .fallbacks
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let resolved = match c.secret(&app.hmac, file_check) {
+        let resolved = match c.secret(&app.hmac, &app.ref_policy, file_check) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(credential = %c.name, error = %e, "secret unavailable");
@@ -613,6 +629,7 @@ async fn upstream_models(app: &Arc<App>, c: &Arc<crate::credentials::Credential>
     }
     let Ok(resolved) = c.secret(
         &app.hmac,
+        &app.ref_policy,
         Duration::from_millis(app.cfg.secrets.file_check_ms),
     ) else {
         return Vec::new();

@@ -28,6 +28,8 @@ pub struct App {
     pub verifier: Verifier,
     /// HMAC key for fingerprints and stored key hashes.
     pub hmac: HmacKey,
+    /// Where `file:` references may point.
+    pub ref_policy: airlock_secrets::ReferencePolicy,
     /// Credentials, swapped whole when they change.
     pub creds: ArcSwap<CredentialSet>,
     /// Ids of revoked tokens.

@@ -10,7 +10,7 @@ mod keyed;
 mod reference;
 
 pub use keyed::{random_token, HmacKey};
-pub use reference::{ResolveError, SecretRef};
+pub use reference::{ReferencePolicy, ResolveError, SecretRef, MAX_SECRET_FILE};
 
 use secrecy::{ExposeSecret, SecretString};
 use std::fmt;

@@ -3,7 +3,66 @@
 
 use crate::Secret;
 use std::fmt;
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Largest secret file read (keys are well under 1 KiB; this only bounds a mistake).
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Environment variables with this prefix configure airlock itself; they are never secrets a
+/// credential may point at (a credential reading the server's own settings would send them to
+/// whatever base URL the credential names).
+pub const RESERVED_ENV_PREFIX: &str = "AIRLOCK_";
+
+/// Where `file:` references may point. A credential's secret is sent to the credential's base
+/// URL, so a reference to airlock's own key files would hand them to whoever chose that URL.
+#[derive(Debug, Clone, Default)]
+pub struct ReferencePolicy {
+    denied: Vec<PathBuf>,
+    allowed: Vec<PathBuf>,
+}
+
+impl ReferencePolicy {
+    /// Files under any of `denied` are refused; when `allowed` is not empty, files must be
+    /// under one of its directories. Both are resolved through symlinks when they exist.
+    pub fn new(denied: &[PathBuf], allowed: &[PathBuf]) -> Self {
+        let real = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        ReferencePolicy {
+            denied: denied.iter().map(real).collect(),
+            allowed: allowed.iter().map(real).collect(),
+        }
+    }
+
+    fn permits(&self, shown: &Path, real: &Path) -> Result<(), ResolveError> {
+        if self.denied.iter().any(|d| real.starts_with(d)) {
+            return Err(ResolveError::Invalid(format!(
+                "{} is inside airlock's own state or key directory; keep provider keys elsewhere",
+                shown.display()
+            )));
+        }
+        if !self.allowed.is_empty() && !self.allowed.iter().any(|a| real.starts_with(a)) {
+            return Err(ResolveError::Invalid(format!(
+                "{} is outside the directories allowed by [secrets] file_roots",
+                shown.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The path the open file really is, after every symlink, as the kernel sees it (no window
+/// between checking a path and reading it).
+fn real_path(file: &std::fs::File, path: &Path) -> std::io::Result<PathBuf> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        if let Ok(p) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) {
+            return Ok(p);
+        }
+    }
+    let _ = file;
+    std::fs::canonicalize(path)
+}
 
 /// Where a secret lives. The reference is safe to store and show; the value is not.
 #[derive(Clone, PartialEq, Eq)]
@@ -47,6 +106,11 @@ impl SecretRef {
                     "`{s}`: env: needs a variable name such as env:OPENAI_API_KEY"
                 )));
             }
+            if name.to_ascii_uppercase().starts_with(RESERVED_ENV_PREFIX) {
+                return Err(ResolveError::Invalid(format!(
+                    "`{s}`: {RESERVED_ENV_PREFIX}* variables configure airlock and cannot hold a provider key"
+                )));
+            }
             return Ok(SecretRef::Env(name.to_string()));
         }
         if let Some(path) = s.strip_prefix("file:") {
@@ -86,8 +150,9 @@ impl SecretRef {
         }
     }
 
-    /// Reads the secret now.
-    pub fn resolve(&self) -> Result<Secret, ResolveError> {
+    /// Reads the secret now. `file:` references must name a regular file of at most
+    /// [`MAX_SECRET_FILE`] bytes that `policy` permits (checked on the opened file).
+    pub fn resolve(&self, policy: &ReferencePolicy) -> Result<Secret, ResolveError> {
         let value = match self {
             SecretRef::Env(name) => match std::env::var(name) {
                 Ok(v) => v,
@@ -102,30 +167,7 @@ impl SecretRef {
                     )))
                 }
             },
-            SecretRef::File(p) => match std::fs::read(p) {
-                Ok(bytes) => match String::from_utf8(bytes) {
-                    Ok(s) => s,
-                    Err(_) => {
-                        return Err(ResolveError::Invalid(format!(
-                            "{} is not valid UTF-8",
-                            p.display()
-                        )))
-                    }
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(ResolveError::NotFound(format!(
-                        "{} does not exist",
-                        p.display()
-                    )))
-                }
-                Err(e) => {
-                    return Err(ResolveError::Unavailable(format!(
-                        "cannot read {}: {}",
-                        p.display(),
-                        e.kind()
-                    )))
-                }
-            },
+            SecretRef::File(p) => read_file(p, policy)?,
         };
         let mut value = value;
         let trimmed_len = value.trim_end_matches(['\n', '\r']).len();
@@ -140,6 +182,45 @@ impl SecretRef {
         }
         Ok(Secret::new(value))
     }
+}
+
+fn read_file(p: &Path, policy: &ReferencePolicy) -> Result<String, ResolveError> {
+    let io = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ResolveError::NotFound(format!("{} does not exist", p.display()))
+        } else {
+            ResolveError::Unavailable(format!("cannot read {}: {}", p.display(), e.kind()))
+        }
+    };
+    let file = std::fs::File::open(p).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(ResolveError::Invalid(format!(
+            "{} is not a regular file",
+            p.display()
+        )));
+    }
+    if meta.len() > MAX_SECRET_FILE {
+        return Err(ResolveError::Invalid(format!(
+            "{} is larger than {} KiB; a key file holds one key",
+            p.display(),
+            MAX_SECRET_FILE / 1024
+        )));
+    }
+    policy.permits(p, &real_path(&file, p).map_err(io)?)?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_SECRET_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        return Err(ResolveError::Invalid(format!(
+            "{} grew past {} KiB while being read",
+            p.display(),
+            MAX_SECRET_FILE / 1024
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| ResolveError::Invalid(format!("{} is not valid UTF-8", p.display())))
 }
 
 impl fmt::Display for SecretRef {
@@ -176,6 +257,8 @@ mod tests {
             "sk-abc",
             "",
             "vault://secret/x#k",
+            "env:AIRLOCK_ADMIN_TOKEN",
+            "env:airlock_x",
         ] {
             assert!(SecretRef::parse(bad).is_err(), "{bad}");
         }
@@ -188,14 +271,65 @@ mod tests {
         let p = dir.join("k");
         std::fs::write(&p, "abcdefghijklmnop\n").unwrap();
         let r = SecretRef::File(p.clone());
-        let s = r.resolve().unwrap();
+        let s = r.resolve(&ReferencePolicy::default()).unwrap();
         assert_eq!(s.len(), 16);
         assert_eq!(s.last4(), "mnop");
         std::fs::write(&p, "\n").unwrap();
-        assert!(matches!(r.resolve(), Err(ResolveError::NotFound(_))));
+        assert!(matches!(
+            r.resolve(&ReferencePolicy::default()),
+            Err(ResolveError::NotFound(_))
+        ));
         std::fs::write(&p, "a\nb\n").unwrap();
-        assert!(matches!(r.resolve(), Err(ResolveError::Invalid(_))));
+        assert!(matches!(
+            r.resolve(&ReferencePolicy::default()),
+            Err(ResolveError::Invalid(_))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(matches!(r.resolve(), Err(ResolveError::NotFound(_))));
+        assert!(matches!(
+            r.resolve(&ReferencePolicy::default()),
+            Err(ResolveError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn files_in_denied_directories_refused_even_through_symlinks() {
+        let dir = std::env::temp_dir().join(format!("airlock-ref-{}", crate::random_token(6)));
+        let keys = dir.join("state").join("keys");
+        let outside = dir.join("secrets");
+        std::fs::create_dir_all(&keys).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(keys.join("root-1.key"), "rootkeymaterial").unwrap();
+        std::fs::write(outside.join("k"), "providerkey").unwrap();
+        let policy = ReferencePolicy::new(&[dir.join("state")], &[]);
+        let direct = SecretRef::File(keys.join("root-1.key"));
+        let err = direct.resolve(&policy).unwrap_err().to_string();
+        assert!(err.contains("airlock's own state"), "{err}");
+        #[cfg(unix)]
+        {
+            let link = outside.join("innocent");
+            std::os::unix::fs::symlink(keys.join("root-1.key"), &link).unwrap();
+            assert!(SecretRef::File(link).resolve(&policy).is_err());
+            let dotdot = outside
+                .join("..")
+                .join("state")
+                .join("keys")
+                .join("root-1.key");
+            assert!(SecretRef::File(dotdot).resolve(&policy).is_err());
+        }
+        assert!(SecretRef::File(outside.join("k")).resolve(&policy).is_ok());
+        // An allow-list narrows further.
+        let only = ReferencePolicy::new(&[], &[dir.join("elsewhere")]);
+        let err = SecretRef::File(outside.join("k"))
+            .resolve(&only)
+            .unwrap_err();
+        assert!(err.to_string().contains("file_roots"), "{err}");
+        // Directories and oversized files are not key files.
+        assert!(SecretRef::File(outside.clone()).resolve(&policy).is_err());
+        std::fs::write(outside.join("big"), vec![b'a'; 70 * 1024]).unwrap();
+        let err = SecretRef::File(outside.join("big"))
+            .resolve(&policy)
+            .unwrap_err();
+        assert!(err.to_string().contains("KiB"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,7 +11,7 @@ pub async fn run(listen: &str, json: bool) -> Result<(), Failure> {
     crate::init_logging("warn", "text");
     let dir =
         std::env::temp_dir().join(format!("airlock-demo-{}", airlock_secrets::random_token(4)));
-    let init = airlock_gateway::init(&dir, listen)
+    let init = airlock_gateway::init(&dir.join("state"), listen)
         .await
         .map_err(|e| Failure::usage(format!("{e:#}")))?;
     let cfg = Config::load(&init.config, std::iter::empty()).map_err(Failure::usage)?;
@@ -50,7 +50,7 @@ pub async fn run(listen: &str, json: bool) -> Result<(), Failure> {
         .map_err(|e| Failure::usage(e.to_string()))?;
     let hmac = HmacKey::from_hex(&hmac_text).ok_or_else(|| Failure::usage("bad hmac key"))?;
     let secret = airlock_secrets::SecretRef::File(key_file.clone())
-        .resolve()
+        .resolve(&cfg.reference_policy())
         .map_err(|e| Failure::usage(e.to_string()))?;
     for (name, provider, base, models) in [
         (
@@ -121,7 +121,7 @@ pub async fn run(listen: &str, json: bool) -> Result<(), Failure> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let admin = init.admin_token.clone();
     let token = minted.token.clone();
-    let dir2 = dir.clone();
+    let dir2 = dir.join("state");
     tokio::spawn(async move {
         if let Ok(addr) = rx.await {
             let url = format!("http://{addr}");

@@ -139,3 +139,32 @@ def test_init_refuses_to_overwrite(airlock):
     assert r.returncode == 2 and "already exists" in r.stderr
     mode = (airlock.state / "keys" / "root-1.key").stat().st_mode & 0o777
     assert mode == 0o600
+
+
+def test_unauthenticated_requests_are_counted_not_stored(airlock):
+    def unauth_count():
+        with airlock.raw() as c:
+            text = c.get(airlock.url + "/metrics").text
+        return int(next(l.split()[1] for l in text.splitlines() if l.startswith("airlock_unauthenticated_total ")))
+    before = unauth_count()
+    for _ in range(5):
+        r = post(airlock, "/v1/chat/completions", b'{"model": "gpt-4o-mini", "messages": []}', token="alk_tok_nonsense")
+        assert r.status_code == 401
+    assert unauth_count() - before >= 5
+    time.sleep(0.3)
+    with airlock.raw() as c:
+        rows = c.get(airlock.url + "/admin/v1/usage/recent?limit=10000",
+                     headers={"authorization": f"Bearer {airlock.admin}"}).json()["usage"]
+    assert rows, "authenticated requests are stored"
+    assert all(r["token_id"] for r in rows), "no row without a verified token"
+
+
+def test_admin_api_answers_malformed_input_in_json(airlock):
+    h = {"authorization": f"Bearer {airlock.admin}", "content-type": "application/json"}
+    with airlock.raw() as c:
+        for r in [c.post(airlock.url + "/admin/v1/credentials", content=b"{nope", headers=h),
+                  c.post(airlock.url + "/admin/v1/credentials", content=b'{"name": "x"}', headers=h),
+                  c.get(airlock.url + "/admin/v1/usage/recent?limit=many", headers=h)]:
+            assert 400 <= r.status_code < 500, r.text
+            body = r.json()
+            assert body["error"]["code"] == "invalid_request" and body["error"]["message"], body

@@ -127,6 +127,21 @@ def test_refusals_openai(airlock):
         rc.chat.completions.create(model="gpt-4o-mini", messages=MSG)
     assert "revoked" in str(e.value)
 
+    # revoked by another process writing the shared database: refused within about a second
+    import sqlite3
+    m2 = airlock.mint("--env", "prod", "--model", "*", "--ttl", "10m")
+    rc2 = airlock.openai(m2["token"])
+    rc2.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    db = sqlite3.connect(airlock.state / "airlock.db", timeout=10)
+    with db:
+        assert db.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?",
+                          (int(time.time() * 1000), m2["id"])).rowcount == 1
+    db.close()
+    time.sleep(2.5)
+    with pytest.raises(openai.AuthenticationError) as e:
+        rc2.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert "revoked" in str(e.value)
+
     # over-scoped: model not allowed
     mini = airlock.mint("--env", "prod", "--model", "gpt-4o-mini", "--ttl", "5m")["token"]
     with pytest.raises(openai.PermissionDeniedError) as e:

@@ -54,7 +54,9 @@ impl Role {
 
 const MANAGE: &[Role] = &[Role::Owner, Role::Admin];
 const READ_INVENTORY: &[Role] = &[Role::Owner, Role::Admin, Role::Auditor, Role::Viewer];
-const MINT: &[Role] = &[Role::Owner, Role::Admin, Role::Developer];
+// Developers join once scoped grants exist (issue 6); until then minting is for managers only,
+// since a mint request names its own scope.
+const MINT: &[Role] = &[Role::Owner, Role::Admin];
 const READ_TOKENS: &[Role] = &[Role::Owner, Role::Admin, Role::Auditor];
 const MATCH_SECRETS: &[Role] = &[Role::Owner, Role::Admin, Role::Auditor];
 
@@ -85,17 +87,16 @@ async fn caller(app: &App, headers: &http::HeaderMap) -> Result<Caller, Response
         .ok_or_else(|| unauth("malformed admin key"))?;
     let secret = Secret::new(secret.to_string());
     let row = app.store.admin_key(id).await.map_err(|e| {
+        tracing::error!(error = %e, "store failure while checking an admin key");
         err(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
-            e.to_string(),
+            "the database failed; see the server log",
         )
     })?;
     // Compare even when the id is unknown so timing does not tell ids apart.
     let stored = row.as_ref().map(|r| r.hash.as_str()).unwrap_or("00");
-    let ok = app
-        .hmac
-        .verify_key_hash(secret.expose_to_upstream().as_bytes(), stored);
+    let ok = secret.matches_key_hash(&app.hmac, stored);
     let Some(row) = row.filter(|_| ok) else {
         return Err(unauth("admin key not recognised"));
     };
@@ -168,6 +169,31 @@ pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
         .route("/tokens/{id}/revoke", g(MANAGE, post(revoke_token)))
         .route("/inventory/match", g(MATCH_SECRETS, post(match_secrets)))
         .route("/usage/recent", g(READ_TOKENS, get(recent_usage)))
+        .layer(axum::middleware::map_response(rejections_as_json))
+}
+
+/// axum's extractors answer a malformed body, query or path with plain text; the admin API
+/// speaks JSON errors only, so those are rewrapped (their text says what was wrong).
+async fn rejections_as_json(resp: Response) -> Response {
+    let plain = !resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !plain || !resp.status().is_client_error() {
+        return resp;
+    }
+    let status = resp.status();
+    let text = match axum::body::to_bytes(resp.into_body(), 16 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => String::new(),
+    };
+    let msg = if text.trim().is_empty() {
+        format!("request refused ({status})")
+    } else {
+        text.trim().to_string()
+    };
+    err(status, "invalid_request", msg)
 }
 
 fn store_err(e: StoreError) -> Response {
@@ -466,12 +492,17 @@ async fn list_tokens(State(app): State<Arc<App>>, Query(q): Query<ListTokens>) -
 }
 
 async fn revoke_token(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    // Held across the write and the in-memory update so a periodic reload cannot read the
+    // database before the write and then replace the set after the insert.
+    let _serial = app.revocation_lock.lock().await;
     match app.store.revoke_token(&id, now_ms()).await {
         Ok(true) => {
             // Takes effect at once: the in-memory set is what the hot path checks.
-            let mut next = (**app.revoked.load()).clone();
-            next.insert(id.clone());
-            app.revoked.store(Arc::new(next));
+            app.revoked.rcu(|cur| {
+                let mut next = std::collections::HashSet::clone(cur);
+                next.insert(id.clone());
+                next
+            });
             tracing::info!(token_id = %id, "token revoked");
             Json(serde_json::json!({ "revoked": id })).into_response()
         }
@@ -540,14 +571,12 @@ pub async fn create_admin_key(
     role: Role,
 ) -> Result<String, StoreError> {
     let id = airlock_secrets::random_token(6);
-    let secret = Secret::new(airlock_secrets::random_token(24));
-    let hash = hmac.key_hash(secret.expose_to_upstream().as_bytes());
+    // Returned to the caller once and never stored: only its keyed hash is.
+    let secret = zeroize::Zeroizing::new(airlock_secrets::random_token(24));
+    let hash = hmac.key_hash(secret.as_bytes());
     let role_s = format!("{role:?}").to_lowercase();
     store
         .insert_admin_key(&id, name, &role_s, &hash, now_ms())
         .await?;
-    Ok(format!(
-        "{ADMIN_KEY_PREFIX}{id}_{}",
-        secret.expose_to_upstream()
-    ))
+    Ok(format!("{ADMIN_KEY_PREFIX}{id}_{}", secret.as_str()))
 }

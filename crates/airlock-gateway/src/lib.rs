@@ -55,6 +55,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         hmac,
         creds: ArcSwap::from_pointee(credentials::CredentialSet::default()),
         revoked: ArcSwap::from_pointee(Default::default()),
+        revocation_lock: Default::default(),
         client,
         recorder,
         model_lists: Default::default(),
@@ -62,10 +63,29 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
     });
     app.reload_credentials().await?;
     app.reload_revocations().await?;
+    spawn_revocation_refresh(Arc::downgrade(&app));
     Ok((app, writer))
 }
 
 pub use state::App;
+
+/// Re-reads the revocation list every second, so revocations written by another process (a
+/// second gateway on the same database, a restore) take effect within a second; revocations
+/// made through this server's own API take effect at once. Stops when the app is dropped.
+fn spawn_revocation_refresh(app: std::sync::Weak<App>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(app) = app.upgrade() else { return };
+            if let Err(e) = app.reload_revocations().await {
+                tracing::warn!(error = %e, "cannot refresh the revocation list; keeping the last one");
+            }
+        }
+    });
+}
 
 /// Refuses to start when private key files are readable by others.
 fn check_private(dir: &Path) -> anyhow::Result<()> {
@@ -89,8 +109,8 @@ fn check_private(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `airlock init` produced.
-#[derive(Debug, serde::Serialize)]
+/// What `airlock init` produced. `Debug` leaves out the admin token.
+#[derive(serde::Serialize)]
 pub struct Initialized {
     /// Path of the configuration file.
     pub config: PathBuf,
@@ -104,10 +124,25 @@ pub struct Initialized {
     pub listen: String,
 }
 
+impl std::fmt::Debug for Initialized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Initialized")
+            .field("config", &self.config)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Creates a state directory: configuration, root key, HMAC key, database, owner admin key.
 pub async fn init(dir: &Path, listen: &str) -> anyhow::Result<Initialized> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
+    #[cfg(unix)]
+    {
+        // The database and configuration are not secret, but nobody else needs them either.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    }
     let cfg_path = dir.join("airlock.toml");
     if cfg_path.exists() {
         anyhow::bail!("{} already exists: this directory is initialised (admin keys are shown only once; mint new ones with the owner key)", cfg_path.display());

@@ -138,7 +138,11 @@ impl ProviderKind {
         let (name, value) = match self {
             ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => (
                 http::header::AUTHORIZATION,
-                HeaderValue::from_str(&format!("Bearer {}", key.expose_to_upstream())).ok()?,
+                HeaderValue::from_str(&zeroize::Zeroizing::new(format!(
+                    "Bearer {}",
+                    key.expose_to_upstream()
+                )))
+                .ok()?,
             ),
             ProviderKind::Azure => (
                 HeaderName::from_static("api-key"),

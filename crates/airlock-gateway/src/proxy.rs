@@ -141,7 +141,10 @@ pub async fn handle(app: Arc<App>, ep: Endpoint, req: Request<Body>) -> Response
         request_id,
         endpoint: ep.path().to_string(),
         client_ip,
-        outcome: "refused".into(),
+        // What the row says if the handler's future is dropped before it finishes: the
+        // client went away. Every other path sets its own outcome.
+        outcome: "client_disconnected".into(),
+        status: 499,
         ..Default::default()
     };
     let mut ctx = Ctx {
@@ -400,14 +403,22 @@ async fn forward(
                 }
             });
         }
-        let req = upstream_request(
+        let req = match upstream_request(
             a,
             ctx.ep,
             &parts.method,
             &parts.headers,
             body.clone(),
             &resolved.secret,
-        )?;
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                // A broken credential is this credential's problem: try the next one.
+                tracing::warn!(credential = %c.name, code = e.code, "credential unusable");
+                last_err = Some(e);
+                continue;
+            }
+        };
         let resp = match tokio::time::timeout(upstream_limit, app.client.request(req)).await {
             Err(_) => {
                 tracing::warn!(credential = %c.name, "provider timed out");
@@ -510,7 +521,7 @@ async fn respond(
             Ok(Ok(c)) => c.to_bytes(),
             _ => Bytes::new(),
         };
-        let cleaned = redact(&bytes, key.expose_to_upstream().as_bytes());
+        let cleaned = key.scrub(&bytes).map(Bytes::from).unwrap_or(bytes);
         record.finish(status.as_u16(), "upstream_refused");
         drop(record);
         return out
@@ -521,22 +532,6 @@ async fn respond(
     let observed = ObservedBody::new(body, Observer::new(sse), record, idle, status.as_u16());
     out.body(Body::new(observed))
         .unwrap_or_else(|_| Response::new(Body::empty()))
-}
-
-/// Replaces every occurrence of `needle` in `hay` with `[redacted]`.
-fn redact(hay: &[u8], needle: &[u8]) -> Bytes {
-    if needle.len() < 8 || memchr::memmem::find(hay, needle).is_none() {
-        return Bytes::copy_from_slice(hay);
-    }
-    let mut out = Vec::with_capacity(hay.len());
-    let mut rest = hay;
-    while let Some(i) = memchr::memmem::find(rest, needle) {
-        out.extend_from_slice(&rest[..i]);
-        out.extend_from_slice(b"[redacted]");
-        rest = &rest[i + needle.len()..];
-    }
-    out.extend_from_slice(rest);
-    Bytes::from(out)
 }
 
 /// `GET /v1/models`: the models this token may use, in the client's dialect.
@@ -680,7 +675,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_extraction_and_redaction() {
+    fn token_extraction_and_scrubbing() {
         let mut h = HeaderMap::new();
         h.insert("authorization", HeaderValue::from_static("bearer abc"));
         assert_eq!(presented_token(&h), Some("abc"));
@@ -688,10 +683,13 @@ mod tests {
         h.insert("x-api-key", HeaderValue::from_static(" xyz "));
         assert_eq!(presented_token(&h), Some("xyz"));
         assert_eq!(presented_token(&HeaderMap::new()), None);
+        let k = Secret::new("sk-12345678".into());
         assert_eq!(
-            &redact(b"key sk-12345678 again sk-12345678.", b"sk-12345678")[..],
+            k.scrub(b"key sk-12345678 again sk-12345678.").unwrap(),
             b"key [redacted] again [redacted]."
         );
+        assert!(k.scrub(b"nothing here").is_none());
+        assert!(Secret::new("short".into()).scrub(b"short").is_none());
         assert!(!listed("authorization", FORWARD, FORWARD_PREFIX));
         assert!(!listed("x-api-key", FORWARD, FORWARD_PREFIX));
         assert!(!listed("cookie", FORWARD, FORWARD_PREFIX));

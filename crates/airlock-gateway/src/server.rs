@@ -99,6 +99,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     let body = format!(
         "# TYPE airlock_requests_total counter\nairlock_requests_total {}\n\
          # TYPE airlock_refused_total counter\nairlock_refused_total {}\n\
+         # TYPE airlock_unauthenticated_total counter\nairlock_unauthenticated_total {}\n\
          # TYPE airlock_fallbacks_total counter\nairlock_fallbacks_total {}\n\
          # TYPE airlock_input_tokens_total counter\nairlock_input_tokens_total {}\n\
          # TYPE airlock_output_tokens_total counter\nairlock_output_tokens_total {}\n\
@@ -108,6 +109,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
          # TYPE airlock_uptime_seconds gauge\nairlock_uptime_seconds {}\n",
         g(&c.requests),
         g(&c.refused),
+        g(&c.unauthenticated),
         g(&c.fallbacks),
         g(&c.input_tokens),
         g(&c.output_tokens),

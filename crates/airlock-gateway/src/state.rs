@@ -34,6 +34,8 @@ pub struct App {
     pub creds: ArcSwap<CredentialSet>,
     /// Ids of revoked tokens.
     pub revoked: ArcSwap<HashSet<String>>,
+    /// Serializes changes to `revoked` (revocations and reloads).
+    pub revocation_lock: tokio::sync::Mutex<()>,
     /// Provider client.
     pub client: HttpClient,
     /// Usage recorder.
@@ -80,6 +82,7 @@ impl App {
 
     /// Reloads the revocation list from the store.
     pub async fn reload_revocations(&self) -> Result<(), airlock_store::StoreError> {
+        let _serial = self.revocation_lock.lock().await;
         let ids = self.store.revoked_token_ids(now_ms() / 1000).await?;
         self.revoked.store(Arc::new(ids.into_iter().collect()));
         Ok(())

@@ -36,6 +36,9 @@ pub struct Counters {
     pub fallbacks: AtomicU64,
     /// Refused requests.
     pub refused: AtomicU64,
+    /// Requests refused before a token was verified: counted here, not stored, so that
+    /// unauthenticated traffic cannot fill the database.
+    pub unauthenticated: AtomicU64,
 }
 
 /// Sends records to the writer.
@@ -81,6 +84,12 @@ impl Recorder {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         if row.outcome == "refused" {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        if row.token_id.is_none() {
+            self.counters
+                .unauthenticated
+                .fetch_add(1, Ordering::Relaxed);
+            return;
         }
         if let Some(i) = row.input_tokens {
             self.counters
@@ -220,15 +229,21 @@ fn scan_usage(text: &[u8], into: &mut Usage) {
     }
 }
 
-const MAX_JSON_KEEP: usize = 8 * 1024 * 1024;
+/// A JSON body up to this size is kept whole and scanned at its end.
+const MAX_JSON_WHOLE: usize = 256 * 1024;
+/// Past that, only a tail window is kept: every provider puts `usage` at the end of a
+/// non-streamed body, so memory per response stays bounded whatever the body's size.
+const JSON_TAIL: usize = 64 * 1024;
 const MAX_EVENT: usize = 1024 * 1024;
 
 /// Watches response bytes go by and extracts usage.
 pub struct Observer {
     sse: bool,
     buf: Vec<u8>,
+    /// How far `buf` has been searched for an event end (SSE only).
+    searched: usize,
     usage: Usage,
-    overflow: bool,
+    tail_only: bool,
 }
 
 impl Observer {
@@ -237,24 +252,31 @@ impl Observer {
         Observer {
             sse,
             buf: Vec::new(),
+            searched: 0,
             usage: Usage::default(),
-            overflow: false,
+            tail_only: false,
         }
     }
 
     fn feed(&mut self, chunk: &[u8]) {
         if !self.sse {
-            if self.buf.len() + chunk.len() <= MAX_JSON_KEEP {
-                self.buf.extend_from_slice(chunk);
-            } else {
-                self.overflow = true;
+            self.buf.extend_from_slice(chunk);
+            if self.buf.len() > MAX_JSON_WHOLE {
+                self.tail_only = true;
+            }
+            if self.tail_only && self.buf.len() > 2 * JSON_TAIL {
+                let cut = self.buf.len() - JSON_TAIL;
+                self.buf.drain(..cut);
             }
             return;
         }
         self.buf.extend_from_slice(chunk);
-        // Process every complete event (terminated by a blank line).
+        // Process every complete event (terminated by a blank line). The search resumes where
+        // the last one stopped, so an event arriving in many small pieces costs linear time.
         let mut start = 0;
-        while let Some(end) = find_event_end(&self.buf[start..]) {
+        while let Some(end) =
+            find_event_end(&self.buf[start..], self.searched.saturating_sub(start))
+        {
             let event = &self.buf[start..start + end.0];
             if memchr::memmem::find(event, b"\"usage\"").is_some() {
                 scan_usage(event, &mut self.usage);
@@ -264,34 +286,33 @@ impl Observer {
         if start > 0 {
             self.buf.drain(..start);
         }
+        // Back up a little: a terminator may straddle this chunk and the next.
+        self.searched = self.buf.len().saturating_sub(2);
         if self.buf.len() > MAX_EVENT {
             self.buf.clear();
+            self.searched = 0;
         }
     }
 
     fn end(&mut self) {
-        // A stream's unterminated last event, or a whole JSON body that fit in memory.
-        if self.sse || !self.overflow {
-            let rest = std::mem::take(&mut self.buf);
-            scan_usage(&rest, &mut self.usage);
-        }
+        // A stream's unterminated last event, a whole JSON body, or a large body's tail.
+        let rest = std::mem::take(&mut self.buf);
+        scan_usage(&rest, &mut self.usage);
     }
 }
 
-/// Position of the end of the first SSE event: (length of the event, length including the
-/// blank line).
-fn find_event_end(b: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i + 1 < b.len() {
-        if b[i] == b'\n' {
-            if b[i + 1] == b'\n' {
-                return Some((i, i + 2));
-            }
-            if b[i + 1] == b'\r' && b.get(i + 2) == Some(&b'\n') {
-                return Some((i, i + 3));
-            }
+/// Position of the end of the first SSE event at or after `from`: (length of the event, length
+/// including the blank line).
+fn find_event_end(b: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
+    while let Some(off) = memchr::memchr(b'\n', b.get(i..)?) {
+        i += off;
+        match (b.get(i + 1), b.get(i + 2)) {
+            (Some(b'\n'), _) => return Some((i, i + 2)),
+            (Some(b'\r'), Some(b'\n')) => return Some((i, i + 3)),
+            (None, _) | (Some(b'\r'), None) => return None,
+            _ => i += 1,
         }
-        i += 1;
     }
     None
 }
@@ -468,5 +489,43 @@ mod tests {
                 cached: Some(1)
             }
         );
+    }
+
+    #[test]
+    fn large_json_body_keeps_only_its_tail_and_still_finds_usage() {
+        let mut o = Observer::new(false);
+        let filler = format!("{{\"data\":[\"{}\"],", "x".repeat(3 * 1024 * 1024));
+        for piece in filler.as_bytes().chunks(16 * 1024) {
+            o.feed(piece);
+            assert!(o.buf.len() <= MAX_JSON_WHOLE.max(2 * JSON_TAIL) + 16 * 1024);
+        }
+        o.feed(br#""usage":{"prompt_tokens":40,"completion_tokens":0}}"#);
+        o.end();
+        assert_eq!((o.usage.input, o.usage.output), (Some(40), Some(0)));
+    }
+
+    #[test]
+    fn events_split_anywhere_including_inside_terminators() {
+        let stream = "data: {\"a\":1}\r\n\r\ndata: {\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
+        for size in 1..8 {
+            let mut o = Observer::new(true);
+            for piece in stream.as_bytes().chunks(size) {
+                o.feed(piece);
+            }
+            assert!(
+                o.buf.is_empty(),
+                "every event was complete (chunk size {size})"
+            );
+            o.end();
+            assert_eq!(
+                (o.usage.input, o.usage.output),
+                (Some(2), Some(3)),
+                "chunk size {size}"
+            );
+        }
+        assert_eq!(find_event_end(b"a\n\nb", 0), Some((1, 3)));
+        assert_eq!(find_event_end(b"a\r\n\r\nb", 0), Some((2, 5)));
+        assert_eq!(find_event_end(b"a\nb\n", 0), None);
+        assert_eq!(find_event_end(b"a\n\n", 5), None);
     }
 }

@@ -27,7 +27,8 @@ impl Secret {
     }
 
     /// The secret's bytes, for the one place that needs them: the header of an outgoing
-    /// request to the provider (and the scanner's inventory match, which compares fingerprints).
+    /// request to the provider. Everything else (hashing, fingerprints, scrubbing) is a method
+    /// here, so the gateway's only call is in `providers.rs`.
     pub fn expose_to_upstream(&self) -> &str {
         self.0.expose_secret()
     }
@@ -44,6 +45,36 @@ impl Secret {
     /// The keyed fingerprint that identifies this secret in the inventory without revealing it.
     pub fn fingerprint(&self, key: &HmacKey) -> String {
         key.fingerprint(self.0.expose_secret().as_bytes())
+    }
+
+    /// A keyed hash for storing a credential airlock checks (admin keys), never the value.
+    pub fn key_hash(&self, key: &HmacKey) -> String {
+        key.key_hash(self.0.expose_secret().as_bytes())
+    }
+
+    /// Whether this secret's keyed hash is `stored_hex` (constant time).
+    pub fn matches_key_hash(&self, key: &HmacKey, stored_hex: &str) -> bool {
+        key.verify_key_hash(self.0.expose_secret().as_bytes(), stored_hex)
+    }
+
+    /// `hay` with every occurrence of the secret replaced by `[redacted]`, or `None` when it
+    /// does not occur (secrets under 8 bytes are not searched for: too many false hits).
+    pub fn scrub(&self, hay: &[u8]) -> Option<Vec<u8>> {
+        let needle = self.0.expose_secret().as_bytes();
+        if needle.len() < 8 {
+            return None;
+        }
+        let finder = memchr::memmem::Finder::new(needle);
+        finder.find(hay)?;
+        let mut out = Vec::with_capacity(hay.len());
+        let mut rest = hay;
+        while let Some(i) = finder.find(rest) {
+            out.extend_from_slice(&rest[..i]);
+            out.extend_from_slice(b"[redacted]");
+            rest = &rest[i + needle.len()..];
+        }
+        out.extend_from_slice(rest);
+        Some(out)
     }
 
     /// The last four characters (shown in the inventory, as providers' consoles do).

@@ -93,8 +93,8 @@ pub struct MintOptions {
     pub ttl: Duration,
 }
 
-/// A freshly minted token.
-#[derive(Debug, Clone, Serialize)]
+/// A freshly minted token. `Debug` leaves out the token itself.
+#[derive(Clone, Serialize)]
 pub struct Minted {
     /// The token string to hand to the client (`alk_tok_…`).
     pub token: String,
@@ -104,6 +104,16 @@ pub struct Minted {
     pub expires_at: u64,
     /// Id of the root key that signed it.
     pub key_id: u32,
+}
+
+impl std::fmt::Debug for Minted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Minted")
+            .field("id", &self.id)
+            .field("expires_at", &self.expires_at)
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
 }
 
 fn unix(t: SystemTime) -> u64 {

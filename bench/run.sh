@@ -6,6 +6,7 @@
 #
 #   bench/run.sh                       # all peers, CONC="1 64", DURATION=10
 #   PEERS="direct nginx-proxy" DURATION=5 bench/run.sh
+#   AIRLOCK_BENCH_BIN=/tmp/airlock-old bench/run.sh   # skip the build, use this binary
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -15,8 +16,12 @@ for tool in nginx wrk ss; do
   command -v "$tool" >/dev/null || { echo "bench: needs $tool (apt-get install -y nginx-light wrk iproute2)" >&2; exit 2; }
 done
 
-cargo build --release --quiet --bin airlock --manifest-path "$root/Cargo.toml"
-bin=$root/target/release/airlock
+if [[ -n ${AIRLOCK_BENCH_BIN:-} ]]; then
+  bin=$AIRLOCK_BENCH_BIN                     # a binary built earlier (e.g. to compare commits)
+else
+  cargo build --release --quiet --bin airlock --manifest-path "$root/Cargo.toml"
+  bin=$root/target/release/airlock
+fi
 port=${AIRLOCK_BENCH_PORT:-18400}
 tmp=$(mktemp -d)
 server=

@@ -327,6 +327,14 @@ impl PublicKeys {
         Ok(keys)
     }
 
+    /// The keys as (id, `ed25519/<hex>`).
+    pub fn list(&self) -> Vec<(i64, String)> {
+        self.0
+            .iter()
+            .map(|(id, k)| (*id, format!("ed25519/{}", hex::encode(k.to_bytes()))))
+            .collect()
+    }
+
     /// Whether no key is known.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -59,6 +59,7 @@ const READ_INVENTORY: &[Role] = &[Role::Owner, Role::Admin, Role::Auditor, Role:
 const MINT: &[Role] = &[Role::Owner, Role::Admin];
 const READ_TOKENS: &[Role] = &[Role::Owner, Role::Admin, Role::Auditor];
 const MATCH_SECRETS: &[Role] = &[Role::Owner, Role::Admin, Role::Auditor];
+const READ_AUDIT: &[Role] = &[Role::Owner, Role::Admin, Role::Auditor];
 
 /// The authenticated caller of an admin endpoint.
 #[derive(Debug, Clone)]
@@ -121,20 +122,26 @@ async fn caller(app: &App, headers: &http::HeaderMap) -> Result<Caller, Response
 fn guarded(
     app: &Arc<App>,
     roles: &'static [Role],
+    action: Option<&'static str>,
     inner: MethodRouter<Arc<App>>,
 ) -> MethodRouter<Arc<App>> {
     inner.layer(axum::middleware::from_fn_with_state(
-        (roles, app.clone()),
-        |State((roles, app)): State<(&'static [Role], Arc<App>)>,
+        (roles, action, app.clone()),
+        |State((roles, action, app)): State<(&'static [Role], Option<&'static str>, Arc<App>)>,
          mut req: Request<Body>,
          next: axum::middleware::Next| async move {
             let headers = req.headers().clone();
+            let meta = RequestMeta::of(&req);
             let c = match caller(&app, &headers).await {
                 Ok(c) => c,
-                Err(r) => return r,
+                Err(r) => {
+                    // Refused before an identity is known: audited like anonymous requests.
+                    let action = action.unwrap_or("admin.read");
+                    return audit_admin(&app, None, action, meta, r).await;
+                }
             };
             if !roles.contains(&c.role) {
-                return err(
+                let r = err(
                     StatusCode::FORBIDDEN,
                     "role_not_allowed",
                     format!(
@@ -145,30 +152,164 @@ fn guarded(
                     )
                     .to_lowercase(),
                 );
+                return audit_admin(&app, Some(&c), action.unwrap_or("admin.read"), meta, r).await;
             }
-            req.extensions_mut().insert(c);
-            next.run(req).await
+            req.extensions_mut().insert(c.clone());
+            let resp = next.run(req).await;
+            match action {
+                // Reads are not audited; every change (and every refused change) is.
+                None => resp,
+                Some(action) => audit_admin(&app, Some(&c), action, meta, resp).await,
+            }
         },
     ))
+}
+
+/// What the audit record of an admin call needs from its request.
+struct RequestMeta {
+    request_id: Option<String>,
+    client_ip: Option<String>,
+    /// The id or name in the path (`/credentials/{name}`, `/tokens/{id}/revoke`).
+    path_target: Option<String>,
+}
+
+impl RequestMeta {
+    fn of(req: &Request<Body>) -> Self {
+        let path = req.uri().path();
+        let rest = path.strip_prefix("/admin/v1/").unwrap_or(path);
+        RequestMeta {
+            request_id: req
+                .extensions()
+                .get::<crate::RequestId>()
+                .map(|r| r.0.clone()),
+            client_ip: req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string()),
+            path_target: rest
+                .split('/')
+                .nth(1)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+        }
+    }
+}
+
+/// Writes the audit record of an admin call and answers only once it is durable (I5). The
+/// response body is read for the target's name or id and, on errors, the reason.
+async fn audit_admin(
+    app: &App,
+    caller: Option<&Caller>,
+    action: &'static str,
+    meta: RequestMeta,
+    resp: Response,
+) -> Response {
+    if caller.is_none() && !app.recorder.anonymous_allowed() {
+        return resp;
+    }
+    let status = resp.status();
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let json: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+    let field = |k: &str| {
+        json.as_ref()
+            .and_then(|v| v.get(k))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let target = meta
+        .path_target
+        .or_else(|| field("name"))
+        .or_else(|| field("id"));
+    let reason = (!status.is_success())
+        .then(|| {
+            json.as_ref()
+                .and_then(|v| v.pointer("/error/message"))
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
+        .flatten();
+    let record = airlock_audit::Record {
+        ts: now_ms(),
+        actor_kind: if caller.is_some() {
+            "admin"
+        } else {
+            "anonymous"
+        }
+        .into(),
+        actor: caller.map(|c| c.key_id.clone()),
+        subject: caller.map(|c| c.name.clone()),
+        action: action.into(),
+        target_kind: action.split('.').next().map(str::to_string),
+        target,
+        outcome: if status.is_success() {
+            "ok"
+        } else if status.is_client_error() {
+            "refused"
+        } else {
+            "failed"
+        }
+        .into(),
+        reason,
+        request_id: meta.request_id,
+        client_ip: meta.client_ip,
+        status: Some(i64::from(status.as_u16())),
+        ..Default::default()
+    };
+    if !app.recorder.write(None, record).await.may_answer() {
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            if status.is_success() {
+                "the change was made but its audit record could not be written (audit.on_failure = closed); an operator must check the database"
+            } else {
+                "the audit log cannot be written; an operator must check the database"
+            },
+        );
+    }
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 /// The admin router (mounted at `/admin/v1`).
 pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
     use axum::routing::{delete, get, post};
-    let g = |roles, inner| guarded(app, roles, inner);
+    let g = |roles, action, inner| guarded(app, roles, action, inner);
     Router::new()
-        .route("/credentials", g(MANAGE, post(add_credential)))
-        .route("/credentials", g(READ_INVENTORY, get(list_credentials)))
+        .route(
+            "/credentials",
+            g(MANAGE, Some("credential.add"), post(add_credential)),
+        )
+        .route(
+            "/credentials",
+            g(READ_INVENTORY, None, get(list_credentials)),
+        )
         .route(
             "/credentials/{name}",
-            g(READ_INVENTORY, get(show_credential)),
+            g(READ_INVENTORY, None, get(show_credential)),
         )
-        .route("/credentials/{name}", g(MANAGE, delete(remove_credential)))
-        .route("/tokens", g(MINT, post(mint_token)))
-        .route("/tokens", g(READ_TOKENS, get(list_tokens)))
-        .route("/tokens/{id}/revoke", g(MANAGE, post(revoke_token)))
-        .route("/inventory/match", g(MATCH_SECRETS, post(match_secrets)))
-        .route("/usage/recent", g(READ_TOKENS, get(recent_usage)))
+        .route(
+            "/credentials/{name}",
+            g(MANAGE, Some("credential.remove"), delete(remove_credential)),
+        )
+        .route("/tokens", g(MINT, Some("token.mint"), post(mint_token)))
+        .route("/tokens", g(READ_TOKENS, None, get(list_tokens)))
+        .route(
+            "/tokens/{id}/revoke",
+            g(MANAGE, Some("token.revoke"), post(revoke_token)),
+        )
+        .route(
+            "/inventory/match",
+            g(MATCH_SECRETS, Some("inventory.match"), post(match_secrets)),
+        )
+        .route("/usage/recent", g(READ_TOKENS, None, get(recent_usage)))
+        .route("/audit", g(READ_AUDIT, None, get(audit_records)))
+        .route(
+            "/audit/checkpoints",
+            g(READ_AUDIT, None, get(audit_checkpoints)),
+        )
+        .route("/audit/keys", g(READ_AUDIT, None, get(audit_keys)))
         .layer(axum::middleware::map_response(rejections_as_json))
 }
 
@@ -310,17 +451,58 @@ async fn add_credential(State(app): State<Arc<App>>, Json(a): Json<AddCredential
 
 async fn list_credentials(State(app): State<Arc<App>>) -> Response {
     match app.store.list_credentials().await {
-        Ok(rows) => Json(serde_json::json!({ "credentials": rows })).into_response(),
+        Ok(rows) => {
+            let list: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| {
+                    let mut v = serde_json::to_value(r).unwrap_or_default();
+                    v["rotation"] = rotation_state(&app, r);
+                    v
+                })
+                .collect();
+            Json(serde_json::json!({ "credentials": list })).into_response()
+        }
         Err(e) => store_err(e),
     }
 }
 
-async fn show_credential(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShowQuery {
+    window_days: Option<u32>,
+}
+
+/// Age of a credential's key against `rotation.max_age_days`.
+fn rotation_state(app: &App, row: &CredentialRow) -> serde_json::Value {
+    let since = row.rotated_at.unwrap_or(row.created_at);
+    let age_days = (now_ms() - since).max(0) / 86_400_000;
+    let max = i64::from(app.cfg.rotation.max_age_days);
+    serde_json::json!({
+        "key_age_days": age_days,
+        "max_age_days": max,
+        "overdue": age_days > max,
+    })
+}
+
+async fn show_credential(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    Query(q): Query<ShowQuery>,
+) -> Response {
     match app.store.get_credential(&name).await {
         Ok(Some(row)) => {
             let totals = app.store.credential_totals(&name).await.unwrap_or_default();
+            let window_days = q.window_days.unwrap_or(7).clamp(1, 3650);
+            let since = now_ms() - i64::from(window_days) * 86_400_000;
+            let activity = match app.store.credential_activity(&name, since).await {
+                Ok(a) => a,
+                Err(e) => return store_err(e),
+            };
             let mut v = serde_json::to_value(&row).unwrap_or_default();
             v["usage"] = serde_json::to_value(totals).unwrap_or_default();
+            v["activity"] = serde_json::to_value(&activity).unwrap_or_default();
+            v["activity"]["window_days"] = window_days.into();
+            v["rotation"] = rotation_state(&app, &row);
             Json(v).into_response()
         }
         Ok(None) => err(
@@ -579,4 +761,106 @@ pub async fn create_admin_key(
         .insert_admin_key(&id, name, &role_s, &hash, now_ms())
         .await?;
     Ok(format!("{ADMIN_KEY_PREFIX}{id}_{}", secret.as_str()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    after_seq: Option<i64>,
+    limit: Option<i64>,
+    credential: Option<String>,
+    actor: Option<String>,
+    action: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    #[serde(default)]
+    newest: bool,
+}
+
+/// A time as unix milliseconds or RFC 3339.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().map_err(|_| format!("`{s}` is not a time"));
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+        })
+        .map_err(|_| {
+            format!("`{s}` is not a time: use RFC 3339 (2026-11-25T10:00:00Z) or unix milliseconds")
+        })
+}
+
+async fn audit_records(State(app): State<Arc<App>>, Query(q): Query<AuditQuery>) -> Response {
+    let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
+    let since = match q.since.as_deref().map(parse_time).transpose() {
+        Ok(t) => t,
+        Err(e) => return bad(e),
+    };
+    let until = match q.until.as_deref().map(parse_time).transpose() {
+        Ok(t) => t,
+        Err(e) => return bad(e),
+    };
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let f = airlock_store::AuditFilter {
+        after_seq: q.after_seq,
+        credential: q.credential,
+        actor: q.actor,
+        action: q.action,
+        since,
+        until,
+        limit,
+        newest: q.newest,
+    };
+    match app.store.audit_records(&f).await {
+        Ok(rows) => {
+            let next = (rows.len() as i64 == limit)
+                .then(|| rows.last().map(|r| r.record.seq))
+                .flatten();
+            let records: Vec<serde_json::Value> = rows.iter().map(|r| r.to_json()).collect();
+            Json(serde_json::json!({ "records": records, "next_after_seq": next })).into_response()
+        }
+        Err(e) => store_err(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointQuery {
+    from_seq: Option<i64>,
+    to_seq: Option<i64>,
+}
+
+async fn audit_checkpoints(
+    State(app): State<Arc<App>>,
+    Query(q): Query<CheckpointQuery>,
+) -> Response {
+    match app
+        .store
+        .audit_checkpoints(q.from_seq.unwrap_or(0), q.to_seq.unwrap_or(i64::MAX))
+        .await
+    {
+        Ok(cps) => Json(serde_json::json!({ "checkpoints": cps })).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn audit_keys(State(app): State<Arc<App>>) -> Response {
+    match airlock_audit::PublicKeys::from_dir(&app.cfg.keys_dir()) {
+        Ok(keys) => {
+            let list: Vec<serde_json::Value> = keys
+                .list()
+                .into_iter()
+                .map(|(id, k)| serde_json::json!({ "id": id, "public_key": k }))
+                .collect();
+            Json(serde_json::json!({ "keys": list })).into_response()
+        }
+        Err(e) => err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "keys_unavailable",
+            e.to_string(),
+        ),
+    }
 }

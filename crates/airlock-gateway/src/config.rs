@@ -35,6 +35,87 @@ pub struct Config {
     /// Secret caching.
     #[serde(default)]
     pub secrets: SecretsConfig,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Rotation policy.
+    #[serde(default)]
+    pub rotation: RotationConfig,
+    /// Prices per model pattern, in US dollars per million tokens, for spend in the audit log
+    /// and the inventory: `[pricing."gpt-4o-mini"] input = 0.15, output = 0.60`.
+    #[serde(default)]
+    pub pricing: std::collections::BTreeMap<String, Price>,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// `closed` (default): a request whose record cannot be written is refused. `open`: it is
+    /// served, counted in `airlock_audit_unrecorded_total` and logged as a warning.
+    pub on_failure: String,
+    /// Sign a checkpoint after this many records…
+    pub checkpoint_every: i64,
+    /// …or after this many seconds with unsigned records, whichever comes first.
+    pub checkpoint_interval_secs: u64,
+    /// Also append every checkpoint (one JSON line) to this file, kept away from the database,
+    /// so that a rewrite of the whole database is caught too.
+    pub checkpoint_file: Option<PathBuf>,
+    /// Id of the audit signing key (`audit-<id>.key` in the key directory).
+    pub key_id: i64,
+    /// Refusals without a valid token are audited up to this many per second; the rest are
+    /// counted (`airlock_unauthenticated_total`) so that junk traffic cannot flood the log.
+    pub anonymous_per_sec: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            on_failure: "closed".into(),
+            checkpoint_every: 1000,
+            checkpoint_interval_secs: 10,
+            checkpoint_file: None,
+            key_id: 1,
+            anonymous_per_sec: 20,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// Whether requests are served when their record cannot be written.
+    pub fn fail_open(&self) -> Result<bool, String> {
+        match self.on_failure.as_str() {
+            "closed" => Ok(false),
+            "open" => Ok(true),
+            other => Err(format!(
+                "audit.on_failure = \"{other}\": use \"closed\" (refuse unaudited requests) or \"open\""
+            )),
+        }
+    }
+}
+
+/// `[rotation]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RotationConfig {
+    /// A credential whose key is older than this is flagged as overdue in the inventory.
+    pub max_age_days: u32,
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        RotationConfig { max_age_days: 90 }
+    }
+}
+
+/// A model's price, US dollars per million tokens.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Per million input tokens.
+    pub input: f64,
+    /// Per million output tokens.
+    pub output: f64,
 }
 
 /// `[store]`
@@ -169,6 +250,9 @@ const TOP_KEYS: &[&str] = &[
     "tokens",
     "log",
     "secrets",
+    "audit",
+    "rotation",
+    "pricing",
 ];
 
 impl Config {
@@ -225,6 +309,20 @@ impl Config {
         let m = self.max_ttl()?;
         if m > airlock_token::MAX_TTL || d > m {
             return Err("tokens: default_ttl <= max_ttl <= 24h".into());
+        }
+        self.audit.fail_open()?;
+        if self.audit.checkpoint_every < 1 || self.audit.checkpoint_interval_secs < 1 {
+            return Err(
+                "audit: checkpoint_every and checkpoint_interval_secs must be at least 1".into(),
+            );
+        }
+        for (pattern, p) in &self.pricing {
+            airlock_token::glob::Glob::new(pattern).map_err(|e| format!("pricing: {e}"))?;
+            if !(p.input >= 0.0 && p.output >= 0.0 && p.input.is_finite() && p.output.is_finite()) {
+                return Err(format!(
+                    "pricing.\"{pattern}\": prices must be non-negative numbers"
+                ));
+            }
         }
         if self.limits.max_body_bytes < 1024 {
             return Err("limits.max_body_bytes must be at least 1024".into());
@@ -301,6 +399,21 @@ stream_idle_timeout_secs = 300
 [log]
 level = "info"   # debug logs never contain keys or prompts
 format = "text"  # or "json"
+
+[audit]
+on_failure = "closed"          # refuse a request whose audit record cannot be written; or "open"
+checkpoint_every = 1000        # sign the chain head every N records...
+checkpoint_interval_secs = 10  # ...or every T seconds, whichever comes first
+# checkpoint_file = "/var/log/airlock-checkpoints.jsonl"   # a copy kept away from the database
+key_id = 1                     # audit-<id>.key in the key directory (not the token root key)
+
+[rotation]
+max_age_days = 90              # credentials older than this are flagged in the inventory
+
+# Prices (US dollars per million tokens) for spend in the audit log and inventory:
+# [pricing."gpt-4o-mini"]
+# input = 0.15
+# output = 0.60
 "#,
             dir = state_dir.display()
         )

@@ -55,6 +55,8 @@ pub struct Resolved {
     pub secret: Arc<Secret>,
     /// Set when this resolution saw a key different from the last one known.
     pub changed: Option<(String, String)>,
+    /// Whether the secret was read from its reference now (not from memory).
+    pub fresh: bool,
 }
 
 impl Credential {
@@ -107,6 +109,7 @@ impl Credential {
                 return Ok(Resolved {
                     secret: c.secret.clone(),
                     changed: None,
+                    fresh: false,
                 });
             }
             let v = self.reference.version_hint();
@@ -115,6 +118,7 @@ impl Credential {
                 return Ok(Resolved {
                     secret: c.secret.clone(),
                     changed: None,
+                    fresh: false,
                 });
             }
         }
@@ -133,7 +137,11 @@ impl Credential {
             checked: now,
             version,
         });
-        Ok(Resolved { secret, changed })
+        Ok(Resolved {
+            secret,
+            changed,
+            fresh: true,
+        })
     }
 
     /// The reference (safe to show).

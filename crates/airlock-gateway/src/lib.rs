@@ -41,7 +41,39 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         .with_context(|| format!("{} is not a 32-byte hex key", hmac_path.display()))?;
     check_private(&keys_dir)?;
     let store = Store::open(&cfg.store_url()).await?;
-    let (recorder, writer) = usage::Recorder::start(store.clone());
+    let audit_key = match airlock_audit::AuditKey::load(&keys_dir, cfg.audit.key_id) {
+        Ok(k) => k,
+        Err(_)
+            if !keys_dir
+                .join(format!("audit-{}.key", cfg.audit.key_id))
+                .exists() =>
+        {
+            // State from before the audit log existed: create its key once.
+            airlock_audit::AuditKey::generate(&keys_dir, cfg.audit.key_id)
+                .map_err(anyhow::Error::msg)?;
+            tracing::warn!(dir = %keys_dir.display(), "created the audit signing key");
+            airlock_audit::AuditKey::load(&keys_dir, cfg.audit.key_id)
+                .map_err(anyhow::Error::msg)?
+        }
+        Err(e) => return Err(anyhow::Error::msg(e)),
+    };
+    let mut pricing = Vec::new();
+    for (pattern, p) in &cfg.pricing {
+        let g = airlock_token::glob::Glob::new(pattern)?;
+        pricing.push((g, p.input, p.output));
+    }
+    // Literal patterns first, so `gpt-4o-mini` wins over `gpt-4o*`.
+    pricing.sort_by_key(|(g, _, _)| !g.is_literal());
+    let settings = usage::AuditSettings {
+        key: audit_key,
+        every: cfg.audit.checkpoint_every,
+        interval: Duration::from_secs(cfg.audit.checkpoint_interval_secs),
+        sink: cfg.audit.checkpoint_file.clone(),
+        fail_open: cfg.audit.fail_open().map_err(anyhow::Error::msg)?,
+        anonymous_per_sec: cfg.audit.anonymous_per_sec,
+        pricing,
+    };
+    let (recorder, writer) = usage::Recorder::start(store.clone(), settings).await?;
     let client = state::http_client(Duration::from_millis(
         cfg.limits.upstream_connect_timeout_ms,
     ))?;
@@ -118,6 +150,8 @@ pub struct Initialized {
     pub admin_token: String,
     /// Public key that verifies tokens offline (`ed25519/<hex>`).
     pub public_key: String,
+    /// Public key that verifies the audit log's checkpoints offline.
+    pub audit_public_key: String,
     /// Database URL.
     pub store: String,
     /// The address the server will listen on.
@@ -157,6 +191,8 @@ pub async fn init(dir: &Path, listen: &str) -> anyhow::Result<Initialized> {
         std::fs::set_permissions(&keys_dir, std::fs::Permissions::from_mode(0o700))?;
     }
     let public = KeyRing::generate(&keys_dir, cfg.keys.root_key_id)?;
+    let audit_public = airlock_audit::AuditKey::generate(&keys_dir, cfg.audit.key_id)
+        .map_err(anyhow::Error::msg)?;
     let hmac = HmacKey::generate();
     airlock_token::write_private(&keys_dir.join(HMAC_KEY_FILE), hmac.to_hex().as_bytes())?;
     let store = Store::open(&cfg.store_url()).await?;
@@ -166,6 +202,7 @@ pub async fn init(dir: &Path, listen: &str) -> anyhow::Result<Initialized> {
         config: cfg_path,
         admin_token,
         public_key: format!("ed25519/{}", public.to_bytes_hex()),
+        audit_public_key: audit_public,
         store: cfg.store_url(),
         listen: listen.to_string(),
     })

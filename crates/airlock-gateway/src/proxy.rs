@@ -6,7 +6,7 @@ use crate::dialect::{ApiError, Dialect};
 use crate::policy::{self, Authorized};
 use crate::providers::{Endpoint, ProviderKind};
 use crate::state::{now_ms, App};
-use crate::usage::{ObservedBody, Observer, Record};
+use crate::usage::{audit_unavailable, ObservedBody, Observer, Record};
 use crate::RequestId;
 use airlock_secrets::Secret;
 use airlock_store::UsageRow;
@@ -154,13 +154,17 @@ pub async fn handle(app: Arc<App>, ep: Endpoint, req: Request<Body>) -> Response
     match run(&app, &mut ctx, parts, body).await {
         Ok(resp) => resp,
         Err(e) => {
-            if let Some(r) = ctx.record.as_mut() {
+            // A refusal is answered after its audit record is durable (I5); the answer is a
+            // refusal either way, so a failed write changes nothing for the client.
+            if let Some(mut r) = ctx.record.take() {
                 let outcome = if e.status.is_client_error() {
                     "refused"
                 } else {
                     "failed"
                 };
                 r.finish(e.status.as_u16(), outcome);
+                r.reason = Some(e.message.clone());
+                let _ = r.commit().await;
             }
             e.render(dialect)
         }
@@ -218,6 +222,11 @@ async fn run(
         r.row.token_id = Some(token.id.clone());
         r.row.subject = Some(token.subject.clone());
         r.row.env = Some(token.env.clone());
+    }
+    if !app.recorder.healthy() && !app.recorder.fail_open() {
+        // The last audit write failed: refuse before a provider is called. This refusal's own
+        // record is the next write attempt, so service resumes as soon as the log is writable.
+        return Err(audit_unavailable());
     }
     let bytes = read_body(app, &parts.headers, body).await?;
     let probe: Probe<'_> = serde_json::from_slice(&bytes).map_err(|e| {
@@ -290,7 +299,7 @@ async fn run(
         let e = denial.unwrap_or_else(|| TokenError::Denied("not allowed".into()));
         return Err(token_error(&e));
     }
-    forward(app, ctx, &parts, bytes, allowed, stream).await
+    forward(app, ctx, &parts, bytes, allowed).await
 }
 
 /// Model names reach the decision cache, usage rows, logs and regular expressions: keep them
@@ -361,7 +370,6 @@ async fn forward(
     parts: &http::request::Parts,
     body: Bytes,
     allowed: Vec<Authorized>,
-    stream: bool,
 ) -> Result<Response, ApiError> {
     let n = allowed.len();
     let upstream_limit = Duration::from_secs(app.cfg.limits.upstream_timeout_secs);
@@ -382,7 +390,33 @@ async fn forward(
                 .fallbacks
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let resolved = match c.secret(&app.hmac, &app.ref_policy, file_check) {
+        let resolved = c.secret(&app.hmac, &app.ref_policy, file_check);
+        if !matches!(&resolved, Ok(r) if !r.fresh) {
+            // Every read of a key from its store is audited (not the in-memory hits).
+            let (outcome, reason) = match &resolved {
+                Ok(r) if r.changed.is_some() => {
+                    ("ok", "read; the key is not the one last seen".to_string())
+                }
+                Ok(_) => ("ok", "read".to_string()),
+                Err(e) => ("failed", e.to_string()),
+            };
+            app.recorder.write_nowait(
+                None,
+                Some(airlock_audit::Record {
+                    ts: now_ms(),
+                    actor_kind: "system".into(),
+                    action: "secret.resolve".into(),
+                    target_kind: Some("credential".into()),
+                    target: Some(c.name.clone()),
+                    outcome: outcome.into(),
+                    reason: Some(format!("{} ({})", reason, c.reference().store())),
+                    request_id: Some(ctx.rec().row.request_id.clone()),
+                    credential: Some(c.name.clone()),
+                    ..Default::default()
+                }),
+            );
+        }
+        let resolved = match resolved {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(credential = %c.name, error = %e, "secret unavailable");
@@ -477,7 +511,7 @@ async fn forward(
             )
         })?;
         record.mark_ttfb();
-        return Ok(respond(app, resp, record, &resolved.secret, stream).await);
+        return Ok(respond(app, resp, record, &resolved.secret, ctx.ep.dialect()).await);
     }
     Err(last_err.unwrap_or_else(|| {
         ApiError::new(
@@ -488,12 +522,15 @@ async fn forward(
     }))
 }
 
+/// Largest non-streamed response body airlock holds while its audit record is written.
+const MAX_RESPONSE_HOLD: usize = 64 * 1024 * 1024;
+
 async fn respond(
     app: &App,
     resp: http::Response<hyper::body::Incoming>,
     mut record: Record,
     key: &Secret,
-    _stream: bool,
+    dialect: Dialect,
 ) -> Response {
     let (parts, body) = resp.into_parts();
     let status = parts.status;
@@ -510,27 +547,54 @@ async fn respond(
             }
         }
     }
-    if !status.is_success() {
-        // Error bodies are small; read them whole and make sure no key is echoed back (I1).
-        let bytes = match tokio::time::timeout(
-            Duration::from_secs(30),
-            Limited::new(body, 1 << 20).collect(),
-        )
-        .await
-        {
-            Ok(Ok(c)) => c.to_bytes(),
-            _ => Bytes::new(),
-        };
-        let cleaned = key.scrub(&bytes).map(Bytes::from).unwrap_or(bytes);
-        record.finish(status.as_u16(), "upstream_refused");
-        drop(record);
+    if sse && status.is_success() {
+        // Streamed as it arrives; the stream's end waits for the audit record.
+        let idle = Duration::from_secs(app.cfg.limits.stream_idle_timeout_secs);
+        let observed = ObservedBody::new(body, Observer::new(true), record, idle, status.as_u16());
         return out
-            .body(Body::from(cleaned))
+            .body(Body::new(observed))
             .unwrap_or_else(|_| Response::new(Body::empty()));
     }
-    let idle = Duration::from_secs(app.cfg.limits.stream_idle_timeout_secs);
-    let observed = ObservedBody::new(body, Observer::new(sse), record, idle, status.as_u16());
-    out.body(Body::new(observed))
+    // Not streamed: the whole body is read, its record made durable, then it is answered (I5).
+    let (limit, wait) = if status.is_success() {
+        (
+            MAX_RESPONSE_HOLD,
+            Duration::from_secs(app.cfg.limits.upstream_timeout_secs),
+        )
+    } else {
+        (1 << 20, Duration::from_secs(30))
+    };
+    let bytes = match tokio::time::timeout(wait, Limited::new(body, limit).collect()).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        _ if !status.is_success() => Bytes::new(),
+        _ => {
+            record.finish(502, "upstream_error");
+            record.reason = Some("the provider's response could not be read in full".into());
+            let _ = record.commit().await;
+            return ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_body_failed",
+                "the provider's response could not be read in full (broken off, too slow, or over 64 MiB)",
+            )
+            .render(dialect);
+        }
+    };
+    let bytes = if status.is_success() {
+        record.observe_body(&bytes);
+        record.finish(status.as_u16(), "ok");
+        bytes
+    } else {
+        // Error bodies: make sure no key is echoed back (I1).
+        record.finish(status.as_u16(), "upstream_refused");
+        key.scrub(&bytes).map(Bytes::from).unwrap_or(bytes)
+    };
+    if !record.commit().await.may_answer() {
+        return audit_unavailable().render(dialect);
+    }
+    if let Some(h) = out.headers_mut() {
+        h.remove(http::header::CONTENT_LENGTH);
+    }
+    out.body(Body::from(bytes))
         .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 

@@ -103,8 +103,12 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
          # TYPE airlock_fallbacks_total counter\nairlock_fallbacks_total {}\n\
          # TYPE airlock_input_tokens_total counter\nairlock_input_tokens_total {}\n\
          # TYPE airlock_output_tokens_total counter\nairlock_output_tokens_total {}\n\
-         # TYPE airlock_usage_dropped_total counter\nairlock_usage_dropped_total {}\n\
-         # TYPE airlock_usage_write_errors_total counter\nairlock_usage_write_errors_total {}\n\
+         # TYPE airlock_record_write_errors_total counter\nairlock_record_write_errors_total {}\n\
+         # TYPE airlock_audit_records_total counter\nairlock_audit_records_total {}\n\
+         # TYPE airlock_audit_checkpoints_total counter\nairlock_audit_checkpoints_total {}\n\
+         # TYPE airlock_audit_unrecorded_total counter\nairlock_audit_unrecorded_total {}\n\
+         # TYPE airlock_audit_anonymous_skipped_total counter\nairlock_audit_anonymous_skipped_total {}\n\
+         # TYPE airlock_audit_healthy gauge\nairlock_audit_healthy {}\n\
          # TYPE airlock_credentials gauge\nairlock_credentials {}\n\
          # TYPE airlock_uptime_seconds gauge\nairlock_uptime_seconds {}\n",
         g(&c.requests),
@@ -113,8 +117,12 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         g(&c.fallbacks),
         g(&c.input_tokens),
         g(&c.output_tokens),
-        g(&c.dropped),
         g(&c.write_errors),
+        g(&c.audit_records),
+        g(&c.audit_checkpoints),
+        g(&c.audit_unrecorded),
+        g(&c.audit_anonymous_skipped),
+        u8::from(app.recorder.healthy()),
         app.creds.load().all.len(),
         app.started.elapsed().as_secs()
     );

@@ -1,31 +1,39 @@
-//! Usage recording, from one place: every request owns a [`Record`]; whichever way the request
-//! ends (refusal, upstream error, finished stream, client gone) the record is sent exactly once
-//! when it is dropped. A background writer stores records in batches (one transaction per
-//! batch), so the hot path never waits for the disk.
+//! Usage and audit recording, from one place: every request owns a [`Record`]; whichever way
+//! the request ends (refusal, upstream error, finished stream, client gone) the record is sent
+//! exactly once. One background writer appends the audit records to the hash chain and stores
+//! usage rows with them, a batch per transaction (group commit: whatever queued while the last
+//! transaction ran goes into the next), and signs checkpoints.
+//!
+//! Invariant I5: a request is not answered before its audit record is durable. Refusals and
+//! non-streamed responses wait for the writer's acknowledgement before they are sent; a
+//! stream's end is held back until its record is written. When a write fails, the default
+//! (`audit.on_failure = "closed"`) refuses or aborts the response; `"open"` serves it and
+//! counts it in `airlock_audit_unrecorded_total`.
 //!
 //! Token counts come from the provider's response: the `usage` object of a JSON body, or of the
 //! SSE events of a stream (OpenAI's final chunk with `stream_options.include_usage`, Anthropic's
 //! `message_start` / `message_delta`, the Responses API's `response.completed`). The parser
 //! looks only for the `"usage"` key, so it never parses whole bodies and never keeps content.
 
+use airlock_audit::{AuditKey, Record as AuditRecord};
 use airlock_store::{Store, UsageRow};
+use airlock_token::glob::Glob;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use serde::Deserialize;
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Counters exposed on `/metrics`.
 #[derive(Default)]
 pub struct Counters {
     /// Requests finished.
     pub requests: AtomicU64,
-    /// Records dropped because the writer's queue was full.
-    pub dropped: AtomicU64,
     /// Records that failed to write.
     pub write_errors: AtomicU64,
     /// Input tokens.
@@ -36,60 +44,215 @@ pub struct Counters {
     pub fallbacks: AtomicU64,
     /// Refused requests.
     pub refused: AtomicU64,
-    /// Requests refused before a token was verified: counted here, not stored, so that
-    /// unauthenticated traffic cannot fill the database.
+    /// Requests refused before a token was verified: not stored as usage; audited up to
+    /// `audit.anonymous_per_sec`.
     pub unauthenticated: AtomicU64,
+    /// Audit records appended.
+    pub audit_records: AtomicU64,
+    /// Checkpoints signed.
+    pub audit_checkpoints: AtomicU64,
+    /// Requests served without a durable record (only with `audit.on_failure = "open"`).
+    pub audit_unrecorded: AtomicU64,
+    /// Anonymous refusals not audited because of the rate cap.
+    pub audit_anonymous_skipped: AtomicU64,
+}
+
+/// How the writer signs and what happens when it fails.
+pub struct AuditSettings {
+    /// The signing key for checkpoints.
+    pub key: AuditKey,
+    /// Checkpoint after this many records.
+    pub every: i64,
+    /// Or after this long with unsigned records.
+    pub interval: Duration,
+    /// Append checkpoints to this file too.
+    pub sink: Option<PathBuf>,
+    /// Serve when a record cannot be written.
+    pub fail_open: bool,
+    /// Anonymous refusals audited per second.
+    pub anonymous_per_sec: u32,
+    /// Prices by model pattern: (pattern, dollars per million input, per million output).
+    pub pricing: Vec<(Glob, f64, f64)>,
+}
+
+struct Msg {
+    usage: Option<UsageRow>,
+    audit: Option<AuditRecord>,
+    ack: Option<oneshot::Sender<bool>>,
 }
 
 /// Sends records to the writer.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<UsageRow>,
+    tx: mpsc::Sender<Msg>,
     /// Shared counters.
     pub counters: Arc<Counters>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    fail_open: bool,
+    /// Set by the writer: false after a failed write, true after a good one.
+    healthy: AtomicBool,
+    pricing: Vec<(Glob, f64, f64)>,
+    anonymous_per_sec: u32,
+    anonymous_window: Mutex<(Instant, u32)>,
+}
+
+/// Whether a request may be answered now that its record was (or was not) written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durable {
+    /// Written.
+    Yes,
+    /// Not written, and the operator chose fail-open: answer, but it was counted.
+    NoButOpen,
+    /// Not written: do not answer (fail-closed).
+    No,
+}
+
+impl Durable {
+    /// Whether to answer.
+    pub fn may_answer(self) -> bool {
+        !matches!(self, Durable::No)
+    }
+}
+
+/// The refusal a client gets when its request cannot be audited.
+pub fn audit_unavailable() -> crate::dialect::ApiError {
+    crate::dialect::ApiError::new(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "audit_unavailable",
+        "the audit log cannot be written, so this request was not served (audit.on_failure = closed); an operator must check the database",
+    )
 }
 
 impl Recorder {
-    /// Starts the writer task; it ends when every `Recorder` is dropped, after writing what
-    /// is queued.
-    pub fn start(store: Store) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::channel::<UsageRow>(65_536);
+    /// Starts the writer task, continuing the chain stored in `store`; the task ends when every
+    /// `Recorder` is dropped, after writing what is queued and signing the head.
+    pub async fn start(
+        store: Store,
+        settings: AuditSettings,
+    ) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
+        let (seq, head) = store.audit_head().await?;
+        let last_cp = store.last_checkpoint().await?.map(|c| c.0).unwrap_or(0);
+        let (tx, rx) = mpsc::channel::<Msg>(16_384);
         let counters = Arc::new(Counters::default());
-        let c = counters.clone();
-        let handle = tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(512);
-            while let Some(first) = rx.recv().await {
-                batch.push(first);
-                // Group commit: take whatever else is already queued, then wait briefly for more.
-                let deadline = tokio::time::sleep(Duration::from_millis(20));
-                tokio::pin!(deadline);
-                while batch.len() < 512 {
-                    tokio::select! {
-                        r = rx.recv() => match r { Some(u) => batch.push(u), None => break },
-                        _ = &mut deadline => break,
-                    }
-                }
-                if let Err(e) = store.record_usage(&batch).await {
-                    c.write_errors
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    tracing::error!(error = %e, rows = batch.len(), "usage write failed");
-                }
-                batch.clear();
-            }
+        let shared = Arc::new(Shared {
+            fail_open: settings.fail_open,
+            healthy: AtomicBool::new(true),
+            pricing: settings.pricing.clone(),
+            anonymous_per_sec: settings.anonymous_per_sec,
+            anonymous_window: Mutex::new((Instant::now(), 0)),
         });
-        (Recorder { tx, counters }, handle)
+        let chain = Chain {
+            seq,
+            head,
+            last_cp,
+            last_cp_at: Instant::now(),
+            settings,
+        };
+        let handle = tokio::spawn(writer(store, rx, counters.clone(), shared.clone(), chain));
+        Ok((
+            Recorder {
+                tx,
+                counters,
+                shared,
+            },
+            handle,
+        ))
     }
 
-    fn send(&self, row: UsageRow) {
+    /// Whether the last write succeeded (fail-closed servers refuse early when it did not).
+    pub fn healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether requests are served when the audit log cannot be written.
+    pub fn fail_open(&self) -> bool {
+        self.shared.fail_open
+    }
+
+    /// Cost in millionths of a dollar, when the model has a price.
+    pub fn cost_micros(&self, model: &str, input: Option<i64>, output: Option<i64>) -> Option<i64> {
+        let (_, pi, po) = self
+            .shared
+            .pricing
+            .iter()
+            .find(|(g, _, _)| g.matches(model))?;
+        let c = input.unwrap_or(0) as f64 * pi + output.unwrap_or(0) as f64 * po;
+        Some(c.round() as i64)
+    }
+
+    /// Appends an audit record (and a usage row) and waits until it is durable.
+    pub async fn write(&self, usage: Option<UsageRow>, audit: AuditRecord) -> Durable {
+        let (tx, rx) = oneshot::channel();
+        let msg = Msg {
+            usage,
+            audit: Some(audit),
+            ack: Some(tx),
+        };
+        let ok = self.tx.send(msg).await.is_ok() && rx.await.unwrap_or(false);
+        self.verdict(ok)
+    }
+
+    fn verdict(&self, ok: bool) -> Durable {
+        if ok {
+            Durable::Yes
+        } else if self.shared.fail_open {
+            self.counters
+                .audit_unrecorded
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("serving a request whose audit record could not be written (audit.on_failure = open)");
+            Durable::NoButOpen
+        } else {
+            Durable::No
+        }
+    }
+
+    /// Appends without waiting (for events whose request is already over or failing).
+    pub fn write_nowait(&self, usage: Option<UsageRow>, audit: Option<AuditRecord>) {
+        let msg = Msg {
+            usage,
+            audit,
+            ack: None,
+        };
+        match self.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                // Never drop an audit record: wait for room in the background.
+                let tx = self.tx.clone();
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        let _ = tx.send(msg).await;
+                    });
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether one more anonymous refusal may be audited this second.
+    pub(crate) fn anonymous_allowed(&self) -> bool {
+        let Ok(mut w) = self.shared.anonymous_window.lock() else {
+            return false;
+        };
+        if w.0.elapsed() >= Duration::from_secs(1) {
+            *w = (Instant::now(), 0);
+        }
+        if w.1 < self.shared.anonymous_per_sec {
+            w.1 += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn count(&self, row: &UsageRow) {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         if row.outcome == "refused" {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
-        }
-        if row.token_id.is_none() {
-            self.counters
-                .unauthenticated
-                .fetch_add(1, Ordering::Relaxed);
-            return;
         }
         if let Some(i) = row.input_tokens {
             self.counters
@@ -101,17 +264,143 @@ impl Recorder {
                 .output_tokens
                 .fetch_add(o.max(0) as u64, Ordering::Relaxed);
         }
-        if self.tx.try_send(row).is_err() {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("usage queue full: a usage record was dropped");
+    }
+}
+
+struct Chain {
+    seq: i64,
+    head: String,
+    last_cp: i64,
+    last_cp_at: Instant,
+    settings: AuditSettings,
+}
+
+impl Chain {
+    fn checkpoint_due(&self, seq: i64) -> bool {
+        seq > self.last_cp
+            && (seq - self.last_cp >= self.settings.every
+                || self.last_cp_at.elapsed() >= self.settings.interval)
+    }
+
+    fn sink(&self, cp: &airlock_audit::Checkpoint) {
+        let Some(path) = &self.settings.sink else {
+            return;
+        };
+        use std::io::Write;
+        let line = airlock_audit::Line::Checkpoint(cp.clone()).to_line();
+        let res = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+        if let Err(e) = res {
+            tracing::error!(path = %path.display(), error = %e, "cannot append the checkpoint to audit.checkpoint_file");
         }
     }
 }
 
-/// The per-request record; sent once, on drop.
+async fn writer(
+    store: Store,
+    mut rx: mpsc::Receiver<Msg>,
+    c: Arc<Counters>,
+    shared: Arc<Shared>,
+    mut chain: Chain,
+) {
+    let mut batch: Vec<Msg> = Vec::with_capacity(1024);
+    loop {
+        let unsigned = chain.seq > chain.last_cp;
+        let due = tokio::time::Instant::from_std(chain.last_cp_at + chain.settings.interval);
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => batch.push(m),
+                None => {
+                    if chain.seq > chain.last_cp {
+                        flush(&store, &mut batch, &c, &shared, &mut chain, true).await;
+                    }
+                    return;
+                }
+            },
+            _ = tokio::time::sleep_until(due), if unsigned => {
+                flush(&store, &mut batch, &c, &shared, &mut chain, true).await;
+                continue;
+            }
+        }
+        // Group commit: whatever queued while the last transaction ran.
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        flush(&store, &mut batch, &c, &shared, &mut chain, false).await;
+    }
+}
+
+async fn flush(
+    store: &Store,
+    batch: &mut Vec<Msg>,
+    c: &Counters,
+    shared: &Shared,
+    chain: &mut Chain,
+    force_checkpoint: bool,
+) {
+    let mut usage = Vec::new();
+    let mut sealed = Vec::new();
+    let (mut seq, mut head) = (chain.seq, chain.head.clone());
+    for m in batch.iter_mut() {
+        if let Some(u) = m.usage.take() {
+            usage.push(u);
+        }
+        if let Some(r) = m.audit.take() {
+            let s = r.seal_after(seq, &head);
+            seq = s.record.seq;
+            head.clone_from(&s.hash);
+            sealed.push(s);
+        }
+    }
+    let cp = ((force_checkpoint || chain.checkpoint_due(seq)) && seq > chain.last_cp).then(|| {
+        chain
+            .settings
+            .key
+            .checkpoint(seq, crate::state::now_ms(), &head)
+    });
+    let ok = match store.write_batch(&usage, &sealed, cp.as_ref()).await {
+        Ok(()) => {
+            c.audit_records
+                .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+            chain.seq = seq;
+            chain.head = head;
+            if let Some(cp) = &cp {
+                chain.last_cp = cp.seq;
+                chain.last_cp_at = Instant::now();
+                c.audit_checkpoints.fetch_add(1, Ordering::Relaxed);
+                chain.sink(cp);
+            }
+            true
+        }
+        Err(e) => {
+            c.write_errors
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            tracing::error!(error = %e, records = sealed.len(), "audit write failed");
+            // Try the timer again later rather than spinning on a broken database.
+            chain.last_cp_at = Instant::now();
+            false
+        }
+    };
+    shared.healthy.store(ok, Ordering::Relaxed);
+    for m in batch.drain(..) {
+        if let Some(ack) = m.ack {
+            let _ = ack.send(ok);
+        }
+    }
+}
+
+/// The per-request record: one usage row and one audit record, sent exactly once.
 pub struct Record {
     /// The row being filled in.
     pub row: UsageRow,
+    /// Why the request was refused or failed, for the audit record.
+    pub reason: Option<String>,
     started: Instant,
     recorder: Recorder,
     sent: bool,
@@ -122,6 +411,7 @@ impl Record {
     pub fn start(recorder: Recorder, row: UsageRow) -> Self {
         Record {
             row,
+            reason: None,
             started: Instant::now(),
             recorder,
             sent: false,
@@ -150,6 +440,103 @@ impl Record {
             self.row.cached_tokens = u.cached;
         }
     }
+
+    /// Reads usage from a whole (non-streamed) body.
+    pub fn observe_body(&mut self, body: &[u8]) {
+        let mut u = Usage::default();
+        scan_usage(body, &mut u);
+        self.apply(&u);
+    }
+
+    /// Takes the row and builds the audit record; `None` for the audit record when it is an
+    /// anonymous refusal over the rate cap. Marks the record sent.
+    fn take(&mut self) -> (Option<UsageRow>, Option<AuditRecord>) {
+        self.sent = true;
+        self.row.latency_ms = self.started.elapsed().as_millis() as i64;
+        let row = std::mem::take(&mut self.row);
+        self.recorder.count(&row);
+        let anonymous = row.token_id.is_none();
+        if anonymous {
+            self.recorder
+                .counters
+                .unauthenticated
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let audit = if anonymous && !self.recorder.anonymous_allowed() {
+            self.recorder
+                .counters
+                .audit_anonymous_skipped
+                .fetch_add(1, Ordering::Relaxed);
+            None
+        } else {
+            let cost = row.model.as_deref().and_then(|m| {
+                self.recorder
+                    .cost_micros(m, row.input_tokens, row.output_tokens)
+            });
+            Some(AuditRecord {
+                ts: row.ts,
+                actor_kind: if anonymous { "anonymous" } else { "token" }.into(),
+                actor: row.token_id.clone(),
+                subject: row.subject.clone(),
+                action: if row.outcome == "refused" {
+                    "request.refused"
+                } else {
+                    "inference"
+                }
+                .into(),
+                target_kind: Some("endpoint".into()),
+                target: Some(row.endpoint.clone()),
+                outcome: row.outcome.clone(),
+                reason: self.reason.take(),
+                request_id: Some(row.request_id.clone()),
+                client_ip: row.client_ip.clone(),
+                credential: row.credential.clone(),
+                model: row.model.clone(),
+                status: Some(row.status),
+                input_tokens: row.input_tokens,
+                output_tokens: row.output_tokens,
+                cost_micros: cost,
+                ..Default::default()
+            })
+        };
+        // Usage rows are kept for requests that presented a valid token only.
+        ((!anonymous).then_some(row), audit)
+    }
+
+    /// Sends the record and waits until it is durable.
+    pub async fn commit(mut self) -> Durable {
+        let (usage, audit) = self.take();
+        let recorder = self.recorder.clone();
+        match audit {
+            Some(a) => recorder.write(usage, a).await,
+            None => {
+                recorder.write_nowait(usage, None);
+                Durable::Yes
+            }
+        }
+    }
+
+    /// Sends the record, returning a receiver for the writer's acknowledgement.
+    fn send_acked(&mut self) -> Option<oneshot::Receiver<bool>> {
+        let (usage, audit) = self.take();
+        let (tx, rx) = oneshot::channel();
+        let msg = Msg {
+            usage,
+            audit,
+            ack: Some(tx),
+        };
+        match self.recorder.tx.try_send(msg) {
+            Ok(()) => Some(rx),
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let tx = self.recorder.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(msg).await;
+                });
+                Some(rx)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => None,
+        }
+    }
 }
 
 impl Drop for Record {
@@ -157,10 +544,8 @@ impl Drop for Record {
         if self.sent {
             return;
         }
-        self.sent = true;
-        self.row.latency_ms = self.started.elapsed().as_millis() as i64;
-        let row = std::mem::take(&mut self.row);
-        self.recorder.send(row);
+        let (usage, audit) = self.take();
+        self.recorder.write_nowait(usage, audit);
     }
 }
 
@@ -317,8 +702,9 @@ fn find_event_end(b: &[u8], from: usize) -> Option<(usize, usize)> {
     None
 }
 
-/// A response body passed through to the client frame by frame as it arrives, observed for
-/// usage, with an idle timeout; owns the request's [`Record`].
+/// A streamed response body passed through to the client frame by frame as it arrives,
+/// observed for usage, with an idle timeout; owns the request's [`Record`]. Its end (the last
+/// frame, or the end of stream) is held back until the audit record is durable (I5).
 pub struct ObservedBody<B> {
     inner: Pin<Box<B>>,
     observer: Observer,
@@ -326,6 +712,13 @@ pub struct ObservedBody<B> {
     idle: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
     status: u16,
+    held: Option<Held>,
+    done: bool,
+}
+
+struct Held {
+    frame: Option<Frame<Bytes>>,
+    ack: Option<oneshot::Receiver<bool>>,
 }
 
 impl<B> ObservedBody<B> {
@@ -338,14 +731,40 @@ impl<B> ObservedBody<B> {
             idle,
             sleep: Box::pin(tokio::time::sleep(idle)),
             status,
+            held: None,
+            done: false,
         }
     }
 
-    fn close(&mut self, outcome: &str) {
-        if let Some(mut r) = self.record.take() {
+    fn outcome(&self) -> &'static str {
+        if self.status < 400 {
+            "ok"
+        } else {
+            "upstream_refused"
+        }
+    }
+
+    /// The response ended normally: send the record and hold `frame` until it is durable.
+    fn end_with(&mut self, frame: Option<Frame<Bytes>>) {
+        let outcome = self.outcome();
+        let ack = self.record.as_mut().and_then(|r| {
             self.observer.end();
             r.apply(&self.observer.usage);
             r.finish(self.status, outcome);
+            r.send_acked()
+        });
+        self.held = Some(Held { frame, ack });
+    }
+
+    /// The response failed: send the record without waiting.
+    fn close(&mut self, outcome: &str, reason: &str) {
+        if let Some(mut r) = self.record.take() {
+            if !r.sent {
+                self.observer.end();
+                r.apply(&self.observer.usage);
+                r.finish(self.status, outcome);
+                r.reason = Some(reason.to_string());
+            }
         }
     }
 }
@@ -363,63 +782,87 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        match this.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.observer.feed(data);
+        if this.held.is_none() && !this.done {
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        this.observer.feed(data);
+                    }
+                    if !this.inner.is_end_stream() {
+                        let deadline = tokio::time::Instant::now() + this.idle;
+                        this.sleep.as_mut().reset(deadline);
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    // The last frame: it waits for the audit record.
+                    this.end_with(Some(frame));
                 }
-                if this.inner.is_end_stream() {
-                    // Known-length bodies: hyper stops polling after the last byte.
-                    let ok = if this.status < 400 {
-                        "ok"
-                    } else {
-                        "upstream_refused"
-                    };
-                    this.close(ok);
-                } else {
-                    let deadline = tokio::time::Instant::now() + this.idle;
-                    this.sleep.as_mut().reset(deadline);
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "upstream body failed mid-response");
+                    this.close("upstream_error", "the provider's response broke off");
+                    this.done = true;
+                    return Poll::Ready(Some(Err(std::io::Error::other("upstream failed"))));
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                tracing::warn!(error = %e, "upstream body failed mid-response");
-                this.close("upstream_error");
-                Poll::Ready(Some(Err(std::io::Error::other("upstream failed"))))
-            }
-            Poll::Ready(None) => {
-                let ok = if this.status < 400 {
-                    "ok"
-                } else {
-                    "upstream_refused"
-                };
-                this.close(ok);
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if this.sleep.as_mut().poll(cx).is_ready() {
-                    this.close("stream_idle_timeout");
-                    return Poll::Ready(Some(Err(std::io::Error::other("upstream went silent"))));
+                Poll::Ready(None) => this.end_with(None),
+                Poll::Pending => {
+                    if this.sleep.as_mut().poll(cx).is_ready() {
+                        this.close("stream_idle_timeout", "the provider went silent");
+                        this.done = true;
+                        return Poll::Ready(Some(Err(std::io::Error::other(
+                            "upstream went silent",
+                        ))));
+                    }
+                    return Poll::Pending;
                 }
-                Poll::Pending
             }
         }
+        if let Some(held) = this.held.as_mut() {
+            let ok = match held.ack.as_mut() {
+                Some(rx) => match Pin::new(rx).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(r) => r.unwrap_or(false),
+                },
+                None => false,
+            };
+            let frame = this.held.take().and_then(|h| h.frame);
+            this.done = true;
+            let verdict = match &this.record {
+                Some(r) => r.recorder.verdict(ok),
+                None => Durable::Yes,
+            };
+            if !verdict.may_answer() {
+                tracing::error!(
+                    "stream aborted before its end: its audit record could not be written"
+                );
+                return Poll::Ready(Some(Err(std::io::Error::other(
+                    "audit record could not be written",
+                ))));
+            }
+            return Poll::Ready(frame.map(Ok));
+        }
+        Poll::Ready(None)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        if self.done || self.held.is_some() {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done && self.held.is_none()
     }
 }
 
 impl<B> Drop for ObservedBody<B> {
     fn drop(&mut self) {
-        // Reached only if the body did not finish: the client went away mid-response.
-        if self.record.is_some() {
-            self.close("client_disconnected");
+        // Reached with an unsent record only if the client went away mid-response.
+        if self.record.as_ref().is_some_and(|r| !r.sent) {
+            self.close(
+                "client_disconnected",
+                "the client closed the connection mid-response",
+            );
         }
     }
 }

@@ -2,6 +2,7 @@
 //! rest of the code never writes SQL. No column ever holds a provider key (invariant I1).
 #![warn(missing_docs)]
 
+pub use airlock_audit::{Checkpoint, Sealed};
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -145,6 +146,82 @@ pub struct UsageRow {
     pub attempts: i64,
     /// Client address.
     pub client_ip: Option<String>,
+}
+
+/// Which audit records to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only records after this sequence number (pagination cursor).
+    pub after_seq: Option<i64>,
+    /// Only this credential.
+    pub credential: Option<String>,
+    /// Only this actor (token id, admin key id) or subject.
+    pub actor: Option<String>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// Unix milliseconds, inclusive.
+    pub since: Option<i64>,
+    /// Unix milliseconds, exclusive.
+    pub until: Option<i64>,
+    /// At most this many (1..=100000).
+    pub limit: i64,
+    /// The newest matching records (still returned in chain order) instead of the oldest.
+    pub newest: bool,
+}
+
+/// A name with a request count.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Count {
+    /// Subject, token id or address.
+    pub name: String,
+    /// Requests.
+    pub requests: i64,
+}
+
+/// Use of one credential over a window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Activity {
+    /// Requests served.
+    pub requests: i64,
+    /// Input tokens.
+    pub input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+    /// Spend in millionths of a dollar (priced models only).
+    pub cost_micros: i64,
+    /// Distinct subjects, busiest first (at most 100).
+    pub identities: Vec<Count>,
+    /// Distinct tokens.
+    pub tokens: Vec<Count>,
+    /// Distinct client addresses.
+    pub client_ips: Vec<Count>,
+}
+
+fn sealed_from(r: &sqlx::sqlite::SqliteRow) -> Sealed {
+    Sealed {
+        record: airlock_audit::Record {
+            seq: r.get("seq"),
+            ts: r.get("ts"),
+            actor_kind: r.get("actor_kind"),
+            actor: r.get("actor"),
+            subject: r.get("subject"),
+            action: r.get("action"),
+            target_kind: r.get("target_kind"),
+            target: r.get("target"),
+            outcome: r.get("outcome"),
+            reason: r.get("reason"),
+            request_id: r.get("request_id"),
+            client_ip: r.get("client_ip"),
+            credential: r.get("credential"),
+            model: r.get("model"),
+            status: r.get("status"),
+            input_tokens: r.get("input_tokens"),
+            output_tokens: r.get("output_tokens"),
+            cost_micros: r.get("cost_micros"),
+            prev: r.get("prev"),
+        },
+        hash: r.get("hash"),
+    }
 }
 
 /// Usage summed over rows.
@@ -425,7 +502,62 @@ impl Store {
     /// Writes a batch of finished requests in one transaction and stamps `last_used_at`
     /// on the credentials that served them.
     pub async fn record_usage(&self, batch: &[UsageRow]) -> Result<()> {
+        self.write_batch(batch, &[], None).await
+    }
+
+    /// Writes usage rows, sealed audit records and optionally a checkpoint in one transaction
+    /// (the writer's group commit): all of them are durable, or none is.
+    pub async fn write_batch(
+        &self,
+        batch: &[UsageRow],
+        audit: &[Sealed],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db("record usage"))?;
+        for s in audit {
+            let r = &s.record;
+            sqlx::query(
+                "INSERT INTO audit (seq, ts, actor_kind, actor, subject, action, target_kind, target,
+                   outcome, reason, request_id, client_ip, credential, model, status, input_tokens,
+                   output_tokens, cost_micros, prev, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            )
+            .bind(r.seq)
+            .bind(r.ts)
+            .bind(&r.actor_kind)
+            .bind(&r.actor)
+            .bind(&r.subject)
+            .bind(&r.action)
+            .bind(&r.target_kind)
+            .bind(&r.target)
+            .bind(&r.outcome)
+            .bind(&r.reason)
+            .bind(&r.request_id)
+            .bind(&r.client_ip)
+            .bind(&r.credential)
+            .bind(&r.model)
+            .bind(r.status)
+            .bind(r.input_tokens)
+            .bind(r.output_tokens)
+            .bind(r.cost_micros)
+            .bind(&r.prev)
+            .bind(&s.hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("append audit record"))?;
+        }
+        if let Some(c) = checkpoint {
+            sqlx::query(
+                "INSERT INTO audit_checkpoints (seq, ts, head, key_id, signature) VALUES (?,?,?,?,?)",
+            )
+            .bind(c.seq)
+            .bind(c.ts)
+            .bind(&c.head)
+            .bind(c.key_id)
+            .bind(&c.signature)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("write audit checkpoint"))?;
+        }
         for u in batch {
             sqlx::query(
                 "INSERT INTO usage (ts, request_id, token_id, subject, env, credential, provider, endpoint, model,
@@ -464,6 +596,134 @@ impl Store {
             }
         }
         tx.commit().await.map_err(db("record usage"))
+    }
+
+    // ---- audit ------------------------------------------------------------------------
+
+    /// The last record's (seq, hash), or (0, GENESIS) for an empty log.
+    pub async fn audit_head(&self) -> Result<(i64, String)> {
+        let row = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read audit head"))?;
+        Ok(row
+            .map(|r| (r.get("seq"), r.get("hash")))
+            .unwrap_or((0, airlock_audit::GENESIS.to_string())))
+    }
+
+    /// The last checkpoint's (seq, ts).
+    pub async fn last_checkpoint(&self) -> Result<Option<(i64, i64)>> {
+        let row = sqlx::query("SELECT seq, ts FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read audit checkpoint"))?;
+        Ok(row.map(|r| (r.get("seq"), r.get("ts"))))
+    }
+
+    /// Audit records matching `f`, in chain order.
+    pub async fn audit_records(&self, f: &AuditFilter) -> Result<Vec<Sealed>> {
+        let mut q = sqlx::QueryBuilder::new("SELECT * FROM audit WHERE seq > ");
+        q.push_bind(f.after_seq.unwrap_or(0));
+        if let Some(c) = &f.credential {
+            q.push(" AND credential = ").push_bind(c);
+        }
+        if let Some(a) = &f.actor {
+            q.push(" AND (actor = ")
+                .push_bind(a)
+                .push(" OR subject = ")
+                .push_bind(a)
+                .push(")");
+        }
+        if let Some(a) = &f.action {
+            q.push(" AND action = ").push_bind(a);
+        }
+        if let Some(t) = f.since {
+            q.push(" AND ts >= ").push_bind(t);
+        }
+        if let Some(t) = f.until {
+            q.push(" AND ts < ").push_bind(t);
+        }
+        q.push(if f.newest {
+            " ORDER BY seq DESC LIMIT "
+        } else {
+            " ORDER BY seq LIMIT "
+        })
+        .push_bind(f.limit.clamp(1, 100_000));
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read audit records"))?;
+        let mut out: Vec<Sealed> = rows.iter().map(sealed_from).collect();
+        if f.newest {
+            out.reverse();
+        }
+        Ok(out)
+    }
+
+    /// Checkpoints with `from <= seq <= to`, in order.
+    pub async fn audit_checkpoints(&self, from: i64, to: i64) -> Result<Vec<Checkpoint>> {
+        let rows = sqlx::query(
+            "SELECT seq, ts, head, key_id, signature FROM audit_checkpoints WHERE seq >= ? AND seq <= ? ORDER BY seq",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read audit checkpoints"))?;
+        Ok(rows
+            .iter()
+            .map(|r| Checkpoint {
+                seq: r.get("seq"),
+                ts: r.get("ts"),
+                head: r.get("head"),
+                key_id: r.get("key_id"),
+                signature: r.get("signature"),
+            })
+            .collect())
+    }
+
+    /// Who and what used a credential since `since_ms`, from the audit log.
+    pub async fn credential_activity(&self, name: &str, since_ms: i64) -> Result<Activity> {
+        let group = |col: &'static str| {
+            format!(
+                "SELECT {col} AS k, COUNT(*) AS n FROM audit WHERE action = 'inference' AND credential = ?                  AND ts >= ? AND {col} IS NOT NULL GROUP BY {col} ORDER BY n DESC, k LIMIT 100"
+            )
+        };
+        let mut out = Activity::default();
+        for (col, into) in [
+            ("subject", &mut out.identities),
+            ("actor", &mut out.tokens),
+            ("client_ip", &mut out.client_ips),
+        ] {
+            let rows = sqlx::query(&group(col))
+                .bind(name)
+                .bind(since_ms)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("read credential activity"))?;
+            *into = rows
+                .iter()
+                .map(|r| Count {
+                    name: r.get("k"),
+                    requests: r.get("n"),
+                })
+                .collect();
+        }
+        let r = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(input_tokens),0) AS i, COALESCE(SUM(output_tokens),0) AS o,
+               COALESCE(SUM(cost_micros),0) AS c FROM audit WHERE action = 'inference' AND credential = ? AND ts >= ?",
+        )
+        .bind(name)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("read credential activity"))?;
+        out.requests = r.get("n");
+        out.input_tokens = r.get("i");
+        out.output_tokens = r.get("o");
+        out.cost_micros = r.get("c");
+        Ok(out)
     }
 
     /// The most recent usage rows (newest first).

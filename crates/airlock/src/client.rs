@@ -7,14 +7,14 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-struct Admin {
+pub(crate) struct Admin {
     url: String,
     token: String,
     client: airlock_gateway::state::HttpClient,
 }
 
 impl Admin {
-    fn from_env() -> Result<Self, Failure> {
+    pub(crate) fn from_env() -> Result<Self, Failure> {
         let url = std::env::var("AIRLOCK_URL").unwrap_or_else(|_| "http://127.0.0.1:8400".into());
         let token = std::env::var("AIRLOCK_ADMIN_TOKEN").map_err(|_| {
             Failure::usage(
@@ -28,6 +28,11 @@ impl Admin {
             token,
             client,
         })
+    }
+
+    /// GET an admin API path (below `/admin/v1`).
+    pub(crate) async fn get(&self, path: &str) -> Result<Value, Failure> {
+        self.call(Method::GET, path, None).await
     }
 
     async fn call(

@@ -5,6 +5,7 @@
 //! Exit codes: 0 success, 1 a check found a problem, 2 usage or configuration error,
 //! 3 a remote or store failure. Errors go to stderr.
 
+mod audit;
 mod client;
 mod demo;
 
@@ -61,6 +62,9 @@ enum Cmd {
     /// Mint, narrow, list and revoke client tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Read, export and verify the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
 }
 
 #[derive(Args)]
@@ -218,7 +222,9 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("airlock: {}", f.message);
+            if !f.message.is_empty() {
+                eprintln!("airlock: {}", f.message);
+            }
             ExitCode::from(f.code)
         }
     }
@@ -318,6 +324,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Credential(c) => client::credential(c, json).await,
         Cmd::Token(t) => client::token(t, json).await,
+        Cmd::Audit(a) => audit::run(a, json).await,
     }
 }
 

@@ -176,7 +176,11 @@ struct RequestMeta {
 impl RequestMeta {
     fn of(req: &Request<Body>) -> Self {
         let path = req.uri().path();
-        let rest = path.strip_prefix("/admin/v1/").unwrap_or(path);
+        // Inside the nested router the path may or may not still carry `/admin/v1`.
+        let rest = path
+            .strip_prefix("/admin/v1")
+            .unwrap_or(path)
+            .trim_start_matches('/');
         RequestMeta {
             request_id: req
                 .extensions()

@@ -1,0 +1,366 @@
+"""The tamper-evident audit log: what is recorded, that tampering is caught and named, offline
+verification with only the public key, fail-closed writes, and a kill -9 under load."""
+import json
+import shutil
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from conftest import BIN, free_port, wait_port
+
+MSG = [{"role": "user", "content": "audit me"}]
+
+
+@pytest.fixture
+def tmp_path(airlock, request):
+    """Exports and checkpoint copies live under the session's directory, so the I1 sweep at the
+    end of the suite (test_zz_canary) searches them too."""
+    d = airlock.tmp / f"t-{request.node.name}"
+    d.mkdir()
+    return d
+
+
+class Instance:
+    """A separate airlock (own state, own database) in front of the session's mock providers."""
+
+    def __init__(self, a, name, env=None):
+        self.a = a
+        self.dir = a.tmp / name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        r = subprocess.run([BIN, "init", "--dir", str(self.dir), "--listen", f"127.0.0.1:{self.port}", "--json"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        self.admin, self.config = out["admin_token"], out["config"]
+        self.env = {"OPENAI_KEY_CANARY": a.canary, "AIRLOCK_LOG__LEVEL": "debug", **(env or {})}
+        self.proc = None
+        self.start()
+        for cname, port, models in [("prod", a.mocks["good"], "gpt-*"), ("slow", a.mocks["slow"], "slow-*")]:
+            r = self.cli("credential", "add", cname, "--provider", "openai-compatible", "--env", "prod",
+                         "--secret", "env:OPENAI_KEY_CANARY", "--base-url", f"http://127.0.0.1:{port}/v1",
+                         "--models", models)
+            assert r.returncode == 0, r.stderr
+        self.token = json.loads(self.cli("token", "mint", "--env", "prod", "--model", "*", "--json").stdout)["token"]
+
+    def start(self):
+        self.proc = self.a.spawn(f"{self.dir.name}-server", ["serve", "--config", self.config], self.env)
+        wait_port(self.port)
+
+    def stop(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=20)
+
+    def cli(self, *args):
+        e = {"AIRLOCK_URL": self.url, "AIRLOCK_ADMIN_TOKEN": self.admin}
+        import os
+        env = dict(os.environ)
+        env.update(e)
+        r = subprocess.run([BIN, *args], capture_output=True, text=True, env=env, timeout=120)
+        self.a.captured.append(r.stdout.encode() + r.stderr.encode())
+        return r
+
+    def chat(self, model="gpt-4o-mini", stream=False, client=None):
+        body = {"model": model, "messages": MSG, "stream": stream}
+        h = {"authorization": f"Bearer {self.token}"}
+        c = client or httpx.Client(timeout=30)
+        r = c.post(self.url + "/v1/chat/completions", json=body, headers=h)
+        self.a.captured.append(r.content)
+        return r
+
+    def records(self, *args):
+        r = self.cli("audit", "tail", "-n", "10000", "--json", *args)
+        assert r.returncode == 0, r.stderr
+        return [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
+
+    @property
+    def db(self):
+        return self.dir / "airlock.db"
+
+
+def test_every_use_refusal_secret_read_and_admin_change_is_recorded(airlock):
+    with airlock.raw() as c:
+        ok = c.post(airlock.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MSG},
+                    headers={"authorization": f"Bearer {airlock.token}"})
+        no = c.post(airlock.url + "/v1/chat/completions", json={"model": "eval-only", "messages": MSG},
+                    headers={"authorization": f"Bearer {airlock.token}"})
+    assert ok.status_code == 200 and no.status_code in (403, 404)
+    r = airlock.cli("audit", "tail", "-n", "10000", "--json")
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(l) for l in r.stdout.splitlines()]
+    by_req = {x["request_id"]: x for x in recs if x["request_id"]}
+    use = by_req[ok.headers["x-airlock-request-id"]]
+    assert (use["action"], use["outcome"], use["credential"], use["model"], use["status"]) == \
+        ("inference", "ok", "openai-prod", "gpt-4o-mini", 200)
+    assert use["input_tokens"] > 0 and use["output_tokens"] > 0
+    assert use["actor_kind"] == "token" and use["actor"].startswith("tok_") and use["subject"]
+    refused = by_req[no.headers["x-airlock-request-id"]]
+    assert refused["action"] == "request.refused" and refused["reason"], refused
+    actions = {x["action"] for x in recs}
+    assert {"credential.add", "token.mint", "secret.resolve"} <= actions, actions
+    add = next(x for x in recs if x["action"] == "credential.add" and x["target"] == "openai-prod")
+    assert add["actor_kind"] == "admin" and add["outcome"] == "ok"
+    seqs = [x["seq"] for x in recs]
+    assert seqs == sorted(seqs) and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    v = airlock.cli_json("audit", "verify")
+    assert v["ok"] is True and v["summary"]["records"] >= len(recs)
+    # Filters
+    only = airlock.cli("audit", "tail", "--json", "--action", "credential.add", "-n", "100")
+    assert only.returncode == 0
+    assert {json.loads(l)["action"] for l in only.stdout.splitlines()} == {"credential.add"}
+
+
+def _lines(path):
+    return path.read_text().splitlines()
+
+
+def _verify_file(inst, path, *extra):
+    r = subprocess.run([BIN, "audit", "verify", "--json", "--file", str(path),
+                        "--public-key", str(inst.dir / "keys" / "audit-1.pub"), *extra],
+                       capture_output=True, text=True, timeout=120)
+    return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else {}), r.stderr
+
+
+def test_tampering_is_detected_and_named(airlock, tmp_path):
+    sink = tmp_path / "checkpoints.jsonl"
+    inst = Instance(airlock, "tamper", {"AIRLOCK_AUDIT__CHECKPOINT_EVERY": "5",
+                                        "AIRLOCK_AUDIT__CHECKPOINT_FILE": str(sink)})
+    with httpx.Client(timeout=30) as c:
+        for i in range(20):
+            assert inst.chat(client=c).status_code == 200
+    export = tmp_path / "export.jsonl"
+    r = inst.cli("audit", "export", "-o", str(export))
+    assert r.returncode == 0, r.stderr
+    code, out, err = _verify_file(inst, export)
+    assert code == 0 and out["ok"], (out, err)
+    assert out["summary"]["checkpoints_verified"] >= 4
+
+    lines = _lines(export)
+    rec_idx = [i for i, l in enumerate(lines) if json.loads(l)["type"] == "record"]
+    cp_idx = [i for i, l in enumerate(lines) if json.loads(l)["type"] == "checkpoint"]
+
+    def tampered(mutate):
+        ls = list(lines)
+        mutate(ls)
+        p = tmp_path / "t.jsonl"
+        p.write_text("\n".join(ls) + "\n")
+        code, out, err = _verify_file(inst, p)
+        assert code == 1, (out, err)
+        return out["problem"]
+
+    def change(ls):
+        d = json.loads(ls[rec_idx[7]])
+        d["output_tokens"] = 999999
+        ls[rec_idx[7]] = json.dumps(d)
+    p = tampered(change)
+    assert p["kind"] == "changed" and p["seq"] == 8 and "record 8" in p["message"]
+
+    p = tampered(lambda ls: ls.pop(rec_idx[11]))
+    assert p["kind"] == "missing" and p["seq"] == 12
+
+    def swap(ls):
+        ls[rec_idx[3]], ls[rec_idx[4]] = ls[rec_idx[4]], ls[rec_idx[3]]
+    p = tampered(swap)
+    assert p["kind"] in ("missing", "reordered") and p["seq"] == 4
+
+    # Truncated: the last records gone, a checkpoint signing them kept.
+    last_cp = cp_idx[-1]
+    cp_seq = json.loads(lines[last_cp])["seq"]
+    p = tampered(lambda ls: [ls.pop(i) for i in reversed(rec_idx) if json.loads(lines[i])["seq"] > cp_seq - 3])
+    assert p["kind"] == "truncated" and str(cp_seq) in p["message"]
+
+    # Forged checkpoint: its head moved to another record.
+    def forge(ls):
+        d = json.loads(ls[cp_idx[0]])
+        d["head"] = json.loads(ls[rec_idx[0]])["hash"]
+        ls[cp_idx[0]] = json.dumps(d)
+    p = tampered(forge)
+    assert p["kind"] == "bad_signature"
+
+    # Record and every later hash recomputed (as someone with the database would): the signed
+    # checkpoint no longer matches.
+    def rewrite(ls):
+        import hashlib
+        prev = None
+        for i in rec_idx:
+            d = json.loads(ls[i])
+            if d["seq"] == 3:
+                d["model"] = "gpt-4o"
+            if prev is not None:
+                d["prev"] = prev
+            body = {k: v for k, v in d.items() if k not in ("hash", "type")}
+            canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            d["hash"] = hashlib.sha256(b"airlock-audit-record-v1\n" + canon.encode()).hexdigest()
+            prev = d["hash"]
+            ls[i] = json.dumps(d)
+    p = tampered(rewrite)
+    assert p["kind"] == "checkpoint_mismatch" and p["seq"] == 5
+
+    # A whole-file truncation that also drops the checkpoints is caught by the separate copy.
+    assert sink.exists() and len(_lines(sink)) >= 4
+    short = tmp_path / "short.jsonl"
+    short.write_text("\n".join(lines[: rec_idx[9] + 1]) + "\n")
+    code, out, _ = _verify_file(inst, short)
+    assert code == 0, "without the external copy, a clean cut is undetectable"
+    code, out, _ = _verify_file(inst, short, "--checkpoints", str(sink))
+    assert code == 1 and out["problem"]["kind"] == "truncated"
+
+    # The same against the database itself (through the admin API).
+    inst.stop()
+    db = sqlite3.connect(inst.db)
+    with db:
+        db.execute("DROP TRIGGER audit_no_update")
+        db.execute("UPDATE audit SET credential = 'someone-else' WHERE seq = 6")
+    db.close()
+    inst.start()
+    r = inst.cli("audit", "verify", "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    prob = json.loads(r.stdout)["problem"]
+    assert prob["kind"] == "changed" and prob["seq"] == 6
+    r = inst.cli("audit", "verify")
+    assert r.returncode == 1 and "record 6" in r.stderr
+
+
+def test_export_verifies_offline_with_only_the_public_key(airlock, tmp_path):
+    inst = Instance(airlock, "offline", {"AIRLOCK_AUDIT__CHECKPOINT_EVERY": "3"})
+    with httpx.Client(timeout=30) as c:
+        for _ in range(7):
+            assert inst.chat(client=c).status_code == 200
+        assert inst.chat(stream=True, client=c).status_code == 200
+    export = tmp_path / "audit.jsonl"
+    assert inst.cli("audit", "export", "-o", str(export)).returncode == 0
+    public = (inst.dir / "keys" / "audit-1.pub").read_text().strip()
+    inst.stop()
+    # Nothing but the file and the key: no server, no state directory.
+    alone = tmp_path / "elsewhere"
+    alone.mkdir()
+    shutil.copy(export, alone / "audit.jsonl")
+    r = subprocess.run([BIN, "audit", "verify", "--file", str(alone / "audit.jsonl"), "--public-key", public],
+                       capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0 and "intact" in r.stdout, r.stdout + r.stderr
+    # The wrong key: every checkpoint fails.
+    other = Instance(airlock, "other-key")
+    wrong = (other.dir / "keys" / "audit-1.pub").read_text().strip()
+    r = subprocess.run([BIN, "audit", "verify", "--json", "--file", str(alone / "audit.jsonl"), "--public-key", wrong],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and json.loads(r.stdout)["problem"]["kind"] == "bad_signature"
+    other.stop()
+    # Usage errors are exit 2.
+    r = subprocess.run([BIN, "audit", "verify", "--file", str(alone / "audit.jsonl")], capture_output=True, text=True)
+    assert r.returncode == 2 and "public-key" in r.stderr
+
+
+def _block_audit_writes(inst):
+    db = sqlite3.connect(inst.db, timeout=10)
+    with db:
+        db.execute("CREATE TRIGGER audit_blocked BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+    db.close()
+
+
+def _unblock_audit_writes(inst):
+    db = sqlite3.connect(inst.db, timeout=10)
+    with db:
+        db.execute("DROP TRIGGER audit_blocked")
+    db.close()
+
+
+def _mock_requests(a):
+    return httpx.get(f"http://127.0.0.1:{a.mocks['good']}/mock/stats").json()["requests"]
+
+
+def test_fail_closed_refuses_when_the_audit_log_cannot_be_written(airlock):
+    inst = Instance(airlock, "closed")
+    with httpx.Client(timeout=30) as c:
+        assert inst.chat(client=c).status_code == 200
+        _block_audit_writes(inst)
+        r = inst.chat(client=c)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "audit_unavailable", r.text
+        assert "audit" in r.json()["error"]["message"]
+        # Now refused before any provider is called.
+        before = _mock_requests(airlock)
+        for stream in (False, True):
+            r = inst.chat(stream=stream, client=c)
+            assert r.status_code == 503, r.text
+        assert _mock_requests(airlock) == before, "no provider call while the log is unwritable"
+        # The official SDK sees a server error, not a completion.
+        with pytest.raises(openai.APIStatusError) as e:
+            openai.OpenAI(base_url=inst.url + "/v1", api_key=inst.token, max_retries=0).chat.completions.create(
+                model="gpt-4o-mini", messages=MSG)
+        assert e.value.status_code == 503
+        # No usage row and no audit record was written for any of them.
+        db = sqlite3.connect(inst.db)
+        served = db.execute("SELECT COUNT(*) FROM usage WHERE outcome = 'ok'").fetchone()[0]
+        db.close()
+        assert served == 1
+        _unblock_audit_writes(inst)
+        statuses = [inst.chat(client=c).status_code for _ in range(3)]
+        assert statuses[-1] == 200 and statuses.count(503) <= 1, statuses
+    r = inst.cli("audit", "verify", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_fail_open_serves_and_counts(airlock):
+    inst = Instance(airlock, "open", {"AIRLOCK_AUDIT__ON_FAILURE": "open"})
+    _block_audit_writes(inst)
+    with httpx.Client(timeout=30) as c:
+        assert inst.chat(client=c).status_code == 200
+        assert inst.chat(stream=True, client=c).status_code == 200
+        metrics = c.get(inst.url + "/metrics").text
+    unrecorded = next(int(l.split()[1]) for l in metrics.splitlines() if l.startswith("airlock_audit_unrecorded_total "))
+    assert unrecorded >= 2
+    assert "airlock_audit_healthy 0" in metrics
+    log = (airlock.tmp / "open-server.log").read_text()
+    assert "could not be written" in log
+
+
+def test_kill_9_under_load_loses_no_answered_request(airlock):
+    inst = Instance(airlock, "kill9", {"AIRLOCK_AUDIT__CHECKPOINT_EVERY": "25"})
+    done = []          # request ids whose response completed
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def worker(n):
+        with httpx.Client(timeout=10) as c:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                streaming = (i + n) % 2 == 0
+                model = "slow-1" if streaming and n % 2 else "gpt-4o-mini"
+                body = {"model": model, "messages": MSG, "stream": streaming}
+                h = {"authorization": f"Bearer {inst.token}"}
+                try:
+                    with c.stream("POST", inst.url + "/v1/chat/completions", json=body, headers=h) as r:
+                        data = b"".join(r.iter_bytes())
+                        rid = r.headers.get("x-airlock-request-id")
+                    complete = r.status_code == 200 and (b"[DONE]" in data if streaming else data.rstrip().endswith(b"}"))
+                    if complete:
+                        with lock:
+                            done.append(rid)
+                except (httpx.HTTPError, OSError):
+                    pass
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(2.5)
+    inst.proc.send_signal(signal.SIGKILL)
+    inst.proc.wait(timeout=10)
+    stop.set()
+    for t in threads:
+        t.join(timeout=20)
+    assert len(done) > 20, f"the load really ran ({len(done)} completed)"
+    inst.start()
+    r = inst.cli("audit", "verify", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    recorded = {x["request_id"] for x in inst.records("--action", "inference") if x["outcome"] == "ok"}
+    missing = [rid for rid in done if rid not in recorded]
+    assert not missing, f"{len(missing)} answered requests have no audit record"
+    # And the chain keeps growing from where it was after the restart.
+    assert inst.chat().status_code == 200
+    assert inst.cli("audit", "verify").returncode == 0

@@ -12,8 +12,13 @@ use std::time::Instant;
 async fn main() {
     let mut args = std::env::args().skip(1);
     let dir = std::path::PathBuf::from(args.next().expect("STATE_DIR"));
-    let n: i64 = args.next().map(|s| s.parse().expect("N")).unwrap_or(1_000_000);
-    let store = Store::open_sqlite(&dir.join("airlock.db")).await.expect("open");
+    let n: i64 = args
+        .next()
+        .map(|s| s.parse().expect("N"))
+        .unwrap_or(1_000_000);
+    let store = Store::open_sqlite(&dir.join("airlock.db"))
+        .await
+        .expect("open");
     let key = AuditKey::load(&dir.join("keys"), 1).expect("audit key");
     let (mut seq, mut head) = store.audit_head().await.expect("head");
     let start = Instant::now();
@@ -46,7 +51,10 @@ async fn main() {
         }
         written += batch.len() as i64;
         let cp = key.checkpoint(seq, 0, &head);
-        store.write_batch(&[], &batch, Some(&cp)).await.expect("write");
+        store
+            .write_batch(&[], &batch, Some(&cp))
+            .await
+            .expect("write");
     }
     let secs = start.elapsed().as_secs_f64();
     println!(

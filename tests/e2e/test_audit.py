@@ -29,7 +29,7 @@ def tmp_path(airlock, request):
 class Instance:
     """A separate airlock (own state, own database) in front of the session's mock providers."""
 
-    def __init__(self, a, name, env=None):
+    def __init__(self, a, name, env=None, toml_extra=""):
         self.a = a
         self.dir = a.tmp / name
         self.port = free_port()
@@ -39,6 +39,9 @@ class Instance:
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         self.admin, self.config = out["admin_token"], out["config"]
+        if toml_extra:
+            with open(self.config, "a") as f:
+                f.write("\n" + toml_extra + "\n")
         self.env = {"OPENAI_KEY_CANARY": a.canary, "AIRLOCK_LOG__LEVEL": "debug", **(env or {})}
         self.proc = None
         self.start()
@@ -364,3 +367,33 @@ def test_kill_9_under_load_loses_no_answered_request(airlock):
     # And the chain keeps growing from where it was after the restart.
     assert inst.chat().status_code == 200
     assert inst.cli("audit", "verify").returncode == 0
+
+
+def test_inventory_shows_who_used_a_credential_and_its_spend(airlock):
+    inst = Instance(airlock, "inventory", env={"AIRLOCK_ROTATION__MAX_AGE_DAYS": "0"},
+                    toml_extra='[pricing."gpt-4o-mini"]\ninput = 1.5\noutput = 6.0')
+    second = json.loads(inst.cli("token", "mint", "--env", "prod", "--model", "gpt-*", "--subject", "batch-job",
+                                 "--json").stdout)
+    with httpx.Client(timeout=30) as c:
+        for _ in range(3):
+            assert inst.chat(client=c).status_code == 200
+        h = {"authorization": f"Bearer {second['token']}"}
+        r = c.post(inst.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MSG}, headers=h)
+        assert r.status_code == 200
+    v = json.loads(inst.cli("credential", "show", "prod", "--json").stdout)
+    act = v["activity"]
+    assert act["requests"] == 4
+    subjects = {x["name"]: x["requests"] for x in act["identities"]}
+    assert subjects.get("batch-job") == 1 and sum(subjects.values()) == 4, subjects
+    assert len(act["tokens"]) == 2 and act["client_ips"][0]["name"] == "127.0.0.1"
+    # Spend = tokens the provider reported times the configured price, record by record.
+    uses = [x for x in inst.records("--action", "inference", "--credential", "prod")]
+    assert len(uses) == 4 and all(x["input_tokens"] and x["output_tokens"] for x in uses)
+    assert all(x["cost_micros"] == round(x["input_tokens"] * 1.5 + x["output_tokens"] * 6.0) for x in uses)
+    assert act["input_tokens"] == sum(x["input_tokens"] for x in uses)
+    assert act["cost_micros"] == sum(x["cost_micros"] for x in uses) > 0
+    # A zero-day rotation policy makes every key overdue.
+    assert v["rotation"]["overdue"] is True and v["rotation"]["max_age_days"] == 0
+    text = inst.cli("credential", "show", "prod")
+    assert text.returncode == 0 and "batch-job (1)" in text.stdout and "OVERDUE" in text.stdout
+    assert "$0.0002" in text.stdout, text.stdout

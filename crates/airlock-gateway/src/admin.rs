@@ -479,12 +479,12 @@ struct ShowQuery {
 /// Age of a credential's key against `rotation.max_age_days`.
 fn rotation_state(app: &App, row: &CredentialRow) -> serde_json::Value {
     let since = row.rotated_at.unwrap_or(row.created_at);
-    let age_days = (now_ms() - since).max(0) / 86_400_000;
+    let age_ms = (now_ms() - since).max(0);
     let max = i64::from(app.cfg.rotation.max_age_days);
     serde_json::json!({
-        "key_age_days": age_days,
+        "key_age_days": age_ms / 86_400_000,
         "max_age_days": max,
-        "overdue": age_days > max,
+        "overdue": age_ms > max * 86_400_000,
     })
 }
 

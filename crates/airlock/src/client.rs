@@ -161,9 +161,13 @@ pub async fn credential(c: CredentialCmd, json: bool) -> Result<(), Failure> {
                 );
             }
         }
-        CredentialCmd::Show { name } => {
+        CredentialCmd::Show { name, days } => {
             let v = admin
-                .call(Method::GET, &format!("/credentials/{name}"), None)
+                .call(
+                    Method::GET,
+                    &format!("/credentials/{name}?window_days={days}"),
+                    None,
+                )
                 .await?;
             if json {
                 print_json(&v);
@@ -188,6 +192,47 @@ pub async fn credential(c: CredentialCmd, json: bool) -> Result<(), Failure> {
                 "requests     {} ({} input / {} output tokens)",
                 v["usage"]["requests"], v["usage"]["input_tokens"], v["usage"]["output_tokens"]
             );
+            let r = &v["rotation"];
+            println!(
+                "key age      {} days (policy {} days){}",
+                r["key_age_days"],
+                r["max_age_days"],
+                if r["overdue"].as_bool() == Some(true) {
+                    "  OVERDUE: rotate it"
+                } else {
+                    ""
+                }
+            );
+            let a = &v["activity"];
+            println!(
+                "last {} days {} requests, {} / {} tokens, ${:.4}",
+                a["window_days"],
+                a["requests"],
+                a["input_tokens"],
+                a["output_tokens"],
+                a["cost_micros"].as_f64().unwrap_or(0.0) / 1e6
+            );
+            for (label, key) in [
+                ("identities", "identities"),
+                ("tokens", "tokens"),
+                ("client ips", "client_ips"),
+            ] {
+                let items: Vec<String> = a[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .take(10)
+                    .map(|c| format!("{} ({})", s(c, "name"), c["requests"]))
+                    .collect();
+                println!(
+                    "  {label:<11}{}",
+                    if items.is_empty() {
+                        "-".to_string()
+                    } else {
+                        items.join(", ")
+                    }
+                );
+            }
         }
         CredentialCmd::Remove { name } => {
             let v = admin

@@ -129,6 +129,9 @@ enum CredentialCmd {
     Show {
         /// Credential name.
         name: String,
+        /// Activity window in days (identities, tokens, addresses, volume, spend).
+        #[arg(long, default_value_t = 7)]
+        days: u32,
     },
     /// Remove a credential.
     Remove {

@@ -79,8 +79,9 @@ pub fn anchored(patterns: &[&str]) -> String {
 
 /// The inverse of [`anchored`]: the patterns an anchored expression was built from, or `None`
 /// when the text is not something [`anchored`] writes. Callers compare `anchored(result)` with
-/// the input to be sure of the round trip.
-pub fn from_anchored(re: &str) -> Option<Vec<String>> {
+/// the input to be sure of the round trip. Patterns come from untrusted token blocks, so they
+/// are checked for length, alphabet and wildcard count before any is compiled.
+pub fn from_anchored(re: &str) -> Option<Vec<Glob>> {
     let inner = re.strip_prefix("^(?:")?.strip_suffix(")$")?;
     let mut out = Vec::new();
     for alt in inner.split('|') {
@@ -97,14 +98,19 @@ pub fn from_anchored(re: &str) -> Option<Vec<String>> {
                 c => p.push(c),
             }
         }
-        Glob::new(&p).ok()?;
-        if p != p.trim() {
+        let wildcards = p.chars().filter(|c| matches!(c, '*' | '?')).count();
+        if p.len() > MAX_UNTRUSTED_LEN || wildcards > MAX_UNTRUSTED_WILDCARDS || p != p.trim() {
             return None;
         }
-        out.push(p);
+        out.push(Glob::new(&p).ok()?);
     }
     Some(out)
 }
+
+/// Longest pattern accepted from an appended token block.
+pub const MAX_UNTRUSTED_LEN: usize = 128;
+/// Most wildcards in a pattern accepted from an appended token block.
+pub const MAX_UNTRUSTED_WILDCARDS: usize = 8;
 
 /// Parses a list of globs given as repeated flags and/or comma lists.
 pub fn parse_list<S: AsRef<str>>(items: &[S]) -> Result<Vec<Glob>, GlobError> {
@@ -142,8 +148,21 @@ mod tests {
         }
         for list in [&["gpt-4o*", "o?", "a.b+c@d/e:f_g"][..], &["*"][..]] {
             let re = anchored(list);
-            assert_eq!(from_anchored(&re).unwrap(), list, "{re}");
+            let back: Vec<String> = from_anchored(&re)
+                .unwrap()
+                .iter()
+                .map(|g| g.as_str().to_string())
+                .collect();
+            assert_eq!(back, list, "{re}");
         }
+        assert!(
+            from_anchored(&anchored(&["*?*?*?*?*?"])).is_none(),
+            "too many wildcards"
+        );
+        assert!(
+            from_anchored(&anchored(&[&"a".repeat(129)])).is_none(),
+            "too long"
+        );
         for bad in [
             "^(?:a)",
             "^(?:a b)$",
@@ -154,7 +173,7 @@ mod tests {
         ] {
             assert!(
                 from_anchored(bad).is_none_or(|g| {
-                    let g: Vec<&str> = g.iter().map(String::as_str).collect();
+                    let g: Vec<&str> = g.iter().map(Glob::as_str).collect();
                     anchored(&g) != bad
                 }),
                 "{bad}"

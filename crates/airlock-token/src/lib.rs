@@ -15,11 +15,11 @@
 //! User-supplied strings reach Datalog only as parameters, never spliced into source.
 //!
 //! [`Verifier`] checks the signature once per distinct token and caches the result (bounded,
-//! keyed by the SHA-256 of the token, expiring with the token); the Datalog decision for each
-//! (model, credential) pair is cached on the verified token, so the hot path runs no Datalog
-//! for a token it has seen. Appended blocks may hold only the three check forms [`attenuate`]
-//! writes (time limit, model patterns, credential set); any other block is refused before
-//! Datalog runs, so an untrusted holder cannot make the engine do work or vary with time.
+//! keyed by the SHA-256 of the token, expiring with the token). Appended blocks may hold only
+//! the three check forms [`attenuate`] writes (time limit, model patterns, credential set), with
+//! bounded pattern counts and wildcards; any other block is refused before Datalog runs. The
+//! accepted checks and the authority block's claims are then evaluated natively per request
+//! ([`Verifier::authorize`]): the hot path runs no Datalog and compiles no regular expression.
 #![warn(missing_docs)]
 
 pub mod glob;
@@ -32,7 +32,7 @@ use biscuit_auth::{error, Biscuit, UnverifiedBiscuit};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Every airlock token starts with this, so scanners and people can tell what it is.
@@ -314,27 +314,27 @@ pub fn attenuate(
 }
 
 /// Checks that an appended block holds only the statements [`attenuate`] writes, and returns
-/// the expiries its time checks set.
+/// what they narrow.
 ///
-/// Anyone holding a token can append a block, so a block is untrusted input to the Datalog
-/// engine. Accepting only these three check forms, each re-derived from the printed source and
-/// compared byte for byte, means no appended rule, fact or expression ever runs: evaluation stays
-/// cheap and bounded, and every decision depends only on the request's model, credential and
-/// environment plus a fixed expiry, which is what makes caching decisions sound.
+/// Anyone holding a token can append a block, so a block is untrusted input. Accepting only
+/// these three check forms, each re-derived from the printed source and compared byte for byte
+/// (with the block's symbols free of characters that could fake that text), means no appended
+/// rule, fact or expression exists; their meaning is fully captured by [`Narrowing`], which
+/// the verifier evaluates natively.
 ///
 /// ```text
 /// check if time($t), $t <= 2026-11-25T12:00:00Z;
 /// check if request_model($m), $m.matches("^(?:gpt\-4o.*)$");
 /// check if request_credential($c), {"a", "b"}.contains($c);
 /// ```
-fn canonical_block(src: &str) -> Result<Vec<u64>, String> {
+fn canonical_block(src: &str) -> Result<Narrowing, String> {
     const TIME: &str = "check if time($t), $t <= ";
     const MODEL: (&str, &str) = ("check if request_model($m), $m.matches(\"", "\")");
     const CRED: (&str, &str) = ("check if request_credential($c), {", "}.contains($c)");
     let body = src
         .strip_suffix(";\n")
         .ok_or("an appended block is empty or not in airlock's form")?;
-    let mut expiries = Vec::new();
+    let mut n = Narrowing::default();
     for stmt in body.split(";\n") {
         if let Some(date) = stmt.strip_prefix(TIME) {
             let ok = date.len() == 20
@@ -346,17 +346,19 @@ fn canonical_block(src: &str) -> Result<Vec<u64>, String> {
                 .ok()
                 .filter(|_| ok)
                 .ok_or("an appended time check is not in airlock's form")?;
-            expiries.push(unix(t));
+            n.expiries.push(unix(t));
         } else if let Some(re) = stmt
             .strip_prefix(MODEL.0)
             .and_then(|r| r.strip_suffix(MODEL.1))
         {
             let globs = glob::from_anchored(re)
+                .filter(|g| g.len() <= MAX_PATTERNS_PER_BLOCK)
                 .ok_or("an appended model check is not in airlock's form")?;
-            let strs: Vec<&str> = globs.iter().map(String::as_str).collect();
+            let strs: Vec<&str> = globs.iter().map(glob::Glob::as_str).collect();
             if glob::anchored(&strs) != re {
                 return Err("an appended model check is not in airlock's form".into());
             }
+            n.models.push(globs);
         } else if let Some(set) = stmt
             .strip_prefix(CRED.0)
             .and_then(|r| r.strip_suffix(CRED.1))
@@ -365,12 +367,15 @@ fn canonical_block(src: &str) -> Result<Vec<u64>, String> {
                 .split(", ")
                 .map(|q| q.strip_prefix('"').and_then(|q| q.strip_suffix('"')))
                 .collect();
-            let ok = names.is_some_and(|n| {
-                !n.is_empty() && n.iter().all(|c| validate_name("credential", c).is_ok())
-            });
-            if !ok {
-                return Err("an appended credential check is not in airlock's form".into());
-            }
+            let names = names
+                .filter(|n| {
+                    !n.is_empty()
+                        && n.len() <= MAX_PATTERNS_PER_BLOCK
+                        && n.iter().all(|c| validate_name("credential", c).is_ok())
+                })
+                .ok_or("an appended credential check is not in airlock's form")?;
+            n.credentials
+                .push(names.into_iter().map(str::to_string).collect());
         } else {
             return Err(
                 "an appended block holds a statement not in the form airlock accepts; \
@@ -379,7 +384,29 @@ fn canonical_block(src: &str) -> Result<Vec<u64>, String> {
             );
         }
     }
-    Ok(expiries)
+    Ok(n)
+}
+
+/// Most patterns (or credential names) one appended check may list.
+const MAX_PATTERNS_PER_BLOCK: usize = 32;
+
+/// What appended blocks narrow, read from their (validated) checks and evaluated natively.
+#[derive(Debug, Default)]
+struct Narrowing {
+    expiries: Vec<u64>,
+    /// Each inner list: the request's model must match one of them.
+    models: Vec<Vec<glob::Glob>>,
+    /// Each inner list: the request's credential must be one of them.
+    credentials: Vec<Vec<String>>,
+}
+
+/// Symbols an appended block introduces may not hold characters that could make its printed
+/// source read as something it is not (Biscuit prints strings and names without escaping).
+fn symbols_plain(symbols: &[String]) -> bool {
+    symbols.iter().all(|s| {
+        !s.chars()
+            .any(|c| c.is_whitespace() || matches!(c, '"' | ',' | ';' | '{' | '}'))
+    })
 }
 
 /// Expiries stated by canonical time checks anywhere in a block, for display only.
@@ -444,8 +471,8 @@ pub struct Verified {
     pub expires_at: u64,
     /// Number of blocks; > 1 means attenuated.
     pub blocks: usize,
-    biscuit: Biscuit,
-    decisions: Mutex<Vec<Decision>>,
+    model_globs: Vec<glob::Glob>,
+    narrowing: Narrowing,
 }
 
 impl std::fmt::Debug for Verified {
@@ -457,12 +484,6 @@ impl std::fmt::Debug for Verified {
             .finish_non_exhaustive()
     }
 }
-
-const DECISIONS_PER_TOKEN: usize = 64;
-
-/// A cached Datalog outcome: (model, credential, credential's environment, allowed or the
-/// refusal's message). Every request fact except time is part of the key.
-type Decision = (String, String, String, Result<(), String>);
 
 /// What one request asks of a token.
 #[derive(Debug, Clone, Copy)]
@@ -533,15 +554,30 @@ impl Verifier {
         // Appended blocks are untrusted input: refuse anything but attenuate's own checks
         // before the Datalog engine sees the token.
         let mut expires_at = u64::MAX;
+        let mut narrowing = Narrowing::default();
         for i in 1..biscuit.block_count() {
             if !matches!(biscuit.block_external_key(i), Ok(None)) {
                 return Err(TokenError::Malformed(
                     "third-party blocks are not accepted".into(),
                 ));
             }
+            let symbols = biscuit.block_symbols(i).map_err(lang)?;
+            if !symbols_plain(&symbols) {
+                return Err(TokenError::Malformed(
+                    "an appended block is not in the form airlock accepts".into(),
+                ));
+            }
             let src = biscuit.print_block_source(i).map_err(lang)?;
-            for e in canonical_block(&src).map_err(TokenError::Malformed)? {
-                expires_at = expires_at.min(e);
+            let n = canonical_block(&src).map_err(TokenError::Malformed)?;
+            for e in &n.expiries {
+                expires_at = expires_at.min(*e);
+            }
+            narrowing.models.extend(n.models);
+            narrowing.credentials.extend(n.credentials);
+            if narrowing.models.iter().map(Vec::len).sum::<usize>() > 2 * MAX_PATTERNS_PER_BLOCK {
+                return Err(TokenError::Malformed(
+                    "the token's narrowing lists too many patterns".into(),
+                ));
             }
         }
         let mut az = AuthorizerBuilder::new()
@@ -576,6 +612,8 @@ impl Verifier {
         };
         models.sort();
         credentials.sort();
+        let model_globs = glob::parse_list(&models)
+            .map_err(|_| TokenError::Malformed("the token's model patterns are invalid".into()))?;
         let expires_at = expires_at.min(unix(*exp));
         Ok(Verified {
             hash,
@@ -586,14 +624,17 @@ impl Verifier {
             credentials,
             expires_at,
             blocks: biscuit.block_count(),
-            biscuit,
-            decisions: Mutex::new(Vec::new()),
+            model_globs,
+            narrowing,
         })
     }
 
-    /// Runs the token's checks (every block's) for one request. The decision is cached on the
-    /// verified token per (model, credential, credential environment): appended blocks hold only
-    /// canonical checks, so time enters a decision only through `expires_at`.
+    /// Decides one request against the token's scope: its environment, the authority block's
+    /// model patterns and credentials, every appended narrowing, and the earliest time limit.
+    /// The checks are the ones the token's blocks state; because appended blocks are accepted
+    /// only in attenuate's forms (see [`canonical_block`]), evaluating them here is exactly
+    /// what a Datalog authorizer would decide, without running Datalog or re-compiling its
+    /// regular expressions on the hot path.
     pub fn authorize(
         &self,
         v: &Verified,
@@ -603,35 +644,36 @@ impl Verifier {
         if unix(now) > v.expires_at {
             return Err(TokenError::Expired(rfc3339(v.expires_at)));
         }
-        if let Ok(d) = v.decisions.lock() {
-            if let Some((_, _, _, res)) = d
+        if r.credential_env != v.env {
+            return Err(TokenError::Denied(format!(
+                "token is for environment `{}` and cannot use credential `{}` of environment `{}`",
+                v.env, r.credential, r.credential_env
+            )));
+        }
+        let model_ok = v.model_globs.iter().any(|g| g.matches(r.model))
+            && v.narrowing
+                .models
                 .iter()
-                .find(|(m, c, e, _)| m == r.model && c == r.credential && e == r.credential_env)
-            {
-                return res.clone().map_err(TokenError::Denied);
-            }
+                .all(|set| set.iter().any(|g| g.matches(r.model)));
+        if !model_ok {
+            return Err(TokenError::Denied(format!(
+                "token does not allow model `{}` (allowed: {})",
+                r.model,
+                v.models.join(", ")
+            )));
         }
-        let res = run_checks(v, r, now);
-        match &res {
-            Err(TokenError::Denied(msg)) => self.remember(v, r, Err(msg.clone())),
-            Ok(()) => self.remember(v, r, Ok(())),
-            _ => {}
+        let cred_ok = (v.credentials.is_empty() || v.credentials.iter().any(|c| c == r.credential))
+            && v.narrowing
+                .credentials
+                .iter()
+                .all(|set| set.iter().any(|c| c == r.credential));
+        if !cred_ok {
+            return Err(TokenError::Denied(format!(
+                "token does not allow credential `{}`",
+                r.credential
+            )));
         }
-        res
-    }
-
-    fn remember(&self, v: &Verified, r: Request<'_>, res: Result<(), String>) {
-        if let Ok(mut d) = v.decisions.lock() {
-            if d.len() >= DECISIONS_PER_TOKEN {
-                let _ = d.remove(0);
-            }
-            d.push((
-                r.model.to_string(),
-                r.credential.to_string(),
-                r.credential_env.to_string(),
-                res,
-            ));
-        }
+        Ok(())
     }
 
     /// Forgets a cached token (after revocation the gateway refuses it before this matters,
@@ -648,74 +690,6 @@ fn limits() -> biscuit_auth::AuthorizerLimits {
         // Generous: the default 1 ms trips on a loaded 2-core machine.
         max_time: Duration::from_millis(50),
     }
-}
-
-fn run_checks(v: &Verified, r: Request<'_>, now: SystemTime) -> Result<(), TokenError> {
-    let now_t = UNIX_EPOCH + Duration::from_secs(unix(now));
-    let mut az = AuthorizerBuilder::new()
-        .fact(builder::fact("time", &[builder::date(&now_t)]))
-        .and_then(|b| b.fact(builder::fact("request_model", &[builder::string(r.model)])))
-        .and_then(|b| {
-            b.fact(builder::fact(
-                "request_credential",
-                &[builder::string(r.credential)],
-            ))
-        })
-        .and_then(|b| {
-            b.fact(builder::fact(
-                "request_env",
-                &[builder::string(r.credential_env)],
-            ))
-        })
-        .and_then(|b| b.policy("allow if true"))
-        .map_err(lang)?
-        .set_limits(limits())
-        .build(&v.biscuit)
-        .map_err(|_| TokenError::Malformed("cannot load the token".into()))?;
-    match az.authorize() {
-        Ok(_) => Ok(()),
-        Err(error::Token::FailedLogic(
-            error::Logic::Unauthorized { checks, .. } | error::Logic::NoMatchingPolicy { checks },
-        )) => Err(explain(v, r, &checks)),
-        Err(error::Token::RunLimit(_)) => Err(TokenError::Denied(
-            "token checks exceed the evaluation limits".into(),
-        )),
-        Err(_) => Err(TokenError::Denied("token checks failed".into())),
-    }
-}
-
-fn explain(v: &Verified, r: Request<'_>, checks: &[error::FailedCheck]) -> TokenError {
-    let rules: Vec<String> = checks
-        .iter()
-        .map(|c| match c {
-            error::FailedCheck::Block(b) => b.rule.clone(),
-            error::FailedCheck::Authorizer(a) => a.rule.clone(),
-        })
-        .collect();
-    let any = |needle: &str| rules.iter().any(|s| s.contains(needle));
-    if any("time(") {
-        return TokenError::Expired("the time limit set when it was narrowed".into());
-    }
-    if any("request_env") {
-        return TokenError::Denied(format!(
-            "token is for environment `{}` and cannot use credential `{}` of environment `{}`",
-            v.env, r.credential, r.credential_env
-        ));
-    }
-    if any("request_model") {
-        return TokenError::Denied(format!(
-            "token does not allow model `{}` (allowed: {})",
-            r.model,
-            v.models.join(", ")
-        ));
-    }
-    if any("request_credential") {
-        return TokenError::Denied(format!(
-            "token does not allow credential `{}`",
-            r.credential
-        ));
-    }
-    TokenError::Denied("a check in the token refused this request".into())
 }
 
 #[cfg(test)]

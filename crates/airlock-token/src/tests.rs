@@ -298,7 +298,17 @@ fn canonical_block_forms() {
     let ok = "check if time($t), $t <= 2030-01-01T00:00:00Z;\n\
               check if request_model($m), $m.matches(\"^(?:gpt\\-4o.*|o.)$\");\n\
               check if request_credential($c), {\"c-2\", \"c1\"}.contains($c);\n";
-    assert_eq!(canonical_block(ok), Ok(vec![1893456000]));
+    let n = canonical_block(ok).unwrap();
+    assert_eq!(n.expiries, vec![1893456000]);
+    assert_eq!(n.models.len(), 1);
+    assert_eq!(
+        n.models[0].iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+        ["gpt-4o*", "o?"]
+    );
+    assert_eq!(
+        n.credentials,
+        vec![vec!["c-2".to_string(), "c1".to_string()]]
+    );
     for bad in [
         "",
         "check if time($t), $t <= 2030-01-01T00:00:00Z",
@@ -311,4 +321,87 @@ fn canonical_block_forms() {
     ] {
         assert!(canonical_block(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn blocks_that_only_print_like_attenuations_are_refused() {
+    let (keys, _d) = ring();
+    let now = SystemTime::now();
+    let m = mint(&keys, &opts(&["*"]), now).unwrap();
+    let ver = Verifier::new(keys.clone(), 100);
+    // A regular expression whose text closes the check and opens another: it would print as
+    // two harmless checks.
+    let sneaky = "^(?:x)$\");\ncheck if request_model($m), $m.matches(\"^(?:gpt\\-4o)$";
+    let t = append_raw(
+        &m.token,
+        "check if request_model($m), $m.matches({re});",
+        &[("re", builder::string(sneaky))],
+    );
+    assert!(matches!(ver.verify(&t, now), Err(TokenError::Malformed(_))));
+    // A fact whose predicate name is the text of checks.
+    let u = UnverifiedBiscuit::from_base64(decode(&m.token).unwrap()).unwrap();
+    let block = BlockBuilder::new()
+        .fact(builder::fact(
+            "check if time($t), $t <= 2099-01-01T00:00:00Z;\ncheck if request_env",
+            &[builder::string("prod")],
+        ))
+        .unwrap();
+    let t = encode(&u.append(block).unwrap().to_base64().unwrap());
+    assert!(matches!(ver.verify(&t, now), Err(TokenError::Malformed(_))));
+}
+
+#[test]
+fn narrowing_is_evaluated_natively_and_bounded() {
+    let (keys, _d) = ring();
+    let now = SystemTime::now();
+    let m = mint(&keys, &opts(&["gpt-*", "claude-*"]), now).unwrap();
+    let ver = Verifier::new(keys.clone(), 100);
+    // Two narrowings: both must allow the model; credentials too.
+    let t1 = attenuate(
+        &m.token,
+        &["gpt-4o*".into(), "claude-3*".into()],
+        &[],
+        None,
+        now,
+    )
+    .unwrap();
+    let t2 = attenuate(
+        &t1,
+        &["gpt-*".into()],
+        &["c1".into(), "c2".into()],
+        None,
+        now,
+    )
+    .unwrap();
+    let v = ver.verify(&t2, now).unwrap();
+    ver.authorize(&v, req("gpt-4o-mini", "c1", "prod"), now)
+        .unwrap();
+    for (model, cred, env) in [
+        ("claude-3-haiku", "c1", "prod"), // allowed by t1, not by t2
+        ("gpt-4.1", "c1", "prod"),        // allowed by t2, not by t1
+        ("gpt-4o-mini", "c3", "prod"),    // credential not in the set
+        ("gpt-4o-mini", "c1", "eval"),    // environment
+    ] {
+        assert!(
+            matches!(
+                ver.authorize(&v, req(model, cred, env), now),
+                Err(TokenError::Denied(_))
+            ),
+            "{model} {cred} {env}"
+        );
+    }
+    // Patterns with many wildcards (expensive to compile and match) are refused outright.
+    let many: Vec<String> = (0..28).map(|i| format!("*?*?*?*?*?z{i}")).collect();
+    let heavy = attenuate(&m.token, &many, &[], None, now).unwrap();
+    assert!(matches!(
+        ver.verify(&heavy, now),
+        Err(TokenError::Malformed(_))
+    ));
+    // And so are narrowings listing more patterns than any real use needs.
+    let wide: Vec<String> = (0..40).map(|i| format!("gpt-{i}")).collect();
+    let wide = attenuate(&m.token, &wide, &[], None, now).unwrap();
+    assert!(matches!(
+        ver.verify(&wide, now),
+        Err(TokenError::Malformed(_))
+    ));
 }

@@ -168,3 +168,8 @@ def test_admin_api_answers_malformed_input_in_json(airlock):
             assert 400 <= r.status_code < 500, r.text
             body = r.json()
             assert body["error"]["code"] == "invalid_request" and body["error"]["message"], body
+        # A malformed body that holds a key: the error (and its audit record) must not echo it.
+        r = c.post(airlock.url + "/admin/v1/inventory/match", headers=h,
+                   content=json.dumps({"candidates": airlock.canary}).encode())
+        assert r.status_code == 422 or r.status_code == 400, r.text
+        assert airlock.canary not in r.text and "candidates" in r.json()["error"]["message"]

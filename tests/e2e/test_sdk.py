@@ -126,6 +126,10 @@ def test_refusals_openai(airlock):
     with pytest.raises(openai.AuthenticationError) as e:
         rc.chat.completions.create(model="gpt-4o-mini", messages=MSG)
     assert "revoked" in str(e.value)
+    # The refused use of a revoked token is audited under its id: who kept trying matters.
+    r = airlock.cli("audit", "tail", "--json", "--actor", m["id"], "-n", "100")
+    recs = [json.loads(l) for l in r.stdout.splitlines()]
+    assert any(x["action"] == "request.refused" and "revoked" in (x["reason"] or "") for x in recs), recs
 
     # revoked by another process writing the shared database: refused within about a second
     import sqlite3

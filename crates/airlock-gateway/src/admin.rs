@@ -336,9 +336,59 @@ async fn rejections_as_json(resp: Response) -> Response {
     let msg = if text.trim().is_empty() {
         format!("request refused ({status})")
     } else {
-        text.trim().to_string()
+        without_values(text.trim())
     };
     err(status, "invalid_request", msg)
+}
+
+/// A deserializer's message with the values it quotes left out: they are the caller's input,
+/// which may be a secret (`{"candidates": "sk-…"}`), and the message is also audited. Short
+/// backticked names (field names) stay, so the message still says what was wrong.
+fn without_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(['"', '`']) {
+        let q = rest.as_bytes()[i] as char;
+        out.push_str(&rest[..=i]);
+        let after = &rest[i + 1..];
+        match after.find(q) {
+            Some(j) => {
+                let inner = &after[..j];
+                if q == '`' && inner.len() <= 32 {
+                    out.push_str(inner);
+                } else {
+                    out.push('…');
+                }
+                out.push(q);
+                rest = &after[j + 1..];
+            }
+            None => {
+                out.push('…');
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out.chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rejection_messages_drop_the_values_they_quote() {
+        let m = super::without_values(
+            "candidates: invalid type: string \"sk-abcdefghijklmnopqrstuvwxyz0123456789\", expected a sequence at line 1 column 60",
+        );
+        assert_eq!(
+            m,
+            "candidates: invalid type: string \"…\", expected a sequence at line 1 column 60"
+        );
+        let m = super::without_values("unknown field `bogus`, expected one of `name`, `env`");
+        assert_eq!(m, "unknown field `bogus`, expected one of `name`, `env`");
+        let long = format!("unknown field `{}`", "k".repeat(40));
+        assert_eq!(super::without_values(&long), "unknown field `…`");
+        assert_eq!(super::without_values("open \"quote"), "open \"…");
+    }
 }
 
 fn store_err(e: StoreError) -> Response {

@@ -169,17 +169,20 @@ impl std::fmt::Debug for Initialized {
 
 /// Creates a state directory: configuration, root key, HMAC key, database, owner admin key.
 pub async fn init(dir: &Path, listen: &str) -> anyhow::Result<Initialized> {
+    let fresh = std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none());
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    #[cfg(unix)]
-    {
-        // The database and configuration are not secret, but nobody else needs them either.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-    }
     let cfg_path = dir.join("airlock.toml");
     if cfg_path.exists() {
         anyhow::bail!("{} already exists: this directory is initialised (admin keys are shown only once; mint new ones with the owner key)", cfg_path.display());
+    }
+    #[cfg(unix)]
+    if fresh {
+        // The database and configuration are not secret, but nobody else needs them either.
+        // Only a directory init created (or found empty) is locked down: `--dir .` must not
+        // change the permissions of someone's existing directory.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     }
     let text = Config::template(&dir, listen);
     let cfg = Config::parse(&text, std::iter::empty()).map_err(anyhow::Error::msg)?;

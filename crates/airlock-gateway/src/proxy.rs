@@ -85,19 +85,31 @@ fn token_error(e: &TokenError) -> ApiError {
 
 /// Authenticates the client: verified, unexpired, unrevoked token.
 pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Arc<Verified>, ApiError> {
+    authenticate_identified(app, headers).map_err(|(e, _)| e)
+}
+
+/// As [`authenticate`], and on refusal the token's identity when its signature verified (a
+/// revoked token still says whose it was: exactly what an incident review needs).
+fn authenticate_identified(
+    app: &App,
+    headers: &HeaderMap,
+) -> Result<Arc<Verified>, (ApiError, Option<Arc<Verified>>)> {
     let Some(tok) = presented_token(headers) else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing_token",
-            "no token: pass your airlock token as the SDK's api_key (sent as Authorization: Bearer or x-api-key)",
+        return Err((
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_token",
+                "no token: pass your airlock token as the SDK's api_key (sent as Authorization: Bearer or x-api-key)",
+            ),
+            None,
         ));
     };
     let v = app
         .verifier
         .verify(tok, SystemTime::now())
-        .map_err(|e| token_error(&e))?;
+        .map_err(|e| (token_error(&e), None))?;
     if app.is_revoked(&v.id) {
-        return Err(token_error(&TokenError::Revoked(v.id.clone())));
+        return Err((token_error(&TokenError::Revoked(v.id.clone())), Some(v)));
     }
     Ok(v)
 }
@@ -216,7 +228,18 @@ async fn run(
     parts: http::request::Parts,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let token = authenticate(app, &parts.headers)?;
+    let token = match authenticate_identified(app, &parts.headers) {
+        Ok(t) => t,
+        Err((e, known)) => {
+            if let Some(t) = known {
+                let r = ctx.rec();
+                r.row.token_id = Some(t.id.clone());
+                r.row.subject = Some(t.subject.clone());
+                r.row.env = Some(t.env.clone());
+            }
+            return Err(e);
+        }
+    };
     {
         let r = ctx.rec();
         r.row.token_id = Some(token.id.clone());

@@ -192,7 +192,24 @@ fn read_file(p: &Path, policy: &ReferencePolicy) -> Result<String, ResolveError>
             ResolveError::Unavailable(format!("cannot read {}: {}", p.display(), e.kind()))
         }
     };
-    let file = std::fs::File::open(p).map_err(io)?;
+    // Judge the path before opening it: opening a FIFO or a device can block or have effects.
+    let before = std::fs::metadata(p).map_err(io)?;
+    if !before.is_file() {
+        return Err(ResolveError::Invalid(format!(
+            "{} is not a regular file",
+            p.display()
+        )));
+    }
+    policy.permits(p, &std::fs::canonicalize(p).map_err(io)?)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        // Never block on open, even if the path was swapped for a FIFO since the check.
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    }
+    let file = opts.open(p).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if !meta.is_file() {
         return Err(ResolveError::Invalid(format!(
@@ -323,6 +340,16 @@ mod tests {
             .resolve(&only)
             .unwrap_err();
         assert!(err.to_string().contains("file_roots"), "{err}");
+        // A FIFO is refused without being opened (opening one blocks until a writer comes).
+        #[cfg(unix)]
+        {
+            let fifo = outside.join("fifo");
+            let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+            if made.is_ok_and(|s| s.success()) {
+                let err = SecretRef::File(fifo).resolve(&policy).unwrap_err();
+                assert!(err.to_string().contains("not a regular file"), "{err}");
+            }
+        }
         // Directories and oversized files are not key files.
         assert!(SecretRef::File(outside.clone()).resolve(&policy).is_err());
         std::fs::write(outside.join("big"), vec![b'a'; 70 * 1024]).unwrap();

@@ -173,3 +173,14 @@ def test_admin_api_answers_malformed_input_in_json(airlock):
                    content=json.dumps({"candidates": airlock.canary}).encode())
         assert r.status_code == 422 or r.status_code == 400, r.text
         assert airlock.canary not in r.text and "candidates" in r.json()["error"]["message"]
+
+
+def test_a_key_pasted_as_a_reference_is_echoed_nowhere(airlock):
+    """The audit log is append-only: a key typed where a reference belongs must not reach it."""
+    for ref in [f"env:{airlock.canary}", airlock.canary, f"file:{airlock.canary}"]:
+        r = airlock.cli("credential", "add", "oops", "--provider", "openai", "--env", "prod", "--secret", ref)
+        assert r.returncode == 2 and airlock.canary not in r.stderr + r.stdout, r.stderr
+    r = airlock.cli("audit", "tail", "--json", "--action", "credential.add", "-n", "50")
+    refused = [json.loads(l) for l in r.stdout.splitlines() if json.loads(l)["outcome"] == "refused"]
+    assert len(refused) >= 3 and all(x["reason"] for x in refused)
+    assert airlock.canary not in r.stdout

@@ -102,13 +102,13 @@ impl SecretRef {
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 && !name.starts_with(|c: char| c.is_ascii_digit());
             if !ok {
-                return Err(ResolveError::Invalid(format!(
-                    "`{s}`: env: needs a variable name such as env:OPENAI_API_KEY"
-                )));
+                return Err(ResolveError::Invalid(
+                    "env: needs a variable name of letters, digits and _ such as env:OPENAI_API_KEY (the text after env: is not shown, in case it was a key)".into(),
+                ));
             }
             if name.to_ascii_uppercase().starts_with(RESERVED_ENV_PREFIX) {
                 return Err(ResolveError::Invalid(format!(
-                    "`{s}`: {RESERVED_ENV_PREFIX}* variables configure airlock and cannot hold a provider key"
+                    "env:{RESERVED_ENV_PREFIX}* variables configure airlock and cannot hold a provider key"
                 )));
             }
             return Ok(SecretRef::Env(name.to_string()));
@@ -116,9 +116,9 @@ impl SecretRef {
         if let Some(path) = s.strip_prefix("file:") {
             let p = PathBuf::from(path);
             if !p.is_absolute() {
-                return Err(ResolveError::Invalid(format!(
-                    "`{s}`: file: needs an absolute path such as file:/run/secrets/openai"
-                )));
+                return Err(ResolveError::Invalid(
+                    "file: needs an absolute path such as file:/run/secrets/openai".into(),
+                ));
             }
             return Ok(SecretRef::File(p));
         }
@@ -158,7 +158,7 @@ impl SecretRef {
                 Ok(v) => v,
                 Err(std::env::VarError::NotPresent) => {
                     return Err(ResolveError::NotFound(format!(
-                        "environment variable {name} is not set in the airlock server's environment"
+                        "environment variable `{name}` is not set in the airlock server's environment"
                     )))
                 }
                 Err(std::env::VarError::NotUnicode(_)) => {

@@ -282,6 +282,14 @@ def test_fail_closed_refuses_when_the_audit_log_cannot_be_written(airlock):
     with httpx.Client(timeout=30) as c:
         assert inst.chat(client=c).status_code == 200
         _block_audit_writes(inst)
+        # A stream is not served at all: its use must be on record before the first event.
+        r = inst.chat(stream=True, client=c)
+        assert r.status_code == 503 and b"[DONE]" not in r.content, r.text
+        assert r.json()["error"]["code"] == "audit_unavailable"
+        _unblock_audit_writes(inst)
+        assert inst.chat(client=c).status_code in (200, 503)
+        assert inst.chat(client=c).status_code == 200
+        _block_audit_writes(inst)
         r = inst.chat(client=c)
         assert r.status_code == 503 and r.json()["error"]["code"] == "audit_unavailable", r.text
         assert "audit" in r.json()["error"]["message"]
@@ -300,7 +308,7 @@ def test_fail_closed_refuses_when_the_audit_log_cannot_be_written(airlock):
         db = sqlite3.connect(inst.db)
         served = db.execute("SELECT COUNT(*) FROM usage WHERE outcome = 'ok'").fetchone()[0]
         db.close()
-        assert served == 1
+        assert served == 2
         _unblock_audit_writes(inst)
         statuses = [inst.chat(client=c).status_code for _ in range(3)]
         assert statuses[-1] == 200 and statuses.count(503) <= 1, statuses
@@ -397,3 +405,105 @@ def test_inventory_shows_who_used_a_credential_and_its_spend(airlock):
     text = inst.cli("credential", "show", "prod")
     assert text.returncode == 0 and "batch-job (1)" in text.stdout and "OVERDUE" in text.stdout
     assert "$0.0002" in text.stdout, text.stdout
+
+
+def _serve_once(inst, timeout=30):
+    """Runs `serve` in the foreground and returns it once it exits (it should refuse to start)."""
+    import os
+    env = dict(os.environ)
+    env.update(inst.env)
+    r = subprocess.run([BIN, "serve", "--config", inst.config], capture_output=True, text=True,
+                       env=env, timeout=timeout)
+    inst.a.captured.append(r.stdout.encode() + r.stderr.encode())
+    return r
+
+
+def _sql(inst, *statements):
+    db = sqlite3.connect(inst.db, timeout=10)
+    with db:
+        for s in statements:
+            db.execute(s)
+    db.close()
+
+
+def test_a_restart_never_signs_a_rewritten_log(airlock, tmp_path):
+    # Nothing signed while it runs, so every record is in the unsigned tail.
+    inst = Instance(airlock, "restart", {"AIRLOCK_AUDIT__CHECKPOINT_EVERY": "1000000",
+                                         "AIRLOCK_AUDIT__CHECKPOINT_INTERVAL_SECS": "3600"})
+    with httpx.Client(timeout=30) as c:
+        for _ in range(4):
+            assert inst.chat(client=c).status_code == 200
+    # Records that stay unsigned for longer than the verifier allows fail verification.
+    assert inst.cli("audit", "verify").returncode == 0
+    time.sleep(1.2)
+    r = inst.cli("audit", "verify", "--json", "--max-unsigned-age", "1")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert json.loads(r.stdout)["problem"]["kind"] == "unsigned"
+    inst.stop(signal.SIGKILL)
+    (last,) = sqlite3.connect(inst.db).execute("SELECT MAX(seq) FROM audit").fetchone()
+    # A record of the unsigned tail changed while airlock was down: it must not start and sign it.
+    _sql(inst, "DROP TRIGGER audit_no_update",
+         f"UPDATE audit SET model = 'gpt-4o' WHERE seq = {last - 1}")
+    r = _serve_once(inst)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "not what was signed" in r.stderr and f"record {last - 1}" in r.stderr, r.stderr
+    assert sqlite3.connect(inst.db).execute("SELECT COUNT(*) FROM audit_checkpoints").fetchone()[0] == 0
+    # Put back, it starts, continues the chain and signs it when stopped.
+    _sql(inst, f"UPDATE audit SET model = 'gpt-4o-mini' WHERE seq = {last - 1}")
+    inst.start()
+    assert inst.chat().status_code == 200
+    inst.stop()
+    assert sqlite3.connect(inst.db).execute("SELECT MAX(seq) FROM audit_checkpoints").fetchone()[0] > last
+    # The whole database replaced: the checkpoint file next to it knows better.
+    sink = inst.dir / "audit-checkpoints.jsonl"
+    assert sink.exists() and json.loads(_lines(sink)[-1])["type"] == "checkpoint"
+    saved = tmp_path / "saved.db"
+
+    def drop_sidecars():
+        for suffix in ("-wal", "-shm"):
+            p = inst.dir / f"airlock.db{suffix}"
+            if p.exists():
+                p.unlink()
+    _sql(inst, "PRAGMA wal_checkpoint(TRUNCATE)")
+    shutil.move(inst.db, saved)
+    drop_sidecars()
+    r = _serve_once(inst)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "the database was replaced or rewritten" in r.stderr, r.stderr
+    inst.db.unlink()
+    drop_sidecars()
+    shutil.move(saved, inst.db)
+    # A missing audit key is not silently replaced while the log has records.
+    key = inst.dir / "keys" / "audit-1.key"
+    hidden = tmp_path / "audit-1.key"
+    shutil.move(key, hidden)
+    r = _serve_once(inst)
+    assert r.returncode != 0 and "audit signing key" in r.stderr and "missing" in r.stderr, r.stderr
+    assert not key.exists()
+    shutil.move(hidden, key)
+    inst.start()
+    assert inst.cli("audit", "verify").returncode == 0
+    inst.stop()
+
+
+def test_model_lists_and_partial_exports(airlock, tmp_path):
+    inst = Instance(airlock, "models", {"AIRLOCK_AUDIT__CHECKPOINT_EVERY": "4"})
+    r = httpx.get(inst.url + "/v1/models", headers={"authorization": f"Bearer {inst.token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    listed = [x for x in inst.records("--action", "models.list") if x["request_id"] == r.headers["x-airlock-request-id"]]
+    assert listed and {x["credential"] for x in listed} <= {"prod", "slow"}, listed
+    assert all(x["actor"].startswith("tok_") and x["outcome"] == "ok" for x in listed), listed
+    with httpx.Client(timeout=30) as c:
+        for _ in range(6):
+            assert inst.chat(client=c).status_code == 200
+    mid = inst.records()[-3]
+    export = tmp_path / "since.jsonl"
+    r = inst.cli("audit", "export", "--since", str(mid["ts"]), "-o", str(export))
+    assert r.returncode == 0, r.stderr
+    seqs = [json.loads(l)["seq"] for l in _lines(export) if json.loads(l)["type"] == "record"]
+    assert seqs and seqs[0] <= mid["seq"] and seqs == list(range(seqs[0], seqs[-1] + 1)), seqs
+    # An export that does not start at record 1 is refused unless declared partial.
+    code, out, err = _verify_file(inst, export)
+    assert code == 1 and out["problem"]["kind"] == "partial", (out, err)
+    code, out, err = _verify_file(inst, export, "--partial")
+    assert code == 0 and out["ok"], (out, err)

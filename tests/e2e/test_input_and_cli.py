@@ -182,5 +182,5 @@ def test_a_key_pasted_as_a_reference_is_echoed_nowhere(airlock):
         assert r.returncode == 2 and airlock.canary not in r.stderr + r.stdout, r.stderr
     r = airlock.cli("audit", "tail", "--json", "--action", "credential.add", "-n", "50")
     refused = [json.loads(l) for l in r.stdout.splitlines() if json.loads(l)["outcome"] == "refused"]
-    assert len(refused) >= 3 and all(x["reason"] for x in refused)
+    assert len(refused) >= 3 and all(x["reason"] for x in refused), [(x["status"], x["target"], x["request_id"]) for x in refused if not x["reason"]]
     assert airlock.canary not in r.stdout

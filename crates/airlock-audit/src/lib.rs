@@ -347,7 +347,7 @@ pub struct Problem {
     /// The first sequence number affected.
     pub seq: i64,
     /// `changed`, `broken_link`, `missing`, `reordered`, `truncated`, `bad_signature`,
-    /// `checkpoint_mismatch`, `malformed`.
+    /// `checkpoint_mismatch`, `unsigned`, `partial`, `malformed`.
     pub kind: &'static str,
     /// What it means, in words.
     pub message: String,
@@ -370,6 +370,37 @@ pub struct Summary {
     pub checkpoints_before_start: u64,
     /// Records after the last checkpoint: chained but not yet signed.
     pub unsigned_tail: u64,
+    /// Time (unix ms) of the first record not covered by a checkpoint, if any. A running
+    /// server signs within `audit.checkpoint_interval_secs`, so an old unsigned record means
+    /// the checkpoints were removed or the server is not signing.
+    pub first_unsigned_ts: Option<i64>,
+    /// Time (unix ms) of the last record.
+    pub last_ts: Option<i64>,
+}
+
+impl Summary {
+    /// A problem when the log holds records that are not signed although they were written more
+    /// than `max_age_ms` before `now_ms`: a running server signs within its checkpoint
+    /// interval, so old unsigned records mean that checkpoints were deleted or that records were
+    /// appended by something other than airlock.
+    pub fn stale_unsigned(&self, now_ms: i64, max_age_ms: i64) -> Option<Problem> {
+        let first_ts = self.first_unsigned_ts?;
+        let age = now_ms - first_ts;
+        if age <= max_age_ms {
+            return None;
+        }
+        let seq = self.last_seq? - self.unsigned_tail as i64 + 1;
+        Some(Problem {
+            seq,
+            kind: "unsigned",
+            message: format!(
+                "records {seq} to {} are not covered by any signed checkpoint although the first was written {} s earlier; \
+                 airlock signs every checkpoint_interval_secs, so checkpoints were removed or records were added by something else",
+                self.last_seq.unwrap_or(seq),
+                age / 1000
+            ),
+        })
+    }
 }
 
 /// Checks records fed in order against each other and against the checkpoints.
@@ -379,6 +410,7 @@ pub struct ChainVerifier {
     expect_seq: Option<i64>,
     prev_hash: Option<String>,
     from_genesis: bool,
+    unsigned_since: Option<i64>,
     summary: Summary,
 }
 
@@ -410,6 +442,7 @@ impl ChainVerifier {
             expect_seq: from_genesis.then_some(1),
             prev_hash: from_genesis.then(|| GENESIS.to_string()),
             from_genesis,
+            unsigned_since: None,
             summary: Summary::default(),
         })
     }
@@ -479,6 +512,7 @@ impl ChainVerifier {
                 self.summary.checkpoints_before_start += 1;
             }
         }
+        let mut signed = false;
         while let Some(c) = self.checkpoints.get(self.next_cp) {
             if c.seq != r.seq {
                 break;
@@ -495,7 +529,13 @@ impl ChainVerifier {
             }
             self.next_cp += 1;
             self.summary.checkpoints_verified += 1;
+            self.unsigned_since = None;
+            signed = true;
         }
+        if !signed && self.unsigned_since.is_none() {
+            self.unsigned_since = Some(r.ts);
+        }
+        self.summary.last_ts = Some(r.ts);
         self.summary.records += 1;
         self.summary.last_seq = Some(r.seq);
         self.expect_seq = Some(r.seq + 1);
@@ -528,6 +568,9 @@ impl ChainVerifier {
         let last = self.summary.last_seq.unwrap_or(0);
         self.summary.unsigned_tail =
             (last - last_cp.max(self.summary.first_seq.unwrap_or(1) - 1)).max(0) as u64;
+        if self.summary.unsigned_tail > 0 {
+            self.summary.first_unsigned_ts = self.unsigned_since;
+        }
         self.summary.head = self.prev_hash.take();
         Ok(self.summary)
     }

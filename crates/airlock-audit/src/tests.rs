@@ -92,6 +92,14 @@ fn an_intact_chain_verifies() {
     assert_eq!(s.records, 250);
     assert_eq!(s.checkpoints_verified, 2);
     assert_eq!(s.unsigned_tail, 50);
+    let first_unsigned = s
+        .first_unsigned_ts
+        .expect("an unsigned tail has a first time");
+    assert!(s.stale_unsigned(first_unsigned + 1000, 300_000).is_none());
+    let p = s
+        .stale_unsigned(first_unsigned + 301_000, 300_000)
+        .expect("stale");
+    assert_eq!((p.kind, p.seq), ("unsigned", s.last_seq.unwrap() - 49));
     assert_eq!(s.head.as_deref(), Some(records[249].hash.as_str()));
     // Export lines round-trip.
     for r in records.iter().take(3) {

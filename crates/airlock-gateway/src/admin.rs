@@ -155,12 +155,27 @@ fn guarded(
                 return audit_admin(&app, Some(&c), action.unwrap_or("admin.read"), meta, r).await;
             }
             req.extensions_mut().insert(c.clone());
-            let resp = next.run(req).await;
-            match action {
+            let Some(action) = action else {
                 // Reads are not audited; every change (and every refused change) is.
-                None => resp,
-                Some(action) => audit_admin(&app, Some(&c), action, meta, resp).await,
+                return next.run(req).await;
+            };
+            // A change whose record cannot be written is not made (fail-closed).
+            if !app.recorder.healthy() && !app.recorder.fail_open() {
+                return crate::usage::audit_unavailable().render(crate::dialect::Dialect::OpenAi);
             }
+            // The change and its record run to the end even when the caller hangs up: a
+            // dropped connection must not leave a change made but not recorded.
+            let task = tokio::spawn(async move {
+                let resp = next.run(req).await;
+                audit_admin(&app, Some(&c), action, meta, resp).await
+            });
+            task.await.unwrap_or_else(|_| {
+                err(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the request failed",
+                )
+            })
         },
     ))
 }
@@ -235,6 +250,15 @@ async fn audit_admin(
                 .and_then(|v| v.pointer("/error/message"))
                 .and_then(|m| m.as_str())
                 .map(without_values)
+                // axum's own rejections are plain text until `rejections_as_json` rewraps them.
+                .or_else(|| {
+                    let text = String::from_utf8_lossy(&bytes);
+                    Some(if text.trim().is_empty() {
+                        format!("request refused ({status})")
+                    } else {
+                        without_values(text.trim())
+                    })
+                })
         })
         .flatten();
     let record = airlock_audit::Record {

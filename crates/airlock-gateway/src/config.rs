@@ -124,6 +124,23 @@ pub struct Price {
 pub struct StoreConfig {
     /// `sqlite:///path/airlock.db`; default `STATE_DIR/airlock.db`.
     pub url: Option<String>,
+    /// `full` (default): a commit, and so every audit record a response waits for, is synced
+    /// to disk and survives a power loss. `normal`: survives a crash of airlock but not of the
+    /// machine; fewer disk syncs.
+    pub synchronous: Option<String>,
+}
+
+impl StoreConfig {
+    /// The commit mode.
+    pub fn sync(&self) -> Result<airlock_store::SyncMode, String> {
+        match self.synchronous.as_deref() {
+            None | Some("full") => Ok(airlock_store::SyncMode::Full),
+            Some("normal") => Ok(airlock_store::SyncMode::Normal),
+            Some(other) => Err(format!(
+                "store.synchronous = \"{other}\": use \"full\" (sync every commit) or \"normal\""
+            )),
+        }
+    }
 }
 
 /// `[keys]`
@@ -311,6 +328,7 @@ impl Config {
             return Err("tokens: default_ttl <= max_ttl <= 24h".into());
         }
         self.audit.fail_open()?;
+        self.store.sync()?;
         if self.audit.checkpoint_every < 1 || self.audit.checkpoint_interval_secs < 1 {
             return Err(
                 "audit: checkpoint_every and checkpoint_interval_secs must be at least 1".into(),
@@ -378,6 +396,7 @@ state_dir = "{dir}"
 [store]
 # SQLite file (default STATE_DIR/airlock.db)
 url = "sqlite://{dir}/airlock.db"
+synchronous = "full"   # every commit synced to disk (audit records survive a power loss); or "normal"
 
 [keys]
 # root-<id>.key signs new tokens; other root-*.key files in the directory still verify.
@@ -404,7 +423,9 @@ format = "text"  # or "json"
 on_failure = "closed"          # refuse a request whose audit record cannot be written; or "open"
 checkpoint_every = 1000        # sign the chain head every N records...
 checkpoint_interval_secs = 10  # ...or every T seconds, whichever comes first
-# checkpoint_file = "/var/log/airlock-checkpoints.jsonl"   # a copy kept away from the database
+# A copy of every checkpoint; best on other storage than the database (another disk, a log
+# shipper's directory), so that a rewrite of the whole database is caught.
+checkpoint_file = "{dir}/audit-checkpoints.jsonl"
 key_id = 1                     # audit-<id>.key in the key directory (not the token root key)
 
 [rotation]

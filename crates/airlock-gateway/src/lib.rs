@@ -40,7 +40,11 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
     let hmac = HmacKey::from_hex(&hmac_text)
         .with_context(|| format!("{} is not a 32-byte hex key", hmac_path.display()))?;
     check_private(&keys_dir)?;
-    let store = Store::open(&cfg.store_url()).await?;
+    let store = Store::open_with(
+        &cfg.store_url(),
+        cfg.store.sync().map_err(anyhow::Error::msg)?,
+    )
+    .await?;
     let audit_key = match airlock_audit::AuditKey::load(&keys_dir, cfg.audit.key_id) {
         Ok(k) => k,
         Err(_)
@@ -48,7 +52,16 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
                 .join(format!("audit-{}.key", cfg.audit.key_id))
                 .exists() =>
         {
-            // State from before the audit log existed: create its key once.
+            // State from before the audit log existed: create its key once. Never when the
+            // log has records: a new key would sign over a chain nobody can check the old
+            // checkpoints of.
+            let (records, _) = store.audit_head().await?;
+            if records > 0 {
+                anyhow::bail!(
+                    "the audit signing key {} is missing but the audit log holds {records} records; restore the key file (a new key would make the old checkpoints unverifiable)",
+                    keys_dir.join(format!("audit-{}.key", cfg.audit.key_id)).display()
+                );
+            }
             airlock_audit::AuditKey::generate(&keys_dir, cfg.audit.key_id)
                 .map_err(anyhow::Error::msg)?;
             tracing::warn!(dir = %keys_dir.display(), "created the audit signing key");
@@ -69,10 +82,14 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         every: cfg.audit.checkpoint_every,
         interval: Duration::from_secs(cfg.audit.checkpoint_interval_secs),
         sink: cfg.audit.checkpoint_file.clone(),
+        verify_keys: airlock_audit::PublicKeys::from_dir(&keys_dir).map_err(anyhow::Error::msg)?,
         fail_open: cfg.audit.fail_open().map_err(anyhow::Error::msg)?,
         anonymous_per_sec: cfg.audit.anonymous_per_sec,
         pricing,
     };
+    if settings.sink.is_none() {
+        tracing::warn!("audit.checkpoint_file is not set: a rewrite of the whole database would only be caught by a copy of the checkpoints kept elsewhere");
+    }
     let (recorder, writer) = usage::Recorder::start(store.clone(), settings).await?;
     let client = state::http_client(Duration::from_millis(
         cfg.limits.upstream_connect_timeout_ms,

@@ -414,31 +414,7 @@ async fn forward(
                 .fetch_add(1, Ordering::Relaxed);
         }
         let resolved = c.secret(&app.hmac, &app.ref_policy, file_check);
-        if !matches!(&resolved, Ok(r) if !r.fresh) {
-            // Every read of a key from its store is audited (not the in-memory hits).
-            let (outcome, reason) = match &resolved {
-                Ok(r) if r.changed.is_some() => {
-                    ("ok", "read; the key is not the one last seen".to_string())
-                }
-                Ok(_) => ("ok", "read".to_string()),
-                Err(e) => ("failed", e.to_string()),
-            };
-            app.recorder.write_nowait(
-                None,
-                Some(airlock_audit::Record {
-                    ts: now_ms(),
-                    actor_kind: "system".into(),
-                    action: "secret.resolve".into(),
-                    target_kind: Some("credential".into()),
-                    target: Some(c.name.clone()),
-                    outcome: outcome.into(),
-                    reason: Some(format!("{} ({})", reason, c.reference().store())),
-                    request_id: Some(ctx.rec().row.request_id.clone()),
-                    credential: Some(c.name.clone()),
-                    ..Default::default()
-                }),
-            );
-        }
+        audit_secret_read(app, c, &resolved, &ctx.rec().row.request_id);
         let resolved = match resolved {
             Ok(r) => r,
             Err(e) => {
@@ -571,7 +547,15 @@ async fn respond(
         }
     }
     if sse && status.is_success() {
-        // Streamed as it arrives; the stream's end waits for the audit record.
+        // The use is on record before the first byte (I5); then events are streamed as they
+        // arrive, and the end waits for the final record with the token counts.
+        record.finish(status.as_u16(), "ok");
+        if !record.commit_stream_start().await.may_answer() {
+            record.finish(503, "failed");
+            record.reason = Some("the audit log could not be written".into());
+            drop(record);
+            return audit_unavailable().render(dialect);
+        }
         let idle = Duration::from_secs(app.cfg.limits.stream_idle_timeout_secs);
         let observed = ObservedBody::new(body, Observer::new(true), record, idle, status.as_u16());
         return out
@@ -628,7 +612,7 @@ pub async fn models(app: Arc<App>, req: Request<Body>) -> Response {
     } else {
         Dialect::OpenAi
     };
-    match list_models(&app, req.headers()).await {
+    match list_models(&app, &req.into_parts().0).await {
         Ok(ids) => {
             let body = match dialect {
                 Dialect::OpenAi => serde_json::json!({
@@ -648,9 +632,43 @@ pub async fn models(app: Arc<App>, req: Request<Body>) -> Response {
     }
 }
 
+/// Every read of a key from its store is audited (not the in-memory hits).
+fn audit_secret_read(
+    app: &App,
+    c: &crate::credentials::Credential,
+    resolved: &Result<crate::credentials::Resolved, airlock_secrets::ResolveError>,
+    request_id: &str,
+) {
+    if matches!(resolved, Ok(r) if !r.fresh) {
+        return;
+    }
+    let (outcome, reason) = match resolved {
+        Ok(r) if r.changed.is_some() => {
+            ("ok", "read; the key is not the one last seen".to_string())
+        }
+        Ok(_) => ("ok", "read".to_string()),
+        Err(e) => ("failed", e.to_string()),
+    };
+    app.recorder.write_nowait(
+        None,
+        Some(airlock_audit::Record {
+            ts: now_ms(),
+            actor_kind: "system".into(),
+            action: "secret.resolve".into(),
+            target_kind: Some("credential".into()),
+            target: Some(c.name.clone()),
+            outcome: outcome.into(),
+            reason: Some(format!("{} ({})", reason, c.reference().store())),
+            request_id: Some(request_id.to_string()),
+            credential: Some(c.name.clone()),
+            ..Default::default()
+        }),
+    );
+}
+
 /// `GET /v1/models/{id}`.
 pub async fn model_one(app: Arc<App>, id: String, req: Request<Body>) -> Response {
-    match list_models(&app, req.headers()).await {
+    match list_models(&app, &req.into_parts().0).await {
         Ok(ids) if ids.contains(&id) => axum::Json(
             serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "airlock"}),
         )
@@ -675,8 +693,27 @@ impl<T: serde::Serialize> OkResponse for axum::Json<T> {
     }
 }
 
-async fn list_models(app: &Arc<App>, headers: &HeaderMap) -> Result<Vec<String>, ApiError> {
-    let token = authenticate(app, headers)?;
+/// Who asks for a model list, for the audit records of the upstream calls it causes.
+struct Asker {
+    token: Arc<Verified>,
+    request_id: String,
+    client_ip: Option<String>,
+}
+
+async fn list_models(app: &Arc<App>, req: &http::request::Parts) -> Result<Vec<String>, ApiError> {
+    let token = authenticate(app, &req.headers)?;
+    let asker = Asker {
+        token: token.clone(),
+        request_id: req
+            .extensions
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default(),
+        client_ip: req
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string()),
+    };
     let now = SystemTime::now();
     let set = app.creds.load();
     let mut out = std::collections::BTreeSet::new();
@@ -691,7 +728,7 @@ async fn list_models(app: &Arc<App>, headers: &HeaderMap) -> Result<Vec<String>,
             .filter(|g| g.is_literal())
             .map(|g| g.as_str().to_string())
             .collect();
-        names.extend(upstream_models(app, c).await);
+        names.extend(upstream_models(app, c, &asker).await?);
         for m in names {
             if c.serves(&m) && policy::authorize(&app.verifier, &token, c, &m, now).is_ok() {
                 out.insert(m);
@@ -701,20 +738,29 @@ async fn list_models(app: &Arc<App>, headers: &HeaderMap) -> Result<Vec<String>,
     Ok(out.into_iter().collect())
 }
 
-async fn upstream_models(app: &Arc<App>, c: &Arc<crate::credentials::Credential>) -> Vec<String> {
+/// The provider's model list for a credential, cached for 5 minutes. A call upstream uses the
+/// credential's key, so it is audited like an inference request (I5): the list is not returned
+/// before its record is durable.
+async fn upstream_models(
+    app: &Arc<App>,
+    c: &Arc<crate::credentials::Credential>,
+    asker: &Asker,
+) -> Result<Vec<String>, ApiError> {
     if let Ok(cache) = app.model_lists.lock() {
         if let Some((at, list)) = cache.get(&c.name) {
             if at.elapsed() < Duration::from_secs(300) {
-                return list.clone();
+                return Ok(list.clone());
             }
         }
     }
-    let Ok(resolved) = c.secret(
+    let resolved = c.secret(
         &app.hmac,
         &app.ref_policy,
         Duration::from_millis(app.cfg.secrets.file_check_ms),
-    ) else {
-        return Vec::new();
+    );
+    audit_secret_read(app, c, &resolved, &asker.request_id);
+    let Ok(resolved) = resolved else {
+        return Ok(Vec::new());
     };
     let url = c.provider.url(&c.base_url, Endpoint::Models);
     let mut b = Request::builder().method(Method::GET).uri(url);
@@ -725,7 +771,7 @@ async fn upstream_models(app: &Arc<App>, c: &Arc<crate::credentials::Credential>
         }
     }
     let Ok(req) = b.body(Full::new(Bytes::new())) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     #[derive(Deserialize)]
     struct List {
@@ -735,8 +781,10 @@ async fn upstream_models(app: &Arc<App>, c: &Arc<crate::credentials::Credential>
     struct Item {
         id: String,
     }
+    let mut status = 502u16;
     let list = match tokio::time::timeout(Duration::from_secs(10), app.client.request(req)).await {
         Ok(Ok(resp)) if resp.status().is_success() => {
+            status = resp.status().as_u16();
             match tokio::time::timeout(
                 Duration::from_secs(10),
                 Limited::new(resp.into_body(), 4 << 20).collect(),
@@ -749,12 +797,39 @@ async fn upstream_models(app: &Arc<App>, c: &Arc<crate::credentials::Credential>
                 _ => Vec::new(),
             }
         }
+        Ok(Ok(resp)) => {
+            status = resp.status().as_u16();
+            Vec::new()
+        }
         _ => Vec::new(),
     };
+    let record = airlock_audit::Record {
+        ts: now_ms(),
+        actor_kind: "token".into(),
+        actor: Some(asker.token.id.clone()),
+        subject: Some(asker.token.subject.clone()),
+        action: "models.list".into(),
+        target_kind: Some("credential".into()),
+        target: Some(c.name.clone()),
+        outcome: if (200..300).contains(&status) {
+            "ok"
+        } else {
+            "failed"
+        }
+        .into(),
+        request_id: Some(asker.request_id.clone()),
+        client_ip: asker.client_ip.clone(),
+        credential: Some(c.name.clone()),
+        status: Some(status as i64),
+        ..Default::default()
+    };
+    if !app.recorder.write(None, record).await.may_answer() {
+        return Err(audit_unavailable());
+    }
     if let Ok(mut cache) = app.model_lists.lock() {
         cache.insert(c.name.clone(), (std::time::Instant::now(), list.clone()));
     }
-    list
+    Ok(list)
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 use airlock_audit::{AuditKey, Record as AuditRecord};
 use airlock_store::{Store, UsageRow};
 use airlock_token::glob::Glob;
+use anyhow::Context as _;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use serde::Deserialize;
@@ -67,6 +68,9 @@ pub struct AuditSettings {
     pub interval: Duration,
     /// Append checkpoints to this file too.
     pub sink: Option<PathBuf>,
+    /// Keys whose checkpoints the stored log may carry (every `audit-*.pub` in the key
+    /// directory): checked before appending.
+    pub verify_keys: airlock_audit::PublicKeys,
     /// Serve when a record cannot be written.
     pub fail_open: bool,
     /// Anonymous refusals audited per second.
@@ -133,8 +137,9 @@ impl Recorder {
         store: Store,
         settings: AuditSettings,
     ) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
+        check_stored_log(&store, &settings).await?;
         let (seq, head) = store.audit_head().await?;
-        let last_cp = store.last_checkpoint().await?.map(|c| c.0).unwrap_or(0);
+        let last_cp = store.last_checkpoint().await?.map(|c| c.seq).unwrap_or(0);
         let (tx, rx) = mpsc::channel::<Msg>(16_384);
         let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared {
@@ -286,17 +291,131 @@ impl Chain {
         let Some(path) = &self.settings.sink else {
             return;
         };
-        use std::io::Write;
-        let line = airlock_audit::Line::Checkpoint(cp.clone()).to_line();
-        let res = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
-        if let Err(e) = res {
+        if let Err(e) = append_checkpoint(path, cp) {
             tracing::error!(path = %path.display(), error = %e, "cannot append the checkpoint to audit.checkpoint_file");
         }
     }
+}
+
+/// Before appending, checks that the stored log is still what was signed: the last checkpoint's
+/// signature, the record it signs, the records after it (linked and unchanged), and the last
+/// checkpoint in `audit.checkpoint_file`, which must be in the database too. Without this a
+/// server restarted on a rewritten database would sign the forgery at its next checkpoint.
+/// Records after the last checkpoint are protected only by their links (at most
+/// `checkpoint_interval_secs` of records, by design).
+async fn check_stored_log(store: &Store, settings: &AuditSettings) -> anyhow::Result<()> {
+    let refuse = |p: airlock_audit::Problem| {
+        anyhow::anyhow!(
+            "the audit log in the database is not what was signed (record {}: {}); airlock will not append to it. \
+             Keep the database for investigation (`airlock audit verify --file` works on a copy exported with sqlite3), \
+             and point state_dir or store.url at a fresh database to serve again",
+            p.seq,
+            p.message
+        )
+    };
+    let last = store.last_checkpoint().await?;
+    let from = last.as_ref().map(|c| c.seq).unwrap_or(0);
+    let mut v = airlock_audit::ChainVerifier::new(
+        last.iter().cloned().collect(),
+        &settings.verify_keys,
+        from == 0,
+    )
+    .map_err(refuse)?;
+    let mut after = (from - 1).max(0);
+    loop {
+        let page = store
+            .audit_records(&airlock_store::AuditFilter {
+                after_seq: Some(after),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await?;
+        let Some(first) = page.first() else { break };
+        if after == from - 1 && first.record.seq != from {
+            return Err(refuse(airlock_audit::Problem {
+                seq: from,
+                kind: "missing",
+                message: format!("record {from}, which the last checkpoint signs, is missing"),
+            }));
+        }
+        for r in &page {
+            v.record(r).map_err(refuse)?;
+            after = r.record.seq;
+        }
+    }
+    v.finish().map_err(refuse)?;
+    let Some(path) = &settings.sink else {
+        return Ok(());
+    };
+    let copied = last_checkpoint_in_file(path)?;
+    let catch_up_from = match &copied {
+        Some(c) => {
+            let stored = store.audit_checkpoints(c.seq, c.seq).await?;
+            if stored.first().map(|s| (&s.head, &s.signature)) != Some((&c.head, &c.signature)) {
+                return Err(refuse(airlock_audit::Problem {
+                    seq: c.seq,
+                    kind: "checkpoint_mismatch",
+                    message: format!(
+                        "{} holds a checkpoint at record {} that the database does not have: the database was replaced or rewritten",
+                        path.display(),
+                        c.seq
+                    ),
+                }));
+            }
+            c.seq + 1
+        }
+        None => from,
+    };
+    // Checkpoints committed to the database but not copied (a crash in between).
+    for cp in store
+        .audit_checkpoints(catch_up_from.max(1), i64::MAX)
+        .await?
+    {
+        append_checkpoint(path, &cp)?;
+    }
+    Ok(())
+}
+
+/// The last checkpoint line of a checkpoint file (reads only its end).
+fn last_checkpoint_in_file(
+    path: &std::path::Path,
+) -> anyhow::Result<Option<airlock_audit::Checkpoint>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => anyhow::bail!("cannot read audit.checkpoint_file {}: {e}", path.display()),
+    };
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)))?;
+    let mut tail = String::new();
+    f.read_to_string(&mut tail)
+        .with_context(|| format!("cannot read audit.checkpoint_file {}", path.display()))?;
+    let Some(line) = tail.lines().rev().find(|l| !l.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match airlock_audit::Line::parse(line) {
+        Ok(airlock_audit::Line::Checkpoint(c)) => Ok(Some(c)),
+        _ => anyhow::bail!(
+            "the last line of audit.checkpoint_file {} is not a checkpoint: the file was damaged or edited",
+            path.display()
+        ),
+    }
+}
+
+/// Appends one checkpoint line and syncs it to disk.
+fn append_checkpoint(
+    path: &std::path::Path,
+    cp: &airlock_audit::Checkpoint,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let line = airlock_audit::Line::Checkpoint(cp.clone()).to_line();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    f.write_all(format!("{line}\n").as_bytes())?;
+    f.sync_data()
 }
 
 async fn writer(
@@ -384,6 +503,15 @@ async fn flush(
             tracing::error!(error = %e, records = sealed.len(), "audit write failed");
             // Try the timer again later rather than spinning on a broken database.
             chain.last_cp_at = Instant::now();
+            // Continue from what is stored, whatever it is now (a transaction that failed
+            // after committing, a second writer): otherwise every later write would collide.
+            if let (Ok((seq, head)), Ok(cp)) =
+                (store.audit_head().await, store.last_checkpoint().await)
+            {
+                chain.seq = seq;
+                chain.head = head;
+                chain.last_cp = cp.map(|c| c.seq).unwrap_or(0);
+            }
             false
         }
     };
@@ -430,14 +558,17 @@ impl Record {
     }
 
     fn apply(&mut self, u: &Usage) {
+        // Counts come from the upstream's body: keep them within what every JSON reader of
+        // the audit log represents exactly (2^53), and never negative.
+        let clamp = |v: Option<i64>| v.map(|n| n.clamp(0, 1 << 53));
         if u.input.is_some() {
-            self.row.input_tokens = u.input;
+            self.row.input_tokens = clamp(u.input);
         }
         if u.output.is_some() {
-            self.row.output_tokens = u.output;
+            self.row.output_tokens = clamp(u.output);
         }
         if u.cached.is_some() {
-            self.row.cached_tokens = u.cached;
+            self.row.cached_tokens = clamp(u.cached);
         }
     }
 
@@ -501,6 +632,31 @@ impl Record {
         };
         // Usage rows are kept for requests that presented a valid token only.
         ((!anonymous).then_some(row), audit)
+    }
+
+    /// Before a stream's first byte: a durable record that this token is using this credential
+    /// for this model now. A stream's events reach the client as they arrive, so this record
+    /// (not the one at the end, which carries the token counts) is what makes I5 hold for
+    /// streams: nothing is served before the use is on record.
+    pub async fn commit_stream_start(&self) -> Durable {
+        let row = &self.row;
+        let rec = AuditRecord {
+            ts: crate::state::now_ms(),
+            actor_kind: "token".into(),
+            actor: row.token_id.clone(),
+            subject: row.subject.clone(),
+            action: "inference.stream".into(),
+            target_kind: Some("endpoint".into()),
+            target: Some(row.endpoint.clone()),
+            outcome: "started".into(),
+            request_id: Some(row.request_id.clone()),
+            client_ip: row.client_ip.clone(),
+            credential: row.credential.clone(),
+            model: row.model.clone(),
+            status: Some(row.status),
+            ..Default::default()
+        };
+        self.recorder.write(None, rec).await
     }
 
     /// Sends the record and waits until it is durable.

@@ -197,6 +197,16 @@ pub struct Activity {
     pub client_ips: Vec<Count>,
 }
 
+fn checkpoint_from(r: &sqlx::sqlite::SqliteRow) -> Checkpoint {
+    Checkpoint {
+        seq: r.get("seq"),
+        ts: r.get("ts"),
+        head: r.get("head"),
+        key_id: r.get("key_id"),
+        signature: r.get("signature"),
+    }
+}
+
 fn sealed_from(r: &sqlx::sqlite::SqliteRow) -> Sealed {
     Sealed {
         record: airlock_audit::Record {
@@ -243,6 +253,16 @@ fn to_json(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
 }
 
+/// What a commit waits for (SQLite's `synchronous` in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// Synced to disk: a committed audit record survives a power loss. The default.
+    #[default]
+    Full,
+    /// Written to the operating system: survives a crash of airlock, not of the machine.
+    Normal,
+}
+
 /// The database handle (cheap to clone).
 #[derive(Clone)]
 pub struct Store {
@@ -252,13 +272,22 @@ pub struct Store {
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 impl Store {
-    /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
+    /// Opens (creating if needed) the SQLite database at `path` and applies migrations, with
+    /// every commit synced to disk.
     pub async fn open_sqlite(path: &Path) -> Result<Self> {
+        Self::open_sqlite_with(path, SyncMode::Full).await
+    }
+
+    /// As [`Store::open_sqlite`], choosing what a commit waits for.
+    pub async fn open_sqlite_with(path: &Path, sync: SyncMode) -> Result<Self> {
         let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
             .map_err(db("open"))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(match sync {
+                SyncMode::Full => SqliteSynchronous::Full,
+                SyncMode::Normal => SqliteSynchronous::Normal,
+            })
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
@@ -275,11 +304,16 @@ impl Store {
 
     /// Opens from a store URL: `sqlite:///abs/path.db` or a bare path.
     pub async fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, SyncMode::Full).await
+    }
+
+    /// As [`Store::open`], choosing what a commit waits for.
+    pub async fn open_with(url: &str, sync: SyncMode) -> Result<Self> {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .unwrap_or(url);
-        Self::open_sqlite(Path::new(path)).await
+        Self::open_sqlite_with(Path::new(path), sync).await
     }
 
     /// Whether the database answers (for `/readyz`).
@@ -611,13 +645,15 @@ impl Store {
             .unwrap_or((0, airlock_audit::GENESIS.to_string())))
     }
 
-    /// The last checkpoint's (seq, ts).
-    pub async fn last_checkpoint(&self) -> Result<Option<(i64, i64)>> {
-        let row = sqlx::query("SELECT seq, ts FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("read audit checkpoint"))?;
-        Ok(row.map(|r| (r.get("seq"), r.get("ts"))))
+    /// The last checkpoint.
+    pub async fn last_checkpoint(&self) -> Result<Option<Checkpoint>> {
+        let row = sqlx::query(
+            "SELECT seq, ts, head, key_id, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read audit checkpoint"))?;
+        Ok(row.map(|r| checkpoint_from(&r)))
     }
 
     /// Audit records matching `f`, in chain order.
@@ -671,16 +707,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(db("read audit checkpoints"))?;
-        Ok(rows
-            .iter()
-            .map(|r| Checkpoint {
-                seq: r.get("seq"),
-                ts: r.get("ts"),
-                head: r.get("head"),
-                key_id: r.get("key_id"),
-                signature: r.get("signature"),
-            })
-            .collect())
+        Ok(rows.iter().map(checkpoint_from).collect())
     }
 
     /// Who and what used a credential since `since_ms`, from the audit log.

@@ -26,6 +26,16 @@ pub enum AuditCmd {
         /// or truncation of the whole database.
         #[arg(long)]
         checkpoints: Option<PathBuf>,
+        /// Accept an export that does not start at record 1 (`audit export --since`); it is
+        /// then anchored only by the checkpoints it contains. Without it, such a file fails:
+        /// a log whose beginning was cut off looks the same.
+        #[arg(long)]
+        partial: bool,
+        /// Fail when records written longer ago than this many seconds are not covered by a
+        /// signed checkpoint (the server signs every `audit.checkpoint_interval_secs`). Offline,
+        /// the age is measured against the last record in the file.
+        #[arg(long, default_value_t = 300, value_name = "SECS")]
+        max_unsigned_age: i64,
     },
     /// Print the latest records; --follow keeps printing new ones.
     Tail {
@@ -152,6 +162,8 @@ pub async fn run(cmd: AuditCmd, json_out: bool) -> Result<(), Failure> {
             file: Some(file),
             public_keys,
             checkpoints,
+            partial,
+            max_unsigned_age,
         } => {
             let keys = given_keys(&public_keys)?;
             if keys.is_empty() {
@@ -159,12 +171,22 @@ pub async fn run(cmd: AuditCmd, json_out: bool) -> Result<(), Failure> {
                     "offline verification needs --public-key (ed25519/<hex> or the audit-1.pub file)",
                 ));
             }
-            report(verify_file(&file, &keys, checkpoints.as_ref()), json_out)
+            let result = verify_file(&file, &keys, checkpoints.as_ref(), partial).map(|r| {
+                r.and_then(|s| {
+                    match s.stale_unsigned(s.last_ts.unwrap_or(0), max_unsigned_age * 1000) {
+                        Some(p) => Err(p),
+                        None => Ok(s),
+                    }
+                })
+            });
+            report(result, json_out)
         }
         AuditCmd::Verify {
             file: None,
             public_keys,
             checkpoints,
+            partial: _,
+            max_unsigned_age,
         } => {
             let admin = Admin::from_env()?;
             let mut keys = given_keys(&public_keys)?;
@@ -197,7 +219,16 @@ pub async fn run(cmd: AuditCmd, json_out: bool) -> Result<(), Failure> {
                     }
                 })?;
             }
-            let result = verify_server(&admin, cps, &keys).await?;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            let result = verify_server(&admin, cps, &keys).await?.and_then(|s| {
+                match s.stale_unsigned(now_ms, max_unsigned_age * 1000) {
+                    Some(p) => Err(p),
+                    None => Ok(s),
+                }
+            });
             if json_out {
                 if let Ok(s) = &result {
                     print_json(&json!({ "ok": true, "summary": s, "key_source": key_source }));
@@ -254,21 +285,57 @@ pub async fn run(cmd: AuditCmd, json_out: bool) -> Result<(), Failure> {
                 )?)),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
+            // A contiguous run of records, from the first written at or after --since to the
+            // last written before --until: record times follow the order requests started, not
+            // the chain's order, so filtering each record by time would leave gaps that
+            // verification reports as missing records.
+            let edge = |newest: bool| {
+                let mut q = vec![("limit", Some("1".to_string()))];
+                if newest {
+                    q.push(("until", until.clone()));
+                    q.push(("newest", Some("true".into())));
+                } else {
+                    q.push(("since", since.clone()));
+                }
+                let admin = &admin;
+                async move {
+                    Ok::<_, Failure>(
+                        records_of(&admin.get(&format!("/audit{}", query(&q))).await?)?
+                            .first()
+                            .map(|r| r.record.seq),
+                    )
+                }
+            };
+            let first = if since.is_some() {
+                edge(false).await?
+            } else {
+                Some(1)
+            };
+            let last = if until.is_some() {
+                edge(true).await?
+            } else {
+                Some(i64::MAX)
+            };
+            let (first, last) = match (first, last) {
+                (Some(f), Some(l)) if f <= l => (f, l),
+                _ => (1, 0),
+            };
             let cps = admin_checkpoints(&admin).await?;
             let mut cp_iter = cps.into_iter().peekable();
-            let mut after = 0i64;
+            let mut after = first - 1;
             let mut n = 0u64;
             let w = |e: std::io::Error| Failure::usage(format!("cannot write the export: {e}"));
             loop {
+                if after >= last {
+                    break;
+                }
                 let q = [
-                    ("since", since.clone()),
-                    ("until", until.clone()),
                     ("after_seq", Some(after.to_string())),
-                    ("limit", Some("10000".into())),
+                    ("limit", Some((last - after).clamp(1, 10_000).to_string())),
                 ];
                 let v = admin.get(&format!("/audit{}", query(&q))).await?;
                 let batch = records_of(&v)?;
-                for r in &batch {
+                for r in batch.iter().filter(|r| r.record.seq <= last) {
                     while cp_iter.peek().is_some_and(|c| c.seq < r.record.seq) {
                         // Checkpoints between exported records (or before the first).
                         if let Some(c) = cp_iter.next() {
@@ -435,6 +502,7 @@ fn verify_file(
     path: &PathBuf,
     keys: &PublicKeys,
     extra: Option<&PathBuf>,
+    partial: bool,
 ) -> Result<Result<Summary, Problem>, Failure> {
     // Two passes over the file: checkpoints first (they are few), then the records in order.
     let mut cps = read_checkpoint_file(path)?;
@@ -467,6 +535,17 @@ fn verify_file(
         if verifier.is_none() {
             // A file that starts at record 1 is a whole log and must start from the genesis.
             let from_genesis = rec.record.seq == 1;
+            if !from_genesis && !partial {
+                return Ok(Err(Problem {
+                    seq: 1,
+                    kind: "partial",
+                    message: format!(
+                        "{} starts at record {}, not 1: records before it are missing (pass --partial to verify an export made with --since)",
+                        path.display(),
+                        rec.record.seq
+                    ),
+                }));
+            }
             match ChainVerifier::new(pending.take().unwrap_or_default(), keys, from_genesis) {
                 Ok(v) => verifier = Some(v),
                 Err(p) => return Ok(Err(p)),

@@ -213,8 +213,14 @@ def test_fallback_to_next_credential(airlock, model, bad):
     assert raw.parse().choices[0].message.content.endswith("good.")
     if bad:
         assert mock_stats(airlock, bad)["requests"] == before + 1, "the first credential was tried"
-    row = wait_usage(airlock, raw.headers["x-airlock-request-id"])
+    rid = raw.headers["x-airlock-request-id"]
+    row = wait_usage(airlock, rid)
     assert row["credential"] == "good-fallback" and row["attempts"] == 2
+    # The audit record names the credential whose key was tried first, and why it was left.
+    r = airlock.cli("audit", "tail", "--json", "--action", "inference", "-n", "200")
+    (rec,) = [x for x in map(json.loads, r.stdout.splitlines()) if x["request_id"] == rid]
+    first = {"m-500": "bad-500 (HTTP 500)", "m-429": "bad-429 (HTTP 429)", "m-down": "bad-down (unreachable)"}[model]
+    assert rec["credential"] == "good-fallback" and f"fell back from {first}" in rec["reason"], rec
 
 
 def test_400_is_not_retried(airlock):

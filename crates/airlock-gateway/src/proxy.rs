@@ -175,7 +175,10 @@ pub async fn handle(app: Arc<App>, ep: Endpoint, req: Request<Body>) -> Response
                     "failed"
                 };
                 r.finish(e.status.as_u16(), outcome);
-                r.reason = Some(e.message.clone());
+                r.reason = Some(match r.reason.take() {
+                    Some(fallbacks) => format!("{}; {fallbacks}", e.message),
+                    None => e.message.clone(),
+                });
                 let _ = r.commit().await;
             }
             e.render(dialect)
@@ -398,14 +401,25 @@ async fn forward(
     let upstream_limit = Duration::from_secs(app.cfg.limits.upstream_timeout_secs);
     let file_check = Duration::from_millis(app.cfg.secrets.file_check_ms);
     let mut last_err: Option<ApiError> = None;
+    // Credentials tried before the one in the record, and why each was left: the audit record
+    // names every credential whose key a request used.
+    let mut tried: Vec<String> = Vec::new();
+    let mut why = String::new();
     for (i, a) in allowed.iter().enumerate() {
         let last = i + 1 == n;
         let c = a.credential();
+        if i > 0 {
+            let prev = allowed[i - 1].credential();
+            tried.push(format!("{} ({why})", prev.name));
+        }
         {
             let r = ctx.rec();
             r.row.credential = Some(c.name.clone());
             r.row.provider = Some(c.provider.as_str().to_string());
             r.row.attempts = i as i64 + 1;
+            if !tried.is_empty() {
+                r.reason = Some(format!("fell back from {}", tried.join(", ")));
+            }
         }
         if i > 0 {
             app.recorder
@@ -424,6 +438,7 @@ async fn forward(
                     "credential_unavailable",
                     format!("the key of credential `{}` cannot be read right now; an operator must check its reference", c.name),
                 ));
+                why = "key unavailable".into();
                 continue;
             }
         };
@@ -448,6 +463,7 @@ async fn forward(
             Err(e) => {
                 // A broken credential is this credential's problem: try the next one.
                 tracing::warn!(credential = %c.name, code = e.code, "credential unusable");
+                why = e.code.to_string();
                 last_err = Some(e);
                 continue;
             }
@@ -463,6 +479,7 @@ async fn forward(
                         upstream_limit.as_secs()
                     ),
                 ));
+                why = "timeout".into();
                 continue;
             }
             Ok(Err(e)) => {
@@ -475,6 +492,7 @@ async fn forward(
                         c.name
                     ),
                 ));
+                why = "unreachable".into();
                 continue;
             }
             Ok(Ok(resp)) => resp,
@@ -487,6 +505,7 @@ async fn forward(
             || credential_refused;
         if retryable && !last {
             tracing::info!(credential = %c.name, status = status.as_u16(), "falling back to the next credential");
+            why = format!("HTTP {}", status.as_u16());
             continue;
         }
         if credential_refused {

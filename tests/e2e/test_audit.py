@@ -181,7 +181,8 @@ def test_tampering_is_detected_and_named(airlock, tmp_path):
     # Forged checkpoint: its head moved to another record.
     def forge(ls):
         d = json.loads(ls[cp_idx[0]])
-        d["head"] = json.loads(ls[rec_idx[0]])["hash"]
+        other = next(json.loads(ls[i]) for i in rec_idx if json.loads(ls[i])["seq"] != d["seq"])
+        d["head"] = other["hash"]
         ls[cp_idx[0]] = json.dumps(d)
     p = tampered(forge)
     assert p["kind"] == "bad_signature"
@@ -203,14 +204,24 @@ def test_tampering_is_detected_and_named(airlock, tmp_path):
             prev = d["hash"]
             ls[i] = json.dumps(d)
     p = tampered(rewrite)
-    assert p["kind"] == "checkpoint_mismatch" and p["seq"] == 5
+    next_cp = min(json.loads(lines[i])["seq"] for i in cp_idx if json.loads(lines[i])["seq"] >= 3)
+    assert p["kind"] == "checkpoint_mismatch" and p["seq"] == next_cp
 
     # A whole-file truncation that also drops the checkpoints is caught by the separate copy.
     assert sink.exists() and len(_lines(sink)) >= 4
     short = tmp_path / "short.jsonl"
-    short.write_text("\n".join(lines[: rec_idx[9] + 1]) + "\n")
+    cut_at = next(i for i in cp_idx if json.loads(lines[i])["seq"] >= 10)
+    short.write_text("\n".join(lines[: cut_at + 1]) + "\n")
     code, out, _ = _verify_file(inst, short)
-    assert code == 0, "without the external copy, a clean cut is undetectable"
+    assert code == 0, "without the external copy, a clean cut at a checkpoint is undetectable"
+    # Cut between checkpoints, the records after the last signature are vouched for by nothing.
+    short.write_text("\n".join(lines[: rec_idx[8] + 1]) + "\n")
+    code, out, _ = _verify_file(inst, short)
+    signed_to = max(json.loads(lines[i])["seq"] for i in cp_idx if json.loads(lines[i])["seq"] <= 9)
+    assert code == 1 and out["problem"]["kind"] == "unsigned" and out["problem"]["seq"] == signed_to + 1, out
+    code, out, _ = _verify_file(inst, short, "--partial")
+    assert code == 0, out
+    short.write_text("\n".join(lines[: cut_at + 1]) + "\n")
     code, out, _ = _verify_file(inst, short, "--checkpoints", str(sink))
     assert code == 1 and out["problem"]["kind"] == "truncated"
 
@@ -507,3 +518,63 @@ def test_model_lists_and_partial_exports(airlock, tmp_path):
     assert code == 1 and out["problem"]["kind"] == "partial", (out, err)
     code, out, err = _verify_file(inst, export, "--partial")
     assert code == 0 and out["ok"], (out, err)
+
+
+def _forge_after(inst, last, n, ts=None, actor="tok_FRAMED"):
+    """Appends `n` well-formed records after `last` (a record as JSON), as someone with write
+    access to the database and the published encoding would."""
+    import hashlib
+    db = sqlite3.connect(inst.db, timeout=10)
+    prev = last
+    with db:
+        for i in range(n):
+            rec = {k: prev.get(k) for k in prev if k not in ("hash", "type")}
+            rec.update(seq=prev["seq"] + 1, prev=prev["hash"], actor=actor, action="inference",
+                       outcome="ok", ts=ts if ts is not None else prev["ts"], output_tokens=999999)
+            canon = json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            rec["hash"] = hashlib.sha256(b"airlock-audit-record-v1\n" + canon.encode()).hexdigest()
+            cols = list(rec)
+            db.execute(f"INSERT INTO audit ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
+                       [rec[c] for c in cols])
+            prev = rec
+    db.close()
+    return prev
+
+
+def test_forged_records_are_never_signed(airlock):
+    inst = Instance(airlock, "forged", {"AIRLOCK_AUDIT__CHECKPOINT_EVERY": "50",
+                                        "AIRLOCK_AUDIT__CHECKPOINT_INTERVAL_SECS": "1"})
+    with httpx.Client(timeout=30) as c:
+        assert inst.chat(client=c).status_code == 200
+        time.sleep(1.5)
+        # While it runs: a record slipped in behind the writer's back. The writer's next append
+        # collides; it must stop appending rather than continue from (and sign) the forgery.
+        forged = _forge_after(inst, inst.records()[-1], 1)
+        r = inst.chat(client=c)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "audit_unavailable", r.text
+        time.sleep(2.5)
+        assert inst.chat(client=c).status_code == 503
+        assert "airlock_audit_healthy 0" in c.get(inst.url + "/metrics").text
+    signed = sqlite3.connect(inst.db).execute("SELECT MAX(seq) FROM audit_checkpoints").fetchone()[0]
+    assert signed < forged["seq"], "the running server signed a record it did not write"
+    assert "changed under the writer" in (airlock.tmp / "forged-server.log").read_text()
+    inst.stop(signal.SIGKILL)
+    # While it is down: more records than a running airlock ever leaves unsigned.
+    _forge_after(inst, forged, 60)
+    r = _serve_once(inst)
+    assert r.returncode != 0 and "will not sign them" in r.stderr and "61 records" in r.stderr, r.stderr
+    # An operator who looked at them may accept them; that acceptance is on record.
+    inst.proc = inst.a.spawn("forged-accepted", ["serve", "--config", inst.config, "--accept-unsigned-tail"], inst.env)
+    wait_port(inst.port)
+    accepted = inst.records("--action", "audit.tail_accepted")
+    assert len(accepted) == 1 and "61 records" in accepted[0]["reason"], accepted
+    assert inst.cli("audit", "verify").returncode == 0
+    inst.stop()
+    # A checkpoint line torn by a crash is cut off and copied again at the next start.
+    sink = inst.dir / "audit-checkpoints.jsonl"
+    whole = sink.read_text()
+    sink.write_text(whole + whole.splitlines()[-1][:40])
+    inst.start()
+    assert sink.read_text().endswith("\n")
+    assert all(json.loads(l)["type"] == "checkpoint" for l in sink.read_text().splitlines())
+    inst.stop()

@@ -180,6 +180,15 @@ def test_a_key_pasted_as_a_reference_is_echoed_nowhere(airlock):
     for ref in [f"env:{airlock.canary}", airlock.canary, f"file:{airlock.canary}"]:
         r = airlock.cli("credential", "add", "oops", "--provider", "openai", "--env", "prod", "--secret", ref)
         assert r.returncode == 2 and airlock.canary not in r.stderr + r.stdout, r.stderr
+    # A key pasted as the model name: refused, and recorded without it.
+    with airlock.raw() as c:
+        resp = c.post(airlock.url + "/v1/chat/completions",
+                      json={"model": airlock.canary, "messages": [{"role": "user", "content": "hi"}]},
+                      headers={"authorization": f"Bearer {airlock.token}"})
+    assert resp.status_code == 400 and "looks like a key" in resp.text and airlock.canary not in resp.text
+    r = airlock.cli("audit", "tail", "--json", "--action", "request.refused", "-n", "50")
+    (rec,) = [x for x in map(json.loads, r.stdout.splitlines()) if x["request_id"] == resp.headers["x-airlock-request-id"]]
+    assert rec["model"] is None and airlock.canary not in r.stdout
     r = airlock.cli("audit", "tail", "--json", "--action", "credential.add", "-n", "50")
     refused = [json.loads(l) for l in r.stdout.splitlines() if json.loads(l)["outcome"] == "refused"]
     assert len(refused) >= 3 and all(x["reason"] for x in refused), [(x["status"], x["target"], x["request_id"]) for x in refused if not x["reason"]]

@@ -6,10 +6,15 @@
 //! # Encoding (re-implementable by a third party)
 //!
 //! * A record is a JSON object with exactly the fields of [`Record`] (absent values are `null`;
-//!   every number is an integer). Its **canonical form** is that object serialized per RFC 8785
-//!   (JSON Canonicalization Scheme): keys sorted by code point, no whitespace, strings with the
-//!   minimal escapes. With integers and strings only, this is what any JSON library produces with
-//!   sorted keys and compact output.
+//!   every number is an integer in [0, 2^53], so that every JSON reader holds it exactly). Its
+//!   **canonical form** is that object serialized per RFC 8785 (JSON Canonicalization Scheme):
+//!   keys sorted by code point, no whitespace, and strings escaped minimally: `"` as `\"`, `\`
+//!   as `\\`, U+0008/0009/000A/000C/000D as `\b \t \n \f \r`, every other character below
+//!   U+0020 as `\u00xx` (lowercase hex), and everything else, including non-ASCII, `/`, `<`,
+//!   `>`, `&` and U+2028, as raw UTF-8. In Python that is `json.dumps(record, sort_keys=True,
+//!   separators=(",", ":"), ensure_ascii=False)`; Go's `encoding/json` does not qualify (it
+//!   escapes `<>&` and U+2028). The test vectors in `tests.rs` pin the encoding.
+//! * An export line with a key twice is malformed (libraries disagree on which one counts).
 //! * `hash = hex(SHA-256("airlock-audit-record-v1\n" || canonical(record)))`. The record holds
 //!   `prev`, the previous record's hash (64 zeros for the first), so the hashes form a chain.
 //! * A checkpoint signs a position of the chain: the Ed25519 signature (key separate from the
@@ -376,6 +381,8 @@ pub struct Summary {
     pub first_unsigned_ts: Option<i64>,
     /// Time (unix ms) of the last record.
     pub last_ts: Option<i64>,
+    /// The latest time (unix ms) of a record not covered by a checkpoint.
+    pub max_unsigned_ts: Option<i64>,
 }
 
 impl Summary {
@@ -411,6 +418,7 @@ pub struct ChainVerifier {
     prev_hash: Option<String>,
     from_genesis: bool,
     unsigned_since: Option<i64>,
+    unsigned_max: Option<i64>,
     summary: Summary,
 }
 
@@ -443,6 +451,7 @@ impl ChainVerifier {
             prev_hash: from_genesis.then(|| GENESIS.to_string()),
             from_genesis,
             unsigned_since: None,
+            unsigned_max: None,
             summary: Summary::default(),
         })
     }
@@ -530,10 +539,14 @@ impl ChainVerifier {
             self.next_cp += 1;
             self.summary.checkpoints_verified += 1;
             self.unsigned_since = None;
+            self.unsigned_max = None;
             signed = true;
         }
-        if !signed && self.unsigned_since.is_none() {
-            self.unsigned_since = Some(r.ts);
+        if !signed {
+            if self.unsigned_since.is_none() {
+                self.unsigned_since = Some(r.ts);
+            }
+            self.unsigned_max = Some(self.unsigned_max.map_or(r.ts, |m: i64| m.max(r.ts)));
         }
         self.summary.last_ts = Some(r.ts);
         self.summary.records += 1;
@@ -570,6 +583,7 @@ impl ChainVerifier {
             (last - last_cp.max(self.summary.first_seq.unwrap_or(1) - 1)).max(0) as u64;
         if self.summary.unsigned_tail > 0 {
             self.summary.first_unsigned_ts = self.unsigned_since;
+            self.summary.max_unsigned_ts = self.unsigned_max;
         }
         self.summary.head = self.prev_hash.take();
         Ok(self.summary)
@@ -610,7 +624,10 @@ impl Line {
 
     /// Parses one line of an export.
     pub fn parse(text: &str) -> Result<Line, String> {
-        let mut v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        // A line with a duplicated key reads differently to different JSON libraries (first or
+        // last wins), so it is malformed rather than interpreted.
+        let UniqueKeys(map) = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let mut v = serde_json::Value::Object(map.into_iter().collect());
         let kind = v
             .get("type")
             .and_then(|t| t.as_str())
@@ -628,6 +645,36 @@ impl Line {
             }
             other => Err(format!("unknown line type `{other}`")),
         }
+    }
+}
+
+/// A JSON object whose keys must be distinct (top level; record fields are never objects).
+struct UniqueKeys(Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                let mut out = Vec::new();
+                while let Some((k, v)) = a.next_entry::<String, serde_json::Value>()? {
+                    if !seen.insert(k.clone()) {
+                        return Err(serde::de::Error::custom(format!("key `{k}` appears twice")));
+                    }
+                    out.push((k, v));
+                }
+                Ok(UniqueKeys(out))
+            }
+        }
+        d.deserialize_map(V)
     }
 }
 

@@ -234,3 +234,28 @@ fn keys_are_private_and_parse_back() {
     assert!(k.checkpoint(1, 2, GENESIS).signature_ok(&keys));
     assert!(keys.add(1, "ed25519/zz").is_err());
 }
+
+#[test]
+fn escapes_are_minimal_and_duplicate_keys_are_malformed() {
+    let r = Record {
+        seq: 1,
+        ts: 2,
+        actor_kind: "system".into(),
+        action: "a".into(),
+        outcome: "ok".into(),
+        reason: Some("<>&/\u{2028}é\u{1}\t\"\\".into()),
+        prev: GENESIS.into(),
+        ..Default::default()
+    };
+    let text = String::from_utf8(r.canonical()).unwrap();
+    assert!(
+        text.contains("\"reason\":\"<>&/\u{2028}é\\u0001\\t\\\"\\\\\""),
+        "{text}"
+    );
+    let sealed = r.clone().seal_after(0, GENESIS);
+    let line = Line::Record(sealed).to_line();
+    assert!(matches!(Line::parse(&line), Ok(Line::Record(_))));
+    let doubled = line.replacen("{", "{\"model\":\"x\",", 1);
+    let err = Line::parse(&doubled).expect_err("a duplicated key is malformed");
+    assert!(err.contains("twice"), "{err}");
+}

@@ -340,6 +340,10 @@ pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
             g(READ_AUDIT, None, get(audit_checkpoints)),
         )
         .route("/audit/keys", g(READ_AUDIT, None, get(audit_keys)))
+        .route(
+            "/audit/checkpoint",
+            g(READ_AUDIT, None, post(sign_checkpoint)),
+        )
         .layer(axum::middleware::map_response(rejections_as_json))
 }
 
@@ -380,7 +384,7 @@ fn without_values(text: &str) -> String {
         match after.find(q) {
             Some(j) => {
                 let inner = &after[..j];
-                if q == '`' && inner.len() <= 32 {
+                if q == '`' && inner.len() <= 32 && !airlock_secrets::looks_like_key(inner) {
                     out.push_str(inner);
                 } else {
                     out.push('…');
@@ -923,6 +927,17 @@ async fn audit_checkpoints(
         .await
     {
         Ok(cps) => Json(serde_json::json!({ "checkpoints": cps })).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+/// Signs the chain head now and returns the checkpoint (an export then ends on a signature).
+async fn sign_checkpoint(State(app): State<Arc<App>>) -> Response {
+    if !app.recorder.sign_now().await {
+        return crate::usage::audit_unavailable().render(crate::dialect::Dialect::OpenAi);
+    }
+    match app.store.last_checkpoint().await {
+        Ok(cp) => Json(serde_json::json!({ "checkpoint": cp })).into_response(),
         Err(e) => store_err(e),
     }
 }

@@ -61,6 +61,10 @@ pub struct AuditConfig {
     /// Also append every checkpoint (one JSON line) to this file, kept away from the database,
     /// so that a rewrite of the whole database is caught too.
     pub checkpoint_file: Option<PathBuf>,
+    /// Set by `serve --accept-unsigned-tail` only (never from the file): sign an unusual
+    /// unsigned tail found at start.
+    #[serde(skip)]
+    pub accept_unsigned_tail: bool,
     /// Id of the audit signing key (`audit-<id>.key` in the key directory).
     pub key_id: i64,
     /// Refusals without a valid token are audited up to this many per second; the rest are
@@ -75,6 +79,7 @@ impl Default for AuditConfig {
             checkpoint_every: 1000,
             checkpoint_interval_secs: 10,
             checkpoint_file: None,
+            accept_unsigned_tail: false,
             key_id: 1,
             anonymous_per_sec: 20,
         }

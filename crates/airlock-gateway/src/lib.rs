@@ -85,6 +85,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         verify_keys: airlock_audit::PublicKeys::from_dir(&keys_dir).map_err(anyhow::Error::msg)?,
         fail_open: cfg.audit.fail_open().map_err(anyhow::Error::msg)?,
         anonymous_per_sec: cfg.audit.anonymous_per_sec,
+        accept_unsigned_tail: cfg.audit.accept_unsigned_tail,
         pricing,
     };
     if settings.sink.is_none() {

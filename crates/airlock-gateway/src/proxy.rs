@@ -175,10 +175,7 @@ pub async fn handle(app: Arc<App>, ep: Endpoint, req: Request<Body>) -> Response
                     "failed"
                 };
                 r.finish(e.status.as_u16(), outcome);
-                r.reason = Some(match r.reason.take() {
-                    Some(fallbacks) => format!("{}; {fallbacks}", e.message),
-                    None => e.message.clone(),
-                });
+                r.add_reason(&e.message);
                 let _ = r.commit().await;
             }
             e.render(dialect)
@@ -236,6 +233,7 @@ async fn run(
         Err((e, known)) => {
             if let Some(t) = known {
                 let r = ctx.rec();
+                r.cap_like_anonymous();
                 r.row.token_id = Some(t.id.clone());
                 r.row.subject = Some(t.subject.clone());
                 r.row.env = Some(t.env.clone());
@@ -275,6 +273,12 @@ async fn run(
     if !valid_model(&model) {
         return Err(ApiError::bad_request(
             "`model` must be at most 256 characters of letters, digits and -._:/@+",
+        ));
+    }
+    if airlock_secrets::looks_like_key(&model) {
+        // Never copied into the log: a key pasted into the wrong field.
+        return Err(ApiError::bad_request(
+            "`model` looks like a key or token, not a model name; it was not recorded",
         ));
     }
     let stream = probe.stream.unwrap_or(false);
@@ -571,7 +575,7 @@ async fn respond(
         record.finish(status.as_u16(), "ok");
         if !record.commit_stream_start().await.may_answer() {
             record.finish(503, "failed");
-            record.reason = Some("the audit log could not be written".into());
+            record.add_reason("the audit log could not be written");
             drop(record);
             return audit_unavailable().render(dialect);
         }
@@ -595,7 +599,7 @@ async fn respond(
         _ if !status.is_success() => Bytes::new(),
         _ => {
             record.finish(502, "upstream_error");
-            record.reason = Some("the provider's response could not be read in full".into());
+            record.add_reason("the provider's response could not be read in full");
             let _ = record.commit().await;
             return ApiError::new(
                 StatusCode::BAD_GATEWAY,
@@ -631,7 +635,8 @@ pub async fn models(app: Arc<App>, req: Request<Body>) -> Response {
     } else {
         Dialect::OpenAi
     };
-    match list_models(&app, &req.into_parts().0).await {
+    let parts = req.into_parts().0;
+    match list_models(&app, &parts).await {
         Ok(ids) => {
             let body = match dialect {
                 Dialect::OpenAi => serde_json::json!({
@@ -647,8 +652,48 @@ pub async fn models(app: Arc<App>, req: Request<Body>) -> Response {
             };
             axum::Json(body).into_response_ok()
         }
-        Err(e) => e.render(dialect),
+        Err(e) => {
+            record_models_refusal(&app, &parts, &e).await;
+            e.render(dialect)
+        }
     }
+}
+
+/// A refused model list is audited like any refused request.
+async fn record_models_refusal(app: &Arc<App>, parts: &http::request::Parts, e: &ApiError) {
+    let row = UsageRow {
+        ts: now_ms(),
+        request_id: parts
+            .extensions
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default(),
+        endpoint: parts.uri.path().chars().take(200).collect(),
+        client_ip: parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string()),
+        ..Default::default()
+    };
+    let mut r = Record::start(app.recorder.clone(), row);
+    if let Ok(t) = app.verifier.verify(
+        presented_token(&parts.headers).unwrap_or_default(),
+        SystemTime::now(),
+    ) {
+        r.row.token_id = Some(t.id.clone());
+        r.row.subject = Some(t.subject.clone());
+        r.cap_like_anonymous();
+    }
+    r.finish(
+        e.status.as_u16(),
+        if e.status.is_client_error() {
+            "refused"
+        } else {
+            "failed"
+        },
+    );
+    r.add_reason(&e.message);
+    let _ = r.commit().await;
 }
 
 /// Every read of a key from its store is audited (not the in-memory hits).
@@ -687,7 +732,8 @@ fn audit_secret_read(
 
 /// `GET /v1/models/{id}`.
 pub async fn model_one(app: Arc<App>, id: String, req: Request<Body>) -> Response {
-    match list_models(&app, &req.into_parts().0).await {
+    let parts = req.into_parts().0;
+    match list_models(&app, &parts).await {
         Ok(ids) if ids.contains(&id) => axum::Json(
             serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "airlock"}),
         )
@@ -698,7 +744,10 @@ pub async fn model_one(app: Arc<App>, id: String, req: Request<Body>) -> Respons
             format!("model `{id}` is not available to this token"),
         )
         .render(Dialect::OpenAi),
-        Err(e) => e.render(Dialect::OpenAi),
+        Err(e) => {
+            record_models_refusal(&app, &parts, &e).await;
+            e.render(Dialect::OpenAi)
+        }
     }
 }
 
@@ -739,7 +788,8 @@ async fn list_models(app: &Arc<App>, req: &http::request::Parts) -> Result<Vec<S
     for c in set
         .all
         .iter()
-        .filter(|c| !c.suspended && c.env == token.env)
+        // Only credentials the token may use at all: listing models upstream uses the key.
+        .filter(|c| !c.suspended && c.env == token.env && token.allows_credential(&c.name))
     {
         let mut names: Vec<String> = c
             .models

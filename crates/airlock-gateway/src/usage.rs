@@ -75,6 +75,10 @@ pub struct AuditSettings {
     pub fail_open: bool,
     /// Anonymous refusals audited per second.
     pub anonymous_per_sec: u32,
+    /// Sign records found after the last checkpoint at start even when there are more of them,
+    /// or they are newer, than a running server leaves unsigned (`serve --accept-unsigned-tail`,
+    /// after an operator looked at them). Recorded in the log.
+    pub accept_unsigned_tail: bool,
     /// Prices by model pattern: (pattern, dollars per million input, per million output).
     pub pricing: Vec<(Glob, f64, f64)>,
 }
@@ -83,7 +87,15 @@ struct Msg {
     usage: Option<UsageRow>,
     audit: Option<AuditRecord>,
     ack: Option<oneshot::Sender<bool>>,
+    /// Sign the head now (with whatever is queued).
+    sign: bool,
 }
+
+/// Messages kept for another attempt after a failed write, at most this many; beyond it the
+/// oldest are dropped and counted in `airlock_audit_write_errors_total`.
+const RETRY_LIMIT: usize = 16_384;
+/// Messages waiting for room in a full queue, at most this many at once.
+const OVERFLOW_LIMIT: usize = 65_536;
 
 /// Sends records to the writer.
 #[derive(Clone)]
@@ -96,6 +108,8 @@ pub struct Recorder {
 
 struct Shared {
     fail_open: bool,
+    /// Room for messages waiting on a full queue.
+    overflow: Arc<tokio::sync::Semaphore>,
     /// Set by the writer: false after a failed write, true after a good one.
     healthy: AtomicBool,
     pricing: Vec<(Glob, f64, f64)>,
@@ -137,34 +151,111 @@ impl Recorder {
         store: Store,
         settings: AuditSettings,
     ) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
-        check_stored_log(&store, &settings).await?;
+        let accepted_tail = check_stored_log(&store, &settings).await?;
         let (seq, head) = store.audit_head().await?;
         let last_cp = store.last_checkpoint().await?.map(|c| c.seq).unwrap_or(0);
         let (tx, rx) = mpsc::channel::<Msg>(16_384);
         let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared {
             fail_open: settings.fail_open,
+            overflow: Arc::new(tokio::sync::Semaphore::new(OVERFLOW_LIMIT)),
             healthy: AtomicBool::new(true),
             pricing: settings.pricing.clone(),
             anonymous_per_sec: settings.anonymous_per_sec,
             anonymous_window: Mutex::new((Instant::now(), 0)),
         });
+        let interval = settings.interval;
         let chain = Chain {
             seq,
             head,
             last_cp,
-            last_cp_at: Instant::now(),
+            // A tail left by the last run is signed at once, so that every run starts signed.
+            last_cp_at: if seq > last_cp {
+                Instant::now()
+                    .checked_sub(interval)
+                    .unwrap_or_else(Instant::now)
+            } else {
+                Instant::now()
+            },
             settings,
+            retry: std::collections::VecDeque::new(),
+            wedged: false,
         };
         let handle = tokio::spawn(writer(store, rx, counters.clone(), shared.clone(), chain));
-        Ok((
-            Recorder {
-                tx,
-                counters,
-                shared,
-            },
-            handle,
-        ))
+        let recorder = Recorder {
+            tx,
+            counters,
+            shared,
+        };
+        if let Some(n) = accepted_tail {
+            let rec = AuditRecord {
+                ts: crate::state::now_ms(),
+                actor_kind: "system".into(),
+                action: "audit.tail_accepted".into(),
+                outcome: "ok".into(),
+                reason: Some(format!(
+                    "{n} records after the last checkpoint were accepted by the operator (serve --accept-unsigned-tail) and signed"
+                )),
+                ..Default::default()
+            };
+            if !recorder.write(None, rec).await.may_answer() {
+                anyhow::bail!("cannot write to the audit log");
+            }
+        }
+        Ok((recorder, handle))
+    }
+
+    /// Signs the chain head now and waits until the checkpoint is durable (for exports that
+    /// must end on a signature). Returns whether it was written.
+    pub async fn sign_now(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Msg {
+            usage: None,
+            audit: None,
+            ack: Some(tx),
+            sign: true,
+        });
+        rx.await.unwrap_or(false)
+    }
+
+    /// Writes what is queued, signs the head, and waits (bounded by the caller) until done:
+    /// the last thing a stopping server does, while streams may still hold recorders.
+    pub async fn shutdown(&self) -> bool {
+        self.sign_now().await
+    }
+
+    /// Puts a message on the writer's queue without waiting: when the queue is full the message
+    /// waits in a task (at most `OVERFLOW_LIMIT` at once; beyond that it is dropped and
+    /// counted). A message handed to this function survives its caller being cancelled.
+    fn enqueue(&self, msg: Msg) {
+        if msg.usage.is_none() && msg.audit.is_none() && msg.ack.is_none() && !msg.sign {
+            return;
+        }
+        match self.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let Ok(permit) = self.shared.overflow.clone().try_acquire_owned() else {
+                    self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("audit queue overflow: a record was dropped");
+                    return;
+                };
+                let tx = self.tx.clone();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(async move {
+                            let _ = tx.send(msg).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Whether the last write succeeded (fail-closed servers refuse early when it did not).
@@ -185,18 +276,20 @@ impl Recorder {
             .iter()
             .find(|(g, _, _)| g.matches(model))?;
         let c = input.unwrap_or(0) as f64 * pi + output.unwrap_or(0) as f64 * po;
-        Some(c.round() as i64)
+        // Within what every JSON reader of the log represents exactly.
+        Some((c.round() as i64).clamp(0, 1 << 53))
     }
 
     /// Appends an audit record (and a usage row) and waits until it is durable.
     pub async fn write(&self, usage: Option<UsageRow>, audit: AuditRecord) -> Durable {
         let (tx, rx) = oneshot::channel();
-        let msg = Msg {
+        self.enqueue(Msg {
             usage,
             audit: Some(audit),
             ack: Some(tx),
-        };
-        let ok = self.tx.send(msg).await.is_ok() && rx.await.unwrap_or(false);
+            sign: false,
+        });
+        let ok = rx.await.unwrap_or(false);
         self.verdict(ok)
     }
 
@@ -216,26 +309,12 @@ impl Recorder {
 
     /// Appends without waiting (for events whose request is already over or failing).
     pub fn write_nowait(&self, usage: Option<UsageRow>, audit: Option<AuditRecord>) {
-        let msg = Msg {
+        self.enqueue(Msg {
             usage,
             audit,
             ack: None,
-        };
-        match self.tx.try_send(msg) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(msg)) => {
-                // Never drop an audit record: wait for room in the background.
-                let tx = self.tx.clone();
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(async move {
-                        let _ = tx.send(msg).await;
-                    });
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+            sign: false,
+        });
     }
 
     /// Whether one more anonymous refusal may be audited this second.
@@ -278,6 +357,12 @@ struct Chain {
     last_cp: i64,
     last_cp_at: Instant,
     settings: AuditSettings,
+    /// Records of failed writes, written again before new ones.
+    retry: std::collections::VecDeque<Msg>,
+    /// The stored log changed under the writer (another writer, or someone editing the
+    /// database): nothing more is appended until an operator restarts airlock, whose start
+    /// check then judges the log.
+    wedged: bool,
 }
 
 impl Chain {
@@ -303,7 +388,7 @@ impl Chain {
 /// server restarted on a rewritten database would sign the forgery at its next checkpoint.
 /// Records after the last checkpoint are protected only by their links (at most
 /// `checkpoint_interval_secs` of records, by design).
-async fn check_stored_log(store: &Store, settings: &AuditSettings) -> anyhow::Result<()> {
+async fn check_stored_log(store: &Store, settings: &AuditSettings) -> anyhow::Result<Option<u64>> {
     let refuse = |p: airlock_audit::Problem| {
         anyhow::anyhow!(
             "the audit log in the database is not what was signed (record {}: {}); airlock will not append to it. \
@@ -343,9 +428,10 @@ async fn check_stored_log(store: &Store, settings: &AuditSettings) -> anyhow::Re
             after = r.record.seq;
         }
     }
-    v.finish().map_err(refuse)?;
+    let summary = v.finish().map_err(refuse)?;
+    let accepted = check_unsigned_tail(&summary, last.as_ref(), settings)?;
     let Some(path) = &settings.sink else {
-        return Ok(());
+        return Ok(accepted);
     };
     let copied = last_checkpoint_in_file(path)?;
     let catch_up_from = match &copied {
@@ -371,9 +457,65 @@ async fn check_stored_log(store: &Store, settings: &AuditSettings) -> anyhow::Re
         .audit_checkpoints(catch_up_from.max(1), i64::MAX)
         .await?
     {
+        if !cp.signature_ok(&settings.verify_keys) {
+            return Err(refuse(airlock_audit::Problem {
+                seq: cp.seq,
+                kind: "bad_signature",
+                message: format!("the checkpoint at record {} has a bad signature", cp.seq),
+            }));
+        }
         append_checkpoint(path, &cp)?;
     }
-    Ok(())
+    Ok(accepted)
+}
+
+/// A server leaves fewer than `checkpoint_every` records unsigned (a due checkpoint is written
+/// in the same transaction as the records that make it due), all written within
+/// `checkpoint_interval_secs` after the last checkpoint (a write after that signs too), and it
+/// signs what an earlier run left at once. More, or newer, means records were added while
+/// airlock was not looking; they are not signed unless the operator says so.
+fn check_unsigned_tail(
+    summary: &airlock_audit::Summary,
+    last: Option<&airlock_audit::Checkpoint>,
+    settings: &AuditSettings,
+) -> anyhow::Result<Option<u64>> {
+    let tail = summary.unsigned_tail;
+    if tail == 0 {
+        return Ok(None);
+    }
+    let slack_ms = settings.interval.as_millis() as i64 + 30_000;
+    let too_many = tail >= settings.every.max(1) as u64;
+    let newest = summary.max_unsigned_ts.unwrap_or(i64::MIN);
+    let too_new = match last {
+        Some(cp) => newest > cp.ts + slack_ms,
+        None => newest - summary.first_unsigned_ts.unwrap_or(newest) > slack_ms,
+    };
+    if !(too_many || too_new) {
+        return Ok(None);
+    }
+    if settings.accept_unsigned_tail {
+        tracing::warn!(
+            records = tail,
+            "signing an unusual unsigned tail because of --accept-unsigned-tail"
+        );
+        return Ok(Some(tail));
+    }
+    let first = summary.last_seq.unwrap_or(0) - tail as i64 + 1;
+    anyhow::bail!(
+        "the audit log has {tail} records after its last checkpoint (#{first} to #{}), {}: a running airlock never leaves that unsigned, \
+         so they may have been added to the database while airlock was stopped. airlock will not sign them. Inspect them \
+         (sqlite3: SELECT * FROM audit WHERE seq >= {first}); if they are genuine (e.g. checkpoint_every or checkpoint_interval_secs \
+         was lowered), start once with `airlock serve --accept-unsigned-tail`, which signs them and records that you did",
+        summary.last_seq.unwrap_or(0),
+        if too_many {
+            format!("more than checkpoint_every = {}", settings.every)
+        } else {
+            format!(
+                "written later than checkpoint_interval_secs = {} after the last checkpoint",
+                settings.interval.as_secs()
+            )
+        }
+    )
 }
 
 /// The last checkpoint line of a checkpoint file (reads only its end).
@@ -387,10 +529,26 @@ fn last_checkpoint_in_file(
         Err(e) => anyhow::bail!("cannot read audit.checkpoint_file {}: {e}", path.display()),
     };
     let len = f.metadata()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)))?;
+    let start = len.saturating_sub(64 * 1024);
+    f.seek(SeekFrom::Start(start))?;
     let mut tail = String::new();
     f.read_to_string(&mut tail)
         .with_context(|| format!("cannot read audit.checkpoint_file {}", path.display()))?;
+    if !tail.is_empty() && !tail.ends_with('\n') {
+        // A line torn by a crash or power loss while it was appended: cut it off (the
+        // checkpoint is in the database and is copied again below).
+        let keep = tail
+            .rfind('\n')
+            .map(|i| start + i as u64 + 1)
+            .unwrap_or(start);
+        tracing::warn!(path = %path.display(), "audit.checkpoint_file ends with a torn line; removing it");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|w| w.set_len(keep))
+            .with_context(|| format!("cannot repair audit.checkpoint_file {}", path.display()))?;
+        tail.truncate((keep - start) as usize);
+    }
     let Some(line) = tail.lines().rev().find(|l| !l.trim().is_empty()) else {
         return Ok(None);
     };
@@ -429,18 +587,24 @@ async fn writer(
     loop {
         let unsigned = chain.seq > chain.last_cp;
         let due = tokio::time::Instant::from_std(chain.last_cp_at + chain.settings.interval);
+        let retry_due = tokio::time::Instant::now() + Duration::from_secs(1);
+        let pending = !chain.retry.is_empty() && !chain.wedged;
         tokio::select! {
             m = rx.recv() => match m {
                 Some(m) => batch.push(m),
                 None => {
-                    if chain.seq > chain.last_cp {
+                    if chain.seq > chain.last_cp || pending {
                         flush(&store, &mut batch, &c, &shared, &mut chain, true).await;
                     }
                     return;
                 }
             },
-            _ = tokio::time::sleep_until(due), if unsigned => {
+            _ = tokio::time::sleep_until(due), if unsigned && !chain.wedged => {
                 flush(&store, &mut batch, &c, &shared, &mut chain, true).await;
+                continue;
+            }
+            _ = tokio::time::sleep_until(retry_due), if pending => {
+                flush(&store, &mut batch, &c, &shared, &mut chain, false).await;
                 continue;
             }
         }
@@ -451,7 +615,8 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        flush(&store, &mut batch, &c, &shared, &mut chain, false).await;
+        let sign = batch.iter().any(|m| m.sign);
+        flush(&store, &mut batch, &c, &shared, &mut chain, sign).await;
     }
 }
 
@@ -463,15 +628,25 @@ async fn flush(
     chain: &mut Chain,
     force_checkpoint: bool,
 ) {
+    if chain.wedged {
+        fail_batch(batch, c, shared, chain, false);
+        return;
+    }
+    // Records of earlier failed writes go first, in their order.
+    if !chain.retry.is_empty() {
+        let mut all: Vec<Msg> = chain.retry.drain(..).collect();
+        all.append(batch);
+        *batch = all;
+    }
     let mut usage = Vec::new();
     let mut sealed = Vec::new();
     let (mut seq, mut head) = (chain.seq, chain.head.clone());
-    for m in batch.iter_mut() {
-        if let Some(u) = m.usage.take() {
-            usage.push(u);
+    for m in batch.iter() {
+        if let Some(u) = &m.usage {
+            usage.push(u.clone());
         }
-        if let Some(r) = m.audit.take() {
-            let s = r.seal_after(seq, &head);
+        if let Some(r) = &m.audit {
+            let s = r.clone().seal_after(seq, &head);
             seq = s.record.seq;
             head.clone_from(&s.hash);
             sealed.push(s);
@@ -483,43 +658,91 @@ async fn flush(
             .key
             .checkpoint(seq, crate::state::now_ms(), &head)
     });
-    let ok = match store.write_batch(&usage, &sealed, cp.as_ref()).await {
-        Ok(()) => {
-            c.audit_records
-                .fetch_add(sealed.len() as u64, Ordering::Relaxed);
-            chain.seq = seq;
-            chain.head = head;
-            if let Some(cp) = &cp {
-                chain.last_cp = cp.seq;
-                chain.last_cp_at = Instant::now();
-                c.audit_checkpoints.fetch_add(1, Ordering::Relaxed);
-                chain.sink(cp);
-            }
-            true
-        }
+    let result = store.write_batch(&usage, &sealed, cp.as_ref()).await;
+    let ok = match result {
+        Ok(()) => true,
         Err(e) => {
-            c.write_errors
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             tracing::error!(error = %e, records = sealed.len(), "audit write failed");
             // Try the timer again later rather than spinning on a broken database.
             chain.last_cp_at = Instant::now();
-            // Continue from what is stored, whatever it is now (a transaction that failed
-            // after committing, a second writer): otherwise every later write would collide.
-            if let (Ok((seq, head)), Ok(cp)) =
-                (store.audit_head().await, store.last_checkpoint().await)
-            {
-                chain.seq = seq;
-                chain.head = head;
-                chain.last_cp = cp.map(|c| c.seq).unwrap_or(0);
+            // What is stored now? Only two answers are acceptable: nothing of this batch
+            // (write again later), or exactly this batch (committed, then reported failed).
+            // Anything else means the log changed under the writer; continuing from it would
+            // sign whatever was put there.
+            match store.audit_head().await {
+                Ok(now) if now == (chain.seq, chain.head.clone()) => false,
+                Ok(now) if now == (seq, head.clone()) => {
+                    tracing::warn!(
+                        "the audit batch was committed although the write reported an error"
+                    );
+                    true
+                }
+                Ok((stored_seq, _)) => {
+                    tracing::error!(
+                        expected = chain.seq,
+                        stored = stored_seq,
+                        "the audit log changed under the writer (another process wrote to it): appending stops; \
+                         restart airlock so that its start check can judge the log"
+                    );
+                    chain.wedged = true;
+                    false
+                }
+                Err(_) => false,
             }
-            false
         }
     };
-    shared.healthy.store(ok, Ordering::Relaxed);
-    for m in batch.drain(..) {
-        if let Some(ack) = m.ack {
-            let _ = ack.send(ok);
+    if ok {
+        c.audit_records
+            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+        chain.seq = seq;
+        chain.head = head;
+        if let Some(cp) = &cp {
+            chain.last_cp = cp.seq;
+            chain.last_cp_at = Instant::now();
+            c.audit_checkpoints.fetch_add(1, Ordering::Relaxed);
+            chain.sink(cp);
         }
+        shared.healthy.store(true, Ordering::Relaxed);
+        for m in batch.drain(..) {
+            if let Some(ack) = m.ack {
+                let _ = ack.send(true);
+            }
+        }
+    } else {
+        fail_batch(batch, c, shared, chain, true);
+    }
+}
+
+/// Answers a failed batch's waiters with `false` and keeps its records for another attempt
+/// (not when the writer is wedged: nothing more is written then).
+fn fail_batch(batch: &mut Vec<Msg>, c: &Counters, shared: &Shared, chain: &mut Chain, keep: bool) {
+    shared.healthy.store(false, Ordering::Relaxed);
+    for mut m in batch.drain(..) {
+        if let Some(ack) = m.ack.take() {
+            let _ = ack.send(false);
+            if !shared.fail_open {
+                // Its request was refused or cut off because of this failure.
+                if let Some(r) = m.audit.as_mut() {
+                    let note = "not answered: the audit log could not be written at the time";
+                    r.reason = Some(match r.reason.take() {
+                        Some(prev) => format!("{note}; {prev}"),
+                        None => note.to_string(),
+                    });
+                }
+            }
+        }
+        m.sign = false;
+        if !keep || (m.audit.is_none() && m.usage.is_none()) {
+            if m.audit.is_some() {
+                c.write_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            continue;
+        }
+        if chain.retry.len() >= RETRY_LIMIT {
+            chain.retry.pop_front();
+            c.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        chain.retry.push_back(m);
     }
 }
 
@@ -532,6 +755,7 @@ pub struct Record {
     started: Instant,
     recorder: Recorder,
     sent: bool,
+    capped: bool,
 }
 
 impl Record {
@@ -543,7 +767,22 @@ impl Record {
             started: Instant::now(),
             recorder,
             sent: false,
+            capped: false,
         }
+    }
+
+    /// Adds a reason in front of any already given (e.g. the fallbacks taken).
+    pub fn add_reason(&mut self, reason: &str) {
+        self.reason = Some(match self.reason.take() {
+            Some(prev) => format!("{reason}; {prev}"),
+            None => reason.to_string(),
+        });
+    }
+
+    /// Counts this record against the anonymous audit budget (a refusal of a revoked token:
+    /// its id is known, but anyone holding the leaked token could flood the log with it).
+    pub fn cap_like_anonymous(&mut self) {
+        self.capped = true;
     }
 
     /// Marks the time the upstream answered.
@@ -593,13 +832,14 @@ impl Record {
                 .unauthenticated
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let audit = if anonymous && !self.recorder.anonymous_allowed() {
+        if (anonymous || self.capped) && !self.recorder.anonymous_allowed() {
             self.recorder
                 .counters
                 .audit_anonymous_skipped
                 .fetch_add(1, Ordering::Relaxed);
-            None
-        } else {
+            return (None, None);
+        }
+        let audit = {
             let cost = row.model.as_deref().and_then(|m| {
                 self.recorder
                     .cost_micros(m, row.input_tokens, row.output_tokens)
@@ -654,6 +894,8 @@ impl Record {
             credential: row.credential.clone(),
             model: row.model.clone(),
             status: Some(row.status),
+            // The credentials tried before this one used their keys too.
+            reason: self.reason.clone(),
             ..Default::default()
         };
         self.recorder.write(None, rec).await
@@ -661,37 +903,31 @@ impl Record {
 
     /// Sends the record and waits until it is durable.
     pub async fn commit(mut self) -> Durable {
-        let (usage, audit) = self.take();
-        let recorder = self.recorder.clone();
-        match audit {
-            Some(a) => recorder.write(usage, a).await,
-            None => {
-                recorder.write_nowait(usage, None);
-                Durable::Yes
-            }
-        }
+        // Queued before the first await, so a cancelled request cannot lose its record.
+        let rx = self.send_acked();
+        let ok = match rx {
+            Some(rx) => rx.await.unwrap_or(false),
+            None => false,
+        };
+        self.recorder.verdict(ok)
     }
 
     /// Sends the record, returning a receiver for the writer's acknowledgement.
     fn send_acked(&mut self) -> Option<oneshot::Receiver<bool>> {
         let (usage, audit) = self.take();
         let (tx, rx) = oneshot::channel();
-        let msg = Msg {
+        if usage.is_none() && audit.is_none() {
+            // An anonymous refusal over the audit cap: nothing to wait for.
+            let _ = tx.send(true);
+            return Some(rx);
+        }
+        self.recorder.enqueue(Msg {
             usage,
             audit,
             ack: Some(tx),
-        };
-        match self.recorder.tx.try_send(msg) {
-            Ok(()) => Some(rx),
-            Err(mpsc::error::TrySendError::Full(msg)) => {
-                let tx = self.recorder.tx.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(msg).await;
-                });
-                Some(rx)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => None,
-        }
+            sign: false,
+        });
+        Some(rx)
     }
 }
 
@@ -919,7 +1155,7 @@ impl<B> ObservedBody<B> {
                 self.observer.end();
                 r.apply(&self.observer.usage);
                 r.finish(self.status, outcome);
-                r.reason = Some(reason.to_string());
+                r.add_reason(reason);
             }
         }
     }

@@ -16,6 +16,47 @@ use secrecy::{ExposeSecret, SecretString};
 use std::fmt;
 use subtle::ConstantTimeEq;
 
+/// Whether text someone typed (a model name, a field in an admin request) looks like a provider
+/// key or token, so that it is never copied into a log or an error: a known key prefix with a
+/// long tail, or a long run of random-looking characters (mixed-case alphanumerics or hex).
+pub fn looks_like_key(text: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "sk-",
+        "sk_",
+        "gsk_",
+        "xai-",
+        "hf_",
+        "r8_",
+        "pplx-",
+        "AIza",
+        "ghp_",
+        "gho_",
+        "ghs_",
+        "ghu_",
+        "github_pat_",
+        "AKIA",
+        "ASIA",
+        "alk_",
+        "eyJ",
+        "csk-",
+        "fw_",
+        "nvapi-",
+    ];
+    let t = text.trim();
+    if t.len() >= 20 && PREFIXES.iter().any(|p| t.starts_with(p)) {
+        return true;
+    }
+    t.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| {
+        let b = w.as_bytes();
+        let hex = b.len() >= 32 && b.iter().all(u8::is_ascii_hexdigit);
+        let mixed = b.len() >= 30
+            && b.iter().any(u8::is_ascii_uppercase)
+            && b.iter().any(u8::is_ascii_lowercase)
+            && b.iter().any(u8::is_ascii_digit);
+        hex || mixed
+    })
+}
+
 /// A provider key or any other secret value. It cannot be printed, serialized or cloned
 /// implicitly; its memory is wiped when it is dropped.
 pub struct Secret(SecretString);
@@ -116,6 +157,34 @@ mod tests {
         let shown = format!("{s:?} {:?}", Some(&s));
         assert!(!shown.contains(&canary), "{shown}");
         assert!(shown.contains("redacted"));
+    }
+
+    #[test]
+    fn key_shaped_text_is_recognised_and_model_names_are_not() {
+        // Built at run time: no key-shaped literal in the repository.
+        let tail = random_token(24);
+        for key in [
+            format!("sk-proj-{tail}"),
+            format!("{}{tail}", "sk-ant-api03-"),
+            format!("AIza{tail}"),
+            format!("gsk_{tail}"),
+            "aB3".repeat(11),
+            "0f".repeat(16),
+        ] {
+            assert!(looks_like_key(&key), "{key}");
+        }
+        for model in [
+            "gpt-4o-mini",
+            "gpt-4o-mini-2024-07-18",
+            "claude-3-5-sonnet-20241022",
+            "models/gemini-2.0-flash",
+            "ft:gpt-4o-mini:acme::AbC123xy",
+            "llama3.1:8b",
+            "sk-model",
+            "mistral-large-latest",
+        ] {
+            assert!(!looks_like_key(model), "{model}");
+        }
     }
 
     #[test]

@@ -662,12 +662,7 @@ impl Verifier {
                 v.models.join(", ")
             )));
         }
-        let cred_ok = (v.credentials.is_empty() || v.credentials.iter().any(|c| c == r.credential))
-            && v.narrowing
-                .credentials
-                .iter()
-                .all(|set| set.iter().any(|c| c == r.credential));
-        if !cred_ok {
+        if !v.allows_credential(r.credential) {
             return Err(TokenError::Denied(format!(
                 "token does not allow credential `{}`",
                 r.credential
@@ -680,6 +675,18 @@ impl Verifier {
     /// but dropping it frees memory at once).
     pub fn forget(&self, hash: &[u8; 32]) {
         let _ = self.cache.remove(hash);
+    }
+}
+
+impl Verified {
+    /// Whether the token (with every appended block) may use this credential for some model.
+    pub fn allows_credential(&self, credential: &str) -> bool {
+        (self.credentials.is_empty() || self.credentials.iter().any(|c| c == credential))
+            && self
+                .narrowing
+                .credentials
+                .iter()
+                .all(|set| set.iter().any(|c| c == credential))
     }
 }
 

@@ -26,9 +26,10 @@ pub enum AuditCmd {
         /// or truncation of the whole database.
         #[arg(long)]
         checkpoints: Option<PathBuf>,
-        /// Accept an export that does not start at record 1 (`audit export --since`); it is
-        /// then anchored only by the checkpoints it contains. Without it, such a file fails:
-        /// a log whose beginning was cut off looks the same.
+        /// Accept an excerpt: an export that does not start at record 1 (`audit export
+        /// --since`) or ends after its last checkpoint (`--until`); it is then anchored only by
+        /// the checkpoints it contains. Without it such a file fails: a log whose beginning was
+        /// cut off, or with records added after its last signature, looks the same.
         #[arg(long)]
         partial: bool,
         /// Fail when records written longer ago than this many seconds are not covered by a
@@ -173,6 +174,18 @@ pub async fn run(cmd: AuditCmd, json_out: bool) -> Result<(), Failure> {
             }
             let result = verify_file(&file, &keys, checkpoints.as_ref(), partial).map(|r| {
                 r.and_then(|s| {
+                    if s.unsigned_tail > 0 && !partial {
+                        let first = s.last_seq.unwrap_or(0) - s.unsigned_tail as i64 + 1;
+                        return Err(Problem {
+                            seq: first,
+                            kind: "unsigned",
+                            message: format!(
+                                "records {first} to {} are after the file's last checkpoint, so nothing vouches for them \
+                                 (`audit export` without --until ends on a fresh checkpoint; pass --partial to accept an excerpt)",
+                                s.last_seq.unwrap_or(first)
+                            ),
+                        });
+                    }
                     match s.stale_unsigned(s.last_ts.unwrap_or(0), max_unsigned_age * 1000) {
                         Some(p) => Err(p),
                         None => Ok(s),
@@ -311,10 +324,18 @@ pub async fn run(cmd: AuditCmd, json_out: bool) -> Result<(), Failure> {
             } else {
                 Some(1)
             };
+            // Without --until the export ends on a checkpoint signed now, so that it verifies
+            // offline with nothing unsigned at its end.
             let last = if until.is_some() {
                 edge(true).await?
             } else {
-                Some(i64::MAX)
+                let v = admin.post("/audit/checkpoint", json!({})).await?;
+                Some(
+                    v.get("checkpoint")
+                        .and_then(|c| c.get("seq"))
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0),
+                )
             };
             let (first, last) = match (first, last) {
                 (Some(f), Some(l)) if f <= l => (f, l),

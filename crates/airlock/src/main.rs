@@ -38,6 +38,12 @@ enum Cmd {
         /// Listen address (overrides the file).
         #[arg(long)]
         listen: Option<String>,
+        /// Sign records found after the audit log's last checkpoint even though a running
+        /// airlock would not have left them unsigned (more than checkpoint_every, or newer than
+        /// checkpoint_interval_secs). Only after inspecting them; the acceptance is itself
+        /// recorded in the log.
+        #[arg(long)]
+        accept_unsigned_tail: bool,
     },
     /// Run a throwaway gateway with a built-in mock provider and print a demo token.
     Demo {
@@ -277,7 +283,11 @@ async fn shutdown_signal() {
 async fn run(cli: Cli) -> Result<(), Failure> {
     let json = cli.json;
     match cli.cmd {
-        Cmd::Serve { config, listen } => {
+        Cmd::Serve {
+            config,
+            listen,
+            accept_unsigned_tail,
+        } => {
             if !config.exists() {
                 return Err(Failure::usage(format!(
                     "{} does not exist: run `airlock init --dir DIR` and pass --config DIR/airlock.toml (or try `airlock demo`)",
@@ -288,6 +298,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(l) = listen {
                 cfg.listen = l;
             }
+            cfg.audit.accept_unsigned_tail = accept_unsigned_tail;
             init_logging(&cfg.log.level, &cfg.log.format);
             serve(cfg, None).await
         }
@@ -350,9 +361,17 @@ pub async fn serve(
     }
     let router = airlock_gateway::server::router(app.clone());
     airlock_gateway::server::serve(listener, router, header_timeout, shutdown_signal()).await;
-    tracing::info!("shutting down: writing queued usage records");
+    tracing::info!("shutting down: writing queued audit records and signing the head");
+    // Streams still open keep recorders alive, so the writer is told, not waited for.
+    let ten = std::time::Duration::from_secs(10);
+    if !matches!(
+        tokio::time::timeout(ten, app.recorder.shutdown()).await,
+        Ok(true)
+    ) {
+        tracing::error!("could not sign the audit log's head at shutdown");
+    }
     drop(app);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), writer).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
     Ok(())
 }
 

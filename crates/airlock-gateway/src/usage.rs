@@ -16,7 +16,7 @@
 //! looks only for the `"usage"` key, so it never parses whole bodies and never keeps content.
 
 use airlock_audit::{AuditKey, Record as AuditRecord};
-use airlock_store::{Store, UsageRow};
+use airlock_store::{BatchWriter, Store, UsageRow};
 use airlock_token::glob::Glob;
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -89,6 +89,8 @@ struct Msg {
     ack: Option<oneshot::Sender<bool>>,
     /// Sign the head now (with whatever is queued).
     sign: bool,
+    /// A clock tick for the writer's timers (checkpoint interval, retries); carries nothing.
+    tick: bool,
 }
 
 /// Messages kept for another attempt after a failed write, at most this many; beyond it the
@@ -181,7 +183,31 @@ impl Recorder {
             retry: std::collections::VecDeque::new(),
             wedged: false,
         };
-        let handle = tokio::spawn(writer(store, rx, counters.clone(), shared.clone(), chain));
+        // The writer owns a connection of its own and runs on a thread of its own: a batch is
+        // one synchronous call into SQLite, with no hand-off per statement.
+        let db = store.batch_writer()?;
+        let handle = tokio::task::spawn_blocking({
+            let (c, sh) = (counters.clone(), shared.clone());
+            move || writer(db, rx, c, sh, chain)
+        });
+        // Its timers are driven by ticks, so that it can block on its queue. The ticker holds
+        // only a weak sender: the queue still closes when the last recorder is dropped.
+        let weak = tx.downgrade();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(250));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(tx) = weak.upgrade() else { return };
+                let _ = tx.try_send(Msg {
+                    usage: None,
+                    audit: None,
+                    ack: None,
+                    sign: false,
+                    tick: true,
+                });
+            }
+        });
         let recorder = Recorder {
             tx,
             counters,
@@ -214,6 +240,7 @@ impl Recorder {
             audit: None,
             ack: Some(tx),
             sign: true,
+            tick: false,
         });
         rx.await.unwrap_or(false)
     }
@@ -228,7 +255,8 @@ impl Recorder {
     /// waits in a task (at most `OVERFLOW_LIMIT` at once; beyond that it is dropped and
     /// counted). A message handed to this function survives its caller being cancelled.
     fn enqueue(&self, msg: Msg) {
-        if msg.usage.is_none() && msg.audit.is_none() && msg.ack.is_none() && !msg.sign {
+        if msg.usage.is_none() && msg.audit.is_none() && msg.ack.is_none() && !msg.sign && !msg.tick
+        {
             return;
         }
         match self.tx.try_send(msg) {
@@ -288,6 +316,7 @@ impl Recorder {
             audit: Some(audit),
             ack: Some(tx),
             sign: false,
+            tick: false,
         });
         let ok = rx.await.unwrap_or(false);
         self.verdict(ok)
@@ -314,6 +343,7 @@ impl Recorder {
             audit,
             ack: None,
             sign: false,
+            tick: false,
         });
     }
 
@@ -576,52 +606,51 @@ fn append_checkpoint(
     f.sync_data()
 }
 
-async fn writer(
-    store: Store,
+fn writer(
+    mut db: BatchWriter,
     mut rx: mpsc::Receiver<Msg>,
     c: Arc<Counters>,
     shared: Arc<Shared>,
     mut chain: Chain,
 ) {
     let mut batch: Vec<Msg> = Vec::with_capacity(1024);
+    let mut last_retry = Instant::now();
     loop {
-        let unsigned = chain.seq > chain.last_cp;
-        let due = tokio::time::Instant::from_std(chain.last_cp_at + chain.settings.interval);
-        let retry_due = tokio::time::Instant::now() + Duration::from_secs(1);
-        let pending = !chain.retry.is_empty() && !chain.wedged;
-        tokio::select! {
-            m = rx.recv() => match m {
-                Some(m) => batch.push(m),
-                None => {
-                    if chain.seq > chain.last_cp || pending {
-                        flush(&store, &mut batch, &c, &shared, &mut chain, true).await;
-                    }
-                    return;
-                }
-            },
-            _ = tokio::time::sleep_until(due), if unsigned && !chain.wedged => {
-                flush(&store, &mut batch, &c, &shared, &mut chain, true).await;
-                continue;
+        let Some(first) = rx.blocking_recv() else {
+            if chain.seq > chain.last_cp || !chain.retry.is_empty() {
+                flush(&mut db, &mut batch, &c, &shared, &mut chain, true);
             }
-            _ = tokio::time::sleep_until(retry_due), if pending => {
-                flush(&store, &mut batch, &c, &shared, &mut chain, false).await;
-                continue;
-            }
+            return;
+        };
+        if !first.tick {
+            batch.push(first);
         }
         // Group commit: whatever queued while the last transaction ran.
         while batch.len() < 1024 {
             match rx.try_recv() {
+                Ok(m) if m.tick => {}
                 Ok(m) => batch.push(m),
                 Err(_) => break,
             }
         }
-        let sign = batch.iter().any(|m| m.sign);
-        flush(&store, &mut batch, &c, &shared, &mut chain, sign).await;
+        let unsigned = chain.seq > chain.last_cp && !chain.wedged;
+        let sign_due = unsigned && chain.last_cp_at.elapsed() >= chain.settings.interval;
+        let retry_due = !chain.retry.is_empty()
+            && !chain.wedged
+            && last_retry.elapsed() >= Duration::from_secs(1);
+        if batch.is_empty() && !sign_due && !retry_due {
+            continue;
+        }
+        if !chain.retry.is_empty() {
+            last_retry = Instant::now();
+        }
+        let sign = sign_due || batch.iter().any(|m| m.sign);
+        flush(&mut db, &mut batch, &c, &shared, &mut chain, sign);
     }
 }
 
-async fn flush(
-    store: &Store,
+fn flush(
+    db: &mut BatchWriter,
     batch: &mut Vec<Msg>,
     c: &Counters,
     shared: &Shared,
@@ -658,8 +687,7 @@ async fn flush(
             .key
             .checkpoint(seq, crate::state::now_ms(), &head)
     });
-    let result = store.write_batch(&usage, &sealed, cp.as_ref()).await;
-    let ok = match result {
+    let ok = match db.write_batch(&usage, &sealed, cp.as_ref()) {
         Ok(()) => true,
         Err(e) => {
             tracing::error!(error = %e, records = sealed.len(), "audit write failed");
@@ -669,7 +697,7 @@ async fn flush(
             // (write again later), or exactly this batch (committed, then reported failed).
             // Anything else means the log changed under the writer; continuing from it would
             // sign whatever was put there.
-            match store.audit_head().await {
+            match db.audit_head() {
                 Ok(now) if now == (chain.seq, chain.head.clone()) => false,
                 Ok(now) if now == (seq, head.clone()) => {
                     tracing::warn!(
@@ -926,6 +954,7 @@ impl Record {
             audit,
             ack: Some(tx),
             sign: false,
+            tick: false,
         });
         Some(rx)
     }

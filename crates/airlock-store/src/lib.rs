@@ -25,6 +25,19 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// The audit writer's connection failed.
+    #[error("database error during {op}: {source}")]
+    Writer {
+        /// What we were doing.
+        op: &'static str,
+        /// The driver's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+fn wdb(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Writer { op, source }
 }
 
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -253,6 +266,132 @@ fn to_json(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
 }
 
+/// Appends audit records, usage rows and checkpoints, a batch per transaction, synchronously on
+/// the calling thread (the audit writer's own thread), with cached prepared statements.
+pub struct BatchWriter {
+    conn: rusqlite::Connection,
+}
+
+impl BatchWriter {
+    /// Writes one batch in one transaction.
+    pub fn write_batch(
+        &mut self,
+        batch: &[UsageRow],
+        audit: &[Sealed],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<()> {
+        use rusqlite::params;
+        let tx = self.conn.transaction().map_err(wdb("begin"))?;
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT INTO audit (seq, ts, actor_kind, actor, subject, action, target_kind, target,
+                       outcome, reason, request_id, client_ip, credential, model, status, input_tokens,
+                       output_tokens, cost_micros, prev, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                )
+                .map_err(wdb("append audit record"))?;
+            for s in audit {
+                let r = &s.record;
+                ins.execute(params![
+                    r.seq,
+                    r.ts,
+                    r.actor_kind,
+                    r.actor,
+                    r.subject,
+                    r.action,
+                    r.target_kind,
+                    r.target,
+                    r.outcome,
+                    r.reason,
+                    r.request_id,
+                    r.client_ip,
+                    r.credential,
+                    r.model,
+                    r.status,
+                    r.input_tokens,
+                    r.output_tokens,
+                    r.cost_micros,
+                    r.prev,
+                    s.hash
+                ])
+                .map_err(wdb("append audit record"))?;
+            }
+            if let Some(c) = checkpoint {
+                tx.prepare_cached(
+                    "INSERT INTO audit_checkpoints (seq, ts, head, key_id, signature) VALUES (?,?,?,?,?)",
+                )
+                .and_then(|mut st| st.execute(params![c.seq, c.ts, c.head, c.key_id, c.signature]))
+                .map_err(wdb("write audit checkpoint"))?;
+            }
+            let mut usage = tx
+                .prepare_cached(
+                    "INSERT INTO usage (ts, request_id, token_id, subject, env, credential, provider, endpoint, model,
+                       status, outcome, input_tokens, output_tokens, cached_tokens, latency_ms, ttfb_ms, stream,
+                       attempts, client_ip) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                )
+                .map_err(wdb("record usage"))?;
+            let mut used = tx
+                .prepare_cached(
+                    "UPDATE credentials SET last_used_at = max(COALESCE(last_used_at, 0), ?) WHERE name = ?",
+                )
+                .map_err(wdb("record usage"))?;
+            // One update per credential per batch, with the latest time.
+            let mut last_used: Vec<(&str, i64)> = Vec::new();
+            for u in batch {
+                usage
+                    .execute(params![
+                        u.ts,
+                        u.request_id,
+                        u.token_id,
+                        u.subject,
+                        u.env,
+                        u.credential,
+                        u.provider,
+                        u.endpoint,
+                        u.model,
+                        u.status,
+                        u.outcome,
+                        u.input_tokens,
+                        u.output_tokens,
+                        u.cached_tokens,
+                        u.latency_ms,
+                        u.ttfb_ms,
+                        u.stream,
+                        u.attempts,
+                        u.client_ip
+                    ])
+                    .map_err(wdb("record usage"))?;
+                if let (Some(c), true) = (&u.credential, u.status < 500 && u.outcome != "refused") {
+                    match last_used.iter_mut().find(|(n, _)| *n == c.as_str()) {
+                        Some(e) => e.1 = e.1.max(u.ts),
+                        None => last_used.push((c.as_str(), u.ts)),
+                    }
+                }
+            }
+            for (name, ts) in last_used {
+                used.execute(params![ts, name])
+                    .map_err(wdb("record usage"))?;
+            }
+        }
+        tx.commit().map_err(wdb("commit"))
+    }
+
+    /// The last record's (seq, hash), or (0, GENESIS) for an empty log.
+    pub fn audit_head(&self) -> Result<(i64, String)> {
+        use rusqlite::OptionalExtension;
+        let row = self
+            .conn
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(wdb("read audit head"))?;
+        Ok(row.unwrap_or((0, airlock_audit::GENESIS.to_string())))
+    }
+}
+
 /// What a commit waits for (SQLite's `synchronous` in WAL mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {
@@ -267,6 +406,8 @@ pub enum SyncMode {
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    path: std::path::PathBuf,
+    sync: SyncMode,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -299,7 +440,11 @@ impl Store {
             op: "migrate",
             source: e.into(),
         })?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            path: path.to_path_buf(),
+            sync,
+        })
     }
 
     /// Opens from a store URL: `sqlite:///abs/path.db` or a bare path.
@@ -633,6 +778,23 @@ impl Store {
     }
 
     // ---- audit ------------------------------------------------------------------------
+
+    /// A connection of its own for the one thread that appends audit records and usage rows.
+    pub fn batch_writer(&self) -> Result<BatchWriter> {
+        let conn = rusqlite::Connection::open(&self.path).map_err(wdb("open the writer"))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(wdb("open the writer"))?;
+        conn.execute_batch(match self.sync {
+            SyncMode::Full => {
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;"
+            }
+            SyncMode::Normal => {
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;"
+            }
+        })
+        .map_err(wdb("open the writer"))?;
+        Ok(BatchWriter { conn })
+    }
 
     /// The last record's (seq, hash), or (0, GENESIS) for an empty log.
     pub async fn audit_head(&self) -> Result<(i64, String)> {

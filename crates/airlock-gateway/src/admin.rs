@@ -205,11 +205,13 @@ impl RequestMeta {
                 .extensions()
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
                 .map(|c| c.0.ip().to_string()),
-            path_target: rest
-                .split('/')
-                .nth(1)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
+            path_target: rest.split('/').nth(1).filter(|s| !s.is_empty()).map(|s| {
+                if airlock_secrets::looks_like_key(s) {
+                    "[redacted]".to_string()
+                } else {
+                    s.chars().take(200).collect()
+                }
+            }),
         }
     }
 }
@@ -288,7 +290,17 @@ async fn audit_admin(
         status: Some(i64::from(status.as_u16())),
         ..Default::default()
     };
-    if !app.recorder.write(None, record).await.may_answer() {
+    let note = if status.is_success() {
+        crate::usage::NOTE_CHANGE_MADE
+    } else {
+        "refused, and its record could not be written at the time"
+    };
+    if !app
+        .recorder
+        .write_noted(None, record, note)
+        .await
+        .may_answer()
+    {
         return err(
             StatusCode::SERVICE_UNAVAILABLE,
             "audit_unavailable",
@@ -921,14 +933,20 @@ async fn audit_checkpoints(
     State(app): State<Arc<App>>,
     Query(q): Query<CheckpointQuery>,
 ) -> Response {
-    match app
-        .store
-        .audit_checkpoints(q.from_seq.unwrap_or(0), q.to_seq.unwrap_or(i64::MAX))
-        .await
-    {
-        Ok(cps) => Json(serde_json::json!({ "checkpoints": cps })).into_response(),
-        Err(e) => store_err(e),
+    let (from, to) = (q.from_seq.unwrap_or(0), q.to_seq.unwrap_or(i64::MAX));
+    let mut cps = match app.store.audit_checkpoints(from, to).await {
+        Ok(cps) => cps,
+        Err(e) => return store_err(e),
+    };
+    // The signed head (rewritten with every batch) covers the newest records too.
+    match app.store.signed_head().await {
+        Ok(Some(h)) if h.seq >= from && h.seq <= to && !cps.iter().any(|c| c.seq == h.seq) => {
+            cps.push(h);
+        }
+        Ok(_) => {}
+        Err(e) => return store_err(e),
     }
+    Json(serde_json::json!({ "checkpoints": cps })).into_response()
 }
 
 /// Signs the chain head now and returns the checkpoint (an export then ends on a signature).

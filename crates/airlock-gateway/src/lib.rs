@@ -40,6 +40,21 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
     let hmac = HmacKey::from_hex(&hmac_text)
         .with_context(|| format!("{} is not a 32-byte hex key", hmac_path.display()))?;
     check_private(&keys_dir)?;
+    // Before anything is read or written: one server per state directory.
+    let lock_path = cfg.state_dir.join("airlock.lock");
+    let state_lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    if state_lock.try_lock().is_err() {
+        anyhow::bail!(
+            "another airlock is serving from {} (it holds {}); stop it first",
+            cfg.state_dir.display(),
+            lock_path.display()
+        );
+    }
     let store = Store::open_with(
         &cfg.store_url(),
         cfg.store.sync().map_err(anyhow::Error::msg)?,
@@ -110,6 +125,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         recorder,
         model_lists: Default::default(),
         started: Instant::now(),
+        state_lock,
     });
     app.reload_credentials().await?;
     app.reload_revocations().await?;

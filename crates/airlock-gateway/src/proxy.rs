@@ -668,7 +668,10 @@ async fn record_models_refusal(app: &Arc<App>, parts: &http::request::Parts, e: 
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_default(),
-        endpoint: parts.uri.path().chars().take(200).collect(),
+        endpoint: airlock_secrets::redact_path(parts.uri.path())
+            .chars()
+            .take(200)
+            .collect(),
         client_ip: parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()

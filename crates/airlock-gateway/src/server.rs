@@ -137,7 +137,7 @@ async fn edge(mut req: Request<Body>, next: axum::middleware::Next) -> Response 
     let id = airlock_secrets::random_token(8);
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let path = airlock_secrets::redact_path(req.uri().path());
     let started = Instant::now();
     let mut resp = match AssertUnwindSafe(next.run(req)).catch_unwind().await {
         Ok(r) => r,

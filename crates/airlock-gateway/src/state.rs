@@ -44,6 +44,9 @@ pub struct App {
     pub model_lists: Mutex<HashMap<String, (Instant, Vec<String>)>>,
     /// When the server started.
     pub started: Instant,
+    /// Held for the server's life: one server per state directory (a second one would append
+    /// to the same audit log).
+    pub state_lock: std::fs::File,
 }
 
 /// Builds the provider client.

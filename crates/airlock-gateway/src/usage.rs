@@ -91,7 +91,18 @@ struct Msg {
     sign: bool,
     /// A clock tick for the writer's timers (checkpoint interval, retries); carries nothing.
     tick: bool,
+    /// What the record says if this write fails and is retried later (fail-closed).
+    note: &'static str,
 }
+
+/// The note of a record whose request was refused because its write failed.
+const NOTE_NOT_ANSWERED: &str = "not answered: the audit log could not be written at the time";
+/// The note of an admin change made whose record could not be written at once.
+pub const NOTE_CHANGE_MADE: &str =
+    "the change was made, but its record could not be written at the time";
+/// The note of a stream whose last frame was held back because its record failed.
+const NOTE_STREAM_CUT: &str =
+    "the stream was delivered except its end: the audit log could not be written at the time";
 
 /// Messages kept for another attempt after a failed write, at most this many; beyond it the
 /// oldest are dropped and counted in `airlock_audit_write_errors_total`.
@@ -153,9 +164,14 @@ impl Recorder {
         store: Store,
         settings: AuditSettings,
     ) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
-        let accepted_tail = check_stored_log(&store, &settings).await?;
-        let (seq, head) = store.audit_head().await?;
-        let last_cp = store.last_checkpoint().await?.map(|c| c.seq).unwrap_or(0);
+        // Continue from what was verified, not from a second read: a record slipped in after
+        // the check collides with the writer's first append and stops it.
+        let Verified {
+            accepted_tail,
+            seq,
+            head,
+            last_cp,
+        } = check_stored_log(&store, &settings).await?;
         let (tx, rx) = mpsc::channel::<Msg>(16_384);
         let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared {
@@ -166,19 +182,11 @@ impl Recorder {
             anonymous_per_sec: settings.anonymous_per_sec,
             anonymous_window: Mutex::new((Instant::now(), 0)),
         });
-        let interval = settings.interval;
         let chain = Chain {
             seq,
             head,
             last_cp,
-            // A tail left by the last run is signed at once, so that every run starts signed.
-            last_cp_at: if seq > last_cp {
-                Instant::now()
-                    .checked_sub(interval)
-                    .unwrap_or_else(Instant::now)
-            } else {
-                Instant::now()
-            },
+            last_cp_at: Instant::now(),
             settings,
             retry: std::collections::VecDeque::new(),
             wedged: false,
@@ -205,6 +213,7 @@ impl Recorder {
                     ack: None,
                     sign: false,
                     tick: true,
+                    note: NOTE_NOT_ANSWERED,
                 });
             }
         });
@@ -241,6 +250,7 @@ impl Recorder {
             ack: Some(tx),
             sign: true,
             tick: false,
+            note: NOTE_NOT_ANSWERED,
         });
         rx.await.unwrap_or(false)
     }
@@ -310,6 +320,16 @@ impl Recorder {
 
     /// Appends an audit record (and a usage row) and waits until it is durable.
     pub async fn write(&self, usage: Option<UsageRow>, audit: AuditRecord) -> Durable {
+        self.write_noted(usage, audit, NOTE_NOT_ANSWERED).await
+    }
+
+    /// As [`Recorder::write`], with what the record should say if its first write fails.
+    pub async fn write_noted(
+        &self,
+        usage: Option<UsageRow>,
+        audit: AuditRecord,
+        note: &'static str,
+    ) -> Durable {
         let (tx, rx) = oneshot::channel();
         self.enqueue(Msg {
             usage,
@@ -317,6 +337,7 @@ impl Recorder {
             ack: Some(tx),
             sign: false,
             tick: false,
+            note,
         });
         let ok = rx.await.unwrap_or(false);
         self.verdict(ok)
@@ -344,6 +365,7 @@ impl Recorder {
             ack: None,
             sign: false,
             tick: false,
+            note: NOTE_NOT_ANSWERED,
         });
     }
 
@@ -412,13 +434,22 @@ impl Chain {
     }
 }
 
-/// Before appending, checks that the stored log is still what was signed: the last checkpoint's
-/// signature, the record it signs, the records after it (linked and unchanged), and the last
-/// checkpoint in `audit.checkpoint_file`, which must be in the database too. Without this a
-/// server restarted on a rewritten database would sign the forgery at its next checkpoint.
-/// Records after the last checkpoint are protected only by their links (at most
-/// `checkpoint_interval_secs` of records, by design).
-async fn check_stored_log(store: &Store, settings: &AuditSettings) -> anyhow::Result<Option<u64>> {
+/// What the start check verified: the chain continues from here.
+struct Verified {
+    accepted_tail: Option<u64>,
+    seq: i64,
+    head: String,
+    last_cp: i64,
+}
+
+/// Before appending, checks that the stored log is still what was signed. The writer signs the
+/// head in the transaction of every batch (`audit_head`) and a permanent checkpoint every
+/// `checkpoint_every` records or `checkpoint_interval_secs`, so a log airlock wrote has nothing
+/// unsigned: the check verifies the signatures, the records from the last permanent checkpoint
+/// on, that nothing follows the signed head, and that the last checkpoint in
+/// `audit.checkpoint_file` is one the database holds. Without this a server restarted on a
+/// rewritten or extended database would sign the forgery at its next batch.
+async fn check_stored_log(store: &Store, settings: &AuditSettings) -> anyhow::Result<Verified> {
     let refuse = |p: airlock_audit::Problem| {
         anyhow::anyhow!(
             "the audit log in the database is not what was signed (record {}: {}); airlock will not append to it. \
@@ -429,13 +460,17 @@ async fn check_stored_log(store: &Store, settings: &AuditSettings) -> anyhow::Re
         )
     };
     let last = store.last_checkpoint().await?;
-    let from = last.as_ref().map(|c| c.seq).unwrap_or(0);
-    let mut v = airlock_audit::ChainVerifier::new(
-        last.iter().cloned().collect(),
-        &settings.verify_keys,
-        from == 0,
-    )
-    .map_err(refuse)?;
+    let signed = store.signed_head().await?;
+    let anchors: Vec<airlock_audit::Checkpoint> =
+        last.iter().chain(signed.iter()).cloned().collect();
+    // From the last permanent checkpoint (or the start), and never after the signed head.
+    let from = last
+        .as_ref()
+        .map(|c| c.seq)
+        .unwrap_or(0)
+        .min(signed.as_ref().map(|c| c.seq).unwrap_or(i64::MAX));
+    let mut v = airlock_audit::ChainVerifier::new(anchors, &settings.verify_keys, from == 0)
+        .map_err(refuse)?;
     let mut after = (from - 1).max(0);
     loop {
         let page = store
@@ -459,11 +494,20 @@ async fn check_stored_log(store: &Store, settings: &AuditSettings) -> anyhow::Re
         }
     }
     let summary = v.finish().map_err(refuse)?;
-    let accepted = check_unsigned_tail(&summary, last.as_ref(), settings)?;
-    let Some(path) = &settings.sink else {
-        return Ok(accepted);
+    let accepted_tail = check_unsigned_tail(&summary, settings)?;
+    let verified = Verified {
+        accepted_tail,
+        seq: summary.last_seq.unwrap_or(0),
+        head: summary
+            .head
+            .clone()
+            .unwrap_or_else(|| airlock_audit::GENESIS.to_string()),
+        last_cp: last.as_ref().map(|c| c.seq).unwrap_or(0),
     };
-    let copied = last_checkpoint_in_file(path)?;
+    let Some(path) = &settings.sink else {
+        return Ok(verified);
+    };
+    let copied = last_checkpoint_in_file(path, last.is_some())?;
     let catch_up_from = match &copied {
         Some(c) => {
             let stored = store.audit_checkpoints(c.seq, c.seq).await?;
@@ -480,13 +524,11 @@ async fn check_stored_log(store: &Store, settings: &AuditSettings) -> anyhow::Re
             }
             c.seq + 1
         }
-        None => from,
+        None => 1,
     };
-    // Checkpoints committed to the database but not copied (a crash in between).
-    for cp in store
-        .audit_checkpoints(catch_up_from.max(1), i64::MAX)
-        .await?
-    {
+    // Checkpoints committed to the database but not copied (a crash in between, or a file
+    // configured only now).
+    for cp in store.audit_checkpoints(catch_up_from, i64::MAX).await? {
         if !cp.signature_ok(&settings.verify_keys) {
             return Err(refuse(airlock_audit::Problem {
                 seq: cp.seq,
@@ -496,99 +538,127 @@ async fn check_stored_log(store: &Store, settings: &AuditSettings) -> anyhow::Re
         }
         append_checkpoint(path, &cp)?;
     }
-    Ok(accepted)
+    Ok(verified)
 }
 
-/// A server leaves fewer than `checkpoint_every` records unsigned (a due checkpoint is written
-/// in the same transaction as the records that make it due), all written within
-/// `checkpoint_interval_secs` after the last checkpoint (a write after that signs too), and it
-/// signs what an earlier run left at once. More, or newer, means records were added while
-/// airlock was not looking; they are not signed unless the operator says so.
+/// The writer signs every batch, so records after the signed head were not written by airlock
+/// (or by a version that did not sign every batch). They are not signed unless an operator
+/// says so.
 fn check_unsigned_tail(
     summary: &airlock_audit::Summary,
-    last: Option<&airlock_audit::Checkpoint>,
     settings: &AuditSettings,
 ) -> anyhow::Result<Option<u64>> {
     let tail = summary.unsigned_tail;
     if tail == 0 {
         return Ok(None);
     }
-    let slack_ms = settings.interval.as_millis() as i64 + 30_000;
-    let too_many = tail >= settings.every.max(1) as u64;
-    let newest = summary.max_unsigned_ts.unwrap_or(i64::MIN);
-    let too_new = match last {
-        Some(cp) => newest > cp.ts + slack_ms,
-        None => newest - summary.first_unsigned_ts.unwrap_or(newest) > slack_ms,
-    };
-    if !(too_many || too_new) {
-        return Ok(None);
-    }
     if settings.accept_unsigned_tail {
         tracing::warn!(
             records = tail,
-            "signing an unusual unsigned tail because of --accept-unsigned-tail"
+            "signing unsigned records because of --accept-unsigned-tail"
         );
         return Ok(Some(tail));
     }
     let first = summary.last_seq.unwrap_or(0) - tail as i64 + 1;
     anyhow::bail!(
-        "the audit log has {tail} records after its last checkpoint (#{first} to #{}), {}: a running airlock never leaves that unsigned, \
-         so they may have been added to the database while airlock was stopped. airlock will not sign them. Inspect them \
-         (sqlite3: SELECT * FROM audit WHERE seq >= {first}); if they are genuine (e.g. checkpoint_every or checkpoint_interval_secs \
-         was lowered), start once with `airlock serve --accept-unsigned-tail`, which signs them and records that you did",
+        "the audit log has {tail} records after its last signature (#{first} to #{}); airlock signs every batch it writes, \
+         so they were added to the database by something else. airlock will not sign them. Inspect them \
+         (sqlite3: SELECT * FROM audit WHERE seq >= {first}); if they are genuine, start once with \
+         `airlock serve --accept-unsigned-tail`, which signs them and records that you did",
         summary.last_seq.unwrap_or(0),
-        if too_many {
-            format!("more than checkpoint_every = {}", settings.every)
-        } else {
-            format!(
-                "written later than checkpoint_interval_secs = {} after the last checkpoint",
-                settings.interval.as_secs()
-            )
-        }
     )
 }
 
-/// The last checkpoint line of a checkpoint file (reads only its end).
+/// The last checkpoint line of a checkpoint file, reading backwards from its end as far as it
+/// takes. A last line torn by a crash (no newline, shorter than any checkpoint line) is cut
+/// off; anything else that is not a checkpoint (padding, a long unterminated line, junk) is
+/// refused, and so is a file with content but no checkpoint while the database has some.
 fn last_checkpoint_in_file(
     path: &std::path::Path,
+    db_has_checkpoints: bool,
 ) -> anyhow::Result<Option<airlock_audit::Checkpoint>> {
     use std::io::{Read, Seek, SeekFrom};
+    const TORN_MAX: u64 = 512;
+    let damaged = |why: &str| {
+        anyhow::anyhow!(
+            "audit.checkpoint_file {} {why}: it was damaged or edited; compare it with the database before serving",
+            path.display()
+        )
+    };
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => anyhow::bail!("cannot read audit.checkpoint_file {}: {e}", path.display()),
     };
     let len = f.metadata()?.len();
-    let start = len.saturating_sub(64 * 1024);
-    f.seek(SeekFrom::Start(start))?;
-    let mut tail = String::new();
-    f.read_to_string(&mut tail)
-        .with_context(|| format!("cannot read audit.checkpoint_file {}", path.display()))?;
-    if !tail.is_empty() && !tail.ends_with('\n') {
-        // A line torn by a crash or power loss while it was appended: cut it off (the
-        // checkpoint is in the database and is copied again below).
-        let keep = tail
-            .rfind('\n')
-            .map(|i| start + i as u64 + 1)
-            .unwrap_or(start);
-        tracing::warn!(path = %path.display(), "audit.checkpoint_file ends with a torn line; removing it");
+    // The byte after the last newline: a torn line if it is not the end.
+    let mut tail_start = None;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut pos = len;
+    while pos > 0 {
+        let step = pos.min(64 * 1024);
+        pos -= step;
+        let mut chunk = vec![0u8; step as usize];
+        f.seek(SeekFrom::Start(pos))?;
+        f.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&buf);
+        buf = chunk;
+        if tail_start.is_none() {
+            if let Some(i) = buf.iter().rposition(|&b| b == b'\n') {
+                tail_start = Some(pos + i as u64 + 1);
+            } else if pos == 0 {
+                tail_start = Some(0);
+            }
+        }
+        // A complete, non-blank line inside what was read?
+        let complete = &buf[..(tail_start.unwrap_or(len).saturating_sub(pos)) as usize];
+        let found = complete
+            .split(|&b| b == b'\n')
+            .rev()
+            .find(|l| !l.iter().all(u8::is_ascii_whitespace));
+        if let Some(line) = found {
+            // Only trust it if the line start was read (a newline before it, or the file start).
+            let start_in_buf = line.as_ptr() as usize - complete.as_ptr() as usize;
+            if start_in_buf > 0 || pos == 0 {
+                let text = std::str::from_utf8(line).map_err(|_| damaged("is not UTF-8"))?;
+                let cp = match airlock_audit::Line::parse(text.trim()) {
+                    Ok(airlock_audit::Line::Checkpoint(c)) => c,
+                    _ => return Err(damaged("ends with a line that is not a checkpoint")),
+                };
+                let end = tail_start.unwrap_or(len);
+                if end < len {
+                    if len - end > TORN_MAX {
+                        return Err(damaged("ends with a long unterminated line"));
+                    }
+                    tracing::warn!(path = %path.display(), "audit.checkpoint_file ends with a torn line; removing it");
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .and_then(|w| w.set_len(end))
+                        .with_context(|| {
+                            format!("cannot repair audit.checkpoint_file {}", path.display())
+                        })?;
+                }
+                return Ok(Some(cp));
+            }
+        }
+    }
+    if len > 0 && db_has_checkpoints {
+        return Err(damaged(
+            "holds no checkpoint although the database has some",
+        ));
+    }
+    if len > TORN_MAX {
+        return Err(damaged("holds no checkpoint"));
+    }
+    if len > 0 {
         std::fs::OpenOptions::new()
             .write(true)
             .open(path)
-            .and_then(|w| w.set_len(keep))
+            .and_then(|w| w.set_len(0))
             .with_context(|| format!("cannot repair audit.checkpoint_file {}", path.display()))?;
-        tail.truncate((keep - start) as usize);
     }
-    let Some(line) = tail.lines().rev().find(|l| !l.trim().is_empty()) else {
-        return Ok(None);
-    };
-    match airlock_audit::Line::parse(line) {
-        Ok(airlock_audit::Line::Checkpoint(c)) => Ok(Some(c)),
-        _ => anyhow::bail!(
-            "the last line of audit.checkpoint_file {} is not a checkpoint: the file was damaged or edited",
-            path.display()
-        ),
-    }
+    Ok(None)
 }
 
 /// Appends one checkpoint line and syncs it to disk.
@@ -687,7 +757,17 @@ fn flush(
             .key
             .checkpoint(seq, crate::state::now_ms(), &head)
     });
-    let ok = match db.write_batch(&usage, &sealed, cp.as_ref()) {
+    // Every batch signs its head, so no record is ever stored unsigned.
+    let head_sig = match &cp {
+        Some(cp) => Some(cp.clone()),
+        None => (!sealed.is_empty()).then(|| {
+            chain
+                .settings
+                .key
+                .checkpoint(seq, crate::state::now_ms(), &head)
+        }),
+    };
+    let ok = match db.write_batch(&usage, &sealed, cp.as_ref(), head_sig.as_ref()) {
         Ok(()) => true,
         Err(e) => {
             tracing::error!(error = %e, records = sealed.len(), "audit write failed");
@@ -751,7 +831,7 @@ fn fail_batch(batch: &mut Vec<Msg>, c: &Counters, shared: &Shared, chain: &mut C
             if !shared.fail_open {
                 // Its request was refused or cut off because of this failure.
                 if let Some(r) = m.audit.as_mut() {
-                    let note = "not answered: the audit log could not be written at the time";
+                    let note = m.note;
                     r.reason = Some(match r.reason.take() {
                         Some(prev) => format!("{note}; {prev}"),
                         None => note.to_string(),
@@ -942,6 +1022,10 @@ impl Record {
 
     /// Sends the record, returning a receiver for the writer's acknowledgement.
     fn send_acked(&mut self) -> Option<oneshot::Receiver<bool>> {
+        self.send_acked_noted(NOTE_NOT_ANSWERED)
+    }
+
+    fn send_acked_noted(&mut self, note: &'static str) -> Option<oneshot::Receiver<bool>> {
         let (usage, audit) = self.take();
         let (tx, rx) = oneshot::channel();
         if usage.is_none() && audit.is_none() {
@@ -955,6 +1039,7 @@ impl Record {
             ack: Some(tx),
             sign: false,
             tick: false,
+            note,
         });
         Some(rx)
     }
@@ -1172,7 +1257,7 @@ impl<B> ObservedBody<B> {
             self.observer.end();
             r.apply(&self.observer.usage);
             r.finish(self.status, outcome);
-            r.send_acked()
+            r.send_acked_noted(NOTE_STREAM_CUT)
         });
         self.held = Some(Held { frame, ack });
     }

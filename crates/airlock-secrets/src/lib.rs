@@ -57,6 +57,24 @@ pub fn looks_like_key(text: &str) -> bool {
     })
 }
 
+/// A URL path with every key-shaped segment replaced by `[redacted]`, for logs and records
+/// (a key pasted into a URL, `/admin/v1/credentials/sk-…`, must not be copied anywhere).
+pub fn redact_path(path: &str) -> String {
+    if !path.split('/').any(looks_like_key) {
+        return path.to_string();
+    }
+    path.split('/')
+        .map(|seg| {
+            if looks_like_key(seg) {
+                "[redacted]"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// A provider key or any other secret value. It cannot be printed, serialized or cloned
 /// implicitly; its memory is wiped when it is dropped.
 pub struct Secret(SecretString);
@@ -185,6 +203,17 @@ mod tests {
         ] {
             assert!(!looks_like_key(model), "{model}");
         }
+    }
+
+    #[test]
+    fn key_shaped_path_segments_are_redacted() {
+        let key = format!("sk-proj-{}", random_token(24));
+        let p = redact_path(&format!("/admin/v1/credentials/{key}"));
+        assert_eq!(p, "/admin/v1/credentials/[redacted]");
+        assert_eq!(
+            redact_path("/v1/models/gpt-4o-mini"),
+            "/v1/models/gpt-4o-mini"
+        );
     }
 
     #[test]

@@ -273,16 +273,28 @@ pub struct BatchWriter {
 }
 
 impl BatchWriter {
-    /// Writes one batch in one transaction.
+    /// Writes one batch in one transaction, with `head`, the signature over its last record
+    /// (stored as the signed head, replacing the previous one) and, when due, a permanent
+    /// `checkpoint`.
     pub fn write_batch(
         &mut self,
         batch: &[UsageRow],
         audit: &[Sealed],
         checkpoint: Option<&Checkpoint>,
+        head: Option<&Checkpoint>,
     ) -> Result<()> {
         use rusqlite::params;
         let tx = self.conn.transaction().map_err(wdb("begin"))?;
         {
+            if let Some(h) = head {
+                tx.prepare_cached(
+                    "INSERT INTO audit_head (id, seq, ts, head, key_id, signature) VALUES (1,?,?,?,?,?)
+                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, ts = excluded.ts, head = excluded.head,
+                       key_id = excluded.key_id, signature = excluded.signature",
+                )
+                .and_then(|mut st| st.execute(params![h.seq, h.ts, h.head, h.key_id, h.signature]))
+                .map_err(wdb("sign the head"))?;
+            }
             let mut ins = tx
                 .prepare_cached(
                     "INSERT INTO audit (seq, ts, actor_kind, actor, subject, action, target_kind, target,
@@ -805,6 +817,16 @@ impl Store {
         Ok(row
             .map(|r| (r.get("seq"), r.get("hash")))
             .unwrap_or((0, airlock_audit::GENESIS.to_string())))
+    }
+
+    /// The signed head (the signature the writer stores with every batch), if any.
+    pub async fn signed_head(&self) -> Result<Option<Checkpoint>> {
+        let row =
+            sqlx::query("SELECT seq, ts, head, key_id, signature FROM audit_head WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("read the signed head"))?;
+        Ok(row.map(|r| checkpoint_from(&r)))
     }
 
     /// The last checkpoint.

@@ -349,12 +349,13 @@ pub async fn serve(
 ) -> Result<(), Failure> {
     let header_timeout = std::time::Duration::from_secs(cfg.limits.header_timeout_secs);
     let listen = cfg.listen.clone();
-    let (app, writer) = airlock_gateway::build_app(cfg)
-        .await
-        .map_err(|e| Failure::usage(format!("{e:#}")))?;
+    // Bind first: a server that cannot listen must not touch the audit log.
     let (listener, addr) = airlock_gateway::server::bind(&listen)
         .await
         .map_err(|e| Failure::usage(format!("cannot listen on {listen}: {e}")))?;
+    let (app, writer) = airlock_gateway::build_app(cfg)
+        .await
+        .map_err(|e| Failure::usage(format!("{e:#}")))?;
     tracing::info!(%addr, credentials = app.creds.load().all.len(), "airlock listening");
     if let Some(tx) = ready {
         let _ = tx.send(addr);

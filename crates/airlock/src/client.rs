@@ -35,6 +35,11 @@ impl Admin {
         self.call(Method::GET, path, None).await
     }
 
+    /// POST a JSON body to an admin API path (below `/admin/v1`).
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Result<Value, Failure> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
     async fn call(
         &self,
         method: Method,

@@ -130,7 +130,8 @@ fn scan_file(path: &Path, matcher: &Matcher, w: &mut Worker, progress: &Progress
         sink.unreadable.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let display = path.to_string_lossy().into_owned();
+    let display = path.to_string_lossy();
+    let display = display.strip_prefix("./").unwrap_or(&display).to_string();
     let mut hits = Vec::new();
     let mut line_base = 0u64;
     let mut carried = 0usize;

@@ -62,8 +62,8 @@ cmd() {
     airlock:git)        echo "$AIRLOCK scan '$path' --git --format json > '$report'" ;;
     kingfisher:dir)     echo "$KINGFISHER scan '$path' --no-validate --no-update-check -q -f json -o '$report'" ;;
     kingfisher:git)     echo "$KINGFISHER scan '$path' --no-validate --no-update-check -q -f json -o '$report'" ;;
-    betterleaks:dir)    echo "$BETTERLEAKS fs '$path' --no-banner -o '$report'" ;;
-    betterleaks:git)    echo "$BETTERLEAKS git '$path' --no-banner -o '$report'" ;;
+    betterleaks:dir)    echo "$BETTERLEAKS fs '$path' --no-banner -o '$report' > /dev/null" ;;
+    betterleaks:git)    echo "$BETTERLEAKS git '$path' --no-banner -o '$report' > /dev/null" ;;
     gitleaks:dir)       echo "$GITLEAKS dir '$path' --no-banner -f json -r '$report'" ;;
     gitleaks:git)       echo "$GITLEAKS git '$path' --no-banner -f json -r '$report'" ;;
     detect-secrets:dir) echo "cd '$path' && $DETECT scan --all-files . > '$report'" ;;

@@ -17,6 +17,9 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// Bytes of decoded delta bases each thread caches.
+const PACK_CACHE_BYTES: usize = 16 << 20;
+
 /// A repository that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -162,7 +165,17 @@ pub(crate) fn scan_history(
     let sync = repo.into_sync();
     let commit_infos: Vec<Arc<CommitInfo>> = commits.iter().map(|c| c.info.clone()).collect();
     todo.par_iter().for_each_init(
-        || (sync.to_thread_local(), Worker::new(matcher)),
+        || {
+            let mut repo = sync.to_thread_local();
+            // Delta bases a thread keeps decoded: enough for the chains a packed history
+            // has, bounded so that peak memory stays small.
+            repo.objects.set_pack_cache(|| {
+                Box::new(gix::odb::pack::cache::lru::MemoryCappedHashmap::new(
+                    PACK_CACHE_BYTES,
+                ))
+            });
+            (repo, Worker::new(matcher))
+        },
         |(repo, w), (id, path, ci)| {
             let data = match repo.objects.try_find(id, &mut w.buf) {
                 Ok(Some(d)) => d.data,

@@ -35,7 +35,7 @@ impl Admin {
         self.call(Method::GET, path, None).await
     }
 
-    /// POST to an admin API path (below `/admin/v1`).
+    /// POST a JSON body to an admin API path (below `/admin/v1`).
     pub(crate) async fn post(&self, path: &str, body: Value) -> Result<Value, Failure> {
         self.call(Method::POST, path, Some(body)).await
     }

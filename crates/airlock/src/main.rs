@@ -1,6 +1,6 @@
 //! The `airlock` command line. Server commands run the gateway; management commands talk to a
 //! running server through the admin API (`AIRLOCK_URL`, `AIRLOCK_ADMIN_TOKEN`); `init`,
-//! `token attenuate` and `mock-provider` work offline.
+//! `scan`, `token attenuate` and `mock-provider` work offline.
 //!
 //! Exit codes: 0 success, 1 a check found a problem, 2 usage or configuration error,
 //! 3 a remote or store failure. Errors go to stderr.
@@ -8,6 +8,7 @@
 mod audit;
 mod client;
 mod demo;
+mod scan;
 
 use airlock_gateway::config::Config;
 use clap::{Args, Parser, Subcommand};
@@ -71,6 +72,8 @@ enum Cmd {
     /// Read, export and verify the tamper-evident audit log.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Find leaked AI provider keys in files and git history (offline).
+    Scan(scan::ScanArgs),
 }
 
 #[derive(Args)]
@@ -339,6 +342,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Credential(c) => client::credential(c, json).await,
         Cmd::Token(t) => client::token(t, json).await,
         Cmd::Audit(a) => audit::run(a, json).await,
+        Cmd::Scan(a) => scan::run(a, json).await,
     }
 }
 

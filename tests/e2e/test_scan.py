@@ -305,8 +305,9 @@ def test_inventory_names_the_credential(airlock, tmp_path):
     ref = tmp_path / "scan-openai.key"
     ref.write_text(key + "\n")
     ref.chmod(0o600)
+    # Serves no model the other tests use (the session's airlock is shared).
     r = airlock.cli("credential", "add", "scan-openai", "--provider", "openai", "--env", "scan-test",
-                    "--secret", f"file:{ref}")
+                    "--secret", f"file:{ref}", "--models", "scan-test-only-*")
     assert r.returncode == 0, r.stderr
     tree = tmp_path / "tree"
     tree.mkdir()

@@ -580,9 +580,17 @@ def test_forged_records_are_never_signed(airlock):
     assert len(accepted) == 1 and "61 records" in accepted[0]["reason"], accepted
     assert inst.cli("audit", "verify").returncode == 0
     inst.stop()
-    # A checkpoint line torn by a crash is cut off and copied again at the next start.
     sink = inst.dir / "audit-checkpoints.jsonl"
     whole = sink.read_text()
+    # An old, genuine line appended again does not pass for the latest checkpoint.
+    sink.write_text(whole + whole.splitlines()[0] + "\n")
+    r = _serve_once(inst)
+    assert r.returncode != 0 and "an old line was appended again" in r.stderr, r.stderr
+    # Nor does a missing file, while the database has checkpoints.
+    sink.unlink()
+    r = _serve_once(inst)
+    assert r.returncode != 0 and "does not exist" in r.stderr, r.stderr
+    # A checkpoint line torn by a crash is cut off and copied again at the next start.
     sink.write_text(whole + whole.splitlines()[-1][:40])
     inst.start()
     assert sink.read_text().endswith("\n")

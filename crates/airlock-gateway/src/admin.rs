@@ -148,7 +148,7 @@ fn guarded(
                         "role {:?} may not call {} {}",
                         c.role,
                         req.method(),
-                        req.uri().path()
+                        airlock_secrets::redact_path(req.uri().path())
                     )
                     .to_lowercase(),
                 );

@@ -176,7 +176,7 @@ pub async fn handle(app: Arc<App>, ep: Endpoint, req: Request<Body>) -> Response
                 };
                 r.finish(e.status.as_u16(), outcome);
                 r.add_reason(&e.message);
-                let _ = r.commit().await;
+                let _ = r.commit_refusal().await;
             }
             e.render(dialect)
         }
@@ -696,7 +696,7 @@ async fn record_models_refusal(app: &Arc<App>, parts: &http::request::Parts, e: 
         },
     );
     r.add_reason(&e.message);
-    let _ = r.commit().await;
+    let _ = r.commit_refusal().await;
 }
 
 /// Every read of a key from its store is audited (not the in-memory hits).

@@ -569,96 +569,107 @@ fn check_unsigned_tail(
     )
 }
 
-/// The last checkpoint line of a checkpoint file, reading backwards from its end as far as it
-/// takes. A last line torn by a crash (no newline, shorter than any checkpoint line) is cut
-/// off; anything else that is not a checkpoint (padding, a long unterminated line, junk) is
-/// refused, and so is a file with content but no checkpoint while the database has some.
+/// The last checkpoint of a checkpoint file, read forwards through the whole file: every line
+/// must be a checkpoint with a higher `seq` than the one before (so an old line appended again
+/// is caught, not taken as the latest). A last line torn by a crash (no newline, shorter than
+/// any checkpoint line) is cut off; blank lines are skipped; anything else is refused, and so is
+/// a file with content but no checkpoint while the database has some. Only `seq` is parsed per
+/// line; the caller checks the last one against the database.
 fn last_checkpoint_in_file(
     path: &std::path::Path,
     db_has_checkpoints: bool,
 ) -> anyhow::Result<Option<airlock_audit::Checkpoint>> {
-    use std::io::{Read, Seek, SeekFrom};
-    const TORN_MAX: u64 = 512;
-    let damaged = |why: &str| {
+    use std::io::BufRead;
+    const TORN_MAX: usize = 512;
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(rename = "type")]
+        kind: String,
+        seq: i64,
+    }
+    let damaged = |why: String| {
         anyhow::anyhow!(
             "audit.checkpoint_file {} {why}: it was damaged or edited; compare it with the database before serving",
             path.display()
         )
     };
-    let mut f = match std::fs::File::open(path) {
+    let f = match std::fs::File::open(path) {
         Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && db_has_checkpoints => {
+            // Unmounted storage, or deleted: the copy's guarantee would be lost silently.
+            anyhow::bail!(
+                "audit.checkpoint_file {} does not exist but the database has checkpoints; if the file is newly \
+                 configured, create it empty (touch) and airlock copies the checkpoints into it",
+                path.display()
+            )
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => anyhow::bail!("cannot read audit.checkpoint_file {}: {e}", path.display()),
     };
-    let len = f.metadata()?.len();
-    // The byte after the last newline: a torn line if it is not the end.
-    let mut tail_start = None;
-    let mut buf: Vec<u8> = Vec::new();
-    let mut pos = len;
-    while pos > 0 {
-        let step = pos.min(64 * 1024);
-        pos -= step;
-        let mut chunk = vec![0u8; step as usize];
-        f.seek(SeekFrom::Start(pos))?;
-        f.read_exact(&mut chunk)?;
-        chunk.extend_from_slice(&buf);
-        buf = chunk;
-        if tail_start.is_none() {
-            if let Some(i) = buf.iter().rposition(|&b| b == b'\n') {
-                tail_start = Some(pos + i as u64 + 1);
-            } else if pos == 0 {
-                tail_start = Some(0);
-            }
+    let mut r = std::io::BufReader::with_capacity(256 * 1024, f);
+    let (mut line, mut offset, mut n) = (Vec::new(), 0u64, 0u64);
+    let mut last: Option<Vec<u8>> = None;
+    let mut last_seq = 0i64;
+    loop {
+        line.clear();
+        let read = r
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("cannot read audit.checkpoint_file {}", path.display()))?;
+        if read == 0 {
+            break;
         }
-        // A complete, non-blank line inside what was read?
-        let complete = &buf[..(tail_start.unwrap_or(len).saturating_sub(pos)) as usize];
-        let found = complete
-            .split(|&b| b == b'\n')
-            .rev()
-            .find(|l| !l.iter().all(u8::is_ascii_whitespace));
-        if let Some(line) = found {
-            // Only trust it if the line start was read (a newline before it, or the file start).
-            let start_in_buf = line.as_ptr() as usize - complete.as_ptr() as usize;
-            if start_in_buf > 0 || pos == 0 {
-                let text = std::str::from_utf8(line).map_err(|_| damaged("is not UTF-8"))?;
-                let cp = match airlock_audit::Line::parse(text.trim()) {
-                    Ok(airlock_audit::Line::Checkpoint(c)) => c,
-                    _ => return Err(damaged("ends with a line that is not a checkpoint")),
-                };
-                let end = tail_start.unwrap_or(len);
-                if end < len {
-                    if len - end > TORN_MAX {
-                        return Err(damaged("ends with a long unterminated line"));
-                    }
-                    tracing::warn!(path = %path.display(), "audit.checkpoint_file ends with a torn line; removing it");
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(path)
-                        .and_then(|w| w.set_len(end))
-                        .with_context(|| {
-                            format!("cannot repair audit.checkpoint_file {}", path.display())
-                        })?;
-                }
-                return Ok(Some(cp));
+        n += 1;
+        if !line.ends_with(b"\n") {
+            // The last line, unterminated: torn by a crash while it was appended.
+            if line.len() > TORN_MAX {
+                return Err(damaged("ends with a long unterminated line".into()));
             }
+            tracing::warn!(path = %path.display(), "audit.checkpoint_file ends with a torn line; removing it");
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|w| w.set_len(offset))
+                .with_context(|| {
+                    format!(
+                        "audit.checkpoint_file {} ends with a torn line that cannot be removed (an append-only file?); remove it by hand",
+                        path.display()
+                    )
+                })?;
+            break;
         }
+        offset += read as u64;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let head: Head = serde_json::from_slice(&line)
+            .map_err(|_| damaged(format!("has a line ({n}) that is not a checkpoint")))?;
+        if head.kind != "checkpoint" {
+            return Err(damaged(format!(
+                "has a line ({n}) that is not a checkpoint"
+            )));
+        }
+        if head.seq <= last_seq {
+            return Err(damaged(format!(
+                "has a checkpoint for record {} after one for record {last_seq} (line {n}): an old line was appended again",
+                head.seq
+            )));
+        }
+        last_seq = head.seq;
+        last = Some(std::mem::take(&mut line));
     }
-    if len > 0 && db_has_checkpoints {
-        return Err(damaged(
-            "holds no checkpoint although the database has some",
-        ));
+    let Some(text) = last else {
+        if offset > 0 && db_has_checkpoints {
+            return Err(damaged(
+                "holds no checkpoint although the database has some".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let text = std::str::from_utf8(&text).map_err(|_| damaged("is not UTF-8".into()))?;
+    match airlock_audit::Line::parse(text.trim()) {
+        Ok(airlock_audit::Line::Checkpoint(c)) => Ok(Some(c)),
+        _ => Err(damaged("ends with a malformed checkpoint".into())),
     }
-    if len > TORN_MAX {
-        return Err(damaged("holds no checkpoint"));
-    }
-    if len > 0 {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .and_then(|w| w.set_len(0))
-            .with_context(|| format!("cannot repair audit.checkpoint_file {}", path.display()))?;
-    }
-    Ok(None)
 }
 
 /// Appends one checkpoint line and syncs it to disk.
@@ -1010,9 +1021,20 @@ impl Record {
     }
 
     /// Sends the record and waits until it is durable.
-    pub async fn commit(mut self) -> Durable {
+    pub async fn commit(self) -> Durable {
+        self.commit_noted(NOTE_NOT_ANSWERED).await
+    }
+
+    /// Sends a refusal's record and waits until it is durable; the refusal is sent either way,
+    /// and a record written late says so.
+    pub async fn commit_refusal(self) -> Durable {
+        self.commit_noted("refused; its record could not be written at the time")
+            .await
+    }
+
+    async fn commit_noted(mut self, note: &'static str) -> Durable {
         // Queued before the first await, so a cancelled request cannot lose its record.
-        let rx = self.send_acked();
+        let rx = self.send_acked_noted(note);
         let ok = match rx {
             Some(rx) => rx.await.unwrap_or(false),
             None => false,
@@ -1021,10 +1043,6 @@ impl Record {
     }
 
     /// Sends the record, returning a receiver for the writer's acknowledgement.
-    fn send_acked(&mut self) -> Option<oneshot::Receiver<bool>> {
-        self.send_acked_noted(NOTE_NOT_ANSWERED)
-    }
-
     fn send_acked_noted(&mut self, note: &'static str) -> Option<oneshot::Receiver<bool>> {
         let (usage, audit) = self.take();
         let (tx, rx) = oneshot::channel();

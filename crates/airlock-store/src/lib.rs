@@ -470,6 +470,15 @@ impl Store {
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .unwrap_or(url);
+        if path.contains('?') || path.contains(":memory:") || path.is_empty() {
+            // The audit writer opens the same file with a connection of its own.
+            return Err(StoreError::Db {
+                op: "open",
+                source: sqlx::Error::Configuration(
+                    "store.url must name a database file, without query parameters".into(),
+                ),
+            });
+        }
         Self::open_sqlite_with(Path::new(path), sync).await
     }
 

@@ -288,6 +288,13 @@ def _mock_requests(a):
     return httpx.get(f"http://127.0.0.1:{a.mocks['good']}/mock/stats").json()["requests"]
 
 
+def _served(inst):
+    db = sqlite3.connect(inst.db, timeout=10)
+    n = db.execute("SELECT COUNT(*) FROM usage WHERE outcome = 'ok'").fetchone()[0]
+    db.close()
+    return n
+
+
 def test_fail_closed_refuses_when_the_audit_log_cannot_be_written(airlock):
     inst = Instance(airlock, "closed")
     with httpx.Client(timeout=30) as c:
@@ -300,6 +307,7 @@ def test_fail_closed_refuses_when_the_audit_log_cannot_be_written(airlock):
         _unblock_audit_writes(inst)
         assert inst.chat(client=c).status_code in (200, 503)
         assert inst.chat(client=c).status_code == 200
+        served_before = _served(inst)
         _block_audit_writes(inst)
         r = inst.chat(client=c)
         assert r.status_code == 503 and r.json()["error"]["code"] == "audit_unavailable", r.text
@@ -315,14 +323,16 @@ def test_fail_closed_refuses_when_the_audit_log_cannot_be_written(airlock):
             openai.OpenAI(base_url=inst.url + "/v1", api_key=inst.token, max_retries=0).chat.completions.create(
                 model="gpt-4o-mini", messages=MSG)
         assert e.value.status_code == 503
-        # No usage row and no audit record was written for any of them.
-        db = sqlite3.connect(inst.db)
-        served = db.execute("SELECT COUNT(*) FROM usage WHERE outcome = 'ok'").fetchone()[0]
-        db.close()
-        assert served == 2
+        # None of them was served, and no record says otherwise.
+        assert _served(inst) == served_before
         _unblock_audit_writes(inst)
         statuses = [inst.chat(client=c).status_code for _ in range(3)]
         assert statuses[-1] == 200 and statuses.count(503) <= 1, statuses
+    # The record of the response withheld after the provider answered is written once the log
+    # works again, and says what the client got.
+    time.sleep(1.5)
+    withheld = [x for x in inst.records("--action", "inference") if x["outcome"] == "not_answered"]
+    assert withheld and all(x["status"] == 503 and "not answered" in x["reason"] for x in withheld), withheld
     r = inst.cli("audit", "verify", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
 

@@ -247,12 +247,13 @@ async fn run(
         r.row.subject = Some(token.subject.clone());
         r.row.env = Some(token.env.clone());
     }
+    // The body is read first so that the connection stays usable after a refusal.
+    let bytes = read_body(app, &parts.headers, body).await?;
     if !app.recorder.healthy() && !app.recorder.fail_open() {
         // The last audit write failed: refuse before a provider is called. This refusal's own
         // record is the next write attempt, so service resumes as soon as the log is writable.
         return Err(audit_unavailable());
     }
-    let bytes = read_body(app, &parts.headers, body).await?;
     let probe: Probe<'_> = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request(format!(
             "request body must be a JSON object ({}) at line {} column {}",

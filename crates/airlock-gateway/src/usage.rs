@@ -848,6 +848,22 @@ fn fail_batch(batch: &mut Vec<Msg>, c: &Counters, shared: &Shared, chain: &mut C
                         None => note.to_string(),
                     });
                 }
+                // A response withheld for this failure was answered 503, whatever the
+                // provider said: the record and the usage row say what the client got.
+                if m.note == NOTE_NOT_ANSWERED {
+                    if let Some(r) = m.audit.as_mut() {
+                        if r.outcome == "ok" {
+                            r.outcome = "not_answered".into();
+                            r.status = Some(503);
+                        }
+                    }
+                    if let Some(u) = m.usage.as_mut() {
+                        if u.outcome == "ok" {
+                            u.outcome = "not_answered".into();
+                            u.status = 503;
+                        }
+                    }
+                }
             }
         }
         m.sign = false;

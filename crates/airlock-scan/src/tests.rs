@@ -226,6 +226,12 @@ fn aws_pair_and_lone_id() {
     assert!(found
         .iter()
         .any(|(rule, s)| rule == "aws-access-key" && *s == secret));
+    // An id without a digit is as real as any (base32 letters only): it pairs too.
+    let letters = format!("AKIA{}", r(16, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"));
+    let text = format!("aws_access_key_id = {letters}\nsecret = {secret}\n");
+    assert!(scan(&text)
+        .iter()
+        .any(|(rule, s)| rule == "aws-access-key" && *s == secret));
     let m = matcher();
     let mut out = Vec::new();
     m.scan(format!("id: {id}\n").as_bytes(), &mut m.scratch(), &mut out);

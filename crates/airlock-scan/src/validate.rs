@@ -36,11 +36,17 @@ pub fn plausible(secret: &[u8], rule: &Rule) -> bool {
     if longest_run(body) >= 5 || longest_ascending(body) >= 6 {
         return false;
     }
+    // An AWS access key id is 16 base32 characters after its prefix: all letters is as valid
+    // as mixed (about 1 in 28 real ids has no digit), and its pattern is strict enough.
+    let aws_id = rule.post == crate::rules::Post::AwsKeyId;
     let classes = classes(body);
-    if classes < 2 {
+    if classes < 2 && !aws_id {
         return false;
     }
     let h = entropy(body);
+    if aws_id {
+        return h >= 2.5;
+    }
     // Sixteen symbols cap a hex string's entropy at 4 bits; a random one of 32 digits has
     // about 3.75.
     let hex = rule.alphabet == Alphabet::Hex || body.iter().all(u8::is_ascii_hexdigit);

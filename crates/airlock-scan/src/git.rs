@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 /// Bytes of decoded delta bases each thread caches.
 const PACK_CACHE_BYTES: usize = 16 << 20;
+/// Bytes of decoded trees kept between the newest-first and oldest-first history walks.
+const TREE_CACHE_BYTES: usize = 32 << 20;
 
 /// A repository that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +113,28 @@ pub(crate) fn scan_history(
     commits.reverse();
     commits.sort_by_key(|c| c.time);
 
+    // Packs store older trees as deltas against newer ones, so reading trees oldest first
+    // decodes a whole delta chain for each. A first pass newest first decodes each tree once
+    // from its cached newer neighbour and leaves it in a bounded object cache for the
+    // oldest-first walk below.
+    let mut repo = repo;
+    repo.object_cache_size(TREE_CACHE_BYTES);
+    {
+        let (mut trees, mut blobs, mut found) = (HashSet::new(), HashSet::new(), Vec::new());
+        for c in commits.iter().rev() {
+            walk_tree(
+                &repo,
+                c.tree,
+                &mut trees,
+                &mut blobs,
+                &mut |p, is_dir| !is_dir || !excludes.excluded(p, is_dir),
+                &mut found,
+                &mut buf,
+            )?;
+            found.clear();
+        }
+    }
+
     let mut seen_trees = HashSet::new();
     let mut seen_blobs = HashSet::new();
     if let Some(&h) = hidden.first() {
@@ -158,6 +182,8 @@ pub(crate) fn scan_history(
             &mut buf,
         )?;
     }
+
+    repo.object_cache_size(0);
 
     progress
         .blobs_total

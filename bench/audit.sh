@@ -60,6 +60,9 @@ token=$("$bin" token mint --env bench --model 'gpt-*' --ttl 2h)
 big=$("$bin" init --dir "$tmp/big" --listen 127.0.0.1:18492 --json)
 admin_big=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["admin_token"])' <<<"$big")
 "$fill" "$tmp/big" "$N" | tee -a "$out"
+# The filler writes checkpoints to the database only: start the external copy empty (serve
+# refuses a missing checkpoint_file while the database has checkpoints) and let serve fill it.
+: > "$tmp/big/audit-checkpoints.jsonl"
 AIRLOCK_LOG__LEVEL=warn "$bin" serve --config "$tmp/big/airlock.toml" >"$tmp/big.log" 2>&1 & pids+=($!)
 wait_port 18492
 export AIRLOCK_URL=http://127.0.0.1:18492 AIRLOCK_ADMIN_TOKEN=$admin_big

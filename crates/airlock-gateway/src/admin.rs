@@ -335,6 +335,15 @@ pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
             "/credentials/{name}",
             g(MANAGE, Some("credential.remove"), delete(remove_credential)),
         )
+        .route(
+            "/credentials/{name}/verify",
+            g(MANAGE, Some("credential.verify"), post(verify_credential)),
+        )
+        .route("/doctor", g(MANAGE, Some("doctor"), post(doctor)))
+        .route(
+            "/kek/rotate",
+            g(MANAGE, Some("kek.rotate"), post(rotate_kek)),
+        )
         .route("/tokens", g(MINT, Some("token.mint"), post(mint_token)))
         .route("/tokens", g(READ_TOKENS, None, get(list_tokens)))
         .route(
@@ -464,7 +473,11 @@ struct AddCredential {
     name: String,
     provider: String,
     env: String,
-    secret_ref: String,
+    /// Where the key lives.
+    secret_ref: Option<String>,
+    /// Or the key itself, to be sealed under the KEK (`--secret-stdin`). Moved into a
+    /// `Secret` at once; never stored, logged or echoed.
+    secret_value: Option<String>,
     base_url: Option<String>,
     #[serde(default)]
     models: Vec<String>,
@@ -508,13 +521,61 @@ async fn add_credential(State(app): State<Arc<App>>, Json(a): Json<AddCredential
     if let Err(e) = airlock_token::glob::parse_list(&models) {
         return bad(e.to_string());
     }
-    let reference = match SecretRef::parse(&a.secret_ref) {
-        Ok(r) => r,
-        Err(e) => return bad(e.to_string()),
-    };
-    let secret = match reference.resolve(&app.ref_policy) {
-        Ok(s) => s,
-        Err(e) => return bad(format!("the server cannot read {reference}: {e}")),
+    let (reference, secret, version, sealed) = match (a.secret_ref, a.secret_value) {
+        (Some(r), None) => {
+            let reference = match SecretRef::parse(&r) {
+                Ok(SecretRef::Sealed(_)) => {
+                    return bad("sealed: references are made by airlock: give the key with --secret-stdin and it is sealed under the KEK".into())
+                }
+                Ok(r) => r,
+                Err(e) => return bad(e.to_string()),
+            };
+            match app.secrets.resolve(&reference, &a.name).await {
+                Ok(r) => (reference, r.secret, r.version, None),
+                Err(e) => {
+                    let (status, code) = if e.is_definite() {
+                        (StatusCode::BAD_REQUEST, "invalid_request")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+                    };
+                    return err(
+                        status,
+                        code,
+                        format!("the server cannot read {reference}: {e}"),
+                    );
+                }
+            }
+        }
+        (None, Some(v)) => {
+            let secret = match airlock_secrets::value_to_secret(v, "the secret given") {
+                Ok(s) => s,
+                Err(e) => return bad(e.to_string()),
+            };
+            match app.secrets.seal(&a.name, &secret).await {
+                Ok(row) => (
+                    SecretRef::Sealed(row.id.clone()),
+                    secret,
+                    Some(format!("{}@{}", row.kek, row.kek_version)),
+                    Some(row),
+                ),
+                Err(e) => {
+                    let status = if e.is_definite() {
+                        StatusCode::BAD_REQUEST
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    return err(
+                        status,
+                        "kek_unavailable",
+                        format!("cannot seal the secret: {e}"),
+                    );
+                }
+            }
+        }
+        _ => return bad(
+            "give exactly one of secret_ref (where the key lives) and secret_value (a key to seal)"
+                .into(),
+        ),
     };
     let row = CredentialRow {
         name: a.name,
@@ -530,12 +591,17 @@ async fn add_credential(State(app): State<Arc<App>>, Json(a): Json<AddCredential
         rotated_at: None,
         last_used_at: None,
         suspended: false,
+        secret_version: version,
     };
     drop(secret);
     if let Err(e) = Credential::from_row(&row) {
         return bad(e);
     }
-    if let Err(e) = app.store.insert_credential(&row).await {
+    if let Err(e) = app
+        .store
+        .insert_credential_with(&row, sealed.as_ref())
+        .await
+    {
         return store_err(e);
     }
     if let Err(e) = app.reload_credentials().await {
@@ -625,6 +691,85 @@ async fn remove_credential(State(app): State<Arc<App>>, Path(name): Path<String>
             format!("no credential named `{name}`"),
         ),
         Err(e) => store_err(e),
+    }
+}
+
+/// `credential verify`: reads the key from its store now and makes the provider's cheapest
+/// authenticated call (list models).
+async fn verify_credential(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    let Some(c) = app.creds.load().get(&name).cloned() else {
+        return err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no credential named `{name}`"),
+        );
+    };
+    Json(crate::proxy::verify(&app, &c).await).into_response()
+}
+
+/// `doctor`: every store answers, the KEK wraps and unwraps, every credential's key reads.
+async fn doctor(State(app): State<Arc<App>>) -> Response {
+    let mut checks: Vec<serde_json::Value> = app
+        .secrets
+        .checks()
+        .await
+        .into_iter()
+        .map(|c| serde_json::to_value(c).unwrap_or_default())
+        .collect();
+    let creds = app.creds.load_full();
+    let reads = creds.all.iter().map(|c| {
+        let app = app.clone();
+        async move {
+            let f = c.read_now(&app, "doctor read").await;
+            let (ok, detail) = match &f.result {
+                Ok(s) => (
+                    true,
+                    format!(
+                        "read from {}{} (fingerprint {})",
+                        c.reference().store(),
+                        f.version
+                            .as_deref()
+                            .map(|v| format!(", version {v}"))
+                            .unwrap_or_default(),
+                        s.fingerprint(&app.hmac)
+                    ),
+                ),
+                Err(e) => (false, e.to_string()),
+            };
+            serde_json::json!({
+                "name": format!("credential {}", c.name),
+                "ok": ok,
+                "detail": detail,
+                "reference": c.reference().to_string(),
+            })
+        }
+    });
+    checks.extend(futures_util::future::join_all(reads).await);
+    let ok = checks.iter().all(|c| c["ok"] == true);
+    Json(serde_json::json!({ "ok": ok, "checks": checks })).into_response()
+}
+
+/// `kek rotate`: a new KEK version, every sealed data key rewrapped under it.
+async fn rotate_kek(State(app): State<Arc<App>>) -> Response {
+    match app.secrets.rotate_kek().await {
+        Ok(report) => {
+            tracing::info!(kek = %report.kek, rewrapped = report.rewrapped, failed = report.failed.len(), "KEK rotated");
+            let status = if report.failed.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::MULTI_STATUS
+            };
+            (status, Json(report)).into_response()
+        }
+        Err(e) => err(
+            if e.is_definite() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            },
+            "kek_unavailable",
+            e.to_string(),
+        ),
     }
 }
 

@@ -248,6 +248,23 @@ pub struct SecretsConfig {
     /// When set, `file:` references must point inside one of these directories. Files under
     /// the state and key directories are always refused.
     pub file_roots: Vec<PathBuf>,
+    /// How long a key read from a remote store (`vault://`, `aws-sm://`, `exec:`, `sealed:`)
+    /// is used before it is read again; refreshed in the background ahead of that.
+    pub refresh_secs: f64,
+    /// How long after its last good read a key is still served while its store is down;
+    /// after that, requests needing it get a 503. At least `refresh_secs`.
+    pub max_stale_secs: f64,
+    /// Longest a store may take to answer one read.
+    pub timeout_secs: f64,
+    /// Longest an `exec:` command may run.
+    pub exec_timeout_secs: f64,
+    /// The key-encryption key for `sealed:` secrets: `transit://KEY`, `aws-kms://KEY_ID` or
+    /// `keyfile:/path`.
+    pub kek: Option<String>,
+    /// `[secrets.vault]`
+    pub vault: airlock_secretstore::vault::VaultConfig,
+    /// `[secrets.aws]`
+    pub aws: airlock_secretstore::aws::AwsConfig,
 }
 
 impl Default for SecretsConfig {
@@ -255,7 +272,40 @@ impl Default for SecretsConfig {
         SecretsConfig {
             file_check_ms: 1000,
             file_roots: Vec::new(),
+            refresh_secs: 300.0,
+            max_stale_secs: 3600.0,
+            timeout_secs: 5.0,
+            exec_timeout_secs: 10.0,
+            kek: None,
+            vault: Default::default(),
+            aws: Default::default(),
         }
+    }
+}
+
+impl SecretsConfig {
+    /// The cache's timing, checked.
+    pub fn cache_policy(&self) -> Result<airlock_secretstore::CachePolicy, String> {
+        let d = |v: f64, what: &str| {
+            if v.is_finite() && v > 0.0 && v < 1e9 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(format!(
+                    "[secrets] {what} must be a positive number of seconds"
+                ))
+            }
+        };
+        let ttl = d(self.refresh_secs, "refresh_secs")?;
+        let max_stale = d(self.max_stale_secs, "max_stale_secs")?;
+        if max_stale < ttl {
+            return Err("[secrets] max_stale_secs must be at least refresh_secs".into());
+        }
+        Ok(airlock_secretstore::CachePolicy {
+            ttl,
+            max_stale,
+            file_check: Duration::from_millis(self.file_check_ms.max(1)),
+            retry_min: Duration::from_millis(500).min(ttl),
+        })
     }
 }
 
@@ -334,6 +384,21 @@ impl Config {
         }
         self.audit.fail_open()?;
         self.store.sync()?;
+        self.secrets.cache_policy()?;
+        for (v, what) in [
+            (self.secrets.timeout_secs, "timeout_secs"),
+            (self.secrets.exec_timeout_secs, "exec_timeout_secs"),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 600.0) {
+                return Err(format!(
+                    "[secrets] {what} must be between 0 and 600 seconds"
+                ));
+            }
+        }
+        if let Some(k) = self.secrets.kek.as_deref().filter(|k| !k.is_empty()) {
+            airlock_secretstore::sealed::Kek::parse(k)
+                .map_err(|e| format!("[secrets] kek: {e}"))?;
+        }
         if self.audit.checkpoint_every < 1 || self.audit.checkpoint_interval_secs < 1 {
             return Err(
                 "audit: checkpoint_every and checkpoint_interval_secs must be at least 1".into(),
@@ -435,6 +500,19 @@ key_id = 1                     # audit-<id>.key in the key directory (not the to
 
 [rotation]
 max_age_days = 90              # credentials older than this are flagged in the inventory
+
+[secrets]
+refresh_secs = 300             # keys from vault://, aws-sm://, exec: and sealed: are re-read this often
+max_stale_secs = 3600          # ...and served this long after the last good read while the store is down
+# Secrets given with --secret-stdin are sealed under this key-encryption key. The key file is
+# for development; in production use a KEK you hold: transit://KEY (OpenBao/Vault Transit) or
+# aws-kms://KEY_ID, so that revoking it at your side makes every sealed secret unreadable.
+kek = "keyfile:{dir}/keys/kek.key"
+# [secrets.vault]              # default: VAULT_ADDR / BAO_ADDR and VAULT_TOKEN / BAO_TOKEN
+# addr = "https://vault.example.com:8200"
+# auth = "token"               # or "approle" (role_id, secret_id_file) or "kubernetes" (role, jwt_file)
+# [secrets.aws]                # default: the standard AWS chain, AWS_REGION, AWS_ENDPOINT_URL
+# region = "us-east-1"
 
 # Prices (US dollars per million tokens) for spend in the audit log and inventory:
 # [pricing."gpt-4o-mini"]

@@ -1,15 +1,20 @@
 //! The credentials the router chooses from, compiled from the store, and their secrets.
 //!
-//! A secret is read from its reference when first needed and kept in memory (never on disk);
-//! a `file:` reference is re-read when the file changes. When the key behind a reference
-//! changes, its new fingerprint is written to the inventory.
+//! Each credential's key is held by an [`airlock_secretstore::SecretCell`]: read from its
+//! store when first needed (or by the background refresher), kept in memory only, re-read
+//! ahead of its TTL (a `file:` when it changes), served stale while the store is down up to
+//! `max_stale`, dropped when the store refuses. Every read is audited (`secret.resolve`, with
+//! the store and version, never the value) and a changed key's fingerprint is written to the
+//! inventory.
 
 use crate::providers::ProviderKind;
-use airlock_secrets::{HmacKey, ReferencePolicy, ResolveError, Secret, SecretRef};
+use crate::state::{now_ms, App};
+use airlock_secrets::{ResolveError, Secret, SecretRef};
+use airlock_secretstore::{Fetch, SecretCell};
 use airlock_store::CredentialRow;
 use airlock_token::glob::Glob;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// A usable credential.
 pub struct Credential {
@@ -28,14 +33,9 @@ pub struct Credential {
     /// Suspended credentials are never chosen.
     pub suspended: bool,
     reference: SecretRef,
-    cached: Mutex<Option<Cached>>,
-    fingerprint: Mutex<Option<String>>,
-}
-
-struct Cached {
-    secret: Arc<Secret>,
-    checked: Instant,
-    version: Option<SystemTime>,
+    cell: Arc<SecretCell>,
+    /// The fingerprint and version last written to the inventory.
+    seen: Arc<Mutex<(Option<String>, Option<String>)>>,
 }
 
 impl std::fmt::Debug for Credential {
@@ -47,16 +47,6 @@ impl std::fmt::Debug for Credential {
             .field("reference", &self.reference)
             .finish_non_exhaustive()
     }
-}
-
-/// A resolved secret with its fingerprint (the caller records a changed fingerprint).
-pub struct Resolved {
-    /// The key.
-    pub secret: Arc<Secret>,
-    /// Set when this resolution saw a key different from the last one known.
-    pub changed: Option<(String, String)>,
-    /// Whether the secret was read from its reference now (not from memory).
-    pub fresh: bool,
 }
 
 impl Credential {
@@ -80,8 +70,11 @@ impl Credential {
             priority: row.priority,
             suspended: row.suspended,
             reference,
-            cached: Mutex::new(None),
-            fingerprint: Mutex::new(row.fingerprint.clone()),
+            cell: Arc::new(SecretCell::new()),
+            seen: Arc::new(Mutex::new((
+                row.fingerprint.clone(),
+                row.secret_version.clone(),
+            ))),
         })
     }
 
@@ -90,64 +83,164 @@ impl Credential {
         self.models.iter().any(|g| g.matches(model))
     }
 
-    /// The secret, from memory when fresh.
-    pub fn secret(
-        &self,
-        fp_key: &HmacKey,
-        policy: &ReferencePolicy,
-        file_check: Duration,
-    ) -> Result<Resolved, ResolveError> {
-        let now = Instant::now();
-        let mut guard = self
-            .cached
-            .lock()
-            .map_err(|_| ResolveError::Unavailable("secret cache poisoned".into()))?;
-        if let Some(c) = guard.as_mut() {
-            if now.duration_since(c.checked) < file_check
-                || matches!(self.reference, SecretRef::Env(_))
-            {
-                return Ok(Resolved {
-                    secret: c.secret.clone(),
-                    changed: None,
-                    fresh: false,
-                });
-            }
-            let v = self.reference.version_hint();
-            if v.is_some() && v == c.version {
-                c.checked = now;
-                return Ok(Resolved {
-                    secret: c.secret.clone(),
-                    changed: None,
-                    fresh: false,
-                });
-            }
+    /// The key, from memory when it is usable; a read from the store is audited under
+    /// `request_id`.
+    pub async fn secret(&self, app: &App, request_id: &str) -> Result<Arc<Secret>, ResolveError> {
+        let (got, fetch) = self
+            .cell
+            .get(&app.secrets, &self.reference, &self.name, &app.cache_policy)
+            .await;
+        if let Some(f) = fetch {
+            self.report(app, &f, Some(request_id), "read");
         }
-        let version = self.reference.version_hint();
-        let secret = Arc::new(self.reference.resolve(policy)?);
-        let fp = secret.fingerprint(fp_key);
-        let mut changed = None;
-        if let Ok(mut known) = self.fingerprint.lock() {
-            if known.as_deref() != Some(fp.as_str()) {
-                changed = Some((fp.clone(), secret.last4()));
-                *known = Some(fp);
-            }
+        got
+    }
+
+    /// Reads the key from its store now, bypassing the cache (`credential verify`,
+    /// `doctor`); the read is audited and its result kept.
+    pub async fn read_now(&self, app: &App, why: &str) -> Fetch {
+        let f = self
+            .cell
+            .read_now(&app.secrets, &self.reference, &self.name, &app.cache_policy)
+            .await;
+        self.report(app, &f, None, why);
+        f
+    }
+
+    /// The background refresher's step for this credential.
+    async fn refresh(&self, app: &App) {
+        if let Some(f) = self
+            .cell
+            .refresh(&app.secrets, &self.reference, &self.name, &app.cache_policy)
+            .await
+        {
+            self.report(app, &f, None, "refreshed");
         }
-        *guard = Some(Cached {
-            secret: secret.clone(),
-            checked: now,
-            version,
-        });
-        Ok(Resolved {
-            secret,
-            changed,
-            fresh: true,
-        })
+    }
+
+    /// The store's version of the key held now.
+    pub fn version(&self) -> Option<String> {
+        self.cell.version()
+    }
+
+    /// Audits one read and records a changed fingerprint or version in the inventory.
+    fn report(&self, app: &App, f: &Fetch, request_id: Option<&str>, why: &str) {
+        let store = self.reference.store();
+        let (outcome, reason) = match &f.result {
+            Ok(secret) => {
+                let fp = secret.fingerprint(&app.hmac);
+                let mut changed = false;
+                let mut record = false;
+                if let Ok(mut seen) = self.seen.lock() {
+                    changed = seen.0.as_deref().is_some_and(|old| old != fp);
+                    record = seen.0.as_deref() != Some(fp.as_str())
+                        || (f.version.is_some() && seen.1 != f.version);
+                    *seen = (Some(fp.clone()), f.version.clone().or(seen.1.take()));
+                }
+                if record {
+                    let store = app.store.clone();
+                    let name = self.name.clone();
+                    let last4 = secret.last4();
+                    let version = f.version.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = store
+                            .set_fingerprint(&name, &fp, &last4, version.as_deref(), now_ms())
+                            .await
+                        {
+                            tracing::warn!(error = %e, "could not record a changed fingerprint");
+                        }
+                    });
+                }
+                let mut r = format!("{why} from {store}");
+                if let Some(v) = &f.version {
+                    r.push_str(&format!(" (version {v})"));
+                }
+                if changed {
+                    r.push_str("; the key is not the one last seen");
+                }
+                ("ok", r)
+            }
+            Err(e) => {
+                let mut r = format!("{why} from {store} failed: {e}");
+                if f.dropped {
+                    r.push_str("; the cached key was dropped");
+                } else if f.serving_stale {
+                    r.push_str("; the cached key is served until max_stale");
+                }
+                tracing::warn!(credential = %self.name, store, error = %e, dropped = f.dropped, stale = f.serving_stale, "secret read failed");
+                ("failed", r)
+            }
+        };
+        app.recorder.write_nowait(
+            None,
+            Some(airlock_audit::Record {
+                ts: now_ms(),
+                actor_kind: "system".into(),
+                action: "secret.resolve".into(),
+                target_kind: Some("credential".into()),
+                target: Some(self.name.clone()),
+                outcome: outcome.into(),
+                reason: Some(reason),
+                request_id: request_id.map(str::to_string),
+                credential: Some(self.name.clone()),
+                ..Default::default()
+            }),
+        );
     }
 
     /// The reference (safe to show).
     pub fn reference(&self) -> &SecretRef {
         &self.reference
     }
+
+    /// Keeps `old`'s cached key when the reference is the same (a reload after another
+    /// credential changed must not re-read every store).
+    fn adopt(&mut self, old: &Credential) {
+        if old.reference == self.reference {
+            self.cell = old.cell.clone();
+            self.seen = old.seen.clone();
+        }
+    }
+}
+
+/// Re-reads keys ahead of their TTL, notices changed files, drops keys older than
+/// `max_stale`; runs until the app is dropped.
+pub fn spawn_refresher(app: std::sync::Weak<App>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(a) = app.upgrade() else { return };
+            let now = Instant::now();
+            for c in a.creds.load().all.iter().filter(|c| !c.suspended) {
+                if c.cell.expire(&c.reference, &a.cache_policy, now) {
+                    tracing::error!(credential = %c.name, "no good read of the key within max_stale: requests needing it are refused until its store answers");
+                    a.recorder.write_nowait(
+                        None,
+                        Some(airlock_audit::Record {
+                            ts: now_ms(),
+                            actor_kind: "system".into(),
+                            action: "secret.expired".into(),
+                            target_kind: Some("credential".into()),
+                            target: Some(c.name.clone()),
+                            outcome: "failed".into(),
+                            reason: Some(format!(
+                                "no good read from {} within max_stale; the cached key was dropped",
+                                c.reference.store()
+                            )),
+                            credential: Some(c.name.clone()),
+                            ..Default::default()
+                        }),
+                    );
+                }
+                if c.cell.due(&c.reference, &a.cache_policy, now) {
+                    let (a2, c2) = (a.clone(), c.clone());
+                    tokio::spawn(async move { c2.refresh(&a2).await });
+                }
+            }
+        }
+    });
 }
 
 /// All credentials, sorted by priority then name.
@@ -160,11 +253,16 @@ pub struct CredentialSet {
 impl CredentialSet {
     /// Compiles rows; a row that cannot be compiled is skipped with an error log (it was
     /// validated on the way in, so this only happens after a manual database edit).
-    pub fn from_rows(rows: &[CredentialRow]) -> Self {
+    pub fn from_rows(rows: &[CredentialRow], old: Option<&CredentialSet>) -> Self {
         let mut all: Vec<Arc<Credential>> = rows
             .iter()
             .filter_map(|r| match Credential::from_row(r) {
-                Ok(c) => Some(Arc::new(c)),
+                Ok(mut c) => {
+                    if let Some(prev) = old.and_then(|o| o.get(&c.name)) {
+                        c.adopt(prev);
+                    }
+                    Some(Arc::new(c))
+                }
                 Err(e) => {
                     tracing::error!(credential = %r.name, error = %e, "credential skipped");
                     None

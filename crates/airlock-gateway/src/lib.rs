@@ -112,8 +112,25 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
     ))?;
     let verifier = Verifier::new(keys, cfg.tokens.cache_capacity);
     let ref_policy = cfg.reference_policy();
+    let cache_policy = cfg.secrets.cache_policy().map_err(anyhow::Error::msg)?;
+    let secrets = airlock_secretstore::Stores::new(
+        airlock_secretstore::Settings {
+            vault: cfg.secrets.vault.clone(),
+            aws: cfg.secrets.aws.clone(),
+            kek: cfg.secrets.kek.clone(),
+            timeout: Duration::from_secs_f64(cfg.secrets.timeout_secs),
+            exec_timeout: Duration::from_secs_f64(cfg.secrets.exec_timeout_secs),
+            file_policy: ref_policy.clone(),
+        },
+        client.clone(),
+        store.clone(),
+        &|name| std::env::var(name).ok().filter(|v| !v.is_empty()),
+    )
+    .map_err(anyhow::Error::msg)?;
     let app = Arc::new(App {
         ref_policy,
+        secrets,
+        cache_policy,
         cfg,
         store,
         verifier,
@@ -130,6 +147,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
     app.reload_credentials().await?;
     app.reload_revocations().await?;
     spawn_revocation_refresh(Arc::downgrade(&app));
+    credentials::spawn_refresher(Arc::downgrade(&app));
     Ok((app, writer))
 }
 
@@ -232,6 +250,14 @@ pub async fn init(dir: &Path, listen: &str) -> anyhow::Result<Initialized> {
         .map_err(anyhow::Error::msg)?;
     let hmac = HmacKey::generate();
     airlock_token::write_private(&keys_dir.join(HMAC_KEY_FILE), hmac.to_hex().as_bytes())?;
+    if let Some(airlock_secretstore::sealed::Kek::Keyfile(p)) = cfg
+        .secrets
+        .kek
+        .as_deref()
+        .and_then(|k| airlock_secretstore::sealed::Kek::parse(k).ok())
+    {
+        airlock_secretstore::sealed::Keyfile::add_version(&p).map_err(anyhow::Error::msg)?;
+    }
     let store = Store::open(&cfg.store_url()).await?;
     let admin_token = admin::create_admin_key(&store, &hmac, "owner", admin::Role::Owner).await?;
     std::fs::write(&cfg_path, text)?;

@@ -404,7 +404,6 @@ async fn forward(
 ) -> Result<Response, ApiError> {
     let n = allowed.len();
     let upstream_limit = Duration::from_secs(app.cfg.limits.upstream_timeout_secs);
-    let file_check = Duration::from_millis(app.cfg.secrets.file_check_ms);
     let mut last_err: Option<ApiError> = None;
     // Credentials tried before the one in the record, and why each was left: the audit record
     // names every credential whose key a request used.
@@ -432,37 +431,23 @@ async fn forward(
                 .fallbacks
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let resolved = c.secret(&app.hmac, &app.ref_policy, file_check);
-        audit_secret_read(app, c, &resolved, &ctx.rec().row.request_id);
-        let resolved = match resolved {
-            Ok(r) => r,
+        let request_id = ctx.rec().row.request_id.clone();
+        let secret = match c.secret(app, &request_id).await {
+            Ok(s) => s,
             Err(e) => {
-                tracing::warn!(credential = %c.name, error = %e, "secret unavailable");
-                last_err = Some(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "credential_unavailable",
-                    format!("the key of credential `{}` cannot be read right now; an operator must check its reference", c.name),
-                ));
+                tracing::debug!(credential = %c.name, error = %e, "secret unavailable");
+                last_err = Some(secret_unavailable(c, &e));
                 why = "key unavailable".into();
                 continue;
             }
         };
-        if let Some((fp, last4)) = resolved.changed {
-            let store = app.store.clone();
-            let name = c.name.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.set_fingerprint(&name, &fp, &last4, now_ms()).await {
-                    tracing::warn!(error = %e, "could not record a changed fingerprint");
-                }
-            });
-        }
         let req = match upstream_request(
             a,
             ctx.ep,
             &parts.method,
             &parts.headers,
             body.clone(),
-            &resolved.secret,
+            &secret,
         ) {
             Ok(r) => r,
             Err(e) => {
@@ -534,7 +519,7 @@ async fn forward(
             )
         })?;
         record.mark_ttfb();
-        return Ok(respond(app, resp, record, &resolved.secret, ctx.ep.dialect()).await);
+        return Ok(respond(app, resp, record, &secret, ctx.ep.dialect()).await);
     }
     Err(last_err.unwrap_or_else(|| {
         ApiError::new(
@@ -700,38 +685,26 @@ async fn record_models_refusal(app: &Arc<App>, parts: &http::request::Parts, e: 
     let _ = r.commit_refusal().await;
 }
 
-/// Every read of a key from its store is audited (not the in-memory hits).
-fn audit_secret_read(
-    app: &App,
+/// The 503 for a credential whose key cannot be read: which store, and whether it is down or
+/// refused (details are in the audit record and the server log, not in the client's answer).
+fn secret_unavailable(
     c: &crate::credentials::Credential,
-    resolved: &Result<crate::credentials::Resolved, airlock_secrets::ResolveError>,
-    request_id: &str,
-) {
-    if matches!(resolved, Ok(r) if !r.fresh) {
-        return;
-    }
-    let (outcome, reason) = match resolved {
-        Ok(r) if r.changed.is_some() => {
-            ("ok", "read; the key is not the one last seen".to_string())
-        }
-        Ok(_) => ("ok", "read".to_string()),
-        Err(e) => ("failed", e.to_string()),
+    e: &airlock_secrets::ResolveError,
+) -> ApiError {
+    let store = c.reference().store();
+    let what = if e.is_definite() {
+        format!("its secret store ({store}) refused it or no longer holds it")
+    } else {
+        format!("its secret store ({store}) is not answering and no cached copy within max_stale is held")
     };
-    app.recorder.write_nowait(
-        None,
-        Some(airlock_audit::Record {
-            ts: now_ms(),
-            actor_kind: "system".into(),
-            action: "secret.resolve".into(),
-            target_kind: Some("credential".into()),
-            target: Some(c.name.clone()),
-            outcome: outcome.into(),
-            reason: Some(format!("{} ({})", reason, c.reference().store())),
-            request_id: Some(request_id.to_string()),
-            credential: Some(c.name.clone()),
-            ..Default::default()
-        }),
-    );
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "credential_unavailable",
+        format!(
+            "the key of credential `{}` cannot be read: {what}; an operator must check it",
+            c.name
+        ),
+    )
 }
 
 /// `GET /v1/models/{id}`.
@@ -811,6 +784,80 @@ async fn list_models(app: &Arc<App>, req: &http::request::Parts) -> Result<Vec<S
     Ok(out.into_iter().collect())
 }
 
+/// The provider's cheapest authenticated call: list models.
+fn models_request(
+    c: &crate::credentials::Credential,
+    secret: &airlock_secrets::Secret,
+) -> Option<Request<Full<Bytes>>> {
+    let url = c.provider.url(&c.base_url, Endpoint::Models);
+    let mut b = Request::builder().method(Method::GET).uri(url);
+    if let (Some(h), Some((n, v))) = (b.headers_mut(), c.provider.auth_header(secret)) {
+        h.insert(n, v);
+        if c.provider == ProviderKind::Anthropic {
+            h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        }
+    }
+    b.body(Full::new(Bytes::new())).ok()
+}
+
+/// `credential verify`: the key read from its store now, then the provider asked to list
+/// models with it. `status` is `ok`, `refused` (the provider said 401/403), `unreachable`
+/// (no answer, or an answer that says nothing about the key) or `unreadable` (the store).
+pub async fn verify(app: &Arc<App>, c: &crate::credentials::Credential) -> serde_json::Value {
+    let f = c.read_now(app, "verify read").await;
+    let mut out = serde_json::json!({
+        "credential": c.name,
+        "provider": c.provider.as_str(),
+        "env": c.env,
+        "store": c.reference().store(),
+        "reference": c.reference().to_string(),
+        "version": f.version,
+    });
+    let secret = match &f.result {
+        Ok(s) => s.clone(),
+        Err(e) => {
+            out["status"] = "unreadable".into();
+            out["detail"] = e.to_string().into();
+            return out;
+        }
+    };
+    out["fingerprint"] = secret.fingerprint(&app.hmac).into();
+    out["last4"] = secret.last4().into();
+    let Some(req) = models_request(c, &secret) else {
+        out["status"] = "unreachable".into();
+        out["detail"] = "the credential's base URL is unusable".into();
+        return out;
+    };
+    let (status, detail) =
+        match tokio::time::timeout(Duration::from_secs(10), app.client.request(req)).await {
+            Ok(Ok(resp)) => {
+                let code = resp.status().as_u16();
+                out["http_status"] = code.into();
+                match code {
+                    200..=299 => ("ok", format!("the provider accepted the key (HTTP {code})")),
+                    401 | 403 => (
+                        "refused",
+                        format!("the provider refused the key (HTTP {code})"),
+                    ),
+                    _ => (
+                        "unreachable",
+                        format!(
+                            "the provider answered HTTP {code}, which says nothing about the key"
+                        ),
+                    ),
+                }
+            }
+            Ok(Err(_)) => ("unreachable", "the provider cannot be reached".to_string()),
+            Err(_) => (
+                "unreachable",
+                "the provider did not answer within 10s".to_string(),
+            ),
+        };
+    out["status"] = status.into();
+    out["detail"] = detail.into();
+    out
+}
+
 /// The provider's model list for a credential, cached for 5 minutes. A call upstream uses the
 /// credential's key, so it is audited like an inference request (I5): the list is not returned
 /// before its record is durable.
@@ -826,24 +873,10 @@ async fn upstream_models(
             }
         }
     }
-    let resolved = c.secret(
-        &app.hmac,
-        &app.ref_policy,
-        Duration::from_millis(app.cfg.secrets.file_check_ms),
-    );
-    audit_secret_read(app, c, &resolved, &asker.request_id);
-    let Ok(resolved) = resolved else {
+    let Ok(secret) = c.secret(app, &asker.request_id).await else {
         return Ok(Vec::new());
     };
-    let url = c.provider.url(&c.base_url, Endpoint::Models);
-    let mut b = Request::builder().method(Method::GET).uri(url);
-    if let (Some(h), Some((n, v))) = (b.headers_mut(), c.provider.auth_header(&resolved.secret)) {
-        h.insert(n, v);
-        if c.provider == ProviderKind::Anthropic {
-            h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
-        }
-    }
-    let Ok(req) = b.body(Full::new(Bytes::new())) else {
+    let Some(req) = models_request(c, &secret) else {
         return Ok(Vec::new());
     };
     #[derive(Deserialize)]

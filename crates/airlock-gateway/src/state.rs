@@ -7,16 +7,15 @@ use airlock_secrets::HmacKey;
 use airlock_store::Store;
 use airlock_token::Verifier;
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// The HTTP client used for providers (rustls with the platform's roots; HTTP/1.1 and h2).
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// The HTTP client used for providers and secret stores (rustls with the platform's roots;
+/// HTTP/1.1 and h2).
+pub type HttpClient = airlock_secretstore::HttpClient;
 
 /// Everything a handler needs.
 pub struct App {
@@ -30,6 +29,10 @@ pub struct App {
     pub hmac: HmacKey,
     /// Where `file:` references may point.
     pub ref_policy: airlock_secrets::ReferencePolicy,
+    /// The secret stores (Vault, AWS, commands, sealed secrets).
+    pub secrets: airlock_secretstore::Stores,
+    /// The secret cache's timing.
+    pub cache_policy: airlock_secretstore::CachePolicy,
     /// Credentials, swapped whole when they change.
     pub creds: ArcSwap<CredentialSet>,
     /// Ids of revoked tokens.
@@ -79,7 +82,9 @@ impl App {
     /// Reloads credentials from the store.
     pub async fn reload_credentials(&self) -> Result<(), airlock_store::StoreError> {
         let rows = self.store.list_credentials().await?;
-        self.creds.store(Arc::new(CredentialSet::from_rows(&rows)));
+        let old = self.creds.load_full();
+        self.creds
+            .store(Arc::new(CredentialSet::from_rows(&rows, Some(&old))));
         Ok(())
     }
 

@@ -1,16 +1,19 @@
 //! Secret material and where it comes from.
 //!
 //! Invariant I2 lives here: [`Secret`] has no `Debug`, `Display` or `Serialize` that reveals it,
-//! is zeroized on drop and compares in constant time. Its bytes leave this crate through exactly
-//! one method, [`Secret::expose_to_upstream`], which only the provider adapters call when they
-//! build the outgoing request.
+//! is zeroized on drop and compares in constant time. Its bytes leave this crate through two
+//! methods: [`Secret::expose_to_upstream`], which only the provider adapters call when they
+//! build the outgoing request, and [`Secret::expose_to_store`], which only `airlock-secretstore`
+//! calls to log in to a secret store or to seal a value.
 #![warn(missing_docs)]
 
 mod keyed;
 mod reference;
 
 pub use keyed::{random_token, HmacKey};
-pub use reference::{ReferencePolicy, ResolveError, SecretRef, MAX_SECRET_FILE};
+pub use reference::{
+    value_to_secret, ReferencePolicy, ResolveError, SecretRef, MAX_SECRET_FILE, RESERVED_ENV_PREFIX,
+};
 
 use secrecy::{ExposeSecret, SecretString};
 use std::fmt;
@@ -89,6 +92,13 @@ impl Secret {
     /// request to the provider. Everything else (hashing, fingerprints, scrubbing) is a method
     /// here, so the gateway's only call is in `providers.rs`.
     pub fn expose_to_upstream(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// The secret's bytes for a secret store: a store's own login secret (a Vault token, an
+    /// AppRole secret id) sent to that store, or a value being sealed. Called only in
+    /// `airlock-secretstore`.
+    pub fn expose_to_store(&self) -> &str {
         self.0.expose_secret()
     }
 

@@ -71,10 +71,37 @@ pub enum SecretRef {
     Env(String),
     /// `file:/path`: a file holding the secret (trailing newline ignored), re-read on change.
     File(PathBuf),
+    /// `vault://MOUNT/PATH#FIELD[?version=N]`: a field of an OpenBao/Vault KV v2 secret; the
+    /// latest version unless one is pinned.
+    Vault {
+        /// The KV v2 mount, e.g. `secret`.
+        mount: String,
+        /// The secret's path under the mount.
+        path: String,
+        /// The field holding the key.
+        field: String,
+        /// A pinned version.
+        version: Option<u64>,
+    },
+    /// `aws-sm://SECRET_ID[#JSON_FIELD][?stage=LABEL]`: AWS Secrets Manager, `AWSCURRENT`
+    /// unless another staging label is named; the whole `SecretString` when no field is given.
+    AwsSm {
+        /// Name or ARN.
+        id: String,
+        /// A field of a JSON `SecretString`.
+        field: Option<String>,
+        /// A staging label other than `AWSCURRENT`.
+        stage: Option<String>,
+    },
+    /// `exec:PROGRAM ARG…`: a command run without a shell (words split like a shell would,
+    /// quotes allowed), whose standard output is the secret.
+    Exec(Vec<String>),
+    /// `sealed:ID`: kept by airlock, envelope-encrypted under the configured KEK.
+    Sealed(String),
 }
 
 /// Why a reference could not be read. Never contains the secret.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ResolveError {
     /// The reference string is malformed or names an unknown store.
     #[error("{0}")]
@@ -82,17 +109,78 @@ pub enum ResolveError {
     /// The store answered, but the secret is not there.
     #[error("{0}")]
     NotFound(String),
+    /// The store answered and refused: access denied, the key-encryption key disabled or
+    /// revoked. A cached value is dropped at once (the customer withdrew it).
+    #[error("{0}")]
+    Refused(String),
     /// The store could not be reached or read.
     #[error("{0}")]
     Unavailable(String),
 }
 
-const LATER: &[(&str, &str)] = &[
-    ("vault://", "OpenBao/Vault KV"),
-    ("aws-sm://", "AWS Secrets Manager"),
-    ("exec:", "command output"),
-    ("sealed:", "sealed secrets"),
-];
+impl ResolveError {
+    /// Whether the store gave a definite answer (the secret is gone, refused or malformed),
+    /// as opposed to not answering: a cached value may be served on only while a store is down.
+    pub fn is_definite(&self) -> bool {
+        !matches!(self, ResolveError::Unavailable(_))
+    }
+
+    /// A short word for the audit record and `--json` output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ResolveError::Invalid(_) => "invalid",
+            ResolveError::NotFound(_) => "not_found",
+            ResolveError::Refused(_) => "refused",
+            ResolveError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// Characters allowed in a store path, field, mount or id (no spaces, quotes, `?`, `#`).
+fn plain(s: &str, extra: &[char]) -> bool {
+    !s.is_empty()
+        && s.len() <= 512
+        && s.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') || extra.contains(&c)
+        })
+}
+
+/// Splits `rest` into the part before `?…`/`#…` and the named query and fragment.
+fn split_query_fragment(rest: &str) -> (&str, Option<&str>, Option<&str>) {
+    let (before_frag, frag) = match rest.split_once('#') {
+        Some((a, b)) => (a, Some(b)),
+        None => (rest, None),
+    };
+    // The query may stand before or after the fragment: `id?stage=X#f` or `id#f?stage=X`.
+    let (main, query) = match before_frag.split_once('?') {
+        Some((a, b)) => (a, Some(b)),
+        None => (before_frag, None),
+    };
+    match (query, frag.and_then(|f| f.split_once('?'))) {
+        (None, Some((f, q))) => (main, Some(q), Some(f)),
+        _ => (main, query, frag),
+    }
+}
+
+fn query_value<'a>(
+    query: Option<&'a str>,
+    name: &str,
+    what: &str,
+) -> Result<Option<&'a str>, ResolveError> {
+    let Some(q) = query else { return Ok(None) };
+    let mut found = None;
+    for pair in q.split('&') {
+        match pair.split_once('=') {
+            Some((k, v)) if k == name && found.is_none() => found = Some(v),
+            _ => {
+                return Err(ResolveError::Invalid(format!(
+                    "{what} takes only ?{name}=…"
+                )))
+            }
+        }
+    }
+    Ok(found)
+}
 
 impl SecretRef {
     /// Parses `env:NAME` or `file:/absolute/path`.
@@ -122,16 +210,83 @@ impl SecretRef {
             }
             return Ok(SecretRef::File(p));
         }
-        for (prefix, what) in LATER {
-            if s.starts_with(prefix) {
-                return Err(ResolveError::Invalid(format!(
-                    "`{prefix}` references ({what}) are not supported by this build yet; use env:NAME or file:/path"
-                )));
+        // A reference is stored and shown: one that holds a key would copy the key everywhere.
+        if crate::looks_like_key(s) && !s.starts_with("sealed:") {
+            return Err(ResolveError::Invalid(
+                "this reference holds something that looks like a key; a reference names where the key lives (the key itself goes in the store, or through --secret-stdin)".into(),
+            ));
+        }
+        if let Some(rest) = s.strip_prefix("vault://") {
+            return Self::parse_vault(rest);
+        }
+        if let Some(rest) = s.strip_prefix("aws-sm://") {
+            return Self::parse_aws_sm(rest);
+        }
+        if let Some(cmd) = s.strip_prefix("exec:") {
+            let argv = shell_words::split(cmd)
+                .map_err(|_| ResolveError::Invalid("exec: has an unmatched quote".into()))?;
+            if argv.is_empty() || argv[0].is_empty() {
+                return Err(ResolveError::Invalid(
+                    "exec: needs a command, e.g. exec:op read op://ai/openai/credential".into(),
+                ));
             }
+            return Ok(SecretRef::Exec(argv));
+        }
+        if let Some(id) = s.strip_prefix("sealed:") {
+            if !plain(id, &[]) || id.len() > 64 {
+                return Err(ResolveError::Invalid(
+                    "sealed: takes the id airlock gave the sealed secret (use --secret-stdin to seal a new one)".into(),
+                ));
+            }
+            return Ok(SecretRef::Sealed(id.to_string()));
         }
         Err(ResolveError::Invalid(
-            "a secret reference looks like env:NAME or file:/path (the value itself is never passed on the command line)".into(),
+            "a secret reference looks like env:NAME, file:/path, exec:COMMAND, vault://MOUNT/PATH#FIELD, aws-sm://SECRET_ID#FIELD or sealed:ID (the value itself is never passed on the command line)".into(),
         ))
+    }
+
+    fn parse_vault(rest: &str) -> Result<Self, ResolveError> {
+        const HELP: &str = "a Vault reference looks like vault://MOUNT/PATH#FIELD (KV v2), e.g. vault://secret/ai/openai#api_key, optionally ?version=N";
+        let (main, query, field) = split_query_fragment(rest);
+        let (mount, path) = main
+            .split_once('/')
+            .ok_or_else(|| ResolveError::Invalid(HELP.into()))?;
+        let field = field.ok_or_else(|| ResolveError::Invalid(HELP.into()))?;
+        let segments_ok = path
+            .split('/')
+            .all(|seg| plain(seg, &[]) && seg != "." && seg != "..");
+        if !plain(mount, &[]) || !segments_ok || !plain(field, &[]) {
+            return Err(ResolveError::Invalid(HELP.into()));
+        }
+        let version = match query_value(query, "version", "a Vault reference")? {
+            None => None,
+            Some(v) => Some(v.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ResolveError::Invalid("?version= takes a KV version number (1, 2, …)".into())
+            })?),
+        };
+        Ok(SecretRef::Vault {
+            mount: mount.into(),
+            path: path.into(),
+            field: field.into(),
+            version,
+        })
+    }
+
+    fn parse_aws_sm(rest: &str) -> Result<Self, ResolveError> {
+        const HELP: &str = "an AWS Secrets Manager reference looks like aws-sm://SECRET_ID_OR_ARN[#JSON_FIELD][?stage=AWSPENDING]";
+        let (id, query, field) = split_query_fragment(rest);
+        if !plain(id, &['/', ':', '+', '=', '@']) || field.is_some_and(|f| !plain(f, &[])) {
+            return Err(ResolveError::Invalid(HELP.into()));
+        }
+        let stage = query_value(query, "stage", "an aws-sm reference")?;
+        if stage.is_some_and(|s| !plain(s, &[])) {
+            return Err(ResolveError::Invalid(HELP.into()));
+        }
+        Ok(SecretRef::AwsSm {
+            id: id.into(),
+            field: field.map(str::to_string),
+            stage: stage.map(str::to_string),
+        })
     }
 
     /// The store kind, for logs and the inventory.
@@ -139,19 +294,29 @@ impl SecretRef {
         match self {
             SecretRef::Env(_) => "env",
             SecretRef::File(_) => "file",
+            SecretRef::Vault { .. } => "vault",
+            SecretRef::AwsSm { .. } => "aws-sm",
+            SecretRef::Exec(_) => "exec",
+            SecretRef::Sealed(_) => "sealed",
         }
     }
 
     /// A modification stamp the cache uses to notice a changed file without re-reading it.
     pub fn version_hint(&self) -> Option<std::time::SystemTime> {
         match self {
-            SecretRef::Env(_) => None,
             SecretRef::File(p) => std::fs::metadata(p).and_then(|m| m.modified()).ok(),
+            _ => None,
         }
     }
 
-    /// Reads the secret now. `file:` references must name a regular file of at most
-    /// [`MAX_SECRET_FILE`] bytes that `policy` permits (checked on the opened file).
+    /// Whether the value can be read here, without a network store (`env:` and `file:`).
+    pub fn is_local(&self) -> bool {
+        matches!(self, SecretRef::Env(_) | SecretRef::File(_))
+    }
+
+    /// Reads a local (`env:`, `file:`) secret now. `file:` references must name a regular
+    /// file of at most [`MAX_SECRET_FILE`] bytes that `policy` permits (checked on the opened
+    /// file). Other kinds are read by `airlock-secretstore`.
     pub fn resolve(&self, policy: &ReferencePolicy) -> Result<Secret, ResolveError> {
         let value = match self {
             SecretRef::Env(name) => match std::env::var(name) {
@@ -168,16 +333,30 @@ impl SecretRef {
                 }
             },
             SecretRef::File(p) => read_file(p, policy)?,
+            _ => {
+                return Err(ResolveError::Invalid(format!(
+                    "{self} is read through its store, not locally"
+                )))
+            }
         };
+        value_to_secret(value, &self.to_string())
+    }
+}
+
+/// The checks every secret value passes, whatever its store: trailing newlines dropped, not
+/// empty, one line. `what` names the reference in errors (never the value).
+pub fn value_to_secret(value: String, what: &str) -> Result<Secret, ResolveError> {
+    {
         let mut value = value;
         let trimmed_len = value.trim_end_matches(['\n', '\r']).len();
         value.truncate(trimmed_len);
         if value.trim().is_empty() {
-            return Err(ResolveError::NotFound(format!("{self} is empty")));
+            return Err(ResolveError::NotFound(format!("{what} is empty")));
         }
         if value.chars().any(|c| c.is_control()) {
+            zeroize::Zeroize::zeroize(&mut value);
             return Err(ResolveError::Invalid(format!(
-                "{self} holds control characters; a key must be a single line"
+                "{what} holds control characters; a key must be a single line"
             )));
         }
         Ok(Secret::new(value))
@@ -245,6 +424,30 @@ impl fmt::Display for SecretRef {
         match self {
             SecretRef::Env(n) => write!(f, "env:{n}"),
             SecretRef::File(p) => write!(f, "file:{}", p.display()),
+            SecretRef::Vault {
+                mount,
+                path,
+                field,
+                version,
+            } => {
+                write!(f, "vault://{mount}/{path}")?;
+                if let Some(v) = version {
+                    write!(f, "?version={v}")?;
+                }
+                write!(f, "#{field}")
+            }
+            SecretRef::AwsSm { id, field, stage } => {
+                write!(f, "aws-sm://{id}")?;
+                if let Some(s) = stage {
+                    write!(f, "?stage={s}")?;
+                }
+                if let Some(fl) = field {
+                    write!(f, "#{fl}")?;
+                }
+                Ok(())
+            }
+            SecretRef::Exec(argv) => write!(f, "exec:{}", shell_words::join(argv)),
+            SecretRef::Sealed(id) => write!(f, "sealed:{id}"),
         }
     }
 }
@@ -273,12 +476,55 @@ mod tests {
             "file:rel/path",
             "sk-abc",
             "",
-            "vault://secret/x#k",
+            "vault://secret",
+            "vault://secret/x",
+            "vault://secret/../x#k",
+            "vault://secret/x#k?version=0",
+            "vault://secret/x#k?v=1",
+            "aws-sm://a b",
+            "exec:",
+            "exec:'unclosed",
+            "sealed:",
+            "sealed:a/b",
             "env:AIRLOCK_ADMIN_TOKEN",
             "env:airlock_x",
         ] {
             assert!(SecretRef::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn store_references_round_trip() {
+        for (text, store) in [
+            ("vault://secret/ai/openai#api_key", "vault"),
+            ("vault://kv/a/b/c?version=3#key", "vault"),
+            ("aws-sm://prod/openai#api_key", "aws-sm"),
+            ("aws-sm://arn:aws:secretsmanager:us-east-1:123456789012:secret:ai-AbCdEf?stage=AWSPENDING#k", "aws-sm"),
+            ("aws-sm://plain", "aws-sm"),
+            ("exec:op read 'op://ai/open ai/credential'", "exec"),
+            ("sealed:s_0123abcd", "sealed"),
+        ] {
+            let r = SecretRef::parse(text).unwrap();
+            assert_eq!(r.store(), store);
+            assert_eq!(r.to_string(), text);
+            assert_eq!(SecretRef::parse(&r.to_string()).unwrap(), r);
+        }
+        // The fragment may come before the query.
+        let r = SecretRef::parse("vault://secret/x#k?version=2").unwrap();
+        assert_eq!(r.to_string(), "vault://secret/x?version=2#k");
+        match SecretRef::parse("exec:/usr/bin/pass show 'ai/open ai'").unwrap() {
+            SecretRef::Exec(argv) => assert_eq!(argv, ["/usr/bin/pass", "show", "ai/open ai"]),
+            other => panic!("{other:?}"),
+        }
+        // A key pasted where a reference belongs is refused without being echoed.
+        let key = format!("sk-proj-{}", crate::random_token(24));
+        let err = SecretRef::parse(&format!("exec:echo {key}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !err.contains(&key) && err.contains("looks like a key"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -76,6 +76,42 @@ pub struct CredentialRow {
     pub last_used_at: Option<i64>,
     /// Suspended credentials serve nothing.
     pub suspended: bool,
+    /// The version last read from the secret's store (never the value).
+    pub secret_version: Option<String>,
+}
+
+/// A sealed secret: ciphertext and a wrapped data key (I1: nothing here opens without the KEK).
+#[derive(Clone)]
+pub struct SealedRow {
+    /// `sealed:ID` names it.
+    pub id: String,
+    /// The credential it belongs to (bound into the ciphertext).
+    pub credential: String,
+    /// The KEK reference that wrapped the data key.
+    pub kek: String,
+    /// Which version of the KEK (keyfile `vN`, Transit `vN`, KMS key ARN).
+    pub kek_version: String,
+    /// The wrapped data key.
+    pub wrapped_key: Vec<u8>,
+    /// AES-GCM nonce of the ciphertext.
+    pub nonce: Vec<u8>,
+    /// The secret, encrypted under the data key.
+    pub ciphertext: Vec<u8>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds of the last rewrap.
+    pub rewrapped_at: Option<i64>,
+}
+
+impl std::fmt::Debug for SealedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedRow")
+            .field("id", &self.id)
+            .field("credential", &self.credential)
+            .field("kek", &self.kek)
+            .field("kek_version", &self.kek_version)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Metadata of a minted token.
@@ -491,9 +527,36 @@ impl Store {
 
     /// Adds a credential; `Conflict` if the name is taken.
     pub async fn insert_credential(&self, c: &CredentialRow) -> Result<()> {
+        self.insert_credential_with(c, None).await
+    }
+
+    /// Adds a credential and, for a sealed one, its sealed secret, in one transaction.
+    pub async fn insert_credential_with(
+        &self,
+        c: &CredentialRow,
+        sealed: Option<&SealedRow>,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        if let Some(s) = sealed {
+            sqlx::query(
+                "INSERT INTO sealed_secrets (id, credential, kek, kek_version, wrapped_key, nonce,
+                   ciphertext, created_at) VALUES (?,?,?,?,?,?,?,?)",
+            )
+            .bind(&s.id)
+            .bind(&s.credential)
+            .bind(&s.kek)
+            .bind(&s.kek_version)
+            .bind(&s.wrapped_key)
+            .bind(&s.nonce)
+            .bind(&s.ciphertext)
+            .bind(s.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("insert sealed secret"))?;
+        }
         let r = sqlx::query(
             "INSERT INTO credentials (name, provider, env, secret_ref, base_url, models, priority,
-               fingerprint, last4, created_at, suspended) VALUES (?,?,?,?,?,?,?,?,?,?,0)",
+               fingerprint, last4, created_at, suspended, secret_version) VALUES (?,?,?,?,?,?,?,?,?,?,0,?)",
         )
         .bind(&c.name)
         .bind(&c.provider)
@@ -505,10 +568,11 @@ impl Store {
         .bind(&c.fingerprint)
         .bind(&c.last4)
         .bind(c.created_at)
-        .execute(&self.pool)
+        .bind(&c.secret_version)
+        .execute(&mut *tx)
         .await;
         match r {
-            Ok(_) => Ok(()),
+            Ok(_) => tx.commit().await.map_err(db("commit credential")),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 Err(StoreError::Conflict(format!("credential `{}`", c.name)))
             }
@@ -531,6 +595,7 @@ impl Store {
             rotated_at: r.get("rotated_at"),
             last_used_at: r.get("last_used_at"),
             suspended: r.get::<i64, _>("suspended") != 0,
+            secret_version: r.get("secret_version"),
         }
     }
 
@@ -553,14 +618,82 @@ impl Store {
         Ok(row.as_ref().map(Self::credential_from))
     }
 
-    /// Removes a credential; false if there was none.
+    /// Removes a credential and its sealed secret, if any (without the ciphertext the data
+    /// key is useless); false if there was none.
     pub async fn delete_credential(&self, name: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        sqlx::query("DELETE FROM sealed_secrets WHERE credential = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("delete sealed secret"))?;
         let r = sqlx::query("DELETE FROM credentials WHERE name = ?")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db("delete credential"))?;
+        tx.commit().await.map_err(db("commit delete"))?;
         Ok(r.rows_affected() > 0)
+    }
+
+    fn sealed_from(r: &sqlx::sqlite::SqliteRow) -> SealedRow {
+        SealedRow {
+            id: r.get("id"),
+            credential: r.get("credential"),
+            kek: r.get("kek"),
+            kek_version: r.get("kek_version"),
+            wrapped_key: r.get("wrapped_key"),
+            nonce: r.get("nonce"),
+            ciphertext: r.get("ciphertext"),
+            created_at: r.get("created_at"),
+            rewrapped_at: r.get("rewrapped_at"),
+        }
+    }
+
+    /// One sealed secret.
+    pub async fn get_sealed(&self, id: &str) -> Result<Option<SealedRow>> {
+        let row = sqlx::query("SELECT * FROM sealed_secrets WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("get sealed secret"))?;
+        Ok(row.as_ref().map(Self::sealed_from))
+    }
+
+    /// Every sealed secret, oldest first.
+    pub async fn list_sealed(&self) -> Result<Vec<SealedRow>> {
+        let rows = sqlx::query("SELECT * FROM sealed_secrets ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list sealed secrets"))?;
+        Ok(rows.iter().map(Self::sealed_from).collect())
+    }
+
+    /// Replaces a sealed secret's wrapped data key (after a KEK rotation) if it is still the
+    /// one that was rewrapped; false when it changed meanwhile.
+    pub async fn rewrap_sealed(
+        &self,
+        id: &str,
+        old_wrapped: &[u8],
+        kek: &str,
+        kek_version: &str,
+        wrapped: &[u8],
+        now_ms: i64,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE sealed_secrets SET kek = ?, kek_version = ?, wrapped_key = ?, rewrapped_at = ?
+               WHERE id = ? AND wrapped_key = ?",
+        )
+        .bind(kek)
+        .bind(kek_version)
+        .bind(wrapped)
+        .bind(now_ms)
+        .bind(id)
+        .bind(old_wrapped)
+        .execute(&self.pool)
+        .await
+        .map_err(db("rewrap sealed secret"))?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// Records a newly observed fingerprint (the key behind the reference changed).
@@ -569,16 +702,18 @@ impl Store {
         name: &str,
         fingerprint: &str,
         last4: &str,
+        version: Option<&str>,
         now_ms: i64,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE credentials SET rotated_at = CASE WHEN fingerprint IS NOT NULL AND fingerprint != ?1 THEN ?3 ELSE rotated_at END,
-               fingerprint = ?1, last4 = ?2 WHERE name = ?4",
+               fingerprint = ?1, last4 = ?2, secret_version = COALESCE(?5, secret_version) WHERE name = ?4",
         )
         .bind(fingerprint)
         .bind(last4)
         .bind(now_ms)
         .bind(name)
+        .bind(version)
         .execute(&self.pool)
         .await
         .map_err(db("update fingerprint"))?;
@@ -1022,6 +1157,7 @@ mod tests {
             rotated_at: None,
             last_used_at: None,
             suspended: false,
+            secret_version: None,
         };
         s.insert_credential(&c).await.unwrap();
         assert!(matches!(
@@ -1030,11 +1166,43 @@ mod tests {
         ));
         let got = s.get_credential("openai-prod").await.unwrap().unwrap();
         assert_eq!(got.models, vec!["gpt-*".to_string()]);
-        s.set_fingerprint("openai-prod", "hmac-sha256:11", "wxyz", 5)
+        s.set_fingerprint("openai-prod", "hmac-sha256:11", "wxyz", Some("3"), 5)
             .await
             .unwrap();
         let got = s.get_credential("openai-prod").await.unwrap().unwrap();
         assert_eq!(got.rotated_at, Some(5));
+        assert_eq!(got.secret_version.as_deref(), Some("3"));
+        // A sealed secret goes in with its credential and is destroyed with it.
+        let sealed = SealedRow {
+            id: "s_1".into(),
+            credential: "sealed-one".into(),
+            kek: "keyfile:/k".into(),
+            kek_version: "v1".into(),
+            wrapped_key: vec![1, 2, 3],
+            nonce: vec![0; 12],
+            ciphertext: vec![9; 40],
+            created_at: 1,
+            rewrapped_at: None,
+        };
+        let sc = CredentialRow {
+            name: "sealed-one".into(),
+            secret_ref: "sealed:s_1".into(),
+            ..c.clone()
+        };
+        s.insert_credential_with(&sc, Some(&sealed)).await.unwrap();
+        assert_eq!(s.list_sealed().await.unwrap().len(), 1);
+        assert!(!s
+            .rewrap_sealed("s_1", &[7], "keyfile:/k", "v2", &[4], 6)
+            .await
+            .unwrap());
+        assert!(s
+            .rewrap_sealed("s_1", &[1, 2, 3], "keyfile:/k", "v2", &[4], 6)
+            .await
+            .unwrap());
+        let got = s.get_sealed("s_1").await.unwrap().unwrap();
+        assert_eq!((got.kek_version.as_str(), got.wrapped_key), ("v2", vec![4]));
+        assert!(s.delete_credential("sealed-one").await.unwrap());
+        assert!(s.get_sealed("s_1").await.unwrap().is_none());
         s.record_usage(&[UsageRow {
             ts: 7,
             request_id: "r".into(),

@@ -82,6 +82,88 @@ impl Admin {
     }
 }
 
+/// The key for `--secret-stdin`: typed at a terminal without echo, or piped.
+fn read_secret_stdin() -> Result<zeroize::Zeroizing<String>, Failure> {
+    use std::io::{IsTerminal, Read};
+    let mut text = zeroize::Zeroizing::new(String::new());
+    if std::io::stdin().is_terminal() {
+        eprint!("key (input hidden): ");
+        *text = rpassword::read_password()
+            .map_err(|e| Failure::usage(format!("cannot read the key: {e}")))?;
+    } else {
+        std::io::stdin()
+            .take(64 * 1024 + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| Failure::usage(format!("cannot read the key from stdin: {e}")))?;
+    }
+    let trimmed = text.trim_end_matches(['\n', '\r']).len();
+    text.truncate(trimmed);
+    if text.trim().is_empty() {
+        return Err(Failure::usage("--secret-stdin: standard input held no key"));
+    }
+    Ok(text)
+}
+
+/// `airlock kek rotate`.
+pub async fn kek_rotate(json: bool) -> Result<(), Failure> {
+    let admin = Admin::from_env()?;
+    let v = admin
+        .call(Method::POST, "/kek/rotate", Some(json!({})))
+        .await?;
+    let failed = v["failed"].as_array().cloned().unwrap_or_default();
+    if json {
+        print_json(&v);
+    } else {
+        println!(
+            "rewrapped {} sealed secret(s) under {} (version {})",
+            v["rewrapped"],
+            s(&v, "kek"),
+            s(&v, "version")
+        );
+        for f in &failed {
+            eprintln!(
+                "  not rewrapped: {} ({})",
+                f[0].as_str().unwrap_or("?"),
+                f[1].as_str().unwrap_or("?")
+            );
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure {
+            code: 1,
+            message: format!("{} sealed secret(s) were not rewrapped", failed.len()),
+        })
+    }
+}
+
+/// `airlock doctor`.
+pub async fn doctor(json: bool) -> Result<(), Failure> {
+    let admin = Admin::from_env()?;
+    let v = admin.call(Method::POST, "/doctor", Some(json!({}))).await?;
+    if json {
+        print_json(&v);
+    } else {
+        for c in v["checks"].as_array().cloned().unwrap_or_default() {
+            println!(
+                "{} {:<32} {}",
+                if c["ok"] == true { "ok  " } else { "FAIL" },
+                s(&c, "name"),
+                s(&c, "detail")
+            );
+        }
+    }
+    if v["ok"] == true {
+        Ok(())
+    } else {
+        Err(Failure {
+            code: 1,
+            message: "some checks failed".into(),
+        })
+    }
+}
+
 fn ms(v: &Value) -> String {
     v.as_i64()
         .map(|m| {
@@ -118,17 +200,19 @@ pub async fn credential(c: CredentialCmd, json: bool) -> Result<(), Failure> {
             provider,
             env,
             secret,
+            secret_stdin,
             base_url,
             models,
             priority,
         } => {
-            let v = admin
-                .call(
-                    Method::POST,
-                    "/credentials",
-                    Some(json!({"name": name, "provider": provider, "env": env, "secret_ref": secret, "base_url": base_url, "models": models, "priority": priority})),
-                )
-                .await?;
+            let mut body = json!({"name": name, "provider": provider, "env": env, "base_url": base_url, "models": models, "priority": priority});
+            if secret_stdin {
+                let value = read_secret_stdin()?;
+                body["secret_value"] = Value::String(value.to_string());
+            } else {
+                body["secret_ref"] = json!(secret);
+            }
+            let v = admin.call(Method::POST, "/credentials", Some(body)).await?;
             if json {
                 print_json(&v);
             } else {
@@ -141,6 +225,43 @@ pub async fn credential(c: CredentialCmd, json: bool) -> Result<(), Failure> {
                     s(&v, "last4")
                 );
             }
+        }
+        CredentialCmd::Verify { name } => {
+            let v = admin
+                .call(
+                    Method::POST,
+                    &format!("/credentials/{name}/verify"),
+                    Some(json!({})),
+                )
+                .await?;
+            let status = s(&v, "status").to_string();
+            if json {
+                print_json(&v);
+            } else {
+                println!("{} {}: {}", name, status, s(&v, "detail"));
+                println!("  store        {} ({})", s(&v, "store"), s(&v, "reference"));
+                if let Some(ver) = v["version"].as_str() {
+                    println!("  version      {ver}");
+                }
+                if v["fingerprint"].is_string() {
+                    println!(
+                        "  fingerprint  {} …{}",
+                        s(&v, "fingerprint"),
+                        s(&v, "last4")
+                    );
+                }
+            }
+            return match status.as_str() {
+                "ok" => Ok(()),
+                "unreachable" => Err(Failure {
+                    code: 3,
+                    message: format!("credential {name}: the provider could not be reached"),
+                }),
+                other => Err(Failure {
+                    code: 1,
+                    message: format!("credential {name}: {other}"),
+                }),
+            };
         }
         CredentialCmd::List => {
             let v = admin.call(Method::GET, "/credentials", None).await?;

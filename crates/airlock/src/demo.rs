@@ -81,6 +81,7 @@ pub async fn run(listen: &str, json: bool) -> Result<(), Failure> {
                 rotated_at: None,
                 last_used_at: None,
                 suspended: false,
+                secret_version: None,
             })
             .await
             .map_err(|e| Failure::remote(e.to_string()))?;

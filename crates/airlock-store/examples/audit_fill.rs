@@ -21,6 +21,7 @@ async fn main() {
         .expect("open");
     let key = AuditKey::load(&dir.join("keys"), 1).expect("audit key");
     let (mut seq, mut head) = store.audit_head().await.expect("head");
+    let mut writer = store.batch_writer().expect("writer");
     let start = Instant::now();
     let mut written = 0;
     while written < n {
@@ -50,10 +51,10 @@ async fn main() {
             batch.push(s);
         }
         written += batch.len() as i64;
+        // Each batch signs its head and is a permanent checkpoint, as the server's would be.
         let cp = key.checkpoint(seq, 0, &head);
-        store
-            .write_batch(&[], &batch, Some(&cp))
-            .await
+        writer
+            .write_batch(&[], &batch, Some(&cp), Some(&cp))
             .expect("write");
     }
     let secs = start.elapsed().as_secs_f64();

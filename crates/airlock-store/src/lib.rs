@@ -834,105 +834,6 @@ impl Store {
 
     // ---- usage ------------------------------------------------------------------------
 
-    /// Writes a batch of finished requests in one transaction and stamps `last_used_at`
-    /// on the credentials that served them.
-    pub async fn record_usage(&self, batch: &[UsageRow]) -> Result<()> {
-        self.write_batch(batch, &[], None).await
-    }
-
-    /// Writes usage rows, sealed audit records and optionally a checkpoint in one transaction
-    /// (the writer's group commit): all of them are durable, or none is.
-    pub async fn write_batch(
-        &self,
-        batch: &[UsageRow],
-        audit: &[Sealed],
-        checkpoint: Option<&Checkpoint>,
-    ) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db("record usage"))?;
-        for s in audit {
-            let r = &s.record;
-            sqlx::query(
-                "INSERT INTO audit (seq, ts, actor_kind, actor, subject, action, target_kind, target,
-                   outcome, reason, request_id, client_ip, credential, model, status, input_tokens,
-                   output_tokens, cost_micros, prev, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            )
-            .bind(r.seq)
-            .bind(r.ts)
-            .bind(&r.actor_kind)
-            .bind(&r.actor)
-            .bind(&r.subject)
-            .bind(&r.action)
-            .bind(&r.target_kind)
-            .bind(&r.target)
-            .bind(&r.outcome)
-            .bind(&r.reason)
-            .bind(&r.request_id)
-            .bind(&r.client_ip)
-            .bind(&r.credential)
-            .bind(&r.model)
-            .bind(r.status)
-            .bind(r.input_tokens)
-            .bind(r.output_tokens)
-            .bind(r.cost_micros)
-            .bind(&r.prev)
-            .bind(&s.hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("append audit record"))?;
-        }
-        if let Some(c) = checkpoint {
-            sqlx::query(
-                "INSERT INTO audit_checkpoints (seq, ts, head, key_id, signature) VALUES (?,?,?,?,?)",
-            )
-            .bind(c.seq)
-            .bind(c.ts)
-            .bind(&c.head)
-            .bind(c.key_id)
-            .bind(&c.signature)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("write audit checkpoint"))?;
-        }
-        for u in batch {
-            sqlx::query(
-                "INSERT INTO usage (ts, request_id, token_id, subject, env, credential, provider, endpoint, model,
-                   status, outcome, input_tokens, output_tokens, cached_tokens, latency_ms, ttfb_ms, stream,
-                   attempts, client_ip) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            )
-            .bind(u.ts)
-            .bind(&u.request_id)
-            .bind(&u.token_id)
-            .bind(&u.subject)
-            .bind(&u.env)
-            .bind(&u.credential)
-            .bind(&u.provider)
-            .bind(&u.endpoint)
-            .bind(&u.model)
-            .bind(u.status)
-            .bind(&u.outcome)
-            .bind(u.input_tokens)
-            .bind(u.output_tokens)
-            .bind(u.cached_tokens)
-            .bind(u.latency_ms)
-            .bind(u.ttfb_ms)
-            .bind(u.stream)
-            .bind(u.attempts)
-            .bind(&u.client_ip)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("record usage"))?;
-            if let (Some(c), true) = (&u.credential, u.status < 500 && u.outcome != "refused") {
-                sqlx::query("UPDATE credentials SET last_used_at = max(COALESCE(last_used_at, 0), ?) WHERE name = ?")
-                    .bind(u.ts)
-                    .bind(c)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("record usage"))?;
-            }
-        }
-        tx.commit().await.map_err(db("record usage"))
-    }
-
     // ---- audit ------------------------------------------------------------------------
 
     /// A connection of its own for the one thread that appends audit records and usage rows.
@@ -1203,20 +1104,26 @@ mod tests {
         assert_eq!((got.kek_version.as_str(), got.wrapped_key), ("v2", vec![4]));
         assert!(s.delete_credential("sealed-one").await.unwrap());
         assert!(s.get_sealed("s_1").await.unwrap().is_none());
-        s.record_usage(&[UsageRow {
-            ts: 7,
-            request_id: "r".into(),
-            credential: Some("openai-prod".into()),
-            endpoint: "/v1/chat/completions".into(),
-            status: 200,
-            outcome: "ok".into(),
-            input_tokens: Some(3),
-            output_tokens: Some(4),
-            attempts: 1,
-            ..Default::default()
-        }])
-        .await
-        .unwrap();
+        s.batch_writer()
+            .unwrap()
+            .write_batch(
+                &[UsageRow {
+                    ts: 7,
+                    request_id: "r".into(),
+                    credential: Some("openai-prod".into()),
+                    endpoint: "/v1/chat/completions".into(),
+                    status: 200,
+                    outcome: "ok".into(),
+                    input_tokens: Some(3),
+                    output_tokens: Some(4),
+                    attempts: 1,
+                    ..Default::default()
+                }],
+                &[],
+                None,
+                None,
+            )
+            .unwrap();
         let t = s.credential_totals("openai-prod").await.unwrap();
         assert_eq!(
             t,

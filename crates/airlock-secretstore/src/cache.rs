@@ -268,3 +268,187 @@ impl SecretCell {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{HttpClient, Settings};
+    use std::path::Path;
+
+    fn http() -> HttpClient {
+        let mut c = hyper_util::client::legacy::connect::HttpConnector::new();
+        c.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .unwrap()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(c);
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https)
+    }
+
+    async fn stores(dir: &Path) -> Stores {
+        let db = airlock_store::Store::open_sqlite(&dir.join("t.db"))
+            .await
+            .unwrap();
+        Stores::new(
+            Settings {
+                vault: Default::default(),
+                aws: Default::default(),
+                kek: None,
+                timeout: Duration::from_secs(2),
+                exec_timeout: Duration::from_secs(2),
+                file_policy: Default::default(),
+            },
+            http(),
+            db,
+            &|_| None,
+        )
+        .unwrap()
+    }
+
+    /// A store played by a command whose behaviour a file decides: `ok KEY` prints the key,
+    /// `down` fails (the store did not answer), `gone` prints nothing (a definite "no"),
+    /// `slow` sleeps past the timeout. Each run appends a line to `runs`.
+    fn script(dir: &Path) -> SecretRef {
+        let mode = dir.join("mode");
+        let runs = dir.join("runs");
+        let sh = format!(
+            "echo x >> {r}; m=$(cat {m}); case \"$m\" in ok*) echo \"${{m#ok }}\";; down) exit 1;; gone) ;; slow) sleep 5;; esac",
+            r = runs.display(),
+            m = mode.display()
+        );
+        SecretRef::Exec(vec!["sh".into(), "-c".into(), sh])
+    }
+
+    fn set(dir: &Path, mode: &str) {
+        std::fs::write(dir.join("mode"), mode).unwrap();
+    }
+
+    fn runs(dir: &Path) -> usize {
+        std::fs::read_to_string(dir.join("runs"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn policy() -> CachePolicy {
+        CachePolicy {
+            ttl: Duration::from_millis(300),
+            max_stale: Duration::from_millis(900),
+            file_check: Duration::from_millis(100),
+            retry_min: Duration::from_millis(200),
+        }
+    }
+
+    #[tokio::test]
+    async fn stale_while_down_dropped_when_refused_fast_failure_in_backoff() {
+        let dir = std::env::temp_dir().join(format!(
+            "airlock-cache-{}",
+            airlock_secrets::random_token(6)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = stores(&dir).await;
+        let r = script(&dir);
+        let p = policy();
+        let cell = SecretCell::new();
+        set(&dir, "ok abcdefghijklmnop1");
+        let (got, fetch) = cell.get(&s, &r, "c", &p).await;
+        assert_eq!(got.unwrap().last4(), "nop1");
+        assert!(fetch.is_some(), "the first use reads the store");
+        let (got, fetch) = cell.get(&s, &r, "c", &p).await;
+        assert!(got.is_ok() && fetch.is_none(), "then memory");
+        assert_eq!(runs(&dir), 1);
+
+        // The store goes down: a refresh fails, the old key keeps serving until max_stale.
+        set(&dir, "down");
+        tokio::time::sleep(p.ttl).await;
+        assert!(cell.due(&r, &p, Instant::now()));
+        let f = cell.refresh(&s, &r, "c", &p).await.unwrap();
+        assert!(f.result.is_err() && f.serving_stale && !f.dropped);
+        assert!(
+            !cell.due(&r, &p, Instant::now()),
+            "backoff before the next try"
+        );
+        let (got, fetch) = cell.get(&s, &r, "c", &p).await;
+        assert_eq!(got.unwrap().last4(), "nop1");
+        assert!(fetch.is_none());
+        // Past max_stale: the refresher drops it; requests fail fast while backing off.
+        tokio::time::sleep(p.max_stale).await;
+        assert!(cell.expire(&r, &p, Instant::now()));
+        let before = runs(&dir);
+        let (got, _) = cell.get(&s, &r, "c", &p).await;
+        assert!(matches!(got, Err(ResolveError::Unavailable(_))));
+        let t = Instant::now();
+        for _ in 0..20 {
+            let (got, fetch) = cell.get(&s, &r, "c", &p).await;
+            assert!(got.is_err() && fetch.is_none());
+        }
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "no store call during backoff"
+        );
+        assert!(runs(&dir) <= before + 1);
+
+        // Back up: the next read after the backoff serves the new key.
+        set(&dir, "ok abcdefghijklmnop2");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let (got, _) = cell.get(&s, &r, "c", &p).await;
+        assert_eq!(got.unwrap().last4(), "nop2");
+
+        // A definite "no" (the store answers, nothing there) drops the held key at once.
+        set(&dir, "gone");
+        tokio::time::sleep(p.ttl).await;
+        let f = cell.refresh(&s, &r, "c", &p).await.unwrap();
+        assert!(f.dropped && matches!(f.result, Err(ResolveError::NotFound(_))));
+        let (got, _) = cell.get(&s, &r, "c", &p).await;
+        assert!(
+            got.is_err(),
+            "a withdrawn key is not served, even within max_stale"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_uses_share_one_read_and_a_hung_store_costs_one_timeout() {
+        let dir = std::env::temp_dir().join(format!(
+            "airlock-cache-{}",
+            airlock_secrets::random_token(6)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = Arc::new(stores(&dir).await);
+        let r = script(&dir);
+        let p = policy();
+        let cell = Arc::new(SecretCell::new());
+        set(&dir, "ok abcdefghijklmnop1");
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (s, r, cell) = (s.clone(), r.clone(), cell.clone());
+            tasks.push(tokio::spawn(async move {
+                cell.get(&s, &r, "c", &p).await.0.is_ok()
+            }));
+        }
+        for t in tasks {
+            assert!(t.await.unwrap());
+        }
+        assert_eq!(runs(&dir), 1, "one read for sixteen first uses");
+
+        // A store that hangs: the read is killed at the timeout, and the waiting requests do
+        // not each wait for their own.
+        let cell = Arc::new(SecretCell::new());
+        set(&dir, "slow");
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (s, r, cell) = (s.clone(), r.clone(), cell.clone());
+            tasks.push(tokio::spawn(async move {
+                cell.get(&s, &r, "c", &p).await.0.is_err()
+            }));
+        }
+        for t in tasks {
+            assert!(t.await.unwrap());
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -707,7 +707,8 @@ async fn verify_credential(State(app): State<Arc<App>>, Path(name): Path<String>
     Json(crate::proxy::verify(&app, &c).await).into_response()
 }
 
-/// `doctor`: every store answers, the KEK wraps and unwraps, every credential's key reads.
+/// `doctor`: every store answers, the KEK wraps and unwraps, every credential's key reads and
+/// its provider accepts it.
 async fn doctor(State(app): State<Arc<App>>) -> Response {
     let mut checks: Vec<serde_json::Value> = app
         .secrets
@@ -716,29 +717,28 @@ async fn doctor(State(app): State<Arc<App>>) -> Response {
         .into_iter()
         .map(|c| serde_json::to_value(c).unwrap_or_default())
         .collect();
+    // Each credential as `credential verify` sees it: the key read from its store now, then
+    // the provider's cheapest authenticated call.
     let creds = app.creds.load_full();
     let reads = creds.all.iter().map(|c| {
         let app = app.clone();
         async move {
-            let f = c.read_now(&app, "doctor read").await;
-            let (ok, detail) = match &f.result {
-                Ok(s) => (
-                    true,
-                    format!(
-                        "read from {}{} (fingerprint {})",
-                        c.reference().store(),
-                        f.version
-                            .as_deref()
-                            .map(|v| format!(", version {v}"))
-                            .unwrap_or_default(),
-                        s.fingerprint(&app.hmac)
-                    ),
-                ),
-                Err(e) => (false, e.to_string()),
-            };
+            let v = crate::proxy::verify(&app, c).await;
+            let mut detail = v["detail"].as_str().unwrap_or_default().to_string();
+            if let Some(fp) = v["fingerprint"].as_str() {
+                detail.push_str(&format!(
+                    "; read from {}{} (fingerprint {fp})",
+                    c.reference().store(),
+                    v["version"]
+                        .as_str()
+                        .map(|x| format!(", version {x}"))
+                        .unwrap_or_default()
+                ));
+            }
             serde_json::json!({
                 "name": format!("credential {}", c.name),
-                "ok": ok,
+                "ok": v["status"] == "ok",
+                "status": v["status"],
                 "detail": detail,
                 "reference": c.reference().to_string(),
             })

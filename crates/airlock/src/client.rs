@@ -310,6 +310,9 @@ pub async fn credential(c: CredentialCmd, json: bool) -> Result<(), Failure> {
             println!("models       {}", list(&v, "models"));
             println!("priority     {}", v["priority"]);
             println!("fingerprint  {}", s(&v, "fingerprint"));
+            if let Some(ver) = v["secret_version"].as_str() {
+                println!("version      {ver}");
+            }
             println!("last 4       {}", s(&v, "last4"));
             println!("created      {}", ms(&v["created_at"]));
             println!("rotated      {}", ms(&v["rotated_at"]));

@@ -78,7 +78,8 @@ enum Cmd {
     #[command(subcommand)]
     Kek(KekCmd),
     /// Check that every secret store answers, the KEK wraps and unwraps, and every
-    /// credential's key can be read (exit code 1 when something fails).
+    /// credential's key can be read and is accepted by its provider (exit code 1 when
+    /// something fails).
     Doctor,
 }
 

@@ -253,6 +253,15 @@ impl Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Commands that print end quietly when their reader goes away (`airlock … | head`), as
+    // other command-line tools do; the servers keep Rust's default (a closed peer is an
+    // error to handle, never a signal).
+    if !matches!(
+        cli.cmd,
+        Cmd::Serve { .. } | Cmd::Demo { .. } | Cmd::MockProvider(_)
+    ) {
+        sigpipe::reset();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -147,6 +147,11 @@ class Env:
         self.config = out["config"]
         self.state = state
         self.log_n = 0
+        # The one program exec: may run here: it prints the exec credential's key file.
+        self.exec_key = tmp / "exec.key"
+        self.printer = tmp / "print-key"
+        self.printer.write_text(f"#!/bin/sh\nexec cat {self.exec_key}\n")
+        self.printer.chmod(0o755)
 
     # -- processes --------------------------------------------------------------------------
     def mock(self, name, key, port=None):
@@ -178,6 +183,7 @@ class Env:
             "AIRLOCK_SECRETS__REFRESH_SECS": str(REFRESH),
             "AIRLOCK_SECRETS__MAX_STALE_SECS": str(MAX_STALE),
             "AIRLOCK_SECRETS__TIMEOUT_SECS": str(TIMEOUT),
+            "AIRLOCK_SECRETS__EXEC_ALLOW": f'["{self.printer}"]',
         })
         env.update(extra_env or {})
         self.log_n += 1
@@ -276,15 +282,14 @@ def test_each_store_serves_its_key_and_verify_reports_it(env):
     k["vault"], k["sm"], k["exec"], k["sealed"] = (make_canary() for _ in range(4))
     v1 = env.bao.kv_put("ai/openai", api_key=k["vault"], note="other fields are ignored")
     env.sm.create_secret(Name="ai/openai", SecretString=json.dumps({"api_key": k["sm"]}))
-    exec_file = env.tmp / "exec.key"
-    exec_file.write_text(k["exec"] + "\n")
+    env.exec_key.write_text(k["exec"] + "\n")
     for name in ["vault", "sm", "exec", "sealed"]:
         env.mock(name, k[name])
     added = env.add("vault", "vault-*", secret="vault://secret/ai/openai#api_key")
     assert added["secret_version"] == str(v1) and added["secret_ref"] == "vault://secret/ai/openai#api_key"
     added = env.add("sm", "sm-*", secret="aws-sm://ai/openai#api_key")
     assert added["secret_version"], added
-    env.add("exec", "exec-*", secret=f"exec:cat {exec_file}")
+    env.add("exec", "exec-*", secret=f"exec:{env.printer}")
     sealed = env.add("sealed", "sealed-*", stdin=k["sealed"] + "\n")
     assert sealed["secret_ref"].startswith("sealed:s_"), sealed
     assert "keyfile:" in sealed["secret_version"], "init's default KEK is the key file"
@@ -321,6 +326,18 @@ def test_each_store_serves_its_key_and_verify_reports_it(env):
     r = env.cli("credential", "add", "bad", "--provider", "openai", "--env", "prod",
                 "--secret", "aws-sm://ai/openai#nofield")
     assert r.returncode == 2 and "no field" in r.stderr, r.stderr
+    # A credential may not read airlock's keys or the stores' own credentials: exec: runs only
+    # the programs the operator listed, env: never names a store's variables.
+    for ref, why in [
+        (f"exec:/bin/cat {env.state}/keys/root-1.key", "exec_allow"),
+        (f"exec:/bin/sh -c 'cat {env.state}/keys/root-1.key'", "exec_allow"),
+        ("env:VAULT_TOKEN", "secret stores"),
+        ("env:AWS_SECRET_ACCESS_KEY", "secret stores"),
+        (f"file:{env.state}/keys/kek.key", "own state"),
+    ]:
+        r = env.cli("credential", "add", "bad", "--provider", "openai", "--env", "prod", "--secret", ref)
+        assert r.returncode == 2 and why in r.stderr, (ref, r.stderr)
+    assert "bad" not in {c["name"] for c in env.cli_json("credential", "list")["credentials"]}
 
 
 def test_new_versions_reach_the_provider_within_one_refresh(env):

@@ -258,6 +258,14 @@ pub struct SecretsConfig {
     pub timeout_secs: f64,
     /// Longest an `exec:` command may run.
     pub exec_timeout_secs: f64,
+    /// Programs `exec:` references may run, by absolute path (empty: `exec:` is off). Whoever
+    /// may add a credential chooses the arguments: list only programs that print one secret
+    /// (a password manager's CLI), never a shell or `cat`.
+    pub exec_allow: Vec<PathBuf>,
+    /// Variables passed to `exec:` commands besides PATH, HOME, USER, LOGNAME, LANG, LC_ALL,
+    /// TMPDIR and TZ (e.g. `OP_SERVICE_ACCOUNT_TOKEN`); `AIRLOCK_*`, `VAULT_*`, `BAO_*` and
+    /// `AWS_*` never are.
+    pub exec_env: Vec<String>,
     /// The key-encryption key for `sealed:` secrets: `transit://KEY`, `aws-kms://KEY_ID` or
     /// `keyfile:/path`.
     pub kek: Option<String>,
@@ -276,6 +284,8 @@ impl Default for SecretsConfig {
             max_stale_secs: 3600.0,
             timeout_secs: 5.0,
             exec_timeout_secs: 10.0,
+            exec_allow: Vec::new(),
+            exec_env: Vec::new(),
             kek: None,
             vault: Default::default(),
             aws: Default::default(),
@@ -395,6 +405,21 @@ impl Config {
                 ));
             }
         }
+        if let Some(p) = self.secrets.exec_allow.iter().find(|p| !p.is_absolute()) {
+            return Err(format!(
+                "[secrets] exec_allow: {} is not an absolute path",
+                p.display()
+            ));
+        }
+        if let Some(v) = self.secrets.exec_env.iter().find(|v| {
+            airlock_secrets::RESERVED_ENV_PREFIXES
+                .iter()
+                .any(|p| v.to_ascii_uppercase().starts_with(p))
+        }) {
+            return Err(format!(
+                "[secrets] exec_env: {v} configures airlock or a secret store and is never passed to a command"
+            ));
+        }
         if let Some(k) = self.secrets.kek.as_deref().filter(|k| !k.is_empty()) {
             airlock_secretstore::sealed::Kek::parse(k)
                 .map_err(|e| format!("[secrets] kek: {e}"))?;
@@ -427,12 +452,43 @@ impl Config {
     }
 
     /// The key directory.
-    /// What `file:` references may point at: never airlock's own state or keys.
+    /// What `file:` references may point at: never airlock's own state or keys, nor the
+    /// secret stores' own credentials (a Vault token, AppRole secret id or service-account
+    /// token file, the KEK key file, AWS credential files), whose contents sent to a provider's
+    /// base URL would open every secret behind them.
     pub fn reference_policy(&self) -> airlock_secrets::ReferencePolicy {
-        airlock_secrets::ReferencePolicy::new(
-            &[self.state_dir.clone(), self.keys_dir()],
-            &self.secrets.file_roots,
-        )
+        let v = &self.secrets.vault;
+        let mut denied = vec![self.state_dir.clone(), self.keys_dir()];
+        denied.extend(
+            [&v.token_file, &v.secret_id_file, &v.jwt_file]
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        if v.auth.as_deref() == Some("kubernetes") {
+            denied.push("/var/run/secrets/kubernetes.io".into());
+        }
+        if let Some(airlock_secretstore::sealed::Kek::Keyfile(p)) = self
+            .secrets
+            .kek
+            .as_deref()
+            .and_then(|k| airlock_secretstore::sealed::Kek::parse(k).ok())
+        {
+            denied.push(p);
+        }
+        for var in [
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "AWS_CONFIG_FILE",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+        ] {
+            if let Some(p) = std::env::var_os(var) {
+                denied.push(p.into());
+            }
+        }
+        if let Some(home) = std::env::var_os("HOME") {
+            denied.push(PathBuf::from(home).join(".aws"));
+        }
+        airlock_secrets::ReferencePolicy::new(&denied, &self.secrets.file_roots)
     }
 
     /// The key directory.
@@ -508,6 +564,9 @@ max_stale_secs = 3600          # ...and served this long after the last good rea
 # for development; in production use a KEK you hold: transit://KEY (OpenBao/Vault Transit) or
 # aws-kms://KEY_ID, so that revoking it at your side makes every sealed secret unreadable.
 kek = "keyfile:{dir}/keys/kek.key"
+# exec: references may run only these programs (absolute paths; never a shell or cat):
+# exec_allow = ["/usr/local/bin/op"]
+# exec_env = ["OP_SERVICE_ACCOUNT_TOKEN"]
 # [secrets.vault]              # default: VAULT_ADDR / BAO_ADDR and VAULT_TOKEN / BAO_TOKEN
 # addr = "https://vault.example.com:8200"
 # auth = "token"               # or "approle" (role_id, secret_id_file) or "kubernetes" (role, jwt_file)

@@ -119,7 +119,11 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
             aws: cfg.secrets.aws.clone(),
             kek: cfg.secrets.kek.clone(),
             timeout: Duration::from_secs_f64(cfg.secrets.timeout_secs),
-            exec_timeout: Duration::from_secs_f64(cfg.secrets.exec_timeout_secs),
+            exec: airlock_secretstore::exec::ExecPolicy {
+                allow: cfg.secrets.exec_allow.clone(),
+                env: cfg.secrets.exec_env.clone(),
+                timeout: Duration::from_secs_f64(cfg.secrets.exec_timeout_secs),
+            },
             file_policy: ref_policy.clone(),
         },
         client.clone(),

@@ -12,7 +12,8 @@ mod reference;
 
 pub use keyed::{random_token, HmacKey};
 pub use reference::{
-    value_to_secret, ReferencePolicy, ResolveError, SecretRef, MAX_SECRET_FILE, RESERVED_ENV_PREFIX,
+    value_to_secret, ReferencePolicy, ResolveError, SecretRef, MAX_SECRET_FILE,
+    RESERVED_ENV_PREFIX, RESERVED_ENV_PREFIXES,
 };
 
 use secrecy::{ExposeSecret, SecretString};

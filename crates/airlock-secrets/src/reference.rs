@@ -14,6 +14,11 @@ pub const MAX_SECRET_FILE: u64 = 64 * 1024;
 /// whatever base URL the credential names).
 pub const RESERVED_ENV_PREFIX: &str = "AIRLOCK_";
 
+/// Every prefix of variables a credential may not read and an `exec:` command does not get:
+/// airlock's own settings and the secret stores' own credentials (a Vault token or AWS keys
+/// sent to a provider's base URL would open every secret behind them).
+pub const RESERVED_ENV_PREFIXES: &[&str] = &[RESERVED_ENV_PREFIX, "VAULT_", "BAO_", "AWS_"];
+
 /// Where `file:` references may point. A credential's secret is sent to the credential's base
 /// URL, so a reference to airlock's own key files would hand them to whoever chose that URL.
 #[derive(Debug, Clone, Default)]
@@ -194,9 +199,10 @@ impl SecretRef {
                     "env: needs a variable name of letters, digits and _ such as env:OPENAI_API_KEY (the text after env: is not shown, in case it was a key)".into(),
                 ));
             }
-            if name.to_ascii_uppercase().starts_with(RESERVED_ENV_PREFIX) {
+            let upper = name.to_ascii_uppercase();
+            if let Some(p) = RESERVED_ENV_PREFIXES.iter().find(|p| upper.starts_with(*p)) {
                 return Err(ResolveError::Invalid(format!(
-                    "env:{RESERVED_ENV_PREFIX}* variables configure airlock and cannot hold a provider key"
+                    "env:{p}* variables configure airlock or its secret stores and cannot hold a provider key"
                 )));
             }
             return Ok(SecretRef::Env(name.to_string()));
@@ -255,7 +261,8 @@ impl SecretRef {
         let segments_ok = path
             .split('/')
             .all(|seg| plain(seg, &[]) && seg != "." && seg != "..");
-        if !plain(mount, &[]) || !segments_ok || !plain(field, &[]) {
+        if !plain(mount, &[]) || mount == "." || mount == ".." || !segments_ok || !plain(field, &[])
+        {
             return Err(ResolveError::Invalid(HELP.into()));
         }
         let version = match query_value(query, "version", "a Vault reference")? {
@@ -479,6 +486,10 @@ mod tests {
             "vault://secret",
             "vault://secret/x",
             "vault://secret/../x#k",
+            "vault://../sys#x",
+            "env:VAULT_TOKEN",
+            "env:BAO_TOKEN",
+            "env:AWS_SECRET_ACCESS_KEY",
             "vault://secret/x#k?version=0",
             "vault://secret/x#k?v=1",
             "aws-sm://a b",

@@ -148,27 +148,33 @@ impl Aws {
         }
     }
 
-    /// Wraps a data key under `key_id`, bound to `sealed_id` by the encryption context.
-    pub async fn kms_encrypt(
+    /// A new 256-bit data key from KMS: its plaintext (which only ever travels in a response,
+    /// never in a request the SDK might trace) and its wrapped form, bound to `sealed_id`.
+    pub async fn kms_generate_data_key(
         &self,
         key_id: &str,
         sealed_id: &str,
-        plaintext: &[u8],
-    ) -> Result<(Vec<u8>, String), ResolveError> {
+    ) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>, String), ResolveError> {
         let what = format!("aws-kms://{key_id}");
         let out = self
             .kms
-            .encrypt()
+            .generate_data_key()
             .key_id(key_id)
-            .plaintext(Blob::new(plaintext.to_vec()))
+            .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
             .encryption_context(CONTEXT_KEY, sealed_id)
             .send()
             .await
             .map_err(|e| map_err(&what, e))?;
-        let blob = out
-            .ciphertext_blob
-            .ok_or_else(|| ResolveError::Unavailable(format!("{what}: no ciphertext")))?;
-        Ok((blob.into_inner(), out.key_id.unwrap_or_default()))
+        let (Some(plain), Some(blob)) = (out.plaintext, out.ciphertext_blob) else {
+            return Err(ResolveError::Unavailable(format!("{what}: no data key")));
+        };
+        let plain = Zeroizing::new(plain.into_inner());
+        if plain.len() != 32 {
+            return Err(ResolveError::Unavailable(format!(
+                "{what}: the data key is not 256 bits"
+            )));
+        }
+        Ok((plain, blob.into_inner(), out.key_id.unwrap_or_default()))
     }
 
     /// Unwraps a data key.

@@ -298,7 +298,11 @@ mod tests {
                 aws: Default::default(),
                 kek: None,
                 timeout: Duration::from_secs(2),
-                exec_timeout: Duration::from_secs(2),
+                exec: crate::exec::ExecPolicy {
+                    allow: vec!["/bin/sh".into()],
+                    env: Vec::new(),
+                    timeout: Duration::from_secs(2),
+                },
                 file_policy: Default::default(),
             },
             http(),
@@ -319,7 +323,7 @@ mod tests {
             r = runs.display(),
             m = mode.display()
         );
-        SecretRef::Exec(vec!["sh".into(), "-c".into(), sh])
+        SecretRef::Exec(vec!["/bin/sh".into(), "-c".into(), sh])
     }
 
     fn set(dir: &Path, mode: &str) {

@@ -1,29 +1,78 @@
 //! `exec:` references: a command (no shell) whose standard output is the secret, e.g. a
 //! password manager's CLI.
 
-use airlock_secrets::{ResolveError, Secret, MAX_SECRET_FILE, RESERVED_ENV_PREFIX};
+use airlock_secrets::{ResolveError, Secret, MAX_SECRET_FILE, RESERVED_ENV_PREFIXES};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use zeroize::Zeroizing;
 
+/// Variables an `exec:` command always gets from the server's environment (when set); any
+/// others must be named in `[secrets] exec_env`.
+const BASE_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "TZ",
+];
+
+/// What `exec:` commands may run and see.
+#[derive(Debug, Clone, Default)]
+pub struct ExecPolicy {
+    /// Absolute paths of the programs allowed (`[secrets] exec_allow`); empty: `exec:` is off.
+    pub allow: Vec<std::path::PathBuf>,
+    /// Extra variables passed through (`[secrets] exec_env`), e.g. `OP_SERVICE_ACCOUNT_TOKEN`.
+    pub env: Vec<String>,
+    /// Longest a command may run.
+    pub timeout: Duration,
+}
+
+impl ExecPolicy {
+    /// Whether `argv` may run: its program is named by an absolute path in `allow`. Anyone who
+    /// may add a credential chooses the arguments, so only programs that print one secret (a
+    /// password manager's CLI) belong there, never a shell or `cat`.
+    pub fn check(&self, argv: &[String]) -> Result<(), ResolveError> {
+        let prog = std::path::Path::new(&argv[0]);
+        if self.allow.is_empty() {
+            return Err(ResolveError::Invalid(
+                "exec: references are off: the operator lists the programs allowed in [secrets] exec_allow".into(),
+            ));
+        }
+        if !prog.is_absolute() || !self.allow.iter().any(|a| a == prog) {
+            return Err(ResolveError::Invalid(format!(
+                "exec: {} is not one of the programs in [secrets] exec_allow (name it by the same absolute path)",
+                prog.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Runs `argv` with a timeout; its stdout (at most 64 KiB, trailing newline dropped) is the
-/// secret. The child gets no stdin and none of airlock's own `AIRLOCK_*` variables; its
-/// stderr is never shown (a password manager may print anything there), only its length.
-pub async fn run(argv: &[String], timeout: Duration) -> Result<Secret, ResolveError> {
+/// secret. The command runs in its own process group (killed whole when it ends or times
+/// out), with no stdin and a cleared environment (only [`BASE_ENV`] and the policy's `env`,
+/// never a reserved variable); its stderr is never shown (a password manager may print
+/// anything there), only its length.
+pub async fn run(argv: &[String], policy: &ExecPolicy) -> Result<Secret, ResolveError> {
+    policy.check(argv)?;
+    let timeout = policy.timeout;
     let what = format!("exec:{}", argv.first().map(String::as_str).unwrap_or(""));
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .env_clear()
         .kill_on_drop(true);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy()
-            .to_ascii_uppercase()
-            .starts_with(RESERVED_ENV_PREFIX)
-        {
-            cmd.env_remove(k);
+    #[cfg(unix)]
+    cmd.process_group(0);
+    for name in BASE_ENV
+        .iter()
+        .copied()
+        .chain(policy.env.iter().map(String::as_str))
+    {
+        let reserved = RESERVED_ENV_PREFIXES
+            .iter()
+            .any(|p| name.to_ascii_uppercase().starts_with(p));
+        if let (false, Some(v)) = (reserved, std::env::var_os(name)) {
+            cmd.env(name, v);
         }
     }
     let mut child = cmd.spawn().map_err(|e| {
@@ -33,36 +82,53 @@ pub async fn run(argv: &[String], timeout: Duration) -> Result<Secret, ResolveEr
             ResolveError::Unavailable(format!("{what} could not start: {}", e.kind()))
         }
     })?;
+    let group = child.id();
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
     let work = async {
         let mut out = Zeroizing::new(Vec::new());
         let mut err = Vec::new();
-        // Both pipes at once: a child filling stderr must not stall while stdout is read.
-        let read_out = async {
-            match stdout.as_mut() {
-                Some(o) => o
-                    .take(MAX_SECRET_FILE + 1)
-                    .read_to_end(&mut out)
-                    .await
-                    .map(|_| ()),
-                None => Ok(()),
+        let status = {
+            // Both pipes at once: a child filling stderr must not stall while stdout is read.
+            let read_out = async {
+                match stdout.as_mut() {
+                    Some(o) => o
+                        .take(MAX_SECRET_FILE + 1)
+                        .read_to_end(&mut out)
+                        .await
+                        .map(|_| ()),
+                    None => Ok(()),
+                }
+            };
+            let read_err = async {
+                if let Some(e) = stderr.as_mut() {
+                    let _ = e.take(64 * 1024).read_to_end(&mut err).await;
+                }
+            };
+            let reads = async { tokio::join!(read_out, read_err).0 };
+            tokio::pin!(reads);
+            // The command's exit ends the read: a process it left running with the pipes open
+            // (a daemon it started) must not hold the answer until the timeout.
+            tokio::select! {
+                r = &mut reads => {
+                    r.map_err(|e| ResolveError::Unavailable(format!("{what}: {}", e.kind())))?;
+                    child.wait().await
+                }
+                s = child.wait() => {
+                    let _ = tokio::time::timeout(Duration::from_millis(200), &mut reads).await;
+                    s
+                }
             }
+            .map_err(|e| ResolveError::Unavailable(format!("{what}: {}", e.kind())))?
         };
-        let read_err = async {
-            if let Some(e) = stderr.as_mut() {
-                let _ = e.take(64 * 1024).read_to_end(&mut err).await;
-            }
-        };
-        let (r, ()) = tokio::join!(read_out, read_err);
-        r.map_err(|e| ResolveError::Unavailable(format!("{what}: {}", e.kind())))?;
-        let status = child
-            .wait()
-            .await
-            .map_err(|e| ResolveError::Unavailable(format!("{what}: {}", e.kind())))?;
         Ok::<_, ResolveError>((out, err.len(), status))
     };
-    let (out, err_len, status) = match tokio::time::timeout(timeout, work).await {
+    let result = tokio::time::timeout(timeout, work).await;
+    // Whatever happened, nothing the command started outlives it.
+    if let Some(pid) = group.and_then(|g| rustix::process::Pid::from_raw(g as i32)) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+    let (out, err_len, status) = match result {
         Ok(r) => r?,
         Err(_) => {
             return Err(ResolveError::Unavailable(format!(
@@ -95,43 +161,93 @@ mod tests {
         s.iter().map(|x| x.to_string()).collect()
     }
 
+    fn policy(timeout_ms: u64) -> ExecPolicy {
+        ExecPolicy {
+            allow: vec![
+                "/bin/sh".into(),
+                "/usr/bin/printf".into(),
+                "/bin/sleep".into(),
+            ],
+            env: vec![
+                "AIRLOCK_TEST_EXEC_HIDDEN".into(),
+                "AIRLOCK_TEST_EXEC_PASSED".into(),
+            ],
+            timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
     #[tokio::test]
     async fn output_failure_and_timeout() {
-        let s = run(
-            &argv(&["printf", "abcdefghijklmnop\\n"]),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+        let p = policy(5000);
+        let s = run(&argv(&["/usr/bin/printf", "abcdefghijklmnop\\n"]), &p)
+            .await
+            .unwrap();
         assert_eq!(s.last4(), "mnop");
-        let e = run(
-            &argv(&["sh", "-c", "echo secret-ish >&2; exit 3"]),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+        let e = run(&argv(&["/bin/sh", "-c", "echo secret-ish >&2; exit 3"]), &p)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("failed") && !e.contains("secret-ish"), "{e}");
-        let e = run(&argv(&["sleep", "5"]), Duration::from_millis(200))
+        let e = run(&argv(&["/bin/sleep", "5"]), &policy(200))
             .await
             .unwrap_err()
             .to_string();
         assert!(e.contains("killed"), "{e}");
-        let e = run(&argv(&["/nonexistent/prog"]), Duration::from_secs(1))
+    }
+
+    #[tokio::test]
+    async fn only_listed_programs_run_and_they_see_no_reserved_variables() {
+        let p = policy(5000);
+        for bad in [
+            &["cat", "/etc/hostname"][..],
+            &["/bin/cat", "/etc/hostname"],
+            &["../bin/sh"],
+        ] {
+            let e = run(&argv(bad), &p).await.unwrap_err().to_string();
+            assert!(e.contains("exec_allow"), "{e}");
+        }
+        let off = ExecPolicy::default();
+        assert!(run(&argv(&["/bin/sh"]), &off)
             .await
-            .unwrap_err();
-        assert!(matches!(e, ResolveError::NotFound(_)));
-        // airlock's own settings are not passed on.
+            .unwrap_err()
+            .to_string()
+            .contains("off"));
+        // Reserved variables are never passed, even when named in exec_env; others named are.
         std::env::set_var("AIRLOCK_TEST_EXEC_HIDDEN", "x");
-        let e = run(
+        std::env::set_var("VAULT_TOKEN_TEST_EXEC", "x");
+        let s = run(
             &argv(&[
-                "sh",
+                "/bin/sh",
                 "-c",
-                "test -z \"$AIRLOCK_TEST_EXEC_HIDDEN\" && echo abcdefghijklmnop",
+                "test -z \"$AIRLOCK_TEST_EXEC_HIDDEN$VAULT_TOKEN_TEST_EXEC\" && echo abcdefghijklmnop",
             ]),
-            Duration::from_secs(5),
+            &p,
         )
         .await;
-        assert!(e.is_ok());
+        assert!(s.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_daemon_left_behind_neither_holds_the_answer_nor_survives() {
+        let dir =
+            std::env::temp_dir().join(format!("airlock-exec-{}", airlock_secrets::random_token(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let marker = dir.join("alive");
+        let script = format!(
+            "(sleep 3; touch {}) & echo abcdefghijklmnop",
+            marker.display()
+        );
+        let t = std::time::Instant::now();
+        let s = run(&argv(&["/bin/sh", "-c", &script]), &policy(5000))
+            .await
+            .unwrap();
+        assert_eq!(s.last4(), "mnop");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        assert!(
+            !marker.exists(),
+            "the background process was killed with its group"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

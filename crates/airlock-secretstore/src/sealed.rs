@@ -47,7 +47,9 @@ impl Kek {
         }
         if let Some(k) = s.strip_prefix("transit://") {
             let parts: Vec<&str> = k.split('/').collect();
-            return if parts.len() <= 2 && parts.iter().all(|p| ok(p, &[])) {
+            return if parts.len() <= 2
+                && parts.iter().all(|p| ok(p, &[]) && *p != "." && *p != "..")
+            {
                 Ok(Kek::Transit(k.into()))
             } else {
                 Err(HELP.into())
@@ -177,6 +179,11 @@ impl Keyfile {
                 Some((n, k))
             });
             match parsed {
+                Some((n, _)) if versions.iter().any(|(m, _)| *m == n) => {
+                    return Err(ResolveError::Refused(format!(
+                        "KEK keyfile:{shown} holds version v{n} twice; keep one line per version"
+                    )))
+                }
                 Some(v) => versions.push(v),
                 None => {
                     return Err(ResolveError::Refused(format!(
@@ -195,29 +202,54 @@ impl Keyfile {
     }
 
     /// Creates a key file with one version (mode 600), or adds a version to an existing one.
-    /// Returns the new version number.
+    /// Returns the new version number. Serialised across processes by an exclusive lock on
+    /// `PATH.lock`; the file is rewritten whole (temporary file, fsync, rename), so a reader
+    /// never sees half a line and two rotations never write the same version twice.
     pub fn add_version(path: &Path) -> Result<u32, String> {
         use std::io::Write;
+        let err = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+        let private = |o: &mut std::fs::OpenOptions| {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                o.mode(0o600);
+            }
+            let _ = o;
+        };
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).truncate(false).write(true);
+        private(&mut opts);
+        let lock = opts.open(path.with_extension("lock")).map_err(err)?;
+        lock.lock().map_err(err)?;
+        let mut lines: Vec<Zeroizing<String>> = Vec::new();
         let next = match Keyfile::load(path) {
-            Ok(k) => k.versions.last().map(|(n, _)| n + 1).unwrap_or(1),
+            Ok(k) => {
+                for (n, key) in &k.versions {
+                    lines.push(Zeroizing::new(format!("v{n} {}\n", hex::encode(**key))));
+                }
+                k.versions.last().map(|(n, _)| n + 1).unwrap_or(1)
+            }
             Err(_) if !path.exists() => 1,
             Err(e) => return Err(e.to_string()),
         };
         let key = random_key();
-        let line = Zeroizing::new(format!("v{next} {}\n", hex::encode(*key)));
-        let mut opts = std::fs::OpenOptions::new();
-        opts.create(true).append(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
+        lines.push(Zeroizing::new(format!("v{next} {}\n", hex::encode(*key))));
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let mut topts = std::fs::OpenOptions::new();
+        topts.create(true).truncate(true).write(true);
+        private(&mut topts);
+        let mut f = topts.open(&tmp).map_err(err)?;
+        for l in &lines {
+            f.write_all(l.as_bytes()).map_err(err)?;
         }
-        let mut f = opts
-            .open(path)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        f.write_all(line.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)?;
+        if let Some(dir) = path.parent() {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        drop(lock);
         Ok(next)
     }
 
@@ -264,21 +296,17 @@ impl Keyfile {
     }
 }
 
-/// Encrypts a secret under a fresh data key; returns (data key, nonce, ciphertext).
-pub fn seal_value(
-    id: &str,
-    credential: &str,
-    secret: &Secret,
-) -> (Zeroizing<[u8; 32]>, [u8; 12], Vec<u8>) {
-    let dk = random_key();
+/// Encrypts a secret under its data key `dk` (used for this one secret only) with a random
+/// nonce; returns (nonce, ciphertext).
+pub fn seal_value(id: &str, credential: &str, secret: &Secret, dk: &[u8]) -> ([u8; 12], Vec<u8>) {
     let nonce = random_nonce();
     let ct = aead_seal(
-        &dk[..],
+        dk,
         nonce,
         &secret_aad(id, credential),
         secret.expose_to_store().as_bytes(),
     );
-    (dk, nonce, ct)
+    (nonce, ct)
 }
 
 #[cfg(test)]
@@ -300,6 +328,8 @@ mod tests {
             "keyfile:rel",
             "transit://",
             "transit://a/b/c",
+            "transit://../k",
+            "transit://.",
             "aws-kms://",
             "kms://x",
             "",
@@ -322,6 +352,37 @@ mod tests {
         let mut bad = ct.clone();
         bad[0] ^= 1;
         assert!(aead_open(&k[..], &n, b"a", &bad).is_none());
+    }
+
+    #[test]
+    fn concurrent_rotations_never_repeat_a_version() {
+        let dir =
+            std::env::temp_dir().join(format!("airlock-kek-{}", airlock_secrets::random_token(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("kek.key");
+        // A hand-made file without a final newline survives the first rotation.
+        std::fs::write(&p, format!("v1 {}", "ab".repeat(32))).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let p = p.clone();
+                std::thread::spawn(move || Keyfile::add_version(&p).unwrap())
+            })
+            .collect();
+        let mut got: Vec<u32> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        got.sort();
+        assert_eq!(got, (2..=9).collect::<Vec<_>>());
+        assert_eq!(Keyfile::load(&p).unwrap().versions.len(), 9);
+        // Duplicates written by hand are refused rather than half-used.
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, format!("{text}v3 {}\n", "cd".repeat(32))).unwrap();
+        let e = Keyfile::load(&p).err().unwrap().to_string();
+        assert!(e.contains("twice"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -64,7 +64,13 @@ struct Session {
     token: Arc<Secret>,
     /// When a login-issued token should be renewed by logging in again.
     renew_at: Option<Instant>,
+    /// Whether airlock logged in for this token (and so should revoke it when replacing it).
+    issued: bool,
+    at: Instant,
 }
+
+/// Shortest time between two logins forced by a refused token.
+const RELOGIN_EVERY: Duration = Duration::from_secs(10);
 
 /// A Vault client.
 pub struct Vault {
@@ -161,17 +167,41 @@ impl Vault {
         &self.transit_mount
     }
 
-    async fn token(&self, force: bool) -> Result<Arc<Secret>, ResolveError> {
+    /// The session token; a new one when it is about to expire, or when `dead` is the
+    /// current token (Vault no longer knows it) and the last login is not too recent.
+    async fn token(&self, dead: Option<&Secret>) -> Result<Arc<Secret>, ResolveError> {
         let mut s = self.session.lock().await;
+        let mut old = None;
         if let Some(sess) = s.as_ref() {
             let expiring = sess.renew_at.is_some_and(|t| Instant::now() >= t);
-            if !force && !expiring {
+            let refused = dead.is_some_and(|d| d.ct_eq(&sess.token));
+            if refused && sess.at.elapsed() < RELOGIN_EVERY {
+                return Err(ResolveError::Refused(
+                    "Vault refused airlock's token and it logged in less than 10s ago".into(),
+                ));
+            }
+            if !refused && !expiring {
                 return Ok(sess.token.clone());
+            }
+            if sess.issued {
+                old = Some(sess.token.clone());
             }
         }
         let sess = self.login().await?;
         let t = sess.token.clone();
         *s = Some(sess);
+        drop(s);
+        // The replaced login token is revoked (best effort), so refreshes leave none behind.
+        if let Some(old) = old {
+            let _ = self
+                .send(
+                    Method::POST,
+                    "auth/token/revoke-self",
+                    Some(Zeroizing::new(b"{}".to_vec())),
+                    Some(&old),
+                )
+                .await;
+        }
         Ok(t)
     }
 
@@ -191,6 +221,8 @@ impl Vault {
                 return Ok(Session {
                     token: Arc::new(read(f, "token")?),
                     renew_at: None,
+                    issued: false,
+                    at: Instant::now(),
                 })
             }
             Auth::Token { file: None, env } => {
@@ -198,6 +230,8 @@ impl Vault {
                     Some(t) => Ok(Session {
                         token: t.clone(),
                         renew_at: None,
+                        issued: false,
+                        at: Instant::now(),
                     }),
                     None => Err(ResolveError::Refused(
                         "no Vault token: set VAULT_TOKEN (or BAO_TOKEN) for the server, or [secrets.vault] token_file / auth".into(),
@@ -247,23 +281,35 @@ impl Vault {
             token: Arc::new(Secret::new(token)),
             // Log in again when 80% of the lease has passed.
             renew_at: (lease > 0).then(|| Instant::now() + Duration::from_secs(lease * 8 / 10)),
+            issued: true,
+            at: Instant::now(),
         })
     }
 
-    /// One authenticated call; a refused token is replaced once (re-read or re-login).
+    /// One authenticated call. On "permission denied", the token is checked with
+    /// `lookup-self`: a token Vault still knows means the policy said no (the answer stands);
+    /// a dead one is replaced once (re-read or re-login, at most every 10 s) and the call
+    /// repeated.
     async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<Zeroizing<Vec<u8>>>,
     ) -> Result<Value, ResolveError> {
-        let token = self.token(false).await?;
+        let token = self.token(None).await?;
         match self
             .send(method.clone(), path, body.clone(), Some(&token))
             .await
         {
             Err(ResolveError::Refused(m)) if m.contains("permission denied") => {
-                let fresh = self.token(true).await?;
+                if self
+                    .send(Method::GET, "auth/token/lookup-self", None, Some(&token))
+                    .await
+                    .is_ok()
+                {
+                    return Err(ResolveError::Refused(m));
+                }
+                let fresh = self.token(Some(&token)).await?;
                 if fresh.ct_eq(&token) {
                     return Err(ResolveError::Refused(m));
                 }

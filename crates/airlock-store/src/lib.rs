@@ -669,26 +669,21 @@ impl Store {
         Ok(rows.iter().map(Self::sealed_from).collect())
     }
 
-    /// Replaces a sealed secret's wrapped data key (after a KEK rotation) if it is still the
-    /// one that was rewrapped; false when it changed meanwhile.
-    pub async fn rewrap_sealed(
-        &self,
-        id: &str,
-        old_wrapped: &[u8],
-        kek: &str,
-        kek_version: &str,
-        wrapped: &[u8],
-        now_ms: i64,
-    ) -> Result<bool> {
+    /// Replaces a sealed secret's wrapped data key (after a KEK rotation), and its nonce and
+    /// ciphertext when it was sealed again under a new data key, if the wrapped key is still
+    /// the one that was rewrapped; false when it changed meanwhile.
+    pub async fn rewrap_sealed(&self, old_wrapped: &[u8], new: &SealedRow) -> Result<bool> {
         let r = sqlx::query(
-            "UPDATE sealed_secrets SET kek = ?, kek_version = ?, wrapped_key = ?, rewrapped_at = ?
-               WHERE id = ? AND wrapped_key = ?",
+            "UPDATE sealed_secrets SET kek = ?, kek_version = ?, wrapped_key = ?, nonce = ?,
+               ciphertext = ?, rewrapped_at = ? WHERE id = ? AND wrapped_key = ?",
         )
-        .bind(kek)
-        .bind(kek_version)
-        .bind(wrapped)
-        .bind(now_ms)
-        .bind(id)
+        .bind(&new.kek)
+        .bind(&new.kek_version)
+        .bind(&new.wrapped_key)
+        .bind(&new.nonce)
+        .bind(&new.ciphertext)
+        .bind(new.rewrapped_at)
+        .bind(&new.id)
         .bind(old_wrapped)
         .execute(&self.pool)
         .await
@@ -1092,14 +1087,14 @@ mod tests {
         };
         s.insert_credential_with(&sc, Some(&sealed)).await.unwrap();
         assert_eq!(s.list_sealed().await.unwrap().len(), 1);
-        assert!(!s
-            .rewrap_sealed("s_1", &[7], "keyfile:/k", "v2", &[4], 6)
-            .await
-            .unwrap());
-        assert!(s
-            .rewrap_sealed("s_1", &[1, 2, 3], "keyfile:/k", "v2", &[4], 6)
-            .await
-            .unwrap());
+        let new = SealedRow {
+            kek_version: "v2".into(),
+            wrapped_key: vec![4],
+            rewrapped_at: Some(6),
+            ..sealed.clone()
+        };
+        assert!(!s.rewrap_sealed(&[7], &new).await.unwrap());
+        assert!(s.rewrap_sealed(&[1, 2, 3], &new).await.unwrap());
         let got = s.get_sealed("s_1").await.unwrap().unwrap();
         assert_eq!((got.kek_version.as_str(), got.wrapped_key), ("v2", vec![4]));
         assert!(s.delete_credential("sealed-one").await.unwrap());

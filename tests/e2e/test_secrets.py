@@ -353,9 +353,12 @@ def test_new_versions_reach_the_provider_within_one_refresh(env):
     env.sm.put_secret_value(SecretId="ai/openai", SecretString=json.dumps({"api_key": k["sm2"]}))
     env.mock("sm", k["sm2"])
     env.until("sm-2", 200, REFRESH + 3)
-    # The inventory saw each change: the fingerprint moved and the audit says the key changed.
-    changed = [r for r in env.audit("secret.resolve") if "not the one last seen" in (r["reason"] or "")]
-    assert {r["target"] for r in changed} >= {"vault", "sm"}, changed
+    # Each new version was tested and promoted by itself, as a recorded rotation.
+    promoted = [r for r in env.audit("credential.rotation.promote") if "(auto)" in (r["reason"] or "")]
+    assert {r["target"] for r in promoted} >= {"vault", "sm"}, promoted
+    show = env.cli_json("credential", "show", "vault")
+    assert show["rotations"][0]["source"] == "auto" and show["rotations"][0]["state"] == "promoted", show["rotations"]
+    assert show["rotations"][0]["new_version"] == str(v2)
     # A staging label other than AWSCURRENT is honoured.
     k["sm_pending"] = make_canary()
     env.sm.put_secret_value(SecretId="ai/openai", SecretString=json.dumps({"api_key": k["sm_pending"]}),

@@ -5,7 +5,8 @@
 //!
 //! # Encoding (re-implementable by a third party)
 //!
-//! * A record is a JSON object with exactly the fields of [`Record`] (absent values are `null`;
+//! * A record is a JSON object with exactly the fields of [`Record`] (absent values are `null`,
+//!   except `key`, which is left out when absent;
 //!   every number is an integer in [0, 2^53], so that every JSON reader holds it exactly). Its
 //!   **canonical form** is that object serialized per RFC 8785 (JSON Canonicalization Scheme):
 //!   keys sorted by code point, no whitespace, and strings escaped minimally: `"` as `\"`, `\`
@@ -77,6 +78,11 @@ pub struct Record {
     pub output_tokens: Option<i64>,
     /// Cost in millionths of a US dollar, when the model has a price.
     pub cost_micros: Option<i64>,
+    /// The keyed fingerprint of the provider key a request used (never the key): what lets
+    /// the log prove that an old key was not used after a rotation. Left out of the object
+    /// when absent, so records from before it existed encode and hash as they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// Hash of the previous record.
     pub prev: String,
 }

@@ -339,6 +339,10 @@ pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
             "/credentials/{name}/verify",
             g(MANAGE, Some("credential.verify"), post(verify_credential)),
         )
+        .route(
+            "/credentials/{name}/rotate",
+            g(MANAGE, Some("credential.rotate"), post(rotate_credential)),
+        )
         .route("/doctor", g(MANAGE, Some("doctor"), post(doctor)))
         .route(
             "/kek/rotate",
@@ -661,6 +665,17 @@ async fn show_credential(
                 Err(e) => return store_err(e),
             };
             let mut v = serde_json::to_value(&row).unwrap_or_default();
+            let rotations = app.store.rotations(&name, 20).await.unwrap_or_default();
+            v["rotation"] = rotation_state(&app, &row);
+            v["rotation"]["state"] = match rotations
+                .iter()
+                .find(|r| r.state == "promoted" || r.state == "confirmed")
+            {
+                Some(r) if r.state == "confirmed" => "rotated, old key confirmed dead".into(),
+                Some(_) => "rotated, waiting for the old key to be revoked at the provider (then: credential verify --old)".into(),
+                None => "never rotated".into(),
+            };
+            v["rotations"] = serde_json::to_value(&rotations).unwrap_or_default();
             v["usage"] = serde_json::to_value(totals).unwrap_or_default();
             v["activity"] = serde_json::to_value(&activity).unwrap_or_default();
             v["activity"]["window_days"] = window_days.into();
@@ -696,7 +711,17 @@ async fn remove_credential(State(app): State<Arc<App>>, Path(name): Path<String>
 
 /// `credential verify`: reads the key from its store now and makes the provider's cheapest
 /// authenticated call (list models).
-async fn verify_credential(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+async fn verify_credential(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Option<Json<VerifyBody>>,
+) -> Response {
+    if body.is_some_and(|b| b.old) {
+        return match crate::rotation::confirm_old(&app, &name).await {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => err(e.status, e.code, e.message),
+        };
+    }
     let Some(c) = app.creds.load().get(&name).cloned() else {
         return err(
             StatusCode::NOT_FOUND,
@@ -705,6 +730,45 @@ async fn verify_credential(State(app): State<Arc<App>>, Path(name): Path<String>
         );
     };
     Json(crate::proxy::verify(&app, &c).await).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    #[serde(default)]
+    old: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    /// The new key (sealed credentials). Moved into a `Secret` at once.
+    secret_value: Option<String>,
+}
+
+/// `credential rotate`: stage → test → promote; a failed test is answered with the rotation
+/// in state `failed` (nothing changed).
+async fn rotate_credential(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Option<Json<RotateBody>>,
+) -> Response {
+    let new = match body.and_then(|Json(b)| b.secret_value) {
+        Some(v) => match airlock_secrets::value_to_secret(v, "the new key") {
+            Ok(s) => crate::rotation::NewKey::Value(s),
+            Err(e) => return err(StatusCode::BAD_REQUEST, "invalid_request", e.to_string()),
+        },
+        None => crate::rotation::NewKey::Store,
+    };
+    let source = if matches!(new, crate::rotation::NewKey::Value(_)) {
+        "stdin"
+    } else {
+        "store"
+    };
+    match crate::rotation::rotate(&app, &name, new, source).await {
+        Ok(row) => Json(row).into_response(),
+        Err(e) => err(e.status, e.code, e.message),
+    }
 }
 
 /// `doctor`: every store answers, the KEK wraps and unwraps, every credential's key reads and

@@ -105,11 +105,17 @@ impl AuditConfig {
 pub struct RotationConfig {
     /// A credential whose key is older than this is flagged as overdue in the inventory.
     pub max_age_days: u32,
+    /// After a promotion, how long requests already under way may still finish with the old
+    /// key: `credential verify --old` counts uses of the old key after promotion + this.
+    pub grace_secs: u64,
 }
 
 impl Default for RotationConfig {
     fn default() -> Self {
-        RotationConfig { max_age_days: 90 }
+        RotationConfig {
+            max_age_days: 90,
+            grace_secs: 60,
+        }
     }
 }
 
@@ -258,10 +264,11 @@ pub struct SecretsConfig {
     pub timeout_secs: f64,
     /// Longest an `exec:` command may run.
     pub exec_timeout_secs: f64,
-    /// Programs `exec:` references may run, by absolute path (empty: `exec:` is off). Whoever
-    /// may add a credential chooses the arguments: list only programs that print one secret
-    /// (a password manager's CLI), never a shell or `cat`.
-    pub exec_allow: Vec<PathBuf>,
+    /// Commands `exec:` references may run, each an absolute program path with its fixed
+    /// leading arguments, e.g. `"/usr/local/bin/op read"`; a reference is one of them plus at
+    /// most one more argument, which may not start with `-` (empty: `exec:` is off). Whoever
+    /// may add a credential chooses that argument: list only commands that print one secret.
+    pub exec_allow: Vec<String>,
     /// Variables passed to `exec:` commands besides PATH, HOME, USER, LOGNAME, LANG, LC_ALL,
     /// TMPDIR and TZ (e.g. `OP_SERVICE_ACCOUNT_TOKEN`); `AIRLOCK_*`, `VAULT_*`, `BAO_*` and
     /// `AWS_*` never are.
@@ -315,6 +322,7 @@ impl SecretsConfig {
             max_stale,
             file_check: Duration::from_millis(self.file_check_ms.max(1)),
             retry_min: Duration::from_millis(500).min(ttl),
+            test_changes: true,
         })
     }
 }
@@ -405,12 +413,8 @@ impl Config {
                 ));
             }
         }
-        if let Some(p) = self.secrets.exec_allow.iter().find(|p| !p.is_absolute()) {
-            return Err(format!(
-                "[secrets] exec_allow: {} is not an absolute path",
-                p.display()
-            ));
-        }
+        airlock_secretstore::exec::ExecPolicy::parse_allow(&self.secrets.exec_allow)
+            .map_err(|e| format!("[secrets] exec_allow: {e}"))?;
         if let Some(v) = self.secrets.exec_env.iter().find(|v| {
             airlock_secrets::RESERVED_ENV_PREFIXES
                 .iter()
@@ -465,9 +469,9 @@ impl Config {
                 .flatten()
                 .cloned(),
         );
-        if v.auth.as_deref() == Some("kubernetes") {
-            denied.push("/var/run/secrets/kubernetes.io".into());
-        }
+        // A pod's service-account token opens whatever the pod may do.
+        denied.push("/var/run/secrets/kubernetes.io".into());
+        denied.push("/run/secrets/kubernetes.io".into());
         if let Some(airlock_secretstore::sealed::Kek::Keyfile(p)) = self
             .secrets
             .kek
@@ -480,15 +484,18 @@ impl Config {
             "AWS_SHARED_CREDENTIALS_FILE",
             "AWS_CONFIG_FILE",
             "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
         ] {
             if let Some(p) = std::env::var_os(var) {
                 denied.push(p.into());
             }
         }
         if let Some(home) = std::env::var_os("HOME") {
-            denied.push(PathBuf::from(home).join(".aws"));
+            denied.push(PathBuf::from(&home).join(".aws"));
+            denied.push(PathBuf::from(&home).join(".vault-token"));
         }
         airlock_secrets::ReferencePolicy::new(&denied, &self.secrets.file_roots)
+            .with_reserved_env(&self.secrets.exec_env)
     }
 
     /// The key directory.
@@ -556,6 +563,7 @@ key_id = 1                     # audit-<id>.key in the key directory (not the to
 
 [rotation]
 max_age_days = 90              # credentials older than this are flagged in the inventory
+grace_secs = 60                # requests under way at a key's promotion may finish with the old key
 
 [secrets]
 refresh_secs = 300             # keys from vault://, aws-sm://, exec: and sealed: are re-read this often
@@ -564,8 +572,9 @@ max_stale_secs = 3600          # ...and served this long after the last good rea
 # for development; in production use a KEK you hold: transit://KEY (OpenBao/Vault Transit) or
 # aws-kms://KEY_ID, so that revoking it at your side makes every sealed secret unreadable.
 kek = "keyfile:{dir}/keys/kek.key"
-# exec: references may run only these programs (absolute paths; never a shell or cat):
-# exec_allow = ["/usr/local/bin/op"]
+# exec: references may run only these commands (absolute program path and fixed leading
+# arguments; a reference adds at most one argument, e.g. exec:/usr/local/bin/op read op://ai/openai/key):
+# exec_allow = ["/usr/local/bin/op read"]
 # exec_env = ["OP_SERVICE_ACCOUNT_TOKEN"]
 # [secrets.vault]              # default: VAULT_ADDR / BAO_ADDR and VAULT_TOKEN / BAO_TOKEN
 # addr = "https://vault.example.com:8200"

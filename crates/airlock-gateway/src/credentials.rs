@@ -36,6 +36,23 @@ pub struct Credential {
     cell: Arc<SecretCell>,
     /// The fingerprint and version last written to the inventory.
     seen: Arc<Mutex<(Option<String>, Option<String>)>>,
+    /// One rotation at a time (manual or automatic).
+    pub rotating: Arc<tokio::sync::Mutex<()>>,
+    /// The automatic rotation of a candidate key: under test, when to retest, alerted.
+    pub auto: Arc<Mutex<AutoRotation>>,
+}
+
+/// State of the automatic test of a new key version seen in the store.
+#[derive(Default)]
+pub struct AutoRotation {
+    /// A test is running.
+    pub testing: bool,
+    /// The candidate last tested.
+    pub fp: Option<String>,
+    /// Not retested before this.
+    pub next_test: Option<Instant>,
+    /// The candidate an alert was raised for.
+    pub alerted: Option<String>,
 }
 
 impl std::fmt::Debug for Credential {
@@ -75,6 +92,8 @@ impl Credential {
                 row.fingerprint.clone(),
                 row.secret_version.clone(),
             ))),
+            rotating: Default::default(),
+            auto: Default::default(),
         })
     }
 
@@ -123,10 +142,30 @@ impl Credential {
         self.cell.version()
     }
 
+    /// The cached key.
+    pub fn cell(&self) -> &SecretCell {
+        &self.cell
+    }
+
+    /// Records that the inventory now holds this fingerprint and version (after a promotion).
+    pub fn mark_seen(&self, fp: &str, version: Option<String>) {
+        if let Ok(mut s) = self.seen.lock() {
+            *s = (Some(fp.to_string()), version);
+        }
+    }
+
     /// Audits one read and records a changed fingerprint or version in the inventory.
     fn report(&self, app: &App, f: &Fetch, request_id: Option<&str>, why: &str) {
         let store = self.reference.store();
         let (outcome, reason) = match &f.result {
+            Ok(_) if f.candidate => {
+                let mut r = format!("{why} from {store}");
+                if let Some(v) = &f.version {
+                    r.push_str(&format!(" (version {v})"));
+                }
+                r.push_str("; a new key, not used until the provider accepts it");
+                ("ok", r)
+            }
             Ok(secret) => {
                 let fp = secret.fingerprint(&app.hmac);
                 let mut changed = false;
@@ -199,6 +238,8 @@ impl Credential {
         if old.reference == self.reference {
             self.cell = old.cell.clone();
             self.seen = old.seen.clone();
+            self.rotating = old.rotating.clone();
+            self.auto = old.auto.clone();
         }
     }
 }
@@ -237,6 +278,9 @@ pub fn spawn_refresher(app: std::sync::Weak<App>) {
                 if c.cell.due(&c.reference, &a.cache_policy, now) {
                     let (a2, c2) = (a.clone(), c.clone());
                     tokio::spawn(async move { c2.refresh(&a2).await });
+                }
+                if c.cell.candidate().is_some() {
+                    tokio::spawn(crate::rotation::auto_rotate(a.clone(), c.clone()));
                 }
             }
         }

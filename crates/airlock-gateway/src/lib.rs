@@ -9,6 +9,7 @@ pub mod mock;
 pub mod policy;
 pub mod providers;
 pub mod proxy;
+pub mod rotation;
 pub mod server;
 pub mod state;
 pub mod usage;
@@ -120,7 +121,8 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
             kek: cfg.secrets.kek.clone(),
             timeout: Duration::from_secs_f64(cfg.secrets.timeout_secs),
             exec: airlock_secretstore::exec::ExecPolicy {
-                allow: cfg.secrets.exec_allow.clone(),
+                allow: airlock_secretstore::exec::ExecPolicy::parse_allow(&cfg.secrets.exec_allow)
+                    .map_err(anyhow::Error::msg)?,
                 env: cfg.secrets.exec_env.clone(),
                 timeout: Duration::from_secs_f64(cfg.secrets.exec_timeout_secs),
             },

@@ -24,8 +24,9 @@ use std::time::Duration;
 
 /// Mock behaviour.
 pub struct MockOptions {
-    /// Required provider key; `None` accepts any.
-    pub expect_key: Option<Secret>,
+    /// Accepted provider keys; empty accepts any. Several play a rotation: the provider knows
+    /// the old and the new key until the old one is revoked (`POST /mock/revoke?index=N`).
+    pub expect_keys: Vec<Secret>,
     /// Answer every inference request with this status (provider-shaped error).
     pub fail_status: Option<u16>,
     /// Pause between streamed chunks.
@@ -40,14 +41,21 @@ struct Mock {
     o: MockOptions,
     requests: AtomicU64,
     last: Mutex<Value>,
+    /// Requests that arrived with each expected key.
+    key_counts: Vec<AtomicU64>,
+    /// Keys the provider no longer accepts.
+    revoked: Mutex<Vec<bool>>,
 }
 
 /// The mock's router.
 pub fn router(o: MockOptions) -> Router {
+    let n = o.expect_keys.len();
     let m = Arc::new(Mock {
         o,
         requests: AtomicU64::new(0),
         last: Mutex::new(Value::Null),
+        key_counts: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        revoked: Mutex::new(vec![false; n]),
     });
     Router::new().fallback(handle).with_state(m)
 }
@@ -74,7 +82,9 @@ fn words(v: &Value) -> i64 {
     }
 }
 
-fn key_state(m: &Mock, h: &HeaderMap) -> &'static str {
+/// Whether the request's key is accepted (`ok`, `missing`, `wrong`, `revoked`) and which of
+/// the expected keys it is.
+fn key_state(m: &Mock, h: &HeaderMap) -> (&'static str, Option<usize>) {
     let got = h
         .get("x-api-key")
         .or_else(|| h.get("api-key"))
@@ -86,17 +96,19 @@ fn key_state(m: &Mock, h: &HeaderMap) -> &'static str {
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::to_string)
         });
-    match (&m.o.expect_key, got) {
-        (None, _) => "ok",
-        (Some(_), None) => "missing",
-        (Some(want), Some(g)) => {
-            if want.ct_eq(&Secret::new(g)) {
-                "ok"
-            } else {
-                "wrong"
-            }
-        }
+    if m.o.expect_keys.is_empty() {
+        return ("ok", None);
     }
+    let Some(g) = got else {
+        return ("missing", None);
+    };
+    let g = Secret::new(g);
+    let Some(i) = m.o.expect_keys.iter().position(|k| k.ct_eq(&g)) else {
+        return ("wrong", None);
+    };
+    m.key_counts[i].fetch_add(1, Ordering::Relaxed);
+    let revoked = m.revoked.lock().map(|r| r[i]).unwrap_or(true);
+    (if revoked { "revoked" } else { "ok" }, Some(i))
 }
 
 fn anthropic_error(status: StatusCode, kind: &str, msg: &str) -> Response {
@@ -120,14 +132,38 @@ async fn handle(State(m): State<Arc<Mock>>, req: Request<Body>) -> Response {
     let path = parts.uri.path().to_string();
     if path == "/mock/stats" {
         let last = m.last.lock().map(|l| l.clone()).unwrap_or(Value::Null);
-        return axum::Json(json!({"requests": m.requests.load(Ordering::Relaxed), "last": last}))
+        let counts: Vec<u64> = m
+            .key_counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        return axum::Json(json!({"requests": m.requests.load(Ordering::Relaxed), "last": last, "key_counts": counts}))
             .into_response();
+    }
+    if path == "/mock/revoke" {
+        let i = parts
+            .uri
+            .query()
+            .and_then(|q| q.strip_prefix("index="))
+            .and_then(|v| v.parse::<usize>().ok());
+        let done = match (i, m.revoked.lock()) {
+            (Some(i), Ok(mut r)) if i < r.len() => {
+                r[i] = true;
+                true
+            }
+            _ => false,
+        };
+        return if done {
+            axum::Json(json!({"revoked": i})).into_response()
+        } else {
+            (StatusCode::BAD_REQUEST, "index= names an expected key").into_response()
+        };
     }
     m.requests.fetch_add(1, Ordering::Relaxed);
     let anthropic = path.ends_with("/messages")
         || path.ends_with("/messages/count_tokens")
         || parts.headers.contains_key("anthropic-version");
-    let ks = key_state(&m, &parts.headers);
+    let (ks, key_index) = key_state(&m, &parts.headers);
     let airlock_token_seen = parts
         .headers
         .values()
@@ -137,6 +173,7 @@ async fn handle(State(m): State<Arc<Mock>>, req: Request<Body>) -> Response {
             "path": path,
             "headers": parts.headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
             "key": ks,
+            "key_index": key_index,
             "airlock_token_seen": airlock_token_seen,
             "anthropic_version": parts.headers.get("anthropic-version").and_then(|v| v.to_str().ok()),
             "accept_encoding": parts.headers.get("accept-encoding").and_then(|v| v.to_str().ok()),

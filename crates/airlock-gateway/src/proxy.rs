@@ -441,6 +441,7 @@ async fn forward(
                 continue;
             }
         };
+        ctx.rec().key = Some(secret.fingerprint(&app.hmac));
         let req = match upstream_request(
             a,
             ctx.ep,
@@ -785,7 +786,7 @@ async fn list_models(app: &Arc<App>, req: &http::request::Parts) -> Result<Vec<S
 }
 
 /// The provider's cheapest authenticated call: list models.
-fn models_request(
+pub(crate) fn models_request(
     c: &crate::credentials::Credential,
     secret: &airlock_secrets::Secret,
 ) -> Option<Request<Full<Bytes>>> {
@@ -811,50 +812,32 @@ pub async fn verify(app: &Arc<App>, c: &crate::credentials::Credential) -> serde
         "env": c.env,
         "store": c.reference().store(),
         "reference": c.reference().to_string(),
-        "version": f.version,
     });
-    let secret = match &f.result {
-        Ok(s) => s.clone(),
-        Err(e) => {
+    // The key in service is what is checked; a newer one in the store is a candidate that
+    // the refresher tests and promotes by itself.
+    let secret = match (&f.result, c.cell().current()) {
+        (Err(e), _) => {
             out["status"] = "unreadable".into();
             out["detail"] = e.to_string().into();
             return out;
         }
+        (Ok(_), Some((s, v))) => {
+            out["version"] = v.into();
+            s
+        }
+        (Ok(s), None) => s.clone(),
     };
+    if f.candidate {
+        out["store_has_newer"] = f.version.clone().unwrap_or_default().into();
+    }
     out["fingerprint"] = secret.fingerprint(&app.hmac).into();
     out["last4"] = secret.last4().into();
-    let Some(req) = models_request(c, &secret) else {
-        out["status"] = "unreachable".into();
-        out["detail"] = "the credential's base URL is unusable".into();
-        return out;
-    };
-    let (status, detail) =
-        match tokio::time::timeout(Duration::from_secs(10), app.client.request(req)).await {
-            Ok(Ok(resp)) => {
-                let code = resp.status().as_u16();
-                out["http_status"] = code.into();
-                match code {
-                    200..=299 => ("ok", format!("the provider accepted the key (HTTP {code})")),
-                    401 | 403 => (
-                        "refused",
-                        format!("the provider refused the key (HTTP {code})"),
-                    ),
-                    _ => (
-                        "unreachable",
-                        format!(
-                            "the provider answered HTTP {code}, which says nothing about the key"
-                        ),
-                    ),
-                }
-            }
-            Ok(Err(_)) => ("unreachable", "the provider cannot be reached".to_string()),
-            Err(_) => (
-                "unreachable",
-                "the provider did not answer within 10s".to_string(),
-            ),
-        };
-    out["status"] = status.into();
-    out["detail"] = detail.into();
+    let p = crate::rotation::probe(app, c, &secret).await;
+    out["status"] = p.status.into();
+    out["detail"] = p.detail.into();
+    if let Some(code) = p.http_status {
+        out["http_status"] = code.into();
+    }
     out
 }
 

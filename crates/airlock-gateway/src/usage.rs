@@ -56,6 +56,8 @@ pub struct Counters {
     pub audit_unrecorded: AtomicU64,
     /// Anonymous refusals not audited because of the rate cap.
     pub audit_anonymous_skipped: AtomicU64,
+    /// New key versions from a store that the provider refused (not promoted; alerted).
+    pub rotations_rejected: AtomicU64,
 }
 
 /// How the writer signs and what happens when it fails.
@@ -887,6 +889,8 @@ pub struct Record {
     pub row: UsageRow,
     /// Why the request was refused or failed, for the audit record.
     pub reason: Option<String>,
+    /// The fingerprint of the provider key used.
+    pub key: Option<String>,
     started: Instant,
     recorder: Recorder,
     sent: bool,
@@ -899,6 +903,7 @@ impl Record {
         Record {
             row,
             reason: None,
+            key: None,
             started: Instant::now(),
             recorder,
             sent: false,
@@ -1002,6 +1007,7 @@ impl Record {
                 input_tokens: row.input_tokens,
                 output_tokens: row.output_tokens,
                 cost_micros: cost,
+                key: self.key.clone(),
                 ..Default::default()
             })
         };
@@ -1031,6 +1037,7 @@ impl Record {
             status: Some(row.status),
             // The credentials tried before this one used their keys too.
             reason: self.reason.clone(),
+            key: self.key.clone(),
             ..Default::default()
         };
         self.recorder.write(None, rec).await

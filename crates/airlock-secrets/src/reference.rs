@@ -25,6 +25,31 @@ pub const RESERVED_ENV_PREFIXES: &[&str] = &[RESERVED_ENV_PREFIX, "VAULT_", "BAO
 pub struct ReferencePolicy {
     denied: Vec<PathBuf>,
     allowed: Vec<PathBuf>,
+    reserved_env: Vec<String>,
+}
+
+/// `p` with symlinks resolved as far as it exists: the deepest existing ancestor is
+/// canonicalised and the rest appended (a denied path created after startup, or through a
+/// symlinked parent such as `/var/run`, is still recognised).
+fn resolve_existing(p: &Path) -> PathBuf {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return c;
+    }
+    let mut rest = Vec::new();
+    let mut cur = p.to_path_buf();
+    while let Some(parent) = cur.parent().map(Path::to_path_buf) {
+        if let Some(name) = cur.file_name() {
+            rest.push(name.to_os_string());
+        }
+        if let Ok(mut c) = std::fs::canonicalize(&parent) {
+            for n in rest.iter().rev() {
+                c.push(n);
+            }
+            return c;
+        }
+        cur = parent;
+    }
+    p.to_path_buf()
 }
 
 impl ReferencePolicy {
@@ -33,15 +58,28 @@ impl ReferencePolicy {
     pub fn new(denied: &[PathBuf], allowed: &[PathBuf]) -> Self {
         let real = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
         ReferencePolicy {
-            denied: denied.iter().map(real).collect(),
+            denied: denied.to_vec(),
             allowed: allowed.iter().map(real).collect(),
+            reserved_env: Vec::new(),
         }
     }
 
+    /// Also refuses `env:` references to these variables (the ones passed to `exec:`
+    /// commands, which hold a password manager's own credentials).
+    pub fn with_reserved_env(mut self, names: &[String]) -> Self {
+        self.reserved_env = names.iter().map(|n| n.to_ascii_uppercase()).collect();
+        self
+    }
+
     fn permits(&self, shown: &Path, real: &Path) -> Result<(), ResolveError> {
-        if self.denied.iter().any(|d| real.starts_with(d)) {
+        // Resolved at each check: a denied file may appear, or move behind a symlink, later.
+        if self
+            .denied
+            .iter()
+            .any(|d| real.starts_with(d) || real.starts_with(resolve_existing(d)))
+        {
             return Err(ResolveError::Invalid(format!(
-                "{} is inside airlock's own state or key directory; keep provider keys elsewhere",
+                "{} is inside airlock's own state or key directory, or holds a secret store's own credentials; keep provider keys elsewhere",
                 shown.display()
             )));
         }
@@ -326,6 +364,11 @@ impl SecretRef {
     /// file). Other kinds are read by `airlock-secretstore`.
     pub fn resolve(&self, policy: &ReferencePolicy) -> Result<Secret, ResolveError> {
         let value = match self {
+            SecretRef::Env(name) if policy.reserved_env.contains(&name.to_ascii_uppercase()) => {
+                return Err(ResolveError::Invalid(format!(
+                    "env:{name} is passed to exec: commands ([secrets] exec_env) and cannot hold a provider key"
+                )))
+            }
             SecretRef::Env(name) => match std::env::var(name) {
                 Ok(v) => v,
                 Err(std::env::VarError::NotPresent) => {

@@ -107,15 +107,24 @@ impl Aws {
         field: Option<&str>,
         stage: Option<&str>,
     ) -> Result<(Secret, String), ResolveError> {
+        self.get_secret_at(id, field, stage, None).await
+    }
+
+    /// Reads a secret at a staging label or, when `version_id` is set, at that version.
+    pub async fn get_secret_at(
+        &self,
+        id: &str,
+        field: Option<&str>,
+        stage: Option<&str>,
+        version_id: Option<&str>,
+    ) -> Result<(Secret, String), ResolveError> {
         let what = format!("aws-sm://{id}");
-        let out = self
-            .sm
-            .get_secret_value()
-            .secret_id(id)
-            .version_stage(stage.unwrap_or("AWSCURRENT"))
-            .send()
-            .await
-            .map_err(|e| map_err(&what, e))?;
+        let mut req = self.sm.get_secret_value().secret_id(id);
+        req = match version_id {
+            Some(v) => req.version_id(v),
+            None => req.version_stage(stage.unwrap_or("AWSCURRENT")),
+        };
+        let out = req.send().await.map_err(|e| map_err(&what, e))?;
         let version = out.version_id().unwrap_or_default().to_string();
         let Some(text) = out.secret_string else {
             return Err(ResolveError::Invalid(format!(
@@ -146,6 +155,28 @@ impl Aws {
                 "{what} has no field `{field}`"
             ))),
         }
+    }
+
+    /// Moves `AWSCURRENT` to `new_version` (Secrets Manager then labels the old one
+    /// `AWSPREVIOUS`), the promotion step of a rotation.
+    pub async fn promote_version(
+        &self,
+        id: &str,
+        new_version: &str,
+        old_version: Option<&str>,
+    ) -> Result<(), ResolveError> {
+        let what = format!("aws-sm://{id}");
+        let mut req = self
+            .sm
+            .update_secret_version_stage()
+            .secret_id(id)
+            .version_stage("AWSCURRENT")
+            .move_to_version_id(new_version);
+        if let Some(old) = old_version {
+            req = req.remove_from_version_id(old);
+        }
+        req.send().await.map_err(|e| map_err(&what, e))?;
+        Ok(())
     }
 
     /// A new 256-bit data key from KMS: its plaintext (which only ever travels in a response,

@@ -23,6 +23,9 @@ pub struct CachePolicy {
     pub file_check: Duration,
     /// First retry delay after a failed read (doubles up to `ttl`, with jitter).
     pub retry_min: Duration,
+    /// Whether a changed key read from the store waits as a candidate (tested, then promoted
+    /// by the caller) instead of replacing the key in service at once.
+    pub test_changes: bool,
 }
 
 /// What one read from the store gave (every read is audited by the caller).
@@ -35,6 +38,8 @@ pub struct Fetch {
     pub dropped: bool,
     /// Whether a stale value is still being served after this failed read.
     pub serving_stale: bool,
+    /// Whether the value read differs from the key in service and waits as a candidate.
+    pub candidate: bool,
 }
 
 struct Held {
@@ -47,6 +52,8 @@ struct Held {
 #[derive(Default)]
 struct State {
     held: Option<Held>,
+    /// A different key the store returned, not in service until promoted.
+    candidate: Option<(Arc<Secret>, Option<String>)>,
     last_error: Option<ResolveError>,
     retry_at: Option<Instant>,
     failures: u32,
@@ -208,6 +215,55 @@ impl SecretCell {
             .and_then(|h| h.version.clone())
     }
 
+    /// The key in service and its version.
+    pub fn current(&self) -> Option<(Arc<Secret>, Option<String>)> {
+        lock(&self.state)
+            .held
+            .as_ref()
+            .map(|h| (h.secret.clone(), h.version.clone()))
+    }
+
+    /// A changed key waiting to be tested and promoted.
+    pub fn candidate(&self) -> Option<(Arc<Secret>, Option<String>)> {
+        lock(&self.state).candidate.clone()
+    }
+
+    /// Puts `secret` in service now (a rotation's promotion): every request from here on gets
+    /// it; requests already under way keep the key they started with.
+    pub fn promote(&self, secret: Arc<Secret>, version: Option<String>, r: &SecretRef) {
+        let mut st = lock(&self.state);
+        st.held = Some(Held {
+            secret,
+            version,
+            read_at: Instant::now(),
+            mtime: r.version_hint(),
+        });
+        st.candidate = None;
+        st.last_error = None;
+        st.retry_at = None;
+        st.failures = 0;
+    }
+
+    /// Promotes the candidate if it is still `expected`; false when it changed meanwhile.
+    pub fn promote_candidate(&self, expected: &Arc<Secret>) -> bool {
+        let mut st = lock(&self.state);
+        let Some((c, v)) = st.candidate.take() else {
+            return false;
+        };
+        if !Arc::ptr_eq(&c, expected) {
+            st.candidate = Some((c, v));
+            return false;
+        }
+        let mtime = st.held.as_ref().and_then(|h| h.mtime);
+        st.held = Some(Held {
+            secret: c,
+            version: v,
+            read_at: Instant::now(),
+            mtime,
+        });
+        true
+    }
+
     async fn read(
         &self,
         stores: &Stores,
@@ -222,6 +278,36 @@ impl SecretCell {
         match got {
             Ok(Resolution { secret, version }) => {
                 let secret = Arc::new(secret);
+                let guarded = p.test_changes && !matches!(r, SecretRef::Env(_));
+                if let (true, Some(h)) = (guarded, st.held.as_mut()) {
+                    if !h.secret.ct_eq(&secret) {
+                        // The key in service stays until the candidate passes its test; the
+                        // store did answer, so the held key counts as freshly confirmed.
+                        h.read_at = now;
+                        h.mtime = mtime;
+                        let same = st.candidate.as_ref().is_some_and(|(c, _)| c.ct_eq(&secret));
+                        if !same {
+                            st.candidate = Some((secret.clone(), version.clone()));
+                        }
+                        let secret = st
+                            .candidate
+                            .as_ref()
+                            .map(|(c, _)| c.clone())
+                            .unwrap_or(secret);
+                        st.last_error = None;
+                        st.retry_at = None;
+                        st.failures = 0;
+                        st.checked_at = Some(now);
+                        return Fetch {
+                            result: Ok(secret),
+                            version,
+                            dropped: false,
+                            serving_stale: false,
+                            candidate: true,
+                        };
+                    }
+                }
+                st.candidate = None;
                 st.held = Some(Held {
                     secret: secret.clone(),
                     version: version.clone(),
@@ -237,6 +323,7 @@ impl SecretCell {
                     version,
                     dropped: false,
                     serving_stale: false,
+                    candidate: false,
                 }
             }
             Err(e) => {
@@ -252,6 +339,7 @@ impl SecretCell {
                 let dropped = definite && st.held.is_some();
                 if definite {
                     st.held = None;
+                    st.candidate = None;
                 }
                 let serving_stale = st
                     .held
@@ -263,6 +351,7 @@ impl SecretCell {
                     version: None,
                     dropped,
                     serving_stale,
+                    candidate: false,
                 }
             }
         }
@@ -299,7 +388,7 @@ mod tests {
                 kek: None,
                 timeout: Duration::from_secs(2),
                 exec: crate::exec::ExecPolicy {
-                    allow: vec!["/bin/sh".into()],
+                    allow: vec![vec!["/bin/sh".into(), "-c".into()]],
                     env: Vec::new(),
                     timeout: Duration::from_secs(2),
                 },
@@ -342,6 +431,7 @@ mod tests {
             max_stale: Duration::from_millis(900),
             file_check: Duration::from_millis(100),
             retry_min: Duration::from_millis(200),
+            test_changes: false,
         }
     }
 
@@ -410,6 +500,42 @@ mod tests {
             got.is_err(),
             "a withdrawn key is not served, even within max_stale"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_changed_key_waits_as_a_candidate_until_promoted() {
+        let dir = std::env::temp_dir().join(format!(
+            "airlock-cache-{}",
+            airlock_secrets::random_token(6)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = stores(&dir).await;
+        let r = script(&dir);
+        let p = CachePolicy {
+            test_changes: true,
+            ..policy()
+        };
+        let cell = SecretCell::new();
+        set(&dir, "ok abcdefghijklmnop1");
+        assert!(cell.get(&s, &r, "c", &p).await.0.is_ok());
+        set(&dir, "ok abcdefghijklmnop2");
+        tokio::time::sleep(p.ttl).await;
+        let f = cell.refresh(&s, &r, "c", &p).await.unwrap();
+        assert!(f.candidate);
+        assert!(
+            !cell.due(&r, &p, Instant::now()),
+            "the store answered: not due again at once"
+        );
+        // Still the old key in service; the new one waits.
+        assert_eq!(cell.get(&s, &r, "c", &p).await.0.unwrap().last4(), "nop1");
+        let (cand, _) = cell.candidate().unwrap();
+        assert_eq!(cand.last4(), "nop2");
+        // A stale promotion (another candidate arrived) does nothing.
+        assert!(!cell.promote_candidate(&Arc::new(Secret::new("other-key-value".into()))));
+        assert!(cell.promote_candidate(&cand));
+        assert_eq!(cell.get(&s, &r, "c", &p).await.0.unwrap().last4(), "nop2");
+        assert!(cell.candidate().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

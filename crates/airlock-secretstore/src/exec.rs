@@ -16,32 +16,86 @@ const BASE_ENV: &[&str] = &[
 /// What `exec:` commands may run and see.
 #[derive(Debug, Clone, Default)]
 pub struct ExecPolicy {
-    /// Absolute paths of the programs allowed (`[secrets] exec_allow`); empty: `exec:` is off.
-    pub allow: Vec<std::path::PathBuf>,
+    /// The commands allowed (`[secrets] exec_allow`): each an absolute program path and its
+    /// fixed leading arguments. Empty: `exec:` is off.
+    pub allow: Vec<Vec<String>>,
     /// Extra variables passed through (`[secrets] exec_env`), e.g. `OP_SERVICE_ACCOUNT_TOKEN`.
     pub env: Vec<String>,
     /// Longest a command may run.
     pub timeout: Duration,
 }
 
+/// Programs that run or print anything they are told to: never allowed, whatever arguments
+/// are fixed (a guard rail; the fixed prefix is the real control).
+const NEVER: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "ksh", "fish", "csh", "tcsh", "busybox", "env", "cat", "xargs",
+    "sudo", "su", "python", "python3", "perl", "ruby", "node", "php", "lua", "awk", "sed",
+];
+
 impl ExecPolicy {
-    /// Whether `argv` may run: its program is named by an absolute path in `allow`. Anyone who
-    /// may add a credential chooses the arguments, so only programs that print one secret (a
-    /// password manager's CLI) belong there, never a shell or `cat`.
+    /// Parses `exec_allow` entries (`"/usr/local/bin/op read"`, split like a shell would).
+    pub fn parse_allow(entries: &[String]) -> Result<Vec<Vec<String>>, String> {
+        let mut out = Vec::new();
+        for e in entries {
+            let argv =
+                shell_words::split(e).map_err(|_| format!("`{e}` has an unmatched quote"))?;
+            let Some(prog) = argv.first() else {
+                return Err("an entry is empty".into());
+            };
+            let p = std::path::Path::new(prog);
+            if !p.is_absolute() {
+                return Err(format!("{prog} is not an absolute path"));
+            }
+            let base = p
+                .file_name()
+                .map(|b| b.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let stem = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+            if NEVER.contains(&base.as_str()) || NEVER.contains(&stem) {
+                return Err(format!(
+                    "{prog} runs or prints whatever it is told; list a command that prints one secret"
+                ));
+            }
+            out.push(argv);
+        }
+        Ok(out)
+    }
+
+    /// Whether `argv` may run: it is one of the allowed commands (the same absolute program
+    /// path and fixed arguments) followed by at most one argument of its own, which may not
+    /// be an option (`-…`). Anyone who may add a credential chooses that argument.
     pub fn check(&self, argv: &[String]) -> Result<(), ResolveError> {
-        let prog = std::path::Path::new(&argv[0]);
         if self.allow.is_empty() {
             return Err(ResolveError::Invalid(
-                "exec: references are off: the operator lists the programs allowed in [secrets] exec_allow".into(),
+                "exec: references are off: the operator lists the commands allowed in [secrets] exec_allow".into(),
             ));
         }
-        if !prog.is_absolute() || !self.allow.iter().any(|a| a == prog) {
+        let fits = self.allow.iter().any(|prefix| {
+            argv.len() >= prefix.len()
+                && argv.len() <= prefix.len() + 1
+                && argv[..prefix.len()] == prefix[..]
+                && argv[prefix.len()..].iter().all(|a| !a.starts_with('-'))
+        });
+        if !fits {
             return Err(ResolveError::Invalid(format!(
-                "exec: {} is not one of the programs in [secrets] exec_allow (name it by the same absolute path)",
-                prog.display()
+                "exec:{} is not one of the commands in [secrets] exec_allow followed by at most one argument",
+                argv[0]
             )));
         }
         Ok(())
+    }
+}
+
+/// Kills the command's process group when dropped: when the read ends, fails, times out or is
+/// cancelled, nothing it started outlives it (a process that left the group with `setsid`
+/// is beyond this; run airlock under a service manager that contains its children).
+struct Group(Option<rustix::process::Pid>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
     }
 }
 
@@ -56,6 +110,7 @@ pub async fn run(argv: &[String], policy: &ExecPolicy) -> Result<Secret, Resolve
     let what = format!("exec:{}", argv.first().map(String::as_str).unwrap_or(""));
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -82,7 +137,11 @@ pub async fn run(argv: &[String], policy: &ExecPolicy) -> Result<Secret, Resolve
             ResolveError::Unavailable(format!("{what} could not start: {}", e.kind()))
         }
     })?;
-    let group = child.id();
+    let _group = Group(
+        child
+            .id()
+            .and_then(|g| rustix::process::Pid::from_raw(g as i32)),
+    );
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
     let work = async {
@@ -124,10 +183,6 @@ pub async fn run(argv: &[String], policy: &ExecPolicy) -> Result<Secret, Resolve
         Ok::<_, ResolveError>((out, err.len(), status))
     };
     let result = tokio::time::timeout(timeout, work).await;
-    // Whatever happened, nothing the command started outlives it.
-    if let Some(pid) = group.and_then(|g| rustix::process::Pid::from_raw(g as i32)) {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-    }
     let (out, err_len, status) = match result {
         Ok(r) => r?,
         Err(_) => {
@@ -164,9 +219,9 @@ mod tests {
     fn policy(timeout_ms: u64) -> ExecPolicy {
         ExecPolicy {
             allow: vec![
-                "/bin/sh".into(),
-                "/usr/bin/printf".into(),
-                "/bin/sleep".into(),
+                vec!["/bin/sh".into(), "-c".into()],
+                vec!["/usr/bin/printf".into()],
+                vec!["/bin/sleep".into()],
             ],
             env: vec![
                 "AIRLOCK_TEST_EXEC_HIDDEN".into(),
@@ -202,6 +257,9 @@ mod tests {
             &["cat", "/etc/hostname"][..],
             &["/bin/cat", "/etc/hostname"],
             &["../bin/sh"],
+            &["/usr/bin/printf", "a", "b"],
+            &["/usr/bin/printf", "--help"],
+            &["/bin/sh", "-x", "-c", "echo"],
         ] {
             let e = run(&argv(bad), &p).await.unwrap_err().to_string();
             assert!(e.contains("exec_allow"), "{e}");

@@ -234,6 +234,116 @@ impl Stores {
         }
     }
 
+    /// What a rotation stages from the store: the newest key there, which for Secrets Manager
+    /// on `AWSCURRENT` is `AWSPENDING` when that label exists. The flag says the staged key
+    /// came from `AWSPENDING` (promotion moves the labels).
+    pub async fn read_newest(
+        &self,
+        r: &SecretRef,
+        credential: &str,
+    ) -> Result<(Resolution, bool), ResolveError> {
+        match r {
+            SecretRef::AwsSm { id, field, stage }
+                if stage.as_deref().is_none_or(|s| s == "AWSCURRENT") =>
+            {
+                let pending = SecretRef::AwsSm {
+                    id: id.clone(),
+                    field: field.clone(),
+                    stage: Some("AWSPENDING".into()),
+                };
+                match self.resolve(&pending, credential).await {
+                    Ok(res) => Ok((res, true)),
+                    Err(ResolveError::NotFound(_)) => {
+                        Ok((self.resolve(r, credential).await?, false))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            SecretRef::Vault {
+                mount, path, field, ..
+            } => {
+                let latest = SecretRef::Vault {
+                    mount: mount.clone(),
+                    path: path.clone(),
+                    field: field.clone(),
+                    version: None,
+                };
+                Ok((self.resolve(&latest, credential).await?, false))
+            }
+            _ => Ok((self.resolve(r, credential).await?, false)),
+        }
+    }
+
+    /// Reads the key a reference held at a past `version` (a KV version, a Secrets Manager
+    /// version id), for `credential verify --old`; other stores keep no past versions.
+    pub async fn read_version(
+        &self,
+        r: &SecretRef,
+        credential: &str,
+        version: &str,
+    ) -> Result<Resolution, ResolveError> {
+        match r {
+            SecretRef::Vault {
+                mount, path, field, ..
+            } => {
+                let v = version.parse::<u64>().map_err(|_| {
+                    ResolveError::Invalid(format!("`{version}` is not a KV version"))
+                })?;
+                let old = SecretRef::Vault {
+                    mount: mount.clone(),
+                    path: path.clone(),
+                    field: field.clone(),
+                    version: Some(v),
+                };
+                self.resolve(&old, credential).await
+            }
+            SecretRef::AwsSm { id, field, .. } => {
+                let (secret, v) = tokio::time::timeout(
+                    self.settings.timeout,
+                    self.aws()
+                        .await
+                        .get_secret_at(id, field.as_deref(), None, Some(version)),
+                )
+                .await
+                .map_err(|_| ResolveError::Unavailable("aws-sm did not answer in time".into()))??;
+                Ok(Resolution {
+                    secret,
+                    version: Some(v),
+                })
+            }
+            SecretRef::Sealed(_) => self.resolve(r, credential).await,
+            other => Err(ResolveError::Invalid(format!(
+                "{} keeps no earlier versions",
+                other.store()
+            ))),
+        }
+    }
+
+    /// Moves `AWSCURRENT` of a Secrets Manager secret to `new_version`.
+    pub async fn promote_aws_version(
+        &self,
+        id: &str,
+        new_version: &str,
+        old_version: Option<&str>,
+    ) -> Result<(), ResolveError> {
+        tokio::time::timeout(
+            self.settings.timeout,
+            self.aws()
+                .await
+                .promote_version(id, new_version, old_version),
+        )
+        .await
+        .map_err(|_| ResolveError::Unavailable("aws-sm did not answer in time".into()))?
+    }
+
+    /// Deletes a sealed secret (a rotated-out key confirmed dead).
+    pub async fn destroy_sealed(&self, id: &str) -> Result<bool, ResolveError> {
+        self.db
+            .delete_sealed(id)
+            .await
+            .map_err(|e| ResolveError::Unavailable(format!("the database failed: {e}")))
+    }
+
     async fn unseal(&self, id: &str, credential: &str) -> Result<Resolution, ResolveError> {
         let row = self
             .db
@@ -363,7 +473,7 @@ impl Stores {
         };
         // Stored only once it is known to open again.
         let back = self.unwrap_key(&kek, &row).await?;
-        if back[..] != dk[..] {
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&back[..], &dk[..])) {
             return Err(ResolveError::Refused(format!(
                 "KEK {kek} returned a different data key than it wrapped; nothing was stored"
             )));
@@ -440,8 +550,10 @@ impl Stores {
                 )
                 .ok_or_else(|| ResolveError::Refused(format!("sealed:{} does not open", row.id)))?;
                 let (dk, w, v) = self.new_data_key(target, &row.id).await?;
-                let text = String::from_utf8(plain.to_vec())
-                    .map_err(|_| ResolveError::Invalid("not UTF-8".into()))?;
+                let text = String::from_utf8(plain.to_vec()).map_err(|e| {
+                    zeroize::Zeroize::zeroize(&mut e.into_bytes());
+                    ResolveError::Invalid("not UTF-8".into())
+                })?;
                 let secret = Secret::new(text);
                 resealed = Some(sealed::seal_value(&row.id, &row.credential, &secret, &dk));
                 (w, v)
@@ -451,6 +563,30 @@ impl Stores {
                 self.wrap_key(target, &row.id, &dk).await?
             }
         };
+        // Stored only once the new wrapping is known to open (and to the same secret).
+        {
+            let mut check = row.clone();
+            check.kek = target.to_string();
+            check.kek_version.clone_from(&version);
+            check.wrapped_key.clone_from(&wrapped);
+            if let Some((nonce, ct)) = &resealed {
+                check.nonce = nonce.to_vec();
+                check.ciphertext.clone_from(ct);
+            }
+            let dk = self.unwrap_key(target, &check).await?;
+            sealed::aead_open(
+                &dk,
+                &check.nonce,
+                &sealed::secret_aad(&check.id, &check.credential),
+                &check.ciphertext,
+            )
+            .ok_or_else(|| {
+                ResolveError::Refused(format!(
+                    "KEK {target}: the rewrapped key does not open sealed:{}; nothing was changed",
+                    row.id
+                ))
+            })?;
+        }
         let mut new = row.clone();
         new.kek = target.to_string();
         new.kek_version.clone_from(&version);

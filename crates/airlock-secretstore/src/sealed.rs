@@ -141,6 +141,11 @@ fn wrap_aad(id: &str) -> Vec<u8> {
     format!("airlock-kek-v1\n{id}").into_bytes()
 }
 
+#[cfg(unix)]
+fn libc_nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
 /// The versions of a key file, oldest first.
 pub struct Keyfile {
     versions: Vec<(u32, Zeroizing<[u8; 32]>)>,
@@ -212,38 +217,62 @@ impl Keyfile {
             #[cfg(unix)]
             {
                 use std::os::unix::fs::OpenOptionsExt;
-                o.mode(0o600);
+                o.mode(0o600).custom_flags(libc_nofollow());
             }
             let _ = o;
         };
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(format!(
+                "{} is a symlink: add the new version where the file really lives",
+                path.display()
+            ));
+        }
+        let mut lock_name = path.as_os_str().to_os_string();
+        lock_name.push(".lock");
         let mut opts = std::fs::OpenOptions::new();
         opts.create(true).truncate(false).write(true);
         private(&mut opts);
-        let lock = opts.open(path.with_extension("lock")).map_err(err)?;
+        let lock = opts
+            .open(std::path::PathBuf::from(lock_name))
+            .map_err(err)?;
         lock.lock().map_err(err)?;
-        let mut lines: Vec<Zeroizing<String>> = Vec::new();
+        let mut text = Zeroizing::new(String::new());
         let next = match Keyfile::load(path) {
             Ok(k) => {
-                for (n, key) in &k.versions {
-                    lines.push(Zeroizing::new(format!("v{n} {}\n", hex::encode(**key))));
+                // Comments and versions as they were, then the new line.
+                let old = Zeroizing::new(std::fs::read_to_string(path).map_err(err)?);
+                for line in old.lines() {
+                    text.push_str(line.trim_end());
+                    text.push('\n');
                 }
-                k.versions.last().map(|(n, _)| n + 1).unwrap_or(1)
+                k.versions
+                    .last()
+                    .map(|(n, _)| n.checked_add(1))
+                    .unwrap_or(Some(1))
+                    .ok_or("the key file has no version number left")?
             }
             Err(_) if !path.exists() => 1,
             Err(e) => return Err(e.to_string()),
         };
         let key = random_key();
-        lines.push(Zeroizing::new(format!("v{next} {}\n", hex::encode(*key))));
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        text.push_str(&format!("v{next} {}\n", hex::encode(*key)));
+        // A fresh, unpredictable temporary name, created exclusively: nothing planted there
+        // (a symlink, a file with loose permissions) can receive the keys.
+        let mut tmp_name = path.as_os_str().to_os_string();
+        tmp_name.push(format!(".tmp-{}", airlock_secrets::random_token(8)));
+        let tmp = std::path::PathBuf::from(tmp_name);
         let mut topts = std::fs::OpenOptions::new();
-        topts.create(true).truncate(true).write(true);
+        topts.create_new(true).write(true);
         private(&mut topts);
         let mut f = topts.open(&tmp).map_err(err)?;
-        for l in &lines {
-            f.write_all(l.as_bytes()).map_err(err)?;
+        let written = f
+            .write_all(text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(e));
         }
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)?;
         if let Some(dir) = path.parent() {
             if let Ok(d) = std::fs::File::open(dir) {
                 let _ = d.sync_all();

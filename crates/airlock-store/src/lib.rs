@@ -114,6 +114,46 @@ impl std::fmt::Debug for SealedRow {
     }
 }
 
+/// One rotation of a credential's key: what replaced what (fingerprints, last 4, store
+/// versions; never a key) and when each step happened.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RotationRow {
+    /// `rot_…`.
+    pub id: String,
+    /// Credential name.
+    pub credential: String,
+    /// `stdin` (a new sealed value), `store` (a new version in the store), `auto` (seen by
+    /// the background refresh).
+    pub source: String,
+    /// `staged`, `failed`, `promoted`, `confirmed`.
+    pub state: String,
+    /// Why it failed, or what was checked.
+    pub reason: Option<String>,
+    /// The key replaced.
+    pub old_fingerprint: Option<String>,
+    /// Its last 4.
+    pub old_last4: Option<String>,
+    /// Its store version.
+    pub old_version: Option<String>,
+    /// The reference that read it.
+    pub old_ref: Option<String>,
+    /// The new key.
+    pub new_fingerprint: Option<String>,
+    /// Its last 4.
+    pub new_last4: Option<String>,
+    /// Its store version.
+    pub new_version: Option<String>,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    /// When the provider accepted (or refused) the new key.
+    pub tested_at: Option<i64>,
+    /// When new requests started using the new key.
+    pub promoted_at: Option<i64>,
+    /// When the provider was seen refusing the old key, with no use of it on record after
+    /// the promotion.
+    pub confirmed_at: Option<i64>,
+}
+
 /// Metadata of a minted token.
 #[derive(Debug, Clone, Serialize)]
 pub struct TokenRow {
@@ -277,6 +317,7 @@ fn sealed_from(r: &sqlx::sqlite::SqliteRow) -> Sealed {
             input_tokens: r.get("input_tokens"),
             output_tokens: r.get("output_tokens"),
             cost_micros: r.get("cost_micros"),
+            key: r.get("key"),
             prev: r.get("prev"),
         },
         hash: r.get("hash"),
@@ -335,7 +376,7 @@ impl BatchWriter {
                 .prepare_cached(
                     "INSERT INTO audit (seq, ts, actor_kind, actor, subject, action, target_kind, target,
                        outcome, reason, request_id, client_ip, credential, model, status, input_tokens,
-                       output_tokens, cost_micros, prev, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                       output_tokens, cost_micros, prev, hash, key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 )
                 .map_err(wdb("append audit record"))?;
             for s in audit {
@@ -360,7 +401,8 @@ impl BatchWriter {
                     r.output_tokens,
                     r.cost_micros,
                     r.prev,
-                    s.hash
+                    s.hash,
+                    r.key
                 ])
                 .map_err(wdb("append audit record"))?;
             }
@@ -713,6 +755,142 @@ impl Store {
         .await
         .map_err(db("update fingerprint"))?;
         Ok(())
+    }
+
+    // ---- rotations ----------------------------------------------------------------------
+
+    fn rotation_from(r: &sqlx::sqlite::SqliteRow) -> RotationRow {
+        RotationRow {
+            id: r.get("id"),
+            credential: r.get("credential"),
+            source: r.get("source"),
+            state: r.get("state"),
+            reason: r.get("reason"),
+            old_fingerprint: r.get("old_fingerprint"),
+            old_last4: r.get("old_last4"),
+            old_version: r.get("old_version"),
+            old_ref: r.get("old_ref"),
+            new_fingerprint: r.get("new_fingerprint"),
+            new_last4: r.get("new_last4"),
+            new_version: r.get("new_version"),
+            started_at: r.get("started_at"),
+            tested_at: r.get("tested_at"),
+            promoted_at: r.get("promoted_at"),
+            confirmed_at: r.get("confirmed_at"),
+        }
+    }
+
+    /// Records a rotation, or updates it (same id).
+    pub async fn save_rotation(&self, r: &RotationRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO rotations (id, credential, source, state, reason, old_fingerprint, old_last4,
+               old_version, old_ref, new_fingerprint, new_last4, new_version, started_at, tested_at,
+               promoted_at, confirmed_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, reason = excluded.reason,
+               tested_at = excluded.tested_at, promoted_at = excluded.promoted_at,
+               confirmed_at = excluded.confirmed_at",
+        )
+        .bind(&r.id)
+        .bind(&r.credential)
+        .bind(&r.source)
+        .bind(&r.state)
+        .bind(&r.reason)
+        .bind(&r.old_fingerprint)
+        .bind(&r.old_last4)
+        .bind(&r.old_version)
+        .bind(&r.old_ref)
+        .bind(&r.new_fingerprint)
+        .bind(&r.new_last4)
+        .bind(&r.new_version)
+        .bind(r.started_at)
+        .bind(r.tested_at)
+        .bind(r.promoted_at)
+        .bind(r.confirmed_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db("save rotation"))?;
+        Ok(())
+    }
+
+    /// A credential's rotations, newest first.
+    pub async fn rotations(&self, credential: &str, limit: i64) -> Result<Vec<RotationRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM rotations WHERE credential = ? ORDER BY started_at DESC, id DESC LIMIT ?",
+        )
+        .bind(credential)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list rotations"))?;
+        Ok(rows.iter().map(Self::rotation_from).collect())
+    }
+
+    /// Audit records of `credential` that used the key with fingerprint `key` after `after_ms`.
+    pub async fn key_uses_after(&self, credential: &str, key: &str, after_ms: i64) -> Result<i64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit WHERE credential = ? AND key = ? AND ts > ?",
+        )
+        .bind(credential)
+        .bind(key)
+        .bind(after_ms)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("count key uses"))?;
+        Ok(n)
+    }
+
+    /// Promotes a new key: the credential's reference (a new sealed secret stored in the same
+    /// transaction, or a new pinned version), fingerprint, last 4, version and rotation time.
+    pub async fn promote_key(
+        &self,
+        name: &str,
+        secret_ref: &str,
+        sealed: Option<&SealedRow>,
+        seen: (&str, &str, Option<&str>),
+        now_ms: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        if let Some(s) = sealed {
+            sqlx::query(
+                "INSERT INTO sealed_secrets (id, credential, kek, kek_version, wrapped_key, nonce,
+                   ciphertext, created_at) VALUES (?,?,?,?,?,?,?,?)",
+            )
+            .bind(&s.id)
+            .bind(&s.credential)
+            .bind(&s.kek)
+            .bind(&s.kek_version)
+            .bind(&s.wrapped_key)
+            .bind(&s.nonce)
+            .bind(&s.ciphertext)
+            .bind(s.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("insert sealed secret"))?;
+        }
+        sqlx::query(
+            "UPDATE credentials SET secret_ref = ?, fingerprint = ?, last4 = ?,
+               secret_version = ?, rotated_at = ? WHERE name = ?",
+        )
+        .bind(secret_ref)
+        .bind(seen.0)
+        .bind(seen.1)
+        .bind(seen.2)
+        .bind(now_ms)
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("promote key"))?;
+        tx.commit().await.map_err(db("commit promotion"))
+    }
+
+    /// Deletes one sealed secret (a rotated-out key, once confirmed dead).
+    pub async fn delete_sealed(&self, id: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM sealed_secrets WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db("delete sealed secret"))?;
+        Ok(r.rows_affected() > 0)
     }
 
     // ---- tokens -----------------------------------------------------------------------

@@ -104,6 +104,142 @@ fn read_secret_stdin() -> Result<zeroize::Zeroizing<String>, Failure> {
     Ok(text)
 }
 
+fn print_rotation(v: &Value) {
+    println!("{} {} ({})", s(v, "credential"), s(v, "state"), s(v, "id"));
+    println!(
+        "  old  {} …{} version {}",
+        s(v, "old_fingerprint"),
+        s(v, "old_last4"),
+        s(v, "old_version")
+    );
+    println!(
+        "  new  {} …{} version {}",
+        s(v, "new_fingerprint"),
+        s(v, "new_last4"),
+        s(v, "new_version")
+    );
+    println!(
+        "  staged {}  tested {}  promoted {}",
+        ms(&v["started_at"]),
+        ms(&v["tested_at"]),
+        ms(&v["promoted_at"])
+    );
+    if let Some(r) = v["reason"].as_str() {
+        println!("  {r}");
+    }
+}
+
+/// A time given as RFC 3339 or as a duration ago (`30d`), in unix milliseconds.
+pub(crate) fn time_arg(t: &str) -> Result<i64, Failure> {
+    if let Ok(ts) = humantime::parse_rfc3339_weak(t) {
+        return Ok(ts
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0));
+    }
+    let ago = humantime::parse_duration(t).map_err(|_| {
+        Failure::usage(format!(
+            "`{t}` is neither a time (2026-11-01T00:00:00Z) nor a duration ago (30d)"
+        ))
+    })?;
+    let now = std::time::SystemTime::now();
+    Ok((now - ago)
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0))
+}
+
+/// `credential rotate --all`: every credential (of `env`, not rotated since `since`), `parallel`
+/// at a time, progress on stderr, then a table (or JSON) of what was rotated, what failed and
+/// why, and what waits for its old key to be revoked at the provider.
+async fn rotate_all(
+    admin: &Admin,
+    env: Option<String>,
+    since: Option<String>,
+    parallel: usize,
+    json: bool,
+) -> Result<(), Failure> {
+    use futures_util::StreamExt;
+    use std::io::IsTerminal;
+    let since = since.as_deref().map(time_arg).transpose()?;
+    let list = admin.call(Method::GET, "/credentials", None).await?;
+    let creds: Vec<Value> = list["credentials"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| env.as_deref().is_none_or(|e| c["env"] == e))
+        .filter(|c| {
+            let last = c["rotated_at"]
+                .as_i64()
+                .or(c["created_at"].as_i64())
+                .unwrap_or(0);
+            since.is_none_or(|t| last < t)
+        })
+        .collect();
+    let total = creds.len();
+    let tty = std::io::stderr().is_terminal() && !json;
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Value> = futures_util::stream::iter(creds.into_iter().map(|c| {
+        let done = &done;
+        async move {
+            let name = c["name"].as_str().unwrap_or_default().to_string();
+            let out = if c["secret_ref"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("sealed:"))
+            {
+                json!({"credential": name, "state": "skipped",
+                       "reason": "sealed: rotate it on its own with --new-secret-stdin"})
+            } else {
+                match admin
+                    .call(
+                        Method::POST,
+                        &format!("/credentials/{name}/rotate"),
+                        Some(json!({})),
+                    )
+                    .await
+                {
+                    Ok(v) => v,
+                    Err(f) => json!({"credential": name, "state": "failed", "reason": f.message}),
+                }
+            };
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if tty {
+                eprint!("\rrotating: {n}/{total} done");
+            }
+            out
+        }
+    }))
+    .buffer_unordered(parallel.max(1))
+    .collect()
+    .await;
+    if tty {
+        eprintln!();
+    }
+    let failed = results.iter().filter(|r| r["state"] == "failed").count();
+    if json {
+        print_json(&json!({ "rotations": results, "failed": failed }));
+    } else {
+        println!("{:<24} {:<10} NEXT STEP / WHY", "CREDENTIAL", "STATE");
+        for r in &results {
+            let next = match r["state"].as_str() {
+                Some("promoted") => {
+                    "revoke the old key at the provider, then: credential verify --old".to_string()
+                }
+                _ => r["reason"].as_str().unwrap_or("").to_string(),
+            };
+            println!("{:<24} {:<10} {}", s(r, "credential"), s(r, "state"), next);
+        }
+    }
+    if failed > 0 {
+        return Err(Failure {
+            code: 1,
+            message: format!("{failed} of {total} rotations failed"),
+        });
+    }
+    Ok(())
+}
+
 /// `airlock kek rotate`.
 pub async fn kek_rotate(json: bool) -> Result<(), Failure> {
     let admin = Admin::from_env()?;
@@ -226,7 +362,90 @@ pub async fn credential(c: CredentialCmd, json: bool) -> Result<(), Failure> {
                 );
             }
         }
-        CredentialCmd::Verify { name } => {
+        CredentialCmd::Verify { name, old: true } => {
+            let v = admin
+                .call(
+                    Method::POST,
+                    &format!("/credentials/{name}/verify"),
+                    Some(json!({"old": true})),
+                )
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!(
+                    "{name}: old key {} …{}: {} ({})",
+                    v["old"]["fingerprint"].as_str().unwrap_or("-"),
+                    v["old"]["last4"].as_str().unwrap_or(""),
+                    s(&v, "status"),
+                    s(&v, "detail")
+                );
+                println!(
+                    "  uses of the old key after the promotion (+{}s grace): {}",
+                    v["grace_secs"], v["uses_after_promotion"]
+                );
+                println!(
+                    "  {}",
+                    if v["confirmed"] == true {
+                        "confirmed: rotated, old key dead"
+                    } else {
+                        "not confirmed yet: revoke the old key at the provider, then run this again"
+                    }
+                );
+            }
+            return if v["confirmed"] == true {
+                Ok(())
+            } else {
+                Err(Failure {
+                    code: 1,
+                    message: format!("credential {name}: the old key is not confirmed dead"),
+                })
+            };
+        }
+        CredentialCmd::Rotate {
+            name,
+            new_secret_stdin,
+            from_store: _,
+            all,
+            env,
+            since,
+            parallel,
+        } => {
+            if all {
+                return rotate_all(&admin, env, since, parallel, json).await;
+            }
+            let name = name.unwrap_or_default();
+            let body = if new_secret_stdin {
+                let value = read_secret_stdin()?;
+                json!({"secret_value": value.to_string()})
+            } else {
+                json!({})
+            };
+            let v = admin
+                .call(
+                    Method::POST,
+                    &format!("/credentials/{name}/rotate"),
+                    Some(body),
+                )
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                print_rotation(&v);
+            }
+            return if v["state"] == "promoted" {
+                Ok(())
+            } else {
+                Err(Failure {
+                    code: 1,
+                    message: format!(
+                        "credential {name}: the rotation failed: {}",
+                        s(&v, "reason")
+                    ),
+                })
+            };
+        }
+        CredentialCmd::Verify { name, old: false } => {
             let v = admin
                 .call(
                     Method::POST,
@@ -316,6 +535,7 @@ pub async fn credential(c: CredentialCmd, json: bool) -> Result<(), Failure> {
             println!("last 4       {}", s(&v, "last4"));
             println!("created      {}", ms(&v["created_at"]));
             println!("rotated      {}", ms(&v["rotated_at"]));
+            println!("rotation     {}", s(&v["rotation"], "state"));
             println!("last used    {}", ms(&v["last_used_at"]));
             println!(
                 "requests     {} ({} input / {} output tokens)",

@@ -25,7 +25,7 @@ pub async fn run(listen: &str, json: bool) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::usage(e.to_string()))?;
     let mock = airlock_gateway::mock::router(airlock_gateway::mock::MockOptions {
-        expect_key: Some(Secret::new(key)),
+        expect_keys: vec![Secret::new(key)],
         fail_status: None,
         chunk_delay: Duration::from_millis(30),
         name: "demo".into(),

@@ -88,11 +88,13 @@ struct MockArgs {
     /// Listen address.
     #[arg(long, default_value = "127.0.0.1:18080")]
     listen: String,
-    /// The provider key to require (prefer --expect-key-file or AIRLOCK_MOCK_EXPECT_KEY: a
-    /// command-line argument is visible to other users in `ps`).
+    /// The provider key to require; several, comma-separated, play a rotation (the old and
+    /// the new key both work until `POST /mock/revoke?index=N` revokes one). Prefer
+    /// --expect-key-file or AIRLOCK_MOCK_EXPECT_KEY: a command-line argument is visible to
+    /// other users in `ps`.
     #[arg(long, env = "AIRLOCK_MOCK_EXPECT_KEY", hide_env_values = true)]
     expect_key: Option<String>,
-    /// Read the required key from a file.
+    /// Read the required key(s) from a file (one per line).
     #[arg(long)]
     expect_key_file: Option<PathBuf>,
     /// Answer every inference request with this HTTP status (to test fallbacks).
@@ -170,6 +172,40 @@ enum CredentialCmd {
     Verify {
         /// Credential name.
         name: String,
+        /// Check the key the last rotation replaced instead: the provider must refuse it and
+        /// the audit log must show no use of it after the promotion. Both true confirms the
+        /// rotation (exit 0); otherwise exit 1.
+        #[arg(long)]
+        old: bool,
+    },
+    /// Rotate a credential's key: stage the new key, test it with the provider, promote it
+    /// (new requests use it at once; requests under way finish on the old one), record each
+    /// step. The new key comes from the store (a new KV version; AWSPENDING in Secrets
+    /// Manager, whose labels are then moved) or, for sealed credentials, from stdin.
+    /// Exit code 1 when the test fails (nothing is changed).
+    Rotate {
+        /// Credential name (or --all).
+        #[arg(required_unless_present = "all")]
+        name: Option<String>,
+        /// Read the new key from standard input (sealed credentials).
+        #[arg(long, conflicts_with = "all")]
+        new_secret_stdin: bool,
+        /// Take the new key from the credential's store (the default without --new-secret-stdin).
+        #[arg(long, conflicts_with = "new_secret_stdin")]
+        from_store: bool,
+        /// Every credential (sealed ones need --new-secret-stdin each and are listed as skipped).
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+        /// With --all: only this environment.
+        #[arg(long, requires = "all")]
+        env: Option<String>,
+        /// With --all: only credentials whose key was not rotated since this time
+        /// (RFC 3339, or a duration ago such as 30d).
+        #[arg(long, requires = "all")]
+        since: Option<String>,
+        /// With --all: how many rotations run at once.
+        #[arg(long, default_value_t = 4, requires = "all")]
+        parallel: usize,
     },
 }
 
@@ -425,17 +461,18 @@ pub async fn serve(
 
 async fn mock(m: MockArgs) -> Result<(), Failure> {
     init_logging("info", "text");
-    let key = match (m.expect_key, m.expect_key_file) {
-        (_, Some(f)) => Some(
-            std::fs::read_to_string(&f)
-                .map_err(|e| Failure::usage(format!("{}: {e}", f.display())))?
-                .trim()
-                .to_string(),
-        ),
-        (k, None) => k,
+    let keys = match (m.expect_key, m.expect_key_file) {
+        (_, Some(f)) => std::fs::read_to_string(&f)
+            .map_err(|e| Failure::usage(format!("{}: {e}", f.display())))?,
+        (k, None) => k.unwrap_or_default(),
     };
     let opts = airlock_gateway::mock::MockOptions {
-        expect_key: key.map(airlock_secrets::Secret::new),
+        expect_keys: keys
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| airlock_secrets::Secret::new(k.to_string()))
+            .collect(),
         fail_status: m.fail_status,
         chunk_delay: std::time::Duration::from_millis(m.chunk_delay_ms),
         name: m.name,

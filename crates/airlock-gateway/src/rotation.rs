@@ -1,0 +1,603 @@
+//! Rotation you can prove: **stage** the new key (a new version in the customer's store, or a
+//! new sealed value), **test** it with the provider's cheapest authenticated call, **promote**
+//! it atomically (every request from that instant uses it; requests already under way finish
+//! with the key they started with), then **confirm**: the provider refuses the old key and
+//! the audit log shows no request that used the old key's fingerprint after the promotion
+//! (plus `[rotation] grace_secs` for requests in flight). Each step is an audit record; the
+//! rotation itself is a row in `rotations` (fingerprints, last 4, versions; never a key).
+//!
+//! A new version seen by the background refresh (a reference that follows the store's latest
+//! version) is a candidate: it is tested and promoted the same way by itself, and a candidate
+//! the provider refuses is not promoted (the old key keeps serving) and raises an alert.
+
+use crate::credentials::Credential;
+use crate::dialect::ApiError;
+use crate::state::{now_ms, App};
+use airlock_secrets::{ResolveError, Secret, SecretRef};
+use airlock_store::RotationRow;
+use http::StatusCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the provider said to a key.
+pub struct Probe {
+    /// `ok`, `refused` or `unreachable`.
+    pub status: &'static str,
+    /// In words.
+    pub detail: String,
+    /// The provider's status code, when it answered.
+    pub http_status: Option<u16>,
+}
+
+/// The provider's cheapest authenticated call (list models) with `secret`.
+pub async fn probe(app: &App, c: &Credential, secret: &Secret) -> Probe {
+    let Some(req) = crate::proxy::models_request(c, secret) else {
+        return Probe {
+            status: "unreachable",
+            detail: "the credential's base URL is unusable".into(),
+            http_status: None,
+        };
+    };
+    match tokio::time::timeout(Duration::from_secs(10), app.client.request(req)).await {
+        Ok(Ok(resp)) => {
+            let code = resp.status().as_u16();
+            let (status, detail) = match code {
+                200..=299 => ("ok", format!("the provider accepted the key (HTTP {code})")),
+                401 | 403 => (
+                    "refused",
+                    format!("the provider refused the key (HTTP {code})"),
+                ),
+                _ => (
+                    "unreachable",
+                    format!("the provider answered HTTP {code}, which says nothing about the key"),
+                ),
+            };
+            Probe {
+                status,
+                detail,
+                http_status: Some(code),
+            }
+        }
+        Ok(Err(_)) => Probe {
+            status: "unreachable",
+            detail: "the provider cannot be reached".into(),
+            http_status: None,
+        },
+        Err(_) => Probe {
+            status: "unreachable",
+            detail: "the provider did not answer within 10s".into(),
+            http_status: None,
+        },
+    }
+}
+
+/// Where a rotation's new key comes from.
+pub enum NewKey {
+    /// A value given on stdin (sealed credentials).
+    Value(Secret),
+    /// The newest version in the credential's store.
+    Store,
+}
+
+fn step(app: &App, row: &RotationRow, action: &str, outcome: &str, reason: String) {
+    app.recorder.write_nowait(
+        None,
+        Some(airlock_audit::Record {
+            ts: now_ms(),
+            actor_kind: "system".into(),
+            action: action.into(),
+            target_kind: Some("credential".into()),
+            target: Some(row.credential.clone()),
+            outcome: outcome.into(),
+            reason: Some(format!("{} ({}): {reason}", row.id, row.source)),
+            credential: Some(row.credential.clone()),
+            ..Default::default()
+        }),
+    );
+}
+
+fn short(fp: &Option<String>, last4: &Option<String>, version: &Option<String>) -> String {
+    let mut s = fp
+        .as_deref()
+        .map(|f| f.chars().take(24).collect::<String>())
+        .unwrap_or_else(|| "?".into());
+    if let Some(l) = last4.as_deref().filter(|l| !l.is_empty()) {
+        s.push_str(&format!(" …{l}"));
+    }
+    if let Some(v) = version {
+        s.push_str(&format!(" (version {v})"));
+    }
+    s
+}
+
+enum Promotion {
+    /// Only the key in memory changes (the store already serves the new one).
+    InPlace,
+    /// Secrets Manager: move `AWSCURRENT` to the staged version.
+    AwsLabels { id: String, new: String },
+    /// A new reference: a new sealed secret or a new pinned version.
+    NewRef(SecretRef, Option<Box<airlock_store::SealedRow>>),
+}
+
+fn api(status: StatusCode, code: &'static str, msg: String) -> ApiError {
+    ApiError::new(status, code, msg)
+}
+
+/// `credential rotate NAME`: stage → test → promote. A failed test changes nothing and is
+/// returned as a rotation in state `failed`.
+pub async fn rotate(
+    app: &Arc<App>,
+    name: &str,
+    new: NewKey,
+    source: &str,
+) -> Result<RotationRow, ApiError> {
+    let Some(c) = app.creds.load().get(name).cloned() else {
+        return Err(api(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no credential named `{name}`"),
+        ));
+    };
+    let _one = c.rotating.lock().await;
+    let unreadable = |e: ResolveError| {
+        api(
+            if e.is_definite() {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            },
+            "store_unavailable",
+            format!("credential `{name}`: {e}"),
+        )
+    };
+    // The key in service now.
+    let old = match c.cell().current() {
+        Some(cur) => cur,
+        None => {
+            let s = c.secret(app, "rotation").await.map_err(unreadable)?;
+            (s, c.version())
+        }
+    };
+    let (staged, new_version, promotion) = match (new, c.reference()) {
+        (NewKey::Value(s), SecretRef::Sealed(_)) => {
+            let row = app.secrets.seal(name, &s).await.map_err(|e| {
+                api(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "kek_unavailable",
+                    format!("cannot seal the new key: {e}"),
+                )
+            })?;
+            let version = Some(format!("{}@{}", row.kek, row.kek_version));
+            let r = SecretRef::Sealed(row.id.clone());
+            (Arc::new(s), version, Promotion::NewRef(r, Some(Box::new(row))))
+        }
+        (NewKey::Value(_), r) => {
+            return Err(api(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!(
+                    "the key of `{name}` lives in {} ({r}): write the new key there (a new version) and rotate without --new-secret-stdin",
+                    r.store()
+                ),
+            ))
+        }
+        (NewKey::Store, SecretRef::Sealed(_)) => {
+            return Err(api(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("`{name}` is sealed: give the new key with --new-secret-stdin"),
+            ))
+        }
+        (NewKey::Store, r) => {
+            let (res, from_pending) = app
+                .secrets
+                .read_newest(r, name)
+                .await
+                .map_err(unreadable)?;
+            let promotion = match r {
+                SecretRef::AwsSm { id, .. } if from_pending => Promotion::AwsLabels {
+                    id: id.clone(),
+                    new: res.version.clone().unwrap_or_default(),
+                },
+                SecretRef::Vault {
+                    mount,
+                    path,
+                    field,
+                    version: Some(_),
+                } => Promotion::NewRef(
+                    SecretRef::Vault {
+                        mount: mount.clone(),
+                        path: path.clone(),
+                        field: field.clone(),
+                        version: res.version.as_deref().and_then(|v| v.parse().ok()),
+                    },
+                    None,
+                ),
+                _ => Promotion::InPlace,
+            };
+            (Arc::new(res.secret), res.version, promotion)
+        }
+    };
+    if staged.ct_eq(&old.0) {
+        return Err(api(
+            StatusCode::CONFLICT,
+            "nothing_to_rotate",
+            format!(
+                "{} holds the key `{name}` uses now: put the new key there first (a new KV version; AWSPENDING in Secrets Manager), then rotate",
+                c.reference().store()
+            ),
+        ));
+    }
+    let mut row = RotationRow {
+        id: format!("rot_{}", airlock_secrets::random_token(8)),
+        credential: name.to_string(),
+        source: source.to_string(),
+        state: "staged".into(),
+        old_fingerprint: Some(old.0.fingerprint(&app.hmac)),
+        old_last4: Some(old.0.last4()),
+        old_version: old.1.clone(),
+        old_ref: Some(c.reference().to_string()),
+        new_fingerprint: Some(staged.fingerprint(&app.hmac)),
+        new_last4: Some(staged.last4()),
+        new_version,
+        started_at: now_ms(),
+        ..Default::default()
+    };
+    save(app, &row).await?;
+    step(
+        app,
+        &row,
+        "credential.rotation.stage",
+        "ok",
+        format!(
+            "staged {} to replace {}",
+            short(&row.new_fingerprint, &row.new_last4, &row.new_version),
+            short(&row.old_fingerprint, &row.old_last4, &row.old_version)
+        ),
+    );
+    finish(app, &c, &mut row, staged, promotion).await?;
+    Ok(row)
+}
+
+async fn save(app: &App, row: &RotationRow) -> Result<(), ApiError> {
+    app.store.save_rotation(row).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot record a rotation");
+        api(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the database failed; see the server log".into(),
+        )
+    })
+}
+
+/// Test, then promote (or record the failure).
+async fn finish(
+    app: &Arc<App>,
+    c: &Arc<Credential>,
+    row: &mut RotationRow,
+    staged: Arc<Secret>,
+    promotion: Promotion,
+) -> Result<(), ApiError> {
+    let p = probe(app, c, &staged).await;
+    row.tested_at = Some(now_ms());
+    if p.status != "ok" {
+        row.state = "failed".into();
+        row.reason = Some(format!("test: {}; the old key stays in service", p.detail));
+        save(app, row).await?;
+        step(app, row, "credential.rotation.test", "failed", p.detail);
+        return Ok(());
+    }
+    step(app, row, "credential.rotation.test", "ok", p.detail);
+    let name = &row.credential;
+    let seen = (
+        row.new_fingerprint.clone().unwrap_or_default(),
+        row.new_last4.clone().unwrap_or_default(),
+    );
+    let (new_ref, sealed) = match promotion {
+        Promotion::InPlace => (c.reference().clone(), None),
+        Promotion::AwsLabels { id, new } => {
+            let old = row.old_version.clone();
+            if let Err(e) = app
+                .secrets
+                .promote_aws_version(&id, &new, old.as_deref())
+                .await
+            {
+                row.state = "failed".into();
+                row.reason = Some(format!(
+                    "promote: cannot move AWSCURRENT to {new}: {e}; the old key stays in service"
+                ));
+                save(app, row).await?;
+                step(
+                    app,
+                    row,
+                    "credential.rotation.promote",
+                    "failed",
+                    e.to_string(),
+                );
+                return Ok(());
+            }
+            (c.reference().clone(), None)
+        }
+        Promotion::NewRef(r, sealed) => (r, sealed),
+    };
+    let now = now_ms();
+    if let Err(e) = app
+        .store
+        .promote_key(
+            name,
+            &new_ref.to_string(),
+            sealed.as_deref(),
+            (&seen.0, &seen.1, row.new_version.as_deref()),
+            now,
+        )
+        .await
+    {
+        tracing::error!(error = %e, "cannot record a promotion");
+        row.state = "failed".into();
+        row.reason = Some("promote: the database failed; the old key stays in service".into());
+        save(app, row).await?;
+        return Err(api(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the database failed; see the server log".into(),
+        ));
+    }
+    // The swap: from here every request takes the new key.
+    if new_ref == *c.reference() {
+        c.cell().promote(staged, row.new_version.clone(), &new_ref);
+        c.mark_seen(&seen.0, row.new_version.clone());
+    } else {
+        if let Err(e) = app.reload_credentials().await {
+            tracing::error!(error = %e, "cannot reload credentials after a promotion");
+        }
+        if let Some(n) = app.creds.load().get(name) {
+            n.cell().promote(staged, row.new_version.clone(), &new_ref);
+        }
+    }
+    row.promoted_at = Some(now);
+    row.state = "promoted".into();
+    row.reason = Some(
+        "waiting for the old key to be revoked at the provider; then run `credential verify --old`"
+            .into(),
+    );
+    save(app, row).await?;
+    step(
+        app,
+        row,
+        "credential.rotation.promote",
+        "ok",
+        format!(
+            "{} in service; {} no longer given to any request",
+            short(&row.new_fingerprint, &row.new_last4, &row.new_version),
+            short(&row.old_fingerprint, &row.old_last4, &row.old_version)
+        ),
+    );
+    tracing::info!(credential = %name, rotation = %row.id, "key rotated");
+    Ok(())
+}
+
+/// What the background refresher does with a candidate key: test it and promote it, or keep
+/// the old key and alert (once per candidate; retested every refresh interval).
+pub async fn auto_rotate(app: Arc<App>, c: Arc<Credential>) {
+    let Some((candidate, version)) = c.cell().candidate() else {
+        return;
+    };
+    let fp = candidate.fingerprint(&app.hmac);
+    {
+        let Ok(mut st) = c.auto.lock() else { return };
+        if st.testing
+            || st
+                .next_test
+                .is_some_and(|t| Instant::now() < t && st.fp.as_deref() == Some(&fp))
+        {
+            return;
+        }
+        st.testing = true;
+        st.fp = Some(fp.clone());
+    }
+    let _one = c.rotating.lock().await;
+    let old = c.cell().current();
+    let mut row = RotationRow {
+        id: format!("rot_{}", airlock_secrets::random_token(8)),
+        credential: c.name.clone(),
+        source: "auto".into(),
+        state: "staged".into(),
+        old_fingerprint: old.as_ref().map(|o| o.0.fingerprint(&app.hmac)),
+        old_last4: old.as_ref().map(|o| o.0.last4()),
+        old_version: old.as_ref().and_then(|o| o.1.clone()),
+        old_ref: Some(c.reference().to_string()),
+        new_fingerprint: Some(fp.clone()),
+        new_last4: Some(candidate.last4()),
+        new_version: version.clone(),
+        started_at: now_ms(),
+        ..Default::default()
+    };
+    let p = probe(&app, &c, &candidate).await;
+    row.tested_at = Some(now_ms());
+    let retest = Instant::now() + app.cache_policy.ttl;
+    let first_alert = {
+        let Ok(mut st) = c.auto.lock() else { return };
+        st.testing = false;
+        st.next_test = Some(retest);
+        let first = st.alerted.as_deref() != Some(fp.as_str());
+        if p.status == "refused" {
+            st.alerted = Some(fp.clone());
+        }
+        first
+    };
+    match p.status {
+        "ok" => {
+            // Promote only if this is still the candidate (a newer one may have arrived).
+            if !c.cell().promote_candidate(&candidate) {
+                return;
+            }
+            let now = now_ms();
+            if let Err(e) = app
+                .store
+                .promote_key(
+                    &c.name,
+                    &c.reference().to_string(),
+                    None,
+                    (&fp, &candidate.last4(), version.as_deref()),
+                    now,
+                )
+                .await
+            {
+                tracing::error!(error = %e, "cannot record an automatic promotion");
+            }
+            c.mark_seen(&fp, version);
+            row.promoted_at = Some(now);
+            row.state = "promoted".into();
+            row.reason = Some("a new version in the store, accepted by the provider".into());
+            let _ = app.store.save_rotation(&row).await;
+            step(&app, &row, "credential.rotation.test", "ok", p.detail);
+            step(
+                &app,
+                &row,
+                "credential.rotation.promote",
+                "ok",
+                format!(
+                    "{} in service; {} no longer given to any request",
+                    short(&row.new_fingerprint, &row.new_last4, &row.new_version),
+                    short(&row.old_fingerprint, &row.old_last4, &row.old_version)
+                ),
+            );
+            tracing::info!(credential = %c.name, "a new key version from the store was tested and promoted");
+        }
+        "refused" if first_alert => {
+            row.state = "failed".into();
+            row.reason = Some(format!(
+                "test: {}; the old key stays in service (retested every refresh)",
+                p.detail
+            ));
+            let _ = app.store.save_rotation(&row).await;
+            step(&app, &row, "credential.rotation.test", "failed", p.detail);
+            app.recorder
+                .counters
+                .rotations_rejected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(credential = %c.name, "ALERT: the store holds a new key the provider refuses; the old key keeps serving");
+        }
+        _ => {}
+    }
+}
+
+/// `credential verify NAME --old`: is the key the last rotation replaced dead? The provider
+/// must refuse it, and no request may have used it after the promotion (plus the grace for
+/// requests in flight). Both true: the rotation is confirmed and a sealed old key destroyed.
+pub async fn confirm_old(app: &Arc<App>, name: &str) -> Result<serde_json::Value, ApiError> {
+    let Some(c) = app.creds.load().get(name).cloned() else {
+        return Err(api(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no credential named `{name}`"),
+        ));
+    };
+    let rows = app.store.rotations(name, 50).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot read rotations");
+        api(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the database failed; see the server log".into(),
+        )
+    })?;
+    let Some(mut row) = rows
+        .into_iter()
+        .find(|r| r.state == "promoted" || r.state == "confirmed")
+    else {
+        return Err(api(
+            StatusCode::NOT_FOUND,
+            "no_rotation",
+            format!("`{name}` has no promoted rotation whose old key could be checked"),
+        ));
+    };
+    let grace = app.cfg.rotation.grace_secs;
+    let promoted = row.promoted_at.unwrap_or(row.started_at);
+    let old_fp = row.old_fingerprint.clone().unwrap_or_default();
+    let uses = app
+        .store
+        .key_uses_after(name, &old_fp, promoted + grace as i64 * 1000)
+        .await
+        .unwrap_or(-1);
+    let mut out = serde_json::json!({
+        "credential": name,
+        "rotation": row.id,
+        "old": {"fingerprint": old_fp, "last4": row.old_last4, "version": row.old_version},
+        "promoted_at": promoted,
+        "grace_secs": grace,
+        "uses_after_promotion": uses,
+    });
+    if row.state == "confirmed" {
+        out["status"] = "dead".into();
+        out["confirmed"] = true.into();
+        out["detail"] = "confirmed earlier: the provider refused the old key".into();
+        return Ok(out);
+    }
+    let old_ref = row
+        .old_ref
+        .as_deref()
+        .and_then(|r| SecretRef::parse(r).ok());
+    let old_key = match (&old_ref, &row.old_version) {
+        (Some(r @ SecretRef::Sealed(_)), _) => app.secrets.resolve(r, name).await,
+        (Some(r), Some(v)) => app.secrets.read_version(r, name, v).await,
+        (Some(r), None) => Err(ResolveError::Invalid(format!(
+            "{} keeps no earlier version of the key",
+            r.store()
+        ))),
+        (None, _) => Err(ResolveError::Invalid("the old reference is unknown".into())),
+    };
+    let old_key = match old_key {
+        Ok(k) if k.secret.fingerprint(&app.hmac) == old_fp => k.secret,
+        Ok(_) => {
+            out["status"] = "cannot_check".into();
+            out["detail"] = "the store no longer returns the old key at its old version".into();
+            out["confirmed"] = false.into();
+            return Ok(out);
+        }
+        Err(e) => {
+            out["status"] = "cannot_check".into();
+            out["detail"] = format!("the old key cannot be read to test it: {e}").into();
+            out["confirmed"] = false.into();
+            return Ok(out);
+        }
+    };
+    let p = probe(app, &c, &old_key).await;
+    drop(old_key);
+    let dead = p.status == "refused";
+    out["status"] = if dead {
+        "dead"
+    } else if p.status == "ok" {
+        "alive"
+    } else {
+        "unreachable"
+    }
+    .into();
+    out["detail"] = p.detail.clone().into();
+    let confirmed = dead && uses == 0;
+    out["confirmed"] = confirmed.into();
+    if confirmed {
+        row.state = "confirmed".into();
+        row.confirmed_at = Some(now_ms());
+        row.reason = Some(format!(
+            "the provider refuses the old key and no request used it after the promotion (+{grace}s grace)"
+        ));
+        save(app, &row).await?;
+        step(app, &row, "credential.rotation.confirm", "ok", p.detail);
+        if let Some(SecretRef::Sealed(id)) = &old_ref {
+            if let Err(e) = app.secrets.destroy_sealed(id).await {
+                tracing::warn!(error = %e, "cannot destroy the rotated-out sealed key");
+            }
+        }
+    } else {
+        let why = if !dead {
+            format!(
+                "the provider does not refuse the old key yet ({})",
+                p.detail
+            )
+        } else {
+            format!("{uses} request(s) used the old key after the promotion")
+        };
+        step(app, &row, "credential.rotation.confirm", "failed", why);
+    }
+    Ok(out)
+}

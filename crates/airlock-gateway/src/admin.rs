@@ -345,6 +345,14 @@ pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
         )
         .route("/doctor", g(MANAGE, Some("doctor"), post(doctor)))
         .route(
+            "/incident/lockdown",
+            g(MANAGE, Some("incident.lockdown"), post(incident_lockdown)),
+        )
+        .route(
+            "/incident/report",
+            g(READ_AUDIT, None, get(incident_report)),
+        )
+        .route(
             "/kek/rotate",
             g(MANAGE, Some("kek.rotate"), post(rotate_kek)),
         )
@@ -679,7 +687,6 @@ async fn show_credential(
             v["usage"] = serde_json::to_value(totals).unwrap_or_default();
             v["activity"] = serde_json::to_value(&activity).unwrap_or_default();
             v["activity"]["window_days"] = window_days.into();
-            v["rotation"] = rotation_state(&app, &row);
             Json(v).into_response()
         }
         Ok(None) => err(
@@ -730,6 +737,42 @@ async fn verify_credential(
         );
     };
     Json(crate::proxy::verify(&app, &c).await).into_response()
+}
+
+async fn incident_lockdown(
+    State(app): State<Arc<App>>,
+    Json(req): Json<crate::incident::Lockdown>,
+) -> Response {
+    match crate::incident::lockdown(&app, req).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => err(e.status, e.code, e.message),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportQuery {
+    since: String,
+    until: Option<String>,
+}
+
+async fn incident_report(State(app): State<Arc<App>>, Query(q): Query<ReportQuery>) -> Response {
+    let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
+    let since = match parse_time(&q.since) {
+        Ok(t) => t,
+        Err(m) => return bad(m),
+    };
+    let until = match q.until.as_deref().map(parse_time).transpose() {
+        Ok(t) => t.unwrap_or_else(now_ms),
+        Err(m) => return bad(m),
+    };
+    if until <= since {
+        return bad("`until` must be after `since`".into());
+    }
+    match crate::incident::report(&app, since, until).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => err(e.status, e.code, e.message),
+    }
 }
 
 #[derive(Deserialize)]
@@ -915,7 +958,7 @@ async fn mint_token(
         credentials: m.credentials.clone(),
         ttl,
     };
-    let minted = match airlock_token::mint(app.verifier.keys(), &opts, SystemTime::now()) {
+    let minted = match airlock_token::mint(app.verifier.load().keys(), &opts, SystemTime::now()) {
         Ok(t) => t,
         Err(TokenError::Invalid(e)) => return bad(e),
         Err(e) => {

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod config;
 pub mod credentials;
 pub mod dialect;
+pub mod incident;
 pub mod mock;
 pub mod policy;
 pub mod providers;
@@ -34,7 +35,6 @@ pub const HMAC_KEY_FILE: &str = "hmac.key";
 /// Loads keys, opens the store and starts the usage writer.
 pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::JoinHandle<()>)> {
     let keys_dir = cfg.keys_dir();
-    let keys = Arc::new(KeyRing::load(&keys_dir, cfg.keys.root_key_id)?);
     let hmac_path = keys_dir.join(HMAC_KEY_FILE);
     let hmac_text = std::fs::read_to_string(&hmac_path)
         .with_context(|| format!("cannot read {}", hmac_path.display()))?;
@@ -61,6 +61,13 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         cfg.store.sync().map_err(anyhow::Error::msg)?,
     )
     .await?;
+    // After an incident lockdown, its root-key generation overrides the configuration's.
+    let keys = Arc::new(match store.token_epoch().await? {
+        Some((min, signing)) => {
+            KeyRing::load(&keys_dir, signing.max(cfg.keys.root_key_id))?.retire_below(min)
+        }
+        None => KeyRing::load(&keys_dir, cfg.keys.root_key_id)?,
+    });
     let audit_key = match airlock_audit::AuditKey::load(&keys_dir, cfg.audit.key_id) {
         Ok(k) => k,
         Err(_)
@@ -139,7 +146,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         cache_policy,
         cfg,
         store,
-        verifier,
+        verifier: ArcSwap::from_pointee(verifier),
         hmac,
         creds: ArcSwap::from_pointee(credentials::CredentialSet::default()),
         revoked: ArcSwap::from_pointee(Default::default()),

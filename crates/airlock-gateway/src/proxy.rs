@@ -106,6 +106,7 @@ fn authenticate_identified(
     };
     let v = app
         .verifier
+        .load()
         .verify(tok, SystemTime::now())
         .map_err(|e| (token_error(&e), None))?;
     if app.is_revoked(&v.id) {
@@ -309,7 +310,7 @@ async fn run(
     let mut allowed: Vec<Authorized> = Vec::with_capacity(matching.len());
     let mut denial: Option<TokenError> = None;
     for c in matching {
-        match policy::authorize(&app.verifier, &token, c, &model, now) {
+        match policy::authorize(&app.verifier.load(), &token, c, &model, now) {
             Ok(a) => allowed.push(a),
             Err(e) => {
                 // Keep the most useful reason: a scope refusal beats an environment mismatch.
@@ -666,7 +667,7 @@ async fn record_models_refusal(app: &Arc<App>, parts: &http::request::Parts, e: 
         ..Default::default()
     };
     let mut r = Record::start(app.recorder.clone(), row);
-    if let Ok(t) = app.verifier.verify(
+    if let Ok(t) = app.verifier.load().verify(
         presented_token(&parts.headers).unwrap_or_default(),
         SystemTime::now(),
     ) {
@@ -777,7 +778,7 @@ async fn list_models(app: &Arc<App>, req: &http::request::Parts) -> Result<Vec<S
             .collect();
         names.extend(upstream_models(app, c, &asker).await?);
         for m in names {
-            if c.serves(&m) && policy::authorize(&app.verifier, &token, c, &m, now).is_ok() {
+            if c.serves(&m) && policy::authorize(&app.verifier.load(), &token, c, &m, now).is_ok() {
                 out.insert(m);
             }
         }

@@ -23,8 +23,8 @@ pub struct App {
     pub cfg: Config,
     /// Database.
     pub store: Store,
-    /// Token verifier (with its cache).
-    pub verifier: Verifier,
+    /// Token verifier (with its cache); replaced whole by an incident lockdown.
+    pub verifier: ArcSwap<Verifier>,
     /// HMAC key for fingerprints and stored key hashes.
     pub hmac: HmacKey,
     /// Where `file:` references may point.

@@ -98,6 +98,18 @@ impl KeyRing {
         }
     }
 
+    /// Drops every key with an id below `min` from verification (an incident lockdown retires
+    /// the generations before it: tokens they signed no longer verify).
+    pub fn retire_below(mut self, min: u32) -> Self {
+        self.public.retain(|id, _| *id >= min);
+        self
+    }
+
+    /// The highest key id in the ring.
+    pub fn newest_id(&self) -> u32 {
+        self.public.keys().next_back().copied().unwrap_or(0)
+    }
+
     pub(crate) fn signing(&self) -> (&KeyPair, u32) {
         (&self.signing, self.signing_id)
     }

@@ -1,6 +1,6 @@
 //! Management commands over the admin API.
 
-use crate::{print_json, CredentialCmd, Failure, TokenCmd};
+use crate::{print_json, CredentialCmd, Failure, IncidentCmd, TokenCmd};
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
@@ -46,6 +46,18 @@ impl Admin {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, Failure> {
+        self.call_coded(method, path, body)
+            .await
+            .map_err(|(f, _)| f)
+    }
+
+    /// As `call`, with the API's error code (`nothing_to_rotate`, …) beside a failure.
+    async fn call_coded(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, (Failure, Option<String>)> {
         let uri = format!("{}/admin/v1{path}", self.url);
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let req = Request::builder()
@@ -54,17 +66,27 @@ impl Admin {
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", "application/json")
             .body(Full::new(bytes))
-            .map_err(|e| Failure::usage(format!("bad AIRLOCK_URL {}: {e}", self.url)))?;
+            .map_err(|e| {
+                (
+                    Failure::usage(format!("bad AIRLOCK_URL {}: {e}", self.url)),
+                    None,
+                )
+            })?;
         let resp = tokio::time::timeout(Duration::from_secs(60), self.client.request(req))
             .await
-            .map_err(|_| Failure::remote(format!("airlock at {} did not answer within 60s", self.url)))?
-            .map_err(|_| Failure::remote(format!("cannot reach airlock at {} (is `airlock serve` running? is AIRLOCK_URL right?)", self.url)))?;
+            .map_err(|_| (Failure::remote(format!("airlock at {} did not answer within 60s", self.url)), None))?
+            .map_err(|_| (Failure::remote(format!("cannot reach airlock at {} (is `airlock serve` running? is AIRLOCK_URL right?)", self.url)), None))?;
         let status = resp.status();
         let body = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| Failure::remote(format!("reading the answer failed: {e}")))?
+            .map_err(|e| {
+                (
+                    Failure::remote(format!("reading the answer failed: {e}")),
+                    None,
+                )
+            })?
             .to_bytes();
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if status.is_success() {
@@ -75,10 +97,17 @@ impl Admin {
             .and_then(Value::as_str)
             .map(str::to_string)
             .unwrap_or_else(|| format!("HTTP {status}"));
-        Err(Failure {
-            code: if status.is_server_error() { 3 } else { 2 },
-            message: msg,
-        })
+        let code = v
+            .pointer("/error/code")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Err((
+            Failure {
+                code: if status.is_server_error() { 3 } else { 2 },
+                message: msg,
+            },
+            code,
+        ))
     }
 }
 
@@ -192,7 +221,7 @@ async fn rotate_all(
                        "reason": "sealed: rotate it on its own with --new-secret-stdin"})
             } else {
                 match admin
-                    .call(
+                    .call_coded(
                         Method::POST,
                         &format!("/credentials/{name}/rotate"),
                         Some(json!({})),
@@ -200,7 +229,12 @@ async fn rotate_all(
                     .await
                 {
                     Ok(v) => v,
-                    Err(f) => json!({"credential": name, "state": "failed", "reason": f.message}),
+                    Err((f, Some(code))) if code == "nothing_to_rotate" => {
+                        json!({"credential": name, "state": "unchanged", "reason": f.message})
+                    }
+                    Err((f, _)) => {
+                        json!({"credential": name, "state": "failed", "reason": f.message})
+                    }
                 }
             };
             let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
@@ -236,6 +270,97 @@ async fn rotate_all(
             code: 1,
             message: format!("{failed} of {total} rotations failed"),
         });
+    }
+    Ok(())
+}
+
+/// `airlock incident lockdown|report`.
+pub async fn incident(c: IncidentCmd, json: bool) -> Result<(), Failure> {
+    let admin = Admin::from_env()?;
+    match c {
+        IncidentCmd::Lockdown { suspend, reason } => {
+            let v = admin
+                .call(
+                    Method::POST,
+                    "/incident/lockdown",
+                    Some(json!({"suspend": suspend, "reason": reason})),
+                )
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("lockdown: {}", s(&v, "tokens_refused"));
+                println!(
+                    "  new tokens are signed by root key {} ({})",
+                    v["root_key_id"],
+                    s(&v, "public_key")
+                );
+                println!("  suspended: {}", list(&v, "suspended"));
+                println!("  mint fresh tokens for legitimate clients now: airlock token mint …");
+            }
+        }
+        IncidentCmd::Report { since, until } => {
+            let since = time_arg(&since)?;
+            let mut path = format!("/incident/report?since={since}");
+            if let Some(u) = until {
+                path.push_str(&format!("&until={}", time_arg(&u)?));
+            }
+            let v = admin.call(Method::GET, &path, None).await?;
+            if json {
+                print_json(&v);
+                return Ok(());
+            }
+            println!("blast radius since {}", ms(&v["since"]));
+            for c in v["credentials"].as_array().cloned().unwrap_or_default() {
+                let ratio = c["requests_vs_baseline"]
+                    .as_f64()
+                    .map(|r| format!("{r:.1}x its baseline"))
+                    .unwrap_or_else(|| "no baseline".into());
+                println!(
+                    "\n{} ({} / {}): {} requests ({ratio}), ${:.4}; rotation: {}",
+                    s(&c, "credential"),
+                    s(&c, "provider"),
+                    s(&c, "env"),
+                    c["requests"],
+                    c["cost_micros"].as_i64().unwrap_or(0) as f64 / 1e6,
+                    s(&c["rotation"], "state")
+                );
+                for (k, label) in [("identities", "subject"), ("client_ips", "ip")] {
+                    for x in c[k].as_array().cloned().unwrap_or_default() {
+                        println!(
+                            "  {:<10} {:<32} {:>6} requests{}",
+                            if k == "identities" {
+                                "identity"
+                            } else {
+                                "address"
+                            },
+                            s(&x, label),
+                            x["requests"],
+                            if x["first_seen"] == true {
+                                "  FIRST SEEN"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                }
+                for t in c["tokens"].as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "  token      {:<32} {:>6} requests ({})",
+                        s(&t, "token_id"),
+                        t["requests"],
+                        s(&t, "subject")
+                    );
+                }
+                for m in c["models"].as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "  model      {:<32} {:>6} requests",
+                        s(&m, "model"),
+                        m["requests"]
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -77,6 +77,9 @@ enum Cmd {
     /// The key-encryption key that seals secrets given with --secret-stdin.
     #[command(subcommand)]
     Kek(KekCmd),
+    /// Incident response: lock everything down at once; report the blast radius.
+    #[command(subcommand)]
+    Incident(IncidentCmd),
     /// Check that every secret store answers, the KEK wraps and unwraps, and every
     /// credential's key can be read and is accepted by its provider (exit code 1 when
     /// something fails).
@@ -206,6 +209,33 @@ enum CredentialCmd {
         /// With --all: how many rotations run at once.
         #[arg(long, default_value_t = 4, requires = "all")]
         parallel: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum IncidentCmd {
+    /// Refuse every token issued so far (a new token root-key generation; effective at once
+    /// and after restarts) and optionally suspend credentials, in one audited act. Admin keys
+    /// keep working, so fresh tokens can be minted right after.
+    Lockdown {
+        /// Credentials to suspend: `all`, an environment, or credential names (repeatable or
+        /// comma-separated).
+        #[arg(long = "suspend-credentials", value_delimiter = ',')]
+        suspend: Vec<String>,
+        /// Why, for the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// The blast radius since a time: for every credential, each identity, token, client
+    /// address and model that used it, volume and spend against its own baseline, identities
+    /// and addresses never seen before, and its rotation state.
+    Report {
+        /// Start: RFC 3339 or a duration ago (24h, 7d).
+        #[arg(long)]
+        since: String,
+        /// End (default now).
+        #[arg(long)]
+        until: Option<String>,
     },
 }
 
@@ -418,6 +448,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Credential(c) => client::credential(c, json).await,
         Cmd::Kek(KekCmd::Rotate) => client::kek_rotate(json).await,
+        Cmd::Incident(c) => client::incident(c, json).await,
         Cmd::Doctor => client::doctor(json).await,
         Cmd::Token(t) => client::token(t, json).await,
         Cmd::Audit(a) => audit::run(a, json).await,

@@ -1,0 +1,240 @@
+//! Incident mode: `lockdown` (every issued token refused at once, chosen credentials
+//! suspended, in one audited act) and `report` (the blast radius since a time).
+
+use crate::dialect::ApiError;
+use crate::state::{now_ms, App};
+use airlock_store::SeenColumn;
+use airlock_token::{KeyRing, Verifier};
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// `POST /admin/v1/incident/lockdown`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lockdown {
+    /// `all`, environment names or credential names.
+    #[serde(default)]
+    pub suspend: Vec<String>,
+    /// Why, for the audit log.
+    pub reason: Option<String>,
+}
+
+fn store_failed(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "store failure during an incident action");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the database failed; see the server log",
+    )
+}
+
+/// Moves tokens to a new root-key generation: a new root key signs from now on and every key
+/// before it is retired from verification, so every token issued so far is refused at once
+/// (this server) and after any restart (the generation is in the database). Admin keys are
+/// not tokens and keep working, so fresh tokens can be minted right after.
+pub async fn lockdown(app: &Arc<App>, req: Lockdown) -> Result<Value, ApiError> {
+    let reason = req
+        .reason
+        .clone()
+        .filter(|r| !r.trim().is_empty())
+        .map(|r| r.chars().take(500).collect::<String>());
+    if reason
+        .as_deref()
+        .is_some_and(airlock_secrets::looks_like_key)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the reason looks like it holds a key; describe the incident in words",
+        ));
+    }
+    // Which credentials to suspend, all checked before anything changes (I8).
+    let creds = app.creds.load_full();
+    let mut suspend = BTreeSet::new();
+    for s in &req.suspend {
+        let matched: Vec<&str> = creds
+            .all
+            .iter()
+            .filter(|c| s == "all" || c.env == *s || c.name == *s)
+            .map(|c| c.name.as_str())
+            .collect();
+        if matched.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!(
+                    "`{s}` is neither `all`, an environment nor a credential; nothing was changed"
+                ),
+            ));
+        }
+        suspend.extend(matched.into_iter().map(str::to_string));
+    }
+    let _serial = app.revocation_lock.lock().await;
+    let keys_dir = app.cfg.keys_dir();
+    let mut id = app.verifier.load().keys().newest_id() + 1;
+    let public = loop {
+        match KeyRing::generate(&keys_dir, id) {
+            Ok(p) => break p,
+            Err(_) if keys_dir.join(format!("root-{id}.key")).exists() => id += 1,
+            Err(e) => return Err(store_failed(e)),
+        }
+    };
+    let ring = KeyRing::load(&keys_dir, id)
+        .map_err(store_failed)?
+        .retire_below(id);
+    let suspend: Vec<String> = suspend.into_iter().collect();
+    let now = now_ms();
+    app.store
+        .lockdown(id, id, &suspend, reason.as_deref(), now)
+        .await
+        .map_err(store_failed)?;
+    // From here no token of an earlier generation verifies, and no verification is cached.
+    app.verifier.store(Arc::new(Verifier::new(
+        Arc::new(ring),
+        app.cfg.tokens.cache_capacity,
+    )));
+    if let Err(e) = app.reload_credentials().await {
+        tracing::error!(error = %e, "cannot reload credentials after a lockdown");
+    }
+    app.recorder.write_nowait(
+        None,
+        Some(airlock_audit::Record {
+            ts: now,
+            actor_kind: "system".into(),
+            action: "incident.lockdown".into(),
+            target_kind: Some("tokens".into()),
+            target: Some(format!("root keys below {id}")),
+            outcome: "ok".into(),
+            reason: Some(format!(
+                "every token signed before root key {id} refused; suspended: [{}]{}",
+                suspend.join(", "),
+                reason
+                    .as_deref()
+                    .map(|r| format!("; reason: {r}"))
+                    .unwrap_or_default()
+            )),
+            ..Default::default()
+        }),
+    );
+    tracing::warn!(
+        root_key_id = id,
+        suspended = suspend.len(),
+        "incident lockdown: every earlier token is refused"
+    );
+    Ok(json!({
+        "root_key_id": id,
+        "public_key": format!("ed25519/{}", public.to_bytes_hex()),
+        "tokens_refused": format!("every token signed by a root key below {id}"),
+        "suspended": suspend,
+        "at": now,
+    }))
+}
+
+/// `GET /admin/v1/incident/report?since=T`: for every credential, who used it since `since`
+/// (identities, tokens, client addresses, models), the volume and spend against its own
+/// baseline (the average of the seven windows of the same length before `since`), the
+/// identities and addresses never seen in the 30 days before, and its rotation state.
+pub async fn report(app: &Arc<App>, since: i64, until: i64) -> Result<Value, ApiError> {
+    let window = (until - since).max(1);
+    let groups = app
+        .store
+        .usage_groups(since, until)
+        .await
+        .map_err(store_failed)?;
+    let rows = app.store.list_credentials().await.map_err(store_failed)?;
+    let mut out = Vec::new();
+    for c in &rows {
+        let mine: Vec<_> = groups.iter().filter(|g| g.credential == c.name).collect();
+        let (requests, spend) = app
+            .store
+            .credential_volume(&c.name, since, until)
+            .await
+            .map_err(store_failed)?;
+        let (base_requests, base_spend) = app
+            .store
+            .credential_volume(&c.name, since - 7 * window, since)
+            .await
+            .map_err(store_failed)?;
+        let known_subjects = app
+            .store
+            .seen_before(&c.name, SeenColumn::Subject, since - 30 * 86_400_000, since)
+            .await
+            .map_err(store_failed)?;
+        let known_ips = app
+            .store
+            .seen_before(
+                &c.name,
+                SeenColumn::ClientIp,
+                since - 30 * 86_400_000,
+                since,
+            )
+            .await
+            .map_err(store_failed)?;
+        let mut identities: BTreeMap<String, i64> = BTreeMap::new();
+        let mut tokens: BTreeMap<String, (String, i64)> = BTreeMap::new();
+        let mut ips: BTreeMap<String, i64> = BTreeMap::new();
+        let mut models: BTreeMap<String, i64> = BTreeMap::new();
+        let (mut input, mut output) = (0i64, 0i64);
+        for g in &mine {
+            let subject = g.subject.clone().unwrap_or_else(|| "-".into());
+            *identities.entry(subject.clone()).or_default() += g.requests;
+            if let Some(t) = &g.token_id {
+                let e = tokens.entry(t.clone()).or_insert((subject.clone(), 0));
+                e.1 += g.requests;
+            }
+            *ips.entry(g.client_ip.clone().unwrap_or_else(|| "-".into()))
+                .or_default() += g.requests;
+            *models
+                .entry(g.model.clone().unwrap_or_else(|| "-".into()))
+                .or_default() += g.requests;
+            input += g.input_tokens;
+            output += g.output_tokens;
+        }
+        let baseline = base_requests as f64 / 7.0;
+        let rotation = app
+            .store
+            .rotations(&c.name, 1)
+            .await
+            .ok()
+            .and_then(|r| r.into_iter().next())
+            .map(|r| json!({"state": r.state, "promoted_at": r.promoted_at, "confirmed_at": r.confirmed_at}))
+            .unwrap_or_else(|| json!({"state": "never rotated"}));
+        out.push(json!({
+            "credential": c.name,
+            "provider": c.provider,
+            "env": c.env,
+            "suspended": c.suspended,
+            "fingerprint": c.fingerprint,
+            "requests": requests,
+            "input_tokens": input,
+            "output_tokens": output,
+            "cost_micros": spend,
+            "baseline": {
+                "requests_per_window": baseline,
+                "cost_micros_per_window": base_spend as f64 / 7.0,
+                "windows": 7,
+            },
+            "requests_vs_baseline": if baseline > 0.0 { Value::from(requests as f64 / baseline) } else { Value::Null },
+            "identities": identities.iter().map(|(s, n)| json!({
+                "subject": s, "requests": n, "first_seen": !known_subjects.contains(s),
+            })).collect::<Vec<_>>(),
+            "tokens": tokens.iter().map(|(t, (s, n))| json!({"token_id": t, "subject": s, "requests": n})).collect::<Vec<_>>(),
+            "client_ips": ips.iter().map(|(ip, n)| json!({
+                "ip": ip, "requests": n, "first_seen": !known_ips.contains(ip),
+            })).collect::<Vec<_>>(),
+            "models": models.iter().map(|(m, n)| json!({"model": m, "requests": n})).collect::<Vec<_>>(),
+            "new_identities": identities.keys().filter(|s| !known_subjects.contains(*s)).collect::<Vec<_>>(),
+            "new_client_ips": ips.keys().filter(|ip| !known_ips.contains(*ip)).collect::<Vec<_>>(),
+            "rotation": rotation,
+        }));
+    }
+    Ok(json!({
+        "since": since,
+        "until": until,
+        "window_secs": window / 1000,
+        "credentials": out,
+    }))
+}

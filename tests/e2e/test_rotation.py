@@ -160,6 +160,8 @@ def test_a_new_key_the_provider_refuses_is_not_put_in_service(env):
             r["target"] == "rv" and r["outcome"] == "failed" for r in env.audit("credential.rotation.test")):
         time.sleep(0.2)
     assert any(r["target"] == "rv" and r["outcome"] == "failed" for r in env.audit("credential.rotation.test"))
+    metrics = httpx.get(env.url + "/metrics").text
+    assert "airlock_rotations_rejected_total 1" in metrics, metrics
     for _ in range(5):
         assert env.chat("rv-3") == 200
     assert stats(env, "rv")["last"]["key_index"] == 1, "still the promoted key, not the refused one"

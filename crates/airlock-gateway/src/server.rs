@@ -108,6 +108,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
          # TYPE airlock_audit_checkpoints_total counter\nairlock_audit_checkpoints_total {}\n\
          # TYPE airlock_audit_unrecorded_total counter\nairlock_audit_unrecorded_total {}\n\
          # TYPE airlock_audit_anonymous_skipped_total counter\nairlock_audit_anonymous_skipped_total {}\n\
+         # TYPE airlock_rotations_rejected_total counter\nairlock_rotations_rejected_total {}\n\
          # TYPE airlock_audit_healthy gauge\nairlock_audit_healthy {}\n\
          # TYPE airlock_credentials gauge\nairlock_credentials {}\n\
          # TYPE airlock_uptime_seconds gauge\nairlock_uptime_seconds {}\n",
@@ -122,6 +123,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         g(&c.audit_checkpoints),
         g(&c.audit_unrecorded),
         g(&c.audit_anonymous_skipped),
+        g(&c.rotations_rejected),
         u8::from(app.recorder.healthy()),
         app.creds.load().all.len(),
         app.started.elapsed().as_secs()

@@ -165,7 +165,14 @@ def test_a_new_key_the_provider_refuses_is_not_put_in_service(env):
     for _ in range(5):
         assert env.chat("rv-3") == 200
     assert stats(env, "rv")["last"]["key_index"] == 1, "still the promoted key, not the refused one"
+    # A restart does not put the refused key in service either: it is not the key the
+    # inventory approved, so it waits for its test (and fails it); nothing is served meanwhile.
+    env.start({"AIRLOCK_ROTATION__GRACE_SECS": str(GRACE)})
+    assert env.chat("rv-3") == 503
+    assert env.last_error.body["code"] == "credential_unavailable", env.last_error.body
     env.bao.kv_put("ai/rot", api_key=env.keys["v2"])  # the customer puts the good key back
+    env.until("rv-3", 200, 10)
+    assert stats(env, "rv")["last"]["key_index"] == 1
 
 
 def test_verify_old_passes_only_once_the_provider_refuses_the_old_key(env):
@@ -193,6 +200,11 @@ def test_verify_old_passes_only_once_the_provider_refuses_the_old_key(env):
 
 def test_rotate_all_reports_each_credential(env):
     k = env.keys
+    # A key a rotation took out of service is never put back, even when the store offers it.
+    env.sm.put_secret_value(SecretId="rot/openai", SecretString=json.dumps({"api_key": k["s1"]}),
+                            VersionStages=["AWSPENDING"])
+    r = env.cli("credential", "rotate", "rs")
+    assert r.returncode == 2 and "never put back" in r.stderr, r.stderr
     env.sm.put_secret_value(SecretId="rot/openai", SecretString=json.dumps({"api_key": k["s3"]}),
                             VersionStages=["AWSPENDING"])
     token = env.cli_json("token", "mint", "--env", "prod", "--model", "*", "--ttl", "1h")["token"]

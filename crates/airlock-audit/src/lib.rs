@@ -78,8 +78,9 @@ pub struct Record {
     pub output_tokens: Option<i64>,
     /// Cost in millionths of a US dollar, when the model has a price.
     pub cost_micros: Option<i64>,
-    /// The keyed fingerprint of the provider key a request used (never the key): what lets
-    /// the log prove that an old key was not used after a rotation. Left out of the object
+    /// The keyed fingerprints of the provider keys a request used (never the keys), in order,
+    /// comma-separated (a fallback used each): what lets the log prove that an old key was not
+    /// used after a rotation. Left out of the object
     /// when absent, so records from before it existed encode and hash as they did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
@@ -110,6 +111,11 @@ impl Sealed {
     pub fn from_json(mut v: serde_json::Value) -> Result<Self, String> {
         let m = v.as_object_mut().ok_or("a record must be a JSON object")?;
         m.remove("type");
+        // `key` is left out when absent; an explicit null would hash differently from how a
+        // third party reading the line would hash it.
+        if m.get("key").is_some_and(serde_json::Value::is_null) {
+            return Err("`key` is either a string or absent, never null".into());
+        }
         let hash = match m.remove("hash") {
             Some(serde_json::Value::String(h)) => h,
             _ => return Err("a record needs its `hash`".into()),

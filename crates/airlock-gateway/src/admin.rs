@@ -606,7 +606,7 @@ async fn add_credential(State(app): State<Arc<App>>, Json(a): Json<AddCredential
         secret_version: version,
     };
     drop(secret);
-    if let Err(e) = Credential::from_row(&row) {
+    if let Err(e) = Credential::from_row(&row, &app.hmac) {
         return bad(e);
     }
     if let Err(e) = app

@@ -38,7 +38,8 @@ pub struct Credential {
     seen: Arc<Mutex<(Option<String>, Option<String>)>>,
     /// One rotation at a time (manual or automatic).
     pub rotating: Arc<tokio::sync::Mutex<()>>,
-    /// The automatic rotation of a candidate key: under test, when to retest, alerted.
+    /// The automatic rotation of a candidate key: under test, when to retest, alerted (also
+    /// how many tests in a row could not reach the provider).
     pub auto: Arc<Mutex<AutoRotation>>,
 }
 
@@ -53,6 +54,8 @@ pub struct AutoRotation {
     pub next_test: Option<Instant>,
     /// The candidate an alert was raised for.
     pub alerted: Option<String>,
+    /// Tests in a row that could not reach the provider.
+    pub unreachable: u32,
 }
 
 impl std::fmt::Debug for Credential {
@@ -68,7 +71,10 @@ impl std::fmt::Debug for Credential {
 
 impl Credential {
     /// Compiles a stored row.
-    pub fn from_row(row: &CredentialRow) -> Result<Self, String> {
+    pub fn from_row(
+        row: &CredentialRow,
+        hmac: &Arc<airlock_secrets::HmacKey>,
+    ) -> Result<Self, String> {
         let provider = ProviderKind::parse(&row.provider)
             .ok_or_else(|| format!("unknown provider {}", row.provider))?;
         let base_url = row
@@ -78,6 +84,10 @@ impl Credential {
             .ok_or_else(|| format!("credential {} needs a base URL", row.name))?;
         let models = airlock_token::glob::parse_list(&row.models).map_err(|e| e.to_string())?;
         let reference = SecretRef::parse(&row.secret_ref).map_err(|e| e.to_string())?;
+        let seen = Arc::new(Mutex::new((
+            row.fingerprint.clone(),
+            row.secret_version.clone(),
+        )));
         Ok(Credential {
             name: row.name.clone(),
             provider,
@@ -87,11 +97,17 @@ impl Credential {
             priority: row.priority,
             suspended: row.suspended,
             reference,
-            cell: Arc::new(SecretCell::new()),
-            seen: Arc::new(Mutex::new((
-                row.fingerprint.clone(),
-                row.secret_version.clone(),
-            ))),
+            cell: Arc::new(SecretCell::with_approval({
+                // A key read into an empty cell serves at once only if it is the one the
+                // inventory last approved; any other waits for its test.
+                let seen = seen.clone();
+                let hmac = hmac.clone();
+                Arc::new(move |s: &Secret| match seen.lock() {
+                    Ok(g) => g.0.as_deref().is_none_or(|fp| s.fingerprint(&hmac) == fp),
+                    Err(_) => false,
+                })
+            })),
+            seen,
             rotating: Default::default(),
             auto: Default::default(),
         })
@@ -297,10 +313,14 @@ pub struct CredentialSet {
 impl CredentialSet {
     /// Compiles rows; a row that cannot be compiled is skipped with an error log (it was
     /// validated on the way in, so this only happens after a manual database edit).
-    pub fn from_rows(rows: &[CredentialRow], old: Option<&CredentialSet>) -> Self {
+    pub fn from_rows(
+        rows: &[CredentialRow],
+        old: Option<&CredentialSet>,
+        hmac: &Arc<airlock_secrets::HmacKey>,
+    ) -> Self {
         let mut all: Vec<Arc<Credential>> = rows
             .iter()
-            .filter_map(|r| match Credential::from_row(r) {
+            .filter_map(|r| match Credential::from_row(r, hmac) {
                 Ok(mut c) => {
                     if let Some(prev) = old.and_then(|o| o.get(&c.name)) {
                         c.adopt(prev);

@@ -74,11 +74,17 @@ pub async fn lockdown(app: &Arc<App>, req: Lockdown) -> Result<Value, ApiError> 
     }
     let _serial = app.revocation_lock.lock().await;
     let keys_dir = app.cfg.keys_dir();
-    let mut id = app.verifier.load().keys().newest_id() + 1;
+    let Some(mut id) = app.verifier.load().keys().newest_id().checked_add(1) else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_key_id_left",
+            "the root key ids are used up; nothing was changed",
+        ));
+    };
     let public = loop {
         match KeyRing::generate(&keys_dir, id) {
             Ok(p) => break p,
-            Err(_) if keys_dir.join(format!("root-{id}.key")).exists() => id += 1,
+            Err(_) if keys_dir.join(format!("root-{id}.key")).exists() && id < u32::MAX => id += 1,
             Err(e) => return Err(store_failed(e)),
         }
     };
@@ -96,8 +102,16 @@ pub async fn lockdown(app: &Arc<App>, req: Lockdown) -> Result<Value, ApiError> 
         Arc::new(ring),
         app.cfg.tokens.cache_capacity,
     )));
-    if let Err(e) = app.reload_credentials().await {
-        tracing::error!(error = %e, "cannot reload credentials after a lockdown");
+    if app.reload_credentials().await.is_err() {
+        // The suspension is in the database; memory must follow before this answers.
+        if let Err(e) = app.reload_credentials().await {
+            tracing::error!(error = %e, "cannot reload credentials after a lockdown");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "tokens are locked down, but the suspended credentials could not be reloaded; restart the server",
+            ));
+        }
     }
     app.recorder.write_nowait(
         None,

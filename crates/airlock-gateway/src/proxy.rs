@@ -442,7 +442,15 @@ async fn forward(
                 continue;
             }
         };
-        ctx.rec().key = Some(secret.fingerprint(&app.hmac));
+        // Every key a request used, in order (a fallback used the earlier ones too).
+        {
+            let fp = secret.fingerprint(&app.hmac);
+            let r = ctx.rec();
+            r.key = Some(match r.key.take() {
+                Some(k) => format!("{k},{fp}"),
+                None => fp,
+            });
+        }
         let req = match upstream_request(
             a,
             ctx.ep,
@@ -860,6 +868,7 @@ async fn upstream_models(
     let Ok(secret) = c.secret(app, &asker.request_id).await else {
         return Ok(Vec::new());
     };
+    let key = secret.fingerprint(&app.hmac);
     let Some(req) = models_request(c, &secret) else {
         return Ok(Vec::new());
     };
@@ -911,6 +920,7 @@ async fn upstream_models(
         client_ip: asker.client_ip.clone(),
         credential: Some(c.name.clone()),
         status: Some(status as i64),
+        key: Some(key),
         ..Default::default()
     };
     if !app.recorder.write(None, record).await.may_answer() {

@@ -123,6 +123,31 @@ fn api(status: StatusCode, code: &'static str, msg: String) -> ApiError {
     ApiError::new(status, code, msg)
 }
 
+/// The keys rotations of this credential (since it was added) took out of service.
+async fn retired(
+    app: &App,
+    c: &Credential,
+) -> Result<std::collections::HashMap<String, i64>, ApiError> {
+    let since = match app.store.get_credential(&c.name).await {
+        Ok(Some(row)) => row.created_at,
+        Ok(None) => i64::MAX,
+        Err(e) => return Err(store_error(e)),
+    };
+    app.store
+        .retired_keys(&c.name, since)
+        .await
+        .map_err(store_error)
+}
+
+fn store_error(e: airlock_store::StoreError) -> ApiError {
+    tracing::error!(error = %e, "rotation: database failure");
+    api(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the database failed; see the server log".into(),
+    )
+}
+
 /// `credential rotate NAME`: stage → test → promote. A failed test changes nothing and is
 /// returned as a rotation in state `failed`.
 pub async fn rotate(
@@ -218,6 +243,16 @@ pub async fn rotate(
             (Arc::new(res.secret), res.version, promotion)
         }
     };
+    let staged_fp = staged.fingerprint(&app.hmac);
+    if let Some(at) = retired(app, &c).await?.get(&staged_fp) {
+        return Err(api(
+            StatusCode::CONFLICT,
+            "key_retired",
+            format!(
+                "the new key in the store is one a rotation took out of service (at {at} ms); a rotated-out key is never put back: put a new key there"
+            ),
+        ));
+    }
     if staged.ct_eq(&old.0) {
         return Err(api(
             StatusCode::CONFLICT,
@@ -257,6 +292,13 @@ pub async fn rotate(
     );
     finish(app, &c, &mut row, staged, promotion).await?;
     Ok(row)
+}
+
+fn store_error_or_conflict(e: airlock_store::StoreError) -> ApiError {
+    match e {
+        airlock_store::StoreError::Conflict(m) => api(StatusCode::CONFLICT, "conflict", m),
+        e => store_error(e),
+    }
 }
 
 async fn save(app: &App, row: &RotationRow) -> Result<(), ApiError> {
@@ -321,10 +363,12 @@ async fn finish(
         Promotion::NewRef(r, sealed) => (r, sealed),
     };
     let now = now_ms();
+    let labels_moved = matches!(new_ref, SecretRef::AwsSm { .. }) && row.source == "store";
     if let Err(e) = app
         .store
         .promote_key(
             name,
+            &c.reference().to_string(),
             &new_ref.to_string(),
             sealed.as_deref(),
             (&seen.0, &seen.1, row.new_version.as_deref()),
@@ -334,24 +378,36 @@ async fn finish(
     {
         tracing::error!(error = %e, "cannot record a promotion");
         row.state = "failed".into();
-        row.reason = Some("promote: the database failed; the old key stays in service".into());
+        row.reason = Some(match &e {
+            airlock_store::StoreError::Conflict(m) => format!("promote: {m}; nothing was changed"),
+            _ if labels_moved => "promote: the database failed after AWSCURRENT was moved; the refresher will test and promote the new key by itself".into(),
+            _ => "promote: the database failed; the old key stays in service".into(),
+        });
         save(app, row).await?;
-        return Err(api(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            "the database failed; see the server log".into(),
-        ));
+        return Err(store_error_or_conflict(e));
     }
     // The swap: from here every request takes the new key.
     if new_ref == *c.reference() {
         c.cell().promote(staged, row.new_version.clone(), &new_ref);
         c.mark_seen(&seen.0, row.new_version.clone());
     } else {
-        if let Err(e) = app.reload_credentials().await {
-            tracing::error!(error = %e, "cannot reload credentials after a promotion");
+        // A new reference (sealed, pinned version): the credential is rebuilt from the
+        // database; its new cell starts with the promoted key.
+        let mut reloaded = app.reload_credentials().await;
+        if reloaded.is_err() {
+            reloaded = app.reload_credentials().await;
         }
-        if let Some(n) = app.creds.load().get(name) {
-            n.cell().promote(staged, row.new_version.clone(), &new_ref);
+        match (reloaded, app.creds.load().get(name)) {
+            (Ok(()), Some(n)) if *n.reference() == new_ref => {
+                n.cell().promote(staged, row.new_version.clone(), &new_ref);
+                n.mark_seen(&seen.0, row.new_version.clone());
+            }
+            _ => {
+                // The database holds the new reference; the old credential must not keep
+                // serving from memory: its cell is emptied, the next request reads the store.
+                tracing::error!(credential = %name, "could not reload after a promotion; the key will be read from the store");
+                c.cell().promote(staged, row.new_version.clone(), &new_ref);
+            }
         }
     }
     row.promoted_at = Some(now);
@@ -396,6 +452,24 @@ pub async fn auto_rotate(app: Arc<App>, c: Arc<Credential>) {
         st.fp = Some(fp.clone());
     }
     let _one = c.rotating.lock().await;
+    // A key a rotation took out of service is never put back, whatever the store says.
+    if let Ok(retired) = retired(&app, &c).await {
+        if retired.contains_key(&fp) {
+            c.cell().discard_candidate(&candidate);
+            if let Ok(mut st) = c.auto.lock() {
+                st.testing = false;
+                if st.alerted.as_deref() != Some(fp.as_str()) {
+                    st.alerted = Some(fp.clone());
+                    tracing::error!(credential = %c.name, "ALERT: the store returned a key that a rotation took out of service; it is not used");
+                    app.recorder
+                        .counters
+                        .rotations_rejected
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            return;
+        }
+    }
     let old = c.cell().current();
     let mut row = RotationRow {
         id: format!("rot_{}", airlock_secrets::random_token(8)),
@@ -419,6 +493,9 @@ pub async fn auto_rotate(app: Arc<App>, c: Arc<Credential>) {
         let Ok(mut st) = c.auto.lock() else { return };
         st.testing = false;
         st.next_test = Some(retest);
+        if p.status != "unreachable" {
+            st.unreachable = 0;
+        }
         let first = st.alerted.as_deref() != Some(fp.as_str());
         if p.status == "refused" {
             st.alerted = Some(fp.clone());
@@ -436,6 +513,7 @@ pub async fn auto_rotate(app: Arc<App>, c: Arc<Credential>) {
                 .store
                 .promote_key(
                     &c.name,
+                    &c.reference().to_string(),
                     &c.reference().to_string(),
                     None,
                     (&fp, &candidate.last4(), version.as_deref()),
@@ -463,6 +541,19 @@ pub async fn auto_rotate(app: Arc<App>, c: Arc<Credential>) {
                 ),
             );
             tracing::info!(credential = %c.name, "a new key version from the store was tested and promoted");
+        }
+        "unreachable" => {
+            let third = c.auto.lock().map(|mut st| {
+                st.unreachable += 1;
+                st.unreachable == 3
+            });
+            if third.unwrap_or(false) {
+                tracing::error!(credential = %c.name, detail = %p.detail, "ALERT: a new key in the store cannot be tested (the provider's list-models call does not answer); the old key keeps serving");
+                row.state = "failed".into();
+                row.reason = Some(format!("test: {}; retried every refresh", p.detail));
+                let _ = app.store.save_rotation(&row).await;
+                step(&app, &row, "credential.rotation.test", "failed", p.detail);
+            }
         }
         "refused" if first_alert => {
             row.state = "failed".into();
@@ -501,8 +592,15 @@ pub async fn confirm_old(app: &Arc<App>, name: &str) -> Result<serde_json::Value
             "the database failed; see the server log".into(),
         )
     })?;
+    // Only rotations of this credential as it is now (not of an earlier one of that name).
+    let created = match app.store.get_credential(name).await {
+        Ok(Some(r)) => r.created_at,
+        Ok(None) => i64::MAX,
+        Err(e) => return Err(store_error(e)),
+    };
     let Some(mut row) = rows
         .into_iter()
+        .filter(|r| r.started_at >= created)
         .find(|r| r.state == "promoted" || r.state == "confirmed")
     else {
         return Err(api(
@@ -512,13 +610,25 @@ pub async fn confirm_old(app: &Arc<App>, name: &str) -> Result<serde_json::Value
         ));
     };
     let grace = app.cfg.rotation.grace_secs;
-    let promoted = row.promoted_at.unwrap_or(row.started_at);
     let old_fp = row.old_fingerprint.clone().unwrap_or_default();
+    // From the first promotion that took this key out of service (a later rotation cannot
+    // hide uses in between), over every credential's records (a key may be shared).
+    let promoted = retired(app, &c)
+        .await?
+        .get(&old_fp)
+        .copied()
+        .unwrap_or(row.promoted_at.unwrap_or(row.started_at));
     let uses = app
         .store
-        .key_uses_after(name, &old_fp, promoted + grace as i64 * 1000)
+        .key_uses_after(&old_fp, promoted + grace as i64 * 1000)
         .await
-        .unwrap_or(-1);
+        .map_err(store_error)?;
+    // Requests answered without a record (audit.on_failure = "open") cannot be counted.
+    let unrecorded = app
+        .recorder
+        .counters
+        .audit_unrecorded
+        .load(std::sync::atomic::Ordering::Relaxed);
     let mut out = serde_json::json!({
         "credential": name,
         "rotation": row.id,
@@ -527,10 +637,16 @@ pub async fn confirm_old(app: &Arc<App>, name: &str) -> Result<serde_json::Value
         "grace_secs": grace,
         "uses_after_promotion": uses,
     });
+    out["unrecorded_requests"] = unrecorded.into();
     if row.state == "confirmed" {
         out["status"] = "dead".into();
-        out["confirmed"] = true.into();
-        out["detail"] = "confirmed earlier: the provider refused the old key".into();
+        out["confirmed"] = (uses == 0).into();
+        out["detail"] = if uses == 0 {
+            "confirmed earlier: the provider refused the old key".into()
+        } else {
+            "confirmed earlier, but the audit log now shows uses of the old key after the promotion"
+                .into()
+        };
         return Ok(out);
     }
     let old_ref = row
@@ -563,7 +679,35 @@ pub async fn confirm_old(app: &Arc<App>, name: &str) -> Result<serde_json::Value
     };
     let p = probe(app, &c, &old_key).await;
     drop(old_key);
-    let dead = p.status == "refused";
+    // Proof needs both answers from the same provider now: the key in service accepted (so
+    // the refusal is about the old key, not the endpoint) and the old one refused as an
+    // invalid key (401; a 403 can be a missing permission on a live key).
+    let current = match c.cell().current() {
+        Some((s, _)) => probe(app, &c, &s).await,
+        None => Probe {
+            status: "unreachable",
+            detail: "the key in service is not loaded".into(),
+            http_status: None,
+        },
+    };
+    let dead = p.status == "refused" && p.http_status == Some(401) && current.status == "ok";
+    if p.status == "refused" && !dead {
+        out["status"] = "inconclusive".into();
+        out["detail"] = format!(
+            "{}; the key in service: {} (a refusal counts only as HTTP 401 while the key in service is accepted)",
+            p.detail, current.detail
+        )
+        .into();
+        out["confirmed"] = false.into();
+        step(
+            app,
+            &row,
+            "credential.rotation.confirm",
+            "failed",
+            "inconclusive".into(),
+        );
+        return Ok(out);
+    }
     out["status"] = if dead {
         "dead"
     } else if p.status == "ok" {
@@ -573,7 +717,7 @@ pub async fn confirm_old(app: &Arc<App>, name: &str) -> Result<serde_json::Value
     }
     .into();
     out["detail"] = p.detail.clone().into();
-    let confirmed = dead && uses == 0;
+    let confirmed = dead && uses == 0 && unrecorded == 0 && !app.recorder.fail_open();
     out["confirmed"] = confirmed.into();
     if confirmed {
         row.state = "confirmed".into();
@@ -594,8 +738,10 @@ pub async fn confirm_old(app: &Arc<App>, name: &str) -> Result<serde_json::Value
                 "the provider does not refuse the old key yet ({})",
                 p.detail
             )
-        } else {
+        } else if uses > 0 {
             format!("{uses} request(s) used the old key after the promotion")
+        } else {
+            "the audit log may miss uses: audit.on_failure is open or requests were answered without a record".into()
         };
         step(app, &row, "credential.rotation.confirm", "failed", why);
     }

@@ -26,7 +26,7 @@ pub struct App {
     /// Token verifier (with its cache); replaced whole by an incident lockdown.
     pub verifier: ArcSwap<Verifier>,
     /// HMAC key for fingerprints and stored key hashes.
-    pub hmac: HmacKey,
+    pub hmac: Arc<HmacKey>,
     /// Where `file:` references may point.
     pub ref_policy: airlock_secrets::ReferencePolicy,
     /// The secret stores (Vault, AWS, commands, sealed secrets).
@@ -37,6 +37,8 @@ pub struct App {
     pub creds: ArcSwap<CredentialSet>,
     /// Ids of revoked tokens.
     pub revoked: ArcSwap<HashSet<String>>,
+    /// Serialises credential reloads.
+    pub reload_lock: tokio::sync::Mutex<()>,
     /// Serializes changes to `revoked` (revocations and reloads).
     pub revocation_lock: tokio::sync::Mutex<()>,
     /// Provider client.
@@ -79,12 +81,17 @@ pub fn now_ms() -> i64 {
 }
 
 impl App {
-    /// Reloads credentials from the store.
+    /// Reloads credentials from the store (one reload at a time, so an older read never
+    /// replaces a newer set).
     pub async fn reload_credentials(&self) -> Result<(), airlock_store::StoreError> {
+        let _one = self.reload_lock.lock().await;
         let rows = self.store.list_credentials().await?;
         let old = self.creds.load_full();
-        self.creds
-            .store(Arc::new(CredentialSet::from_rows(&rows, Some(&old))));
+        self.creds.store(Arc::new(CredentialSet::from_rows(
+            &rows,
+            Some(&old),
+            &self.hmac,
+        )));
         Ok(())
     }
 

@@ -176,6 +176,16 @@ impl Aws {
             req = req.remove_from_version_id(old);
         }
         req.send().await.map_err(|e| map_err(&what, e))?;
+        // AWSPENDING is spent: left on the promoted version, a later rotation would stage it
+        // again (and roll back past a newer AWSCURRENT).
+        let _ = self
+            .sm
+            .update_secret_version_stage()
+            .secret_id(id)
+            .version_stage("AWSPENDING")
+            .remove_from_version_id(new_version)
+            .send()
+            .await;
         Ok(())
     }
 

@@ -51,6 +51,8 @@ struct Held {
 
 #[derive(Default)]
 struct State {
+    /// Bumped by every promotion: a read that started before one is stale and discarded.
+    generation: u64,
     held: Option<Held>,
     /// A different key the store returned, not in service until promoted.
     candidate: Option<(Arc<Secret>, Option<String>)>,
@@ -61,11 +63,16 @@ struct State {
     checked_at: Option<Instant>,
 }
 
+/// Decides whether a key read into an empty cell may serve at once (it is the key the
+/// inventory last approved); otherwise it waits as a candidate for its test.
+pub type Approval = Arc<dyn Fn(&Secret) -> bool + Send + Sync>;
+
 /// A credential's cached key.
 #[derive(Default)]
 pub struct SecretCell {
     state: Mutex<State>,
     reading: tokio::sync::Mutex<()>,
+    approval: Option<Approval>,
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -76,6 +83,16 @@ impl SecretCell {
     /// An empty cell.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty cell whose first key must pass `approval` (be the one last approved) to serve
+    /// without a test: after a restart, or after the held key was dropped, a store that now
+    /// holds another key (one the provider may refuse) does not put it in service untested.
+    pub fn with_approval(approval: Approval) -> Self {
+        SecretCell {
+            approval: Some(approval),
+            ..Self::default()
+        }
     }
 
     /// The value to use now, if one is held and usable without asking the store.
@@ -130,6 +147,18 @@ impl SecretCell {
             return (Err(e), None);
         }
         let fetch = self.read(stores, r, credential, p).await;
+        if fetch.candidate {
+            // A changed key is never served before its test: the key in service, if any.
+            let st = lock(&self.state);
+            let now_serving = match &st.held {
+                Some(h) => Ok(h.secret.clone()),
+                None => Err(st.last_error.clone().unwrap_or_else(|| {
+                    ResolveError::Unavailable("the new key is being tested".into())
+                })),
+            };
+            drop(st);
+            return (now_serving, Some(fetch));
+        }
         (fetch.result.clone(), Some(fetch))
     }
 
@@ -137,6 +166,8 @@ impl SecretCell {
         let st = lock(&self.state);
         match (&st.last_error, st.retry_at) {
             (Some(e), Some(t)) if now < t => Some(e.clone()),
+            // An untested key waits for its test: nothing to serve meanwhile.
+            (Some(e), _) if st.held.is_none() && st.candidate.is_some() => Some(e.clone()),
             _ => None,
         }
     }
@@ -242,6 +273,7 @@ impl SecretCell {
         st.last_error = None;
         st.retry_at = None;
         st.failures = 0;
+        st.generation += 1;
     }
 
     /// Promotes the candidate if it is still `expected`; false when it changed meanwhile.
@@ -261,7 +293,23 @@ impl SecretCell {
             read_at: Instant::now(),
             mtime,
         });
+        st.last_error = None;
+        st.retry_at = None;
+        st.failures = 0;
+        st.generation += 1;
         true
+    }
+
+    /// Drops a candidate (a rotated-out key the store returned again: never put back).
+    pub fn discard_candidate(&self, expected: &Arc<Secret>) {
+        let mut st = lock(&self.state);
+        if st
+            .candidate
+            .as_ref()
+            .is_some_and(|(c, _)| Arc::ptr_eq(c, expected))
+        {
+            st.candidate = None;
+        }
     }
 
     async fn read(
@@ -272,9 +320,28 @@ impl SecretCell {
         p: &CachePolicy,
     ) -> Fetch {
         let mtime = r.version_hint();
+        let generation = lock(&self.state).generation;
         let got = stores.resolve(r, credential).await;
         let now = Instant::now();
         let mut st = lock(&self.state);
+        if st.generation != generation {
+            // A promotion happened while the store was read: what it returned predates the
+            // key now in service and must not become a candidate to put the old one back.
+            let held = st
+                .held
+                .as_ref()
+                .map(|h| (h.secret.clone(), h.version.clone()));
+            return Fetch {
+                result: held
+                    .as_ref()
+                    .map(|(s, _)| s.clone())
+                    .ok_or_else(|| ResolveError::Unavailable("promoted meanwhile".into())),
+                version: held.and_then(|(_, v)| v),
+                dropped: false,
+                serving_stale: false,
+                candidate: false,
+            };
+        }
         match got {
             Ok(Resolution { secret, version }) => {
                 let secret = Arc::new(secret);
@@ -306,6 +373,26 @@ impl SecretCell {
                             candidate: true,
                         };
                     }
+                }
+                let unapproved = guarded
+                    && st.held.is_none()
+                    && self.approval.as_ref().is_some_and(|ok| !ok(&secret));
+                if unapproved {
+                    // Not the key last approved: it waits, untested keys never serve.
+                    st.candidate = Some((secret.clone(), version.clone()));
+                    st.last_error = Some(ResolveError::Unavailable(
+                        "the store holds a key other than the one last approved; it is being tested with the provider".into(),
+                    ));
+                    // Read again (and retested) no sooner than one refresh from now.
+                    st.retry_at = Some(now + p.ttl);
+                    st.checked_at = Some(now);
+                    return Fetch {
+                        result: Ok(secret),
+                        version,
+                        dropped: false,
+                        serving_stale: false,
+                        candidate: true,
+                    };
                 }
                 st.candidate = None;
                 st.held = Some(Held {
@@ -536,6 +623,70 @@ mod tests {
         assert!(cell.promote_candidate(&cand));
         assert_eq!(cell.get(&s, &r, "c", &p).await.0.unwrap().last4(), "nop2");
         assert!(cell.candidate().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_read_that_started_before_a_promotion_is_discarded() {
+        let dir = std::env::temp_dir().join(format!(
+            "airlock-cache-{}",
+            airlock_secrets::random_token(6)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = Arc::new(stores(&dir).await);
+        let r = script(&dir);
+        let p = CachePolicy {
+            test_changes: true,
+            ..policy()
+        };
+        let cell = Arc::new(SecretCell::new());
+        set(&dir, "ok abcdefghijklmnop1");
+        assert!(cell.get(&s, &r, "c", &p).await.0.is_ok());
+        // The store is slow; while it answers with the old key, a rotation promotes a new one.
+        std::fs::write(dir.join("mode"), "ok abcdefghijklmnop1").unwrap();
+        let slow = SecretRef::Exec(vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "sleep 0.5; echo abcdefghijklmnop1".into(),
+        ]);
+        let (s2, c2, slow2) = (s.clone(), cell.clone(), slow.clone());
+        let read = tokio::spawn(async move { c2.read_now(&s2, &slow2, "c", &p).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let new = Arc::new(Secret::new("abcdefghijklmnop2".into()));
+        cell.promote(new, None, &slow);
+        let f = read.await.unwrap();
+        assert!(!f.candidate, "the stale read must not become a candidate");
+        assert!(cell.candidate().is_none());
+        assert_eq!(cell.current().unwrap().0.last4(), "nop2");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unapproved_first_read_waits_and_never_serves() {
+        let dir = std::env::temp_dir().join(format!(
+            "airlock-cache-{}",
+            airlock_secrets::random_token(6)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = stores(&dir).await;
+        let r = script(&dir);
+        let p = CachePolicy {
+            test_changes: true,
+            ..policy()
+        };
+        // Only the key ending in 1 is approved.
+        let cell = SecretCell::with_approval(Arc::new(|k: &Secret| k.last4() == "nop1"));
+        set(&dir, "ok abcdefghijklmnop9");
+        let (got, f) = cell.get(&s, &r, "c", &p).await;
+        assert!(got.is_err(), "an untested key is not served");
+        assert!(f.unwrap().candidate);
+        assert_eq!(cell.candidate().unwrap().0.last4(), "nop9");
+        let (got, f) = cell.get(&s, &r, "c", &p).await;
+        assert!(got.is_err() && f.is_none(), "no store read while it waits");
+        // Promoted after its test: served.
+        let (cand, _) = cell.candidate().unwrap();
+        assert!(cell.promote_candidate(&cand));
+        assert_eq!(cell.get(&s, &r, "c", &p).await.0.unwrap().last4(), "nop9");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -252,7 +252,15 @@ impl Stores {
                     stage: Some("AWSPENDING".into()),
                 };
                 match self.resolve(&pending, credential).await {
-                    Ok(res) => Ok((res, true)),
+                    // AWSPENDING on the current version is not a new key.
+                    Ok(res) => {
+                        let current = self.resolve(r, credential).await?;
+                        if current.version == res.version {
+                            Ok((current, false))
+                        } else {
+                            Ok((res, true))
+                        }
+                    }
                     Err(ResolveError::NotFound(_)) => {
                         Ok((self.resolve(r, credential).await?, false))
                     }

@@ -975,6 +975,34 @@ impl Store {
         Ok(())
     }
 
+    /// Fingerprints a rotation of `credential` took out of service since `since_ms` (never to
+    /// be put back), with when each was first retired.
+    pub async fn retired_keys(
+        &self,
+        credential: &str,
+        since_ms: i64,
+    ) -> Result<std::collections::HashMap<String, i64>> {
+        let rows = sqlx::query(
+            "SELECT old_fingerprint AS f, MIN(promoted_at) AS t FROM rotations
+             WHERE credential = ? AND state IN ('promoted', 'confirmed') AND old_fingerprint IS NOT NULL
+               AND started_at >= ? GROUP BY old_fingerprint",
+        )
+        .bind(credential)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read retired keys"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>("f"),
+                    r.get::<Option<i64>, _>("t").unwrap_or(0),
+                )
+            })
+            .collect())
+    }
+
     /// A credential's rotations, newest first.
     pub async fn rotations(&self, credential: &str, limit: i64) -> Result<Vec<RotationRow>> {
         let rows = sqlx::query(
@@ -988,25 +1016,27 @@ impl Store {
         Ok(rows.iter().map(Self::rotation_from).collect())
     }
 
-    /// Audit records of `credential` that used the key with fingerprint `key` after `after_ms`.
-    pub async fn key_uses_after(&self, credential: &str, key: &str, after_ms: i64) -> Result<i64> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM audit WHERE credential = ? AND key = ? AND ts > ?",
-        )
-        .bind(credential)
-        .bind(key)
-        .bind(after_ms)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db("count key uses"))?;
+    /// Audit records, of any credential (a key may be shared), whose request used the key with
+    /// fingerprint `key` (the `key` field lists every key a request used) after `after_ms`.
+    pub async fn key_uses_after(&self, key: &str, after_ms: i64) -> Result<i64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM audit WHERE ts > ? AND instr(key, ?) > 0")
+                .bind(after_ms)
+                .bind(key)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db("count key uses"))?;
         Ok(n)
     }
 
     /// Promotes a new key: the credential's reference (a new sealed secret stored in the same
     /// transaction, or a new pinned version), fingerprint, last 4, version and rotation time.
+    /// Only if the credential still has the reference `expected_ref` (it was not removed, re-added
+    /// or rotated meanwhile); `Conflict` otherwise, with nothing changed.
     pub async fn promote_key(
         &self,
         name: &str,
+        expected_ref: &str,
         secret_ref: &str,
         sealed: Option<&SealedRow>,
         seen: (&str, &str, Option<&str>),
@@ -1030,9 +1060,9 @@ impl Store {
             .await
             .map_err(db("insert sealed secret"))?;
         }
-        sqlx::query(
+        let r = sqlx::query(
             "UPDATE credentials SET secret_ref = ?, fingerprint = ?, last4 = ?,
-               secret_version = ?, rotated_at = ? WHERE name = ?",
+               secret_version = ?, rotated_at = ? WHERE name = ? AND secret_ref = ?",
         )
         .bind(secret_ref)
         .bind(seen.0)
@@ -1040,9 +1070,15 @@ impl Store {
         .bind(seen.2)
         .bind(now_ms)
         .bind(name)
+        .bind(expected_ref)
         .execute(&mut *tx)
         .await
         .map_err(db("promote key"))?;
+        if r.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "credential `{name}` changed while its key was being rotated"
+            )));
+        }
         tx.commit().await.map_err(db("commit promotion"))
     }
 

@@ -502,8 +502,12 @@ pub async fn auto_rotate(app: Arc<App>, c: Arc<Credential>) {
         }
         first
     };
-    match p.status {
-        "ok" => {
+    // Nothing serves (a restart found another key in the store) and the provider cannot be
+    // asked: the untested key is put in service rather than none (only a refusal keeps a key
+    // out when there is no other).
+    let nothing_serves = old.is_none();
+    match (p.status, nothing_serves) {
+        ("ok", _) | ("unreachable", true) => {
             // Promote only if this is still the candidate (a newer one may have arrived).
             if !c.cell().promote_candidate(&candidate) {
                 return;
@@ -526,9 +530,22 @@ pub async fn auto_rotate(app: Arc<App>, c: Arc<Credential>) {
             c.mark_seen(&fp, version);
             row.promoted_at = Some(now);
             row.state = "promoted".into();
-            row.reason = Some("a new version in the store, accepted by the provider".into());
+            row.reason = Some(if p.status == "ok" {
+                "a new version in the store, accepted by the provider".into()
+            } else {
+                format!(
+                    "a key in the store other than the one last approved, in service untested because nothing else could serve ({})",
+                    p.detail
+                )
+            });
             let _ = app.store.save_rotation(&row).await;
-            step(&app, &row, "credential.rotation.test", "ok", p.detail);
+            step(
+                &app,
+                &row,
+                "credential.rotation.test",
+                if p.status == "ok" { "ok" } else { "failed" },
+                p.detail,
+            );
             step(
                 &app,
                 &row,
@@ -542,7 +559,7 @@ pub async fn auto_rotate(app: Arc<App>, c: Arc<Credential>) {
             );
             tracing::info!(credential = %c.name, "a new key version from the store was tested and promoted");
         }
-        "unreachable" => {
+        ("unreachable", false) => {
             let third = c.auto.lock().map(|mut st| {
                 st.unreachable += 1;
                 st.unreachable == 3
@@ -555,7 +572,7 @@ pub async fn auto_rotate(app: Arc<App>, c: Arc<Credential>) {
                 step(&app, &row, "credential.rotation.test", "failed", p.detail);
             }
         }
-        "refused" if first_alert => {
+        ("refused", _) if first_alert => {
             row.state = "failed".into();
             row.reason = Some(format!(
                 "test: {}; the old key stays in service (retested every refresh)",

@@ -82,10 +82,10 @@ def env(airlock):
     try:
         e.start({"AIRLOCK_ROTATION__GRACE_SECS": str(GRACE)})
         k = e.keys
-        k["v1"], k["v2"], k["s1"], k["s2"], k["s3"], k["z1"], k["z2"] = (make_canary() for _ in range(7))
+        k["v1"], k["v2"], k["v3"], k["s1"], k["s2"], k["s3"], k["z1"], k["z2"] = (make_canary() for _ in range(8))
         e.bao.kv_put("ai/rot", api_key=k["v1"])
         e.sm.create_secret(Name="rot/openai", SecretString=json.dumps({"api_key": k["s1"]}))
-        e.mock("rv", f"{k['v1']},{k['v2']}")
+        e.mock("rv", f"{k['v1']},{k['v2']},{k['v3']}")
         e.mock("rs", f"{k['s1']},{k['s2']},{k['s3']}")
         e.mock("rz", f"{k['z1']},{k['z2']}")
         e.add("rv", "rv-*", secret="vault://secret/ai/rot#api_key")
@@ -173,6 +173,25 @@ def test_a_new_key_the_provider_refuses_is_not_put_in_service(env):
     env.bao.kv_put("ai/rot", api_key=env.keys["v2"])  # the customer puts the good key back
     env.until("rv-3", 200, 10)
     assert stats(env, "rv")["last"]["key_index"] == 1
+
+
+def test_a_key_replaced_while_airlock_was_down_is_retired_too(env):
+    k = env.keys
+    env.stop_server()
+    env.bao.kv_put("ai/rot", api_key=k["v3"])
+    env.start({"AIRLOCK_ROTATION__GRACE_SECS": str(GRACE)})
+    env.until("rv-6", 200, 10)  # tested, then promoted: it replaced v2, the approved key
+    assert stats(env, "rv")["last"]["key_index"] == 2
+    row = env.cli_json("credential", "show", "rv")["rotations"][0]
+    assert row["source"] == "auto" and row["state"] == "promoted" and row["old_last4"] is None, row
+    assert row["old_fingerprint"], "the replaced key is known (from the inventory), so it is retired"
+    # The store offers v2 again: it was retired, so it is not put back.
+    env.bao.kv_put("ai/rot", api_key=k["v2"])
+    time.sleep(2.5)
+    for _ in range(3):
+        assert env.chat("rv-6") == 200
+    assert stats(env, "rv")["last"]["key_index"] == 2, "still v3"
+    env.bao.kv_put("ai/rot", api_key=k["v3"])
 
 
 def test_verify_old_passes_only_once_the_provider_refuses_the_old_key(env):

@@ -163,6 +163,12 @@ impl Credential {
         &self.cell
     }
 
+    /// The fingerprint and version the inventory last approved (the key in service, or the
+    /// one that was in service before a restart).
+    pub fn approved(&self) -> (Option<String>, Option<String>) {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
     /// Records that the inventory now holds this fingerprint and version (after a promotion).
     pub fn mark_seen(&self, fp: &str, version: Option<String>) {
         if let Ok(mut s) = self.seen.lock() {

@@ -128,13 +128,10 @@ async fn retired(
     app: &App,
     c: &Credential,
 ) -> Result<std::collections::HashMap<String, i64>, ApiError> {
-    let since = match app.store.get_credential(&c.name).await {
-        Ok(Some(row)) => row.created_at,
-        Ok(None) => i64::MAX,
-        Err(e) => return Err(store_error(e)),
-    };
+    // Every key ever retired under this name, also by a credential removed and added again:
+    // a rotated-out key that may not be revoked yet is never put back.
     app.store
-        .retired_keys(&c.name, since)
+        .retired_keys(&c.name, 0)
         .await
         .map_err(store_error)
 }
@@ -176,11 +173,18 @@ pub async fn rotate(
         )
     };
     // The key in service now.
+    // The key in service: (fingerprint, last 4, version, the key when it is in memory).
     let old = match c.cell().current() {
-        Some(cur) => cur,
+        Some((s, v)) => (s.fingerprint(&app.hmac), s.last4(), v, Some(s)),
+        // A key waiting for its test in an empty cell (a restart found another key in the
+        // store): the one replaced is the one the inventory approved.
+        None if c.cell().candidate().is_some() => {
+            let (fp, v) = c.approved();
+            (fp.unwrap_or_default(), String::new(), v, None)
+        }
         None => {
             let s = c.secret(app, "rotation").await.map_err(unreadable)?;
-            (s, c.version())
+            (s.fingerprint(&app.hmac), s.last4(), c.version(), Some(s))
         }
     };
     let (staged, new_version, promotion) = match (new, c.reference()) {
@@ -253,7 +257,7 @@ pub async fn rotate(
             ),
         ));
     }
-    if staged.ct_eq(&old.0) {
+    if staged_fp == old.0 {
         return Err(api(
             StatusCode::CONFLICT,
             "nothing_to_rotate",
@@ -268,9 +272,9 @@ pub async fn rotate(
         credential: name.to_string(),
         source: source.to_string(),
         state: "staged".into(),
-        old_fingerprint: Some(old.0.fingerprint(&app.hmac)),
-        old_last4: Some(old.0.last4()),
-        old_version: old.1.clone(),
+        old_fingerprint: Some(old.0.clone()).filter(|f| !f.is_empty()),
+        old_last4: Some(old.1.clone()).filter(|l| !l.is_empty()),
+        old_version: old.2.clone(),
         old_ref: Some(c.reference().to_string()),
         new_fingerprint: Some(staged.fingerprint(&app.hmac)),
         new_last4: Some(staged.last4()),
@@ -335,9 +339,11 @@ async fn finish(
         row.new_fingerprint.clone().unwrap_or_default(),
         row.new_last4.clone().unwrap_or_default(),
     );
+    let mut aws_labels_moved = false;
     let (new_ref, sealed) = match promotion {
         Promotion::InPlace => (c.reference().clone(), None),
         Promotion::AwsLabels { id, new } => {
+            aws_labels_moved = true;
             let old = row.old_version.clone();
             if let Err(e) = app
                 .secrets
@@ -363,7 +369,7 @@ async fn finish(
         Promotion::NewRef(r, sealed) => (r, sealed),
     };
     let now = now_ms();
-    let labels_moved = matches!(new_ref, SecretRef::AwsSm { .. }) && row.source == "store";
+    let labels_moved = aws_labels_moved;
     if let Err(e) = app
         .store
         .promote_key(
@@ -453,7 +459,15 @@ pub async fn auto_rotate(app: Arc<App>, c: Arc<Credential>) {
     }
     let _one = c.rotating.lock().await;
     // A key a rotation took out of service is never put back, whatever the store says.
-    if let Ok(retired) = retired(&app, &c).await {
+    let Ok(retired) = retired(&app, &c).await else {
+        // The history cannot be read: test again later rather than risk putting back a key.
+        if let Ok(mut st) = c.auto.lock() {
+            st.testing = false;
+            st.next_test = Some(Instant::now() + app.cache_policy.ttl);
+        }
+        return;
+    };
+    {
         if retired.contains_key(&fp) {
             c.cell().discard_candidate(&candidate);
             if let Ok(mut st) = c.auto.lock() {
@@ -471,14 +485,22 @@ pub async fn auto_rotate(app: Arc<App>, c: Arc<Credential>) {
         }
     }
     let old = c.cell().current();
+    // With nothing in memory, the key replaced is the one the inventory approved.
+    let (approved_fp, approved_version) = c.approved();
     let mut row = RotationRow {
         id: format!("rot_{}", airlock_secrets::random_token(8)),
         credential: c.name.clone(),
         source: "auto".into(),
         state: "staged".into(),
-        old_fingerprint: old.as_ref().map(|o| o.0.fingerprint(&app.hmac)),
+        old_fingerprint: match &old {
+            Some(o) => Some(o.0.fingerprint(&app.hmac)),
+            None => approved_fp,
+        },
         old_last4: old.as_ref().map(|o| o.0.last4()),
-        old_version: old.as_ref().and_then(|o| o.1.clone()),
+        old_version: match &old {
+            Some(o) => o.1.clone(),
+            None => approved_version,
+        },
         old_ref: Some(c.reference().to_string()),
         new_fingerprint: Some(fp.clone()),
         new_last4: Some(candidate.last4()),
@@ -508,8 +530,13 @@ pub async fn auto_rotate(app: Arc<App>, c: Arc<Credential>) {
     let nothing_serves = old.is_none();
     match (p.status, nothing_serves) {
         ("ok", _) | ("unreachable", true) => {
-            // Promote only if this is still the candidate (a newer one may have arrived).
-            if !c.cell().promote_candidate(&candidate) {
+            // Only if this is still the candidate (a newer one may have arrived); the
+            // database first, memory after it.
+            if !c
+                .cell()
+                .candidate()
+                .is_some_and(|(k, _)| Arc::ptr_eq(&k, &candidate))
+            {
                 return;
             }
             let now = now_ms();
@@ -525,7 +552,12 @@ pub async fn auto_rotate(app: Arc<App>, c: Arc<Credential>) {
                 )
                 .await
             {
-                tracing::error!(error = %e, "cannot record an automatic promotion");
+                tracing::error!(error = %e, "cannot record an automatic promotion; retried at the next refresh");
+                return;
+            }
+            if !c.cell().promote_candidate(&candidate) {
+                tracing::warn!(credential = %c.name, "another key arrived while this one was recorded; the next refresh settles it");
+                return;
             }
             c.mark_seen(&fp, version);
             row.promoted_at = Some(now);
@@ -627,7 +659,13 @@ pub async fn confirm_old(app: &Arc<App>, name: &str) -> Result<serde_json::Value
         ));
     };
     let grace = app.cfg.rotation.grace_secs;
-    let old_fp = row.old_fingerprint.clone().unwrap_or_default();
+    let Some(old_fp) = row.old_fingerprint.clone().filter(|f| !f.is_empty()) else {
+        return Err(api(
+            StatusCode::CONFLICT,
+            "cannot_check",
+            format!("the last rotation of `{name}` does not know which key it replaced"),
+        ));
+    };
     // From the first promotion that took this key out of service (a later rotation cannot
     // hide uses in between), over every credential's records (a key may be shared).
     let promoted = retired(app, &c)

@@ -1,7 +1,8 @@
 -- The keyed fingerprint of the provider key a request used (never the key), so the log can
 -- prove that a rotated-out key was not used after its promotion time.
+-- No index on it: every append would pay for one, and the check (instr over the list of
+-- keys a request used, after a time) is an admin command served by audit_ts.
 ALTER TABLE audit ADD COLUMN key TEXT;
-CREATE INDEX audit_credential_key_ts ON audit (credential, key, ts);
 
 -- Rotations: each step with its time, what was staged and what it replaced (fingerprints and
 -- store versions only).

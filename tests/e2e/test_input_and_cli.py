@@ -1,5 +1,6 @@
 """Invariant I8 (bad input gets a clear 4xx in the client's dialect) and the CLI contract."""
 import json
+import os
 import socket
 import time
 
@@ -193,3 +194,32 @@ def test_a_key_pasted_as_a_reference_is_echoed_nowhere(airlock):
     refused = [json.loads(l) for l in r.stdout.splitlines() if json.loads(l)["outcome"] == "refused"]
     assert len(refused) >= 3 and all(x["reason"] for x in refused), [(x["status"], x["target"], x["request_id"]) for x in refused if not x["reason"]]
     assert airlock.canary not in r.stdout
+
+
+def test_airlock_run_gives_the_command_a_token_and_nothing_else(airlock, tmp_path):
+    import sys
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import os, sys\n"
+        "from openai import OpenAI\n"
+        "assert 'AIRLOCK_ADMIN_TOKEN' not in os.environ, 'the admin key was passed on'\n"
+        "assert os.environ['OPENAI_API_KEY'].startswith('alk_tok_')\n"
+        "assert os.environ['ANTHROPIC_API_KEY'] == os.environ['OPENAI_API_KEY']\n"
+        "c = OpenAI(max_retries=0)  # configured only by the environment airlock run set\n"
+        "r = c.chat.completions.create(model='gpt-4o-mini', messages=[{'role': 'user', 'content': 'hi'}])\n"
+        "print('reply:', r.choices[0].message.content)\n"
+        "sys.exit(int(sys.argv[1]))\n"
+    )
+    env = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
+    r = airlock.cli("run", "--env", "prod", "--model", "gpt-*", "--ttl", "5m", "--",
+                    sys.executable, str(script), "0", env=env)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "reply: Hello from the airlock mock provider" in r.stdout
+    # The exit code is passed through, and the token is revoked once the command ends.
+    r = airlock.cli("run", "--env", "prod", "--model", "gpt-*", "--", sys.executable, str(script), "7", env=env)
+    assert r.returncode == 7, (r.stdout, r.stderr)
+    tokens = airlock.cli_json("token", "list", "--all")["tokens"]
+    runs = [t for t in tokens if t["subject"] == "run:" + os.path.basename(sys.executable)]
+    assert len(runs) == 2 and all(t["revoked_at"] for t in runs), runs
+    # Nothing to run is a usage error.
+    assert airlock.cli("run", "--env", "prod").returncode == 2

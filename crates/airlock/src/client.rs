@@ -1,6 +1,6 @@
 //! Management commands over the admin API.
 
-use crate::{print_json, CredentialCmd, Failure, IncidentCmd, TokenCmd};
+use crate::{print_json, CredentialCmd, Failure, IncidentCmd, RunArgs, TokenCmd};
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
@@ -272,6 +272,72 @@ async fn rotate_all(
         });
     }
     Ok(())
+}
+
+/// `airlock run … -- CMD`: the command gets a token, never a provider key or the admin key.
+pub async fn run_with_token(r: RunArgs) -> Result<(), Failure> {
+    let admin = Admin::from_env()?;
+    let program = r.cmd[0].clone();
+    let subject = r.subject.unwrap_or_else(|| {
+        let base = std::path::Path::new(&program)
+            .file_name()
+            .map(|b| b.to_string_lossy().to_string())
+            .unwrap_or_else(|| program.clone());
+        format!("run:{base}")
+    });
+    let v = admin
+        .call(
+            Method::POST,
+            "/tokens",
+            Some(json!({"models": r.models, "credentials": r.credentials, "env": r.env, "ttl": r.ttl, "subject": subject})),
+        )
+        .await?;
+    let token = zeroize::Zeroizing::new(s(&v, "token").to_string());
+    let id = s(&v, "id").to_string();
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(&r.cmd[1..])
+        .env("OPENAI_BASE_URL", format!("{}/v1", admin.url))
+        .env("OPENAI_API_KEY", token.as_str())
+        .env("ANTHROPIC_BASE_URL", &admin.url)
+        .env("ANTHROPIC_API_KEY", token.as_str())
+        // The command holds a token and nothing more.
+        .env_remove("AIRLOCK_ADMIN_TOKEN")
+        .env_remove("ANTHROPIC_AUTH_TOKEN")
+        .env_remove("OPENAI_ORG_ID")
+        .env_remove("OPENAI_PROJECT_ID");
+    let status = tokio::task::spawn_blocking(move || cmd.status())
+        .await
+        .map_err(|e| Failure::usage(format!("cannot run {program}: {e}")))?
+        .map_err(|e| Failure::usage(format!("cannot run {program}: {e}")))?;
+    // The token is no use once the command is done.
+    if let Err(f) = admin
+        .call(Method::POST, &format!("/tokens/{id}/revoke"), None)
+        .await
+    {
+        eprintln!(
+            "airlock: could not revoke token {id} after the command: {}",
+            f.message
+        );
+    }
+    let code = status.code().unwrap_or_else(|| {
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            128 + status.signal().unwrap_or(0)
+        }
+        #[cfg(not(unix))]
+        {
+            1
+        }
+    });
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(Failure {
+            code: u8::try_from(code).unwrap_or(1),
+            message: String::new(),
+        })
+    }
 }
 
 /// `airlock incident lockdown|report`.

@@ -77,6 +77,11 @@ enum Cmd {
     /// The key-encryption key that seals secrets given with --secret-stdin.
     #[command(subcommand)]
     Kek(KekCmd),
+    /// Run a command with a short-lived token instead of provider keys: mints a token (through
+    /// the admin API), starts CMD with OPENAI_BASE_URL, OPENAI_API_KEY, ANTHROPIC_BASE_URL and
+    /// ANTHROPIC_API_KEY pointing at airlock and holding the token (the admin key is not passed
+    /// on), revokes the token when CMD ends, and exits with CMD's exit code.
+    Run(RunArgs),
     /// Incident response: lock everything down at once; report the blast radius.
     #[command(subcommand)]
     Incident(IncidentCmd),
@@ -210,6 +215,28 @@ enum CredentialCmd {
         #[arg(long, default_value_t = 4, requires = "all")]
         parallel: usize,
     },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Allowed model globs (repeatable or comma-separated; default *).
+    #[arg(long = "model", value_delimiter = ',')]
+    models: Vec<String>,
+    /// Allowed credentials (default: any of the environment).
+    #[arg(long = "credential", value_delimiter = ',')]
+    credentials: Vec<String>,
+    /// Environment (default: the only one there is).
+    #[arg(long)]
+    env: Option<String>,
+    /// Token lifetime (default 1h, at most 24h).
+    #[arg(long)]
+    ttl: Option<String>,
+    /// Who the token is for (default: run:<command>).
+    #[arg(long)]
+    subject: Option<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    cmd: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -449,6 +476,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Credential(c) => client::credential(c, json).await,
         Cmd::Kek(KekCmd::Rotate) => client::kek_rotate(json).await,
         Cmd::Incident(c) => client::incident(c, json).await,
+        Cmd::Run(r) => client::run_with_token(r).await,
         Cmd::Doctor => client::doctor(json).await,
         Cmd::Token(t) => client::token(t, json).await,
         Cmd::Audit(a) => audit::run(a, json).await,

@@ -60,6 +60,8 @@ const MINT: &[Role] = &[Role::Owner, Role::Admin];
 const READ_TOKENS: &[Role] = &[Role::Owner, Role::Admin, Role::Auditor];
 const MATCH_SECRETS: &[Role] = &[Role::Owner, Role::Admin, Role::Auditor];
 const READ_AUDIT: &[Role] = &[Role::Owner, Role::Admin, Role::Auditor];
+// Admin keys are issued and revoked by owners only: an admin cannot make an owner.
+const OWNER: &[Role] = &[Role::Owner];
 
 /// The authenticated caller of an admin endpoint.
 #[derive(Debug, Clone)]
@@ -344,6 +346,15 @@ pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
             g(MANAGE, Some("credential.rotate"), post(rotate_credential)),
         )
         .route("/doctor", g(MANAGE, Some("doctor"), post(doctor)))
+        .route(
+            "/admin-keys",
+            g(OWNER, Some("admin_key.create"), post(create_admin_key_api)),
+        )
+        .route("/admin-keys", g(MANAGE, None, get(list_admin_keys)))
+        .route(
+            "/admin-keys/{id}/revoke",
+            g(OWNER, Some("admin_key.revoke"), post(revoke_admin_key)),
+        )
         .route(
             "/incident/lockdown",
             g(MANAGE, Some("incident.lockdown"), post(incident_lockdown)),
@@ -772,6 +783,82 @@ async fn incident_report(State(app): State<Arc<App>>, Query(q): Query<ReportQuer
     match crate::incident::report(&app, since, until).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => err(e.status, e.code, e.message),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAdminKey {
+    name: String,
+    role: String,
+}
+
+/// `admin-key create`: the key is shown once; only its keyed hash is stored.
+async fn create_admin_key_api(State(app): State<Arc<App>>, Json(k): Json<NewAdminKey>) -> Response {
+    let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
+    if !valid_name(&k.name) {
+        return bad(format!(
+            "admin key name `{}`: use 1-64 letters, digits, '-', '_' or '.'",
+            k.name
+        ));
+    }
+    let Some(role) = Role::parse(&k.role) else {
+        return bad(format!(
+            "unknown role `{}`: use owner, admin, auditor, developer or viewer",
+            k.role
+        ));
+    };
+    match create_admin_key(&app.store, &app.hmac, &k.name, role).await {
+        Ok(key) => {
+            let id = key
+                .strip_prefix(ADMIN_KEY_PREFIX)
+                .and_then(|r| r.split('_').next())
+                .unwrap_or_default()
+                .to_string();
+            (
+                StatusCode::CREATED,
+                Json(serde_json::json!({"id": id, "name": k.name, "role": k.role, "key": key})),
+            )
+                .into_response()
+        }
+        Err(e) => store_err(e),
+    }
+}
+
+async fn list_admin_keys(State(app): State<Arc<App>>) -> Response {
+    match app.store.list_admin_keys().await {
+        Ok(rows) => Json(serde_json::json!({"admin_keys": rows.iter().map(|(id, name, role, created, revoked)| serde_json::json!({
+            "id": id, "name": name, "role": role, "created_at": created, "revoked_at": revoked,
+        })).collect::<Vec<_>>()}))
+        .into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn revoke_admin_key(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    // The last active owner key is never revoked: nobody could issue keys again.
+    if let Ok(keys) = app.store.list_admin_keys().await {
+        let owners: Vec<&String> = keys
+            .iter()
+            .filter(|(_, _, role, _, revoked)| role == "owner" && revoked.is_none())
+            .map(|(id, ..)| id)
+            .collect();
+        if owners.len() == 1 && *owners[0] == id {
+            return err(
+                StatusCode::CONFLICT,
+                "last_owner",
+                "this is the last active owner key; create another owner key first",
+            );
+        }
+    }
+    match app.store.revoke_admin_key(&id, now_ms()).await {
+        Ok(true) => Json(serde_json::json!({"revoked": id})).into_response(),
+        Ok(false) => err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no active admin key `{id}`"),
+        ),
+        Err(e) => store_err(e),
     }
 }
 

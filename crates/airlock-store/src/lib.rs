@@ -1204,7 +1204,39 @@ impl Store {
         }))
     }
 
-    // ---- usage ------------------------------------------------------------------------
+    /// Every admin key (no hashes), oldest first: (id, name, role, created_at, revoked_at).
+    pub async fn list_admin_keys(&self) -> Result<Vec<(String, String, String, i64, Option<i64>)>> {
+        let rows = sqlx::query(
+            "SELECT id, name, role, created_at, revoked_at FROM admin_keys ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list admin keys"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get("id"),
+                    r.get("name"),
+                    r.get("role"),
+                    r.get("created_at"),
+                    r.get("revoked_at"),
+                )
+            })
+            .collect())
+    }
+
+    /// Revokes an admin key; false when there is none (or it was revoked already).
+    pub async fn revoke_admin_key(&self, id: &str, now_ms: i64) -> Result<bool> {
+        let r =
+            sqlx::query("UPDATE admin_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(now_ms)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(db("revoke admin key"))?;
+        Ok(r.rows_affected() == 1)
+    }
 
     // ---- audit ------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 //! Management commands over the admin API.
 
-use crate::{print_json, CredentialCmd, Failure, IncidentCmd, RunArgs, TokenCmd};
+use crate::{print_json, AdminKeyCmd, CredentialCmd, Failure, IncidentCmd, RunArgs, TokenCmd};
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
@@ -338,6 +338,66 @@ pub async fn run_with_token(r: RunArgs) -> Result<(), Failure> {
             message: String::new(),
         })
     }
+}
+
+/// `airlock admin-key create|list|revoke`.
+pub async fn admin_key(c: AdminKeyCmd, json: bool) -> Result<(), Failure> {
+    let admin = Admin::from_env()?;
+    let v = match c {
+        AdminKeyCmd::Create { name, role } => {
+            let v = admin
+                .call(
+                    Method::POST,
+                    "/admin-keys",
+                    Some(json!({"name": name, "role": role})),
+                )
+                .await?;
+            if !json {
+                eprintln!(
+                    "admin key {} ({}) for {}; shown once:",
+                    s(&v, "id"),
+                    s(&v, "role"),
+                    s(&v, "name")
+                );
+                println!("{}", s(&v, "key"));
+                return Ok(());
+            }
+            v
+        }
+        AdminKeyCmd::List => {
+            let v = admin.call(Method::GET, "/admin-keys", None).await?;
+            if !json {
+                println!(
+                    "{:<14} {:<24} {:<10} {:<22} REVOKED",
+                    "ID", "NAME", "ROLE", "CREATED"
+                );
+                for k in v["admin_keys"].as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:<14} {:<24} {:<10} {:<22} {}",
+                        s(&k, "id"),
+                        s(&k, "name"),
+                        s(&k, "role"),
+                        ms(&k["created_at"]),
+                        ms(&k["revoked_at"])
+                    );
+                }
+                return Ok(());
+            }
+            v
+        }
+        AdminKeyCmd::Revoke { id } => {
+            let v = admin
+                .call(Method::POST, &format!("/admin-keys/{id}/revoke"), None)
+                .await?;
+            if !json {
+                println!("revoked {id}");
+                return Ok(());
+            }
+            v
+        }
+    };
+    print_json(&v);
+    Ok(())
 }
 
 /// `airlock incident lockdown|report`.

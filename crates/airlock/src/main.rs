@@ -82,6 +82,10 @@ enum Cmd {
     /// ANTHROPIC_API_KEY pointing at airlock and holding the token (the admin key is not passed
     /// on), revokes the token when CMD ends, and exits with CMD's exit code.
     Run(RunArgs),
+    /// Keys for people and automation on the admin API, each with a role: owner, admin,
+    /// auditor, developer or viewer.
+    #[command(subcommand, name = "admin-key")]
+    AdminKey(AdminKeyCmd),
     /// Incident response: lock everything down at once; report the blast radius.
     #[command(subcommand)]
     Incident(IncidentCmd),
@@ -237,6 +241,25 @@ struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     cmd: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum AdminKeyCmd {
+    /// Issue a key (owners only); it is printed once, only its keyed hash is kept.
+    Create {
+        /// A name for whoever holds it.
+        name: String,
+        /// owner, admin, auditor, developer or viewer.
+        #[arg(long)]
+        role: String,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Revoke a key by id (owners only; not the last owner key).
+    Revoke {
+        /// The key's id (the part after alk_admin_).
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -477,6 +500,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Kek(KekCmd::Rotate) => client::kek_rotate(json).await,
         Cmd::Incident(c) => client::incident(c, json).await,
         Cmd::Run(r) => client::run_with_token(r).await,
+        Cmd::AdminKey(c) => client::admin_key(c, json).await,
         Cmd::Doctor => client::doctor(json).await,
         Cmd::Token(t) => client::token(t, json).await,
         Cmd::Audit(a) => audit::run(a, json).await,

@@ -1,0 +1,78 @@
+"""Deny by default (I6): every admin endpoint declares the roles it admits. This walks the whole
+matrix of endpoints x roles with a key of each role. Requests are shaped to be refused after
+the role check (unknown names, invalid bodies) wherever they would change something, so the
+shared server is left as it was: an admitted role gets anything but 401/403, the others 403."""
+import httpx
+import pytest
+
+ROLES = ["owner", "admin", "auditor", "developer", "viewer"]
+MANAGE = {"owner", "admin"}
+READ_INVENTORY = {"owner", "admin", "auditor", "viewer"}
+READ_AUDIT = {"owner", "admin", "auditor"}
+
+# (method, path, json body, roles admitted)
+MATRIX = [
+    ("POST", "/credentials", {}, MANAGE),
+    ("GET", "/credentials", None, READ_INVENTORY),
+    ("GET", "/credentials/no-such", None, READ_INVENTORY),
+    ("DELETE", "/credentials/no-such", None, MANAGE),
+    ("POST", "/credentials/no-such/verify", {}, MANAGE),
+    ("POST", "/credentials/no-such/rotate", {}, MANAGE),
+    ("POST", "/incident/lockdown", {"suspend": ["no-such-thing"]}, MANAGE),
+    ("GET", "/incident/report?since=0", None, READ_AUDIT),
+    ("POST", "/admin-keys", {}, {"owner"}),
+    ("GET", "/admin-keys", None, MANAGE),
+    ("POST", "/admin-keys/no-such/revoke", None, {"owner"}),
+    ("POST", "/tokens", {"ttl": "999h"}, MANAGE),
+    ("GET", "/tokens", None, READ_AUDIT),
+    ("POST", "/tokens/no-such/revoke", None, MANAGE),
+    ("POST", "/inventory/match", {}, READ_AUDIT),
+    ("GET", "/usage/recent", None, READ_AUDIT),
+    ("GET", "/audit?limit=1", None, READ_AUDIT),
+    ("GET", "/audit/checkpoints", None, READ_AUDIT),
+    ("GET", "/audit/keys", None, READ_AUDIT),
+    ("POST", "/audit/checkpoint", None, READ_AUDIT),
+    ("POST", "/kek/rotate", {"unexpected": 1}, MANAGE),
+    ("POST", "/doctor", {"unexpected": 1}, MANAGE),
+]
+
+
+@pytest.fixture(scope="module")
+def keys(airlock):
+    out = {"owner": airlock.admin}
+    for role in ROLES[1:]:
+        v = airlock.cli_json("admin-key", "create", f"matrix-{role}", "--role", role)
+        assert v["role"] == role and v["key"].startswith("alk_admin_")
+        out[role] = v["key"]
+    return out
+
+
+@pytest.mark.parametrize("method,path,body,admitted", MATRIX, ids=[f"{m} {p}" for m, p, _, _ in MATRIX])
+def test_every_endpoint_admits_exactly_its_roles(airlock, keys, method, path, body, admitted):
+    with httpx.Client(timeout=30) as c:
+        for role in ROLES:
+            r = c.request(method, airlock.url + "/admin/v1" + path, json=body,
+                          headers={"authorization": f"Bearer {keys[role]}"})
+            airlock.captured.append(r.content)
+            if role in admitted:
+                assert r.status_code not in (401, 403), (role, r.status_code, r.text)
+            else:
+                assert r.status_code == 403, (role, r.status_code, r.text)
+                assert r.json()["error"]["code"], r.text
+
+
+def test_admin_keys_are_shown_once_and_revocable(airlock, keys):
+    listed = airlock.cli_json("admin-key", "list")["admin_keys"]
+    assert {k["role"] for k in listed} >= set(ROLES)
+    assert all("key" not in k and "hash" not in k for k in listed), "never the key or its hash"
+    viewer = next(k for k in listed if k["name"] == "matrix-viewer")
+    with httpx.Client(timeout=10) as c:
+        h = {"authorization": f"Bearer {keys['viewer']}"}
+        assert c.get(airlock.url + "/admin/v1/credentials", headers=h).status_code == 200
+        assert airlock.cli("admin-key", "revoke", viewer["id"]).returncode == 0
+        assert c.get(airlock.url + "/admin/v1/credentials", headers=h).status_code == 401
+    # An unknown role is refused; the last owner key cannot be revoked.
+    assert airlock.cli("admin-key", "create", "x", "--role", "superuser").returncode == 2
+    owner_id = next(k["id"] for k in listed if k["role"] == "owner")
+    r = airlock.cli("admin-key", "revoke", owner_id)
+    assert r.returncode == 2 and "last active owner" in r.stderr, r.stderr

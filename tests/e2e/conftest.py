@@ -124,13 +124,13 @@ class Airlock:
                 p.kill()
 
     # -- CLI ----------------------------------------------------------------------------
-    def cli(self, *args, admin=True, env=None):
+    def cli(self, *args, admin=True, env=None, wrap=()):
         e = dict(os.environ)
         e["AIRLOCK_URL"] = self.url
         if admin:
             e["AIRLOCK_ADMIN_TOKEN"] = self.admin
         e.update(env or {})
-        r = subprocess.run([BIN, *args], capture_output=True, text=True, env=e, timeout=60)
+        r = subprocess.run([*wrap, BIN, *args], capture_output=True, text=True, env=e, timeout=60)
         self.captured.append(r.stdout.encode() + r.stderr.encode())
         return r
 

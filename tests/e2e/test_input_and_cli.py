@@ -205,6 +205,7 @@ def test_airlock_run_gives_the_command_a_token_and_nothing_else(airlock, tmp_pat
         "assert 'AIRLOCK_ADMIN_TOKEN' not in os.environ, 'the admin key was passed on'\n"
         "assert os.environ['OPENAI_API_KEY'].startswith('alk_tok_')\n"
         "assert os.environ['ANTHROPIC_API_KEY'] == os.environ['OPENAI_API_KEY']\n"
+
         "c = OpenAI(max_retries=0)  # configured only by the environment airlock run set\n"
         "r = c.chat.completions.create(model='gpt-4o-mini', messages=[{'role': 'user', 'content': 'hi'}])\n"
         "print('reply:', r.choices[0].message.content)\n"
@@ -221,5 +222,35 @@ def test_airlock_run_gives_the_command_a_token_and_nothing_else(airlock, tmp_pat
     tokens = airlock.cli_json("token", "list", "--all")["tokens"]
     runs = [t for t in tokens if t["subject"] == "run:" + os.path.basename(sys.executable)]
     assert len(runs) == 2 and all(t["revoked_at"] for t in runs), runs
+    # The admin key stays out of reach of the command even though airlock run itself holds it
+    # in its environment: airlock run is not dumpable, so a command of the same (non-root)
+    # user cannot read /proc/PID/environ. Both run as `nobody` here (root reads everything).
+    import shutil
+    import tempfile
+    if os.geteuid() == 0 and shutil.which("setpriv"):
+        d = tempfile.mkdtemp(prefix="airlock-run-")
+        os.chmod(d, 0o755)
+        probe = os.path.join(d, "probe.py")
+        with open(probe, "w") as f:
+            f.write("import os\n"
+                    "try:\n"
+                    "    data = open(f'/proc/{os.getppid()}/environ', 'rb').read()\n"
+                    "except OSError as e:\n"
+                    "    print('refused', e.errno); raise SystemExit(0)\n"
+                    "raise SystemExit(3 if b'alk_admin_' in data else 4)\n")
+        os.chmod(probe, 0o644)
+        py = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "/bin/sh"
+        r = airlock.cli("run", "--env", "prod", "--", py, probe,
+                        env={"AIRLOCK_BIN_WRAP": ""}, wrap=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        assert r.returncode == 0 and "refused" in r.stdout, (r.returncode, r.stdout, r.stderr)
+        shutil.rmtree(d)
+    else:
+        pytest.fail("needs root and setpriv to run the probe as an unprivileged user")
+    # A command that cannot start: a usage error, and its token is revoked too.
+    r = airlock.cli("run", "--env", "prod", "--subject", "run-missing", "--", "/nonexistent/prog", env=env)
+    assert r.returncode == 2 and "cannot run" in r.stderr, r.stderr
+    tokens = airlock.cli_json("token", "list", "--all")["tokens"]
+    assert all(t["revoked_at"] for t in tokens if t["subject"] == "run-missing")
+    assert any(t["subject"] == "run-missing" for t in tokens)
     # Nothing to run is a usage error.
     assert airlock.cli("run", "--env", "prod").returncode == 2

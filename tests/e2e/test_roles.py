@@ -1,7 +1,9 @@
 """Deny by default (I6): every admin endpoint declares the roles it admits. This walks the whole
 matrix of endpoints x roles with a key of each role. Requests are shaped to be refused after
-the role check (unknown names, invalid bodies) wherever they would change something, so the
-shared server is left as it was: an admitted role gets anything but 401/403, the others 403."""
+the role check (unknown names, invalid bodies) where they would change credentials, tokens or
+keys; `kek rotate`, `doctor` and `audit/checkpoint` take no body and do run for the admitted
+roles (harmless on the shared server: a new KEK version, provider checks, a signature). An
+admitted role gets anything but 401/403, the others 403."""
 import httpx
 import pytest
 

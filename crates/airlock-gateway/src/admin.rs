@@ -484,7 +484,9 @@ fn store_err(e: StoreError) -> Response {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty()
+    // A key pasted where a name belongs would be stored and audited: refused.
+    !airlock_secrets::looks_like_key(s)
+        && !s.is_empty()
         && s.len() <= 64
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -815,6 +817,20 @@ async fn create_admin_key_api(State(app): State<Arc<App>>, Json(k): Json<NewAdmi
                 .and_then(|r| r.split('_').next())
                 .unwrap_or_default()
                 .to_string();
+            // Which key, with which role: issuing an owner key must stand out in the log.
+            app.recorder.write_nowait(
+                None,
+                Some(airlock_audit::Record {
+                    ts: now_ms(),
+                    actor_kind: "system".into(),
+                    action: "admin_key.issued".into(),
+                    target_kind: Some("admin_key".into()),
+                    target: Some(id.clone()),
+                    outcome: "ok".into(),
+                    reason: Some(format!("role {} for `{}`", k.role, k.name)),
+                    ..Default::default()
+                }),
+            );
             (
                 StatusCode::CREATED,
                 Json(serde_json::json!({"id": id, "name": k.name, "role": k.role, "key": key})),
@@ -836,28 +852,23 @@ async fn list_admin_keys(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn revoke_admin_key(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    // The last active owner key is never revoked: nobody could issue keys again.
-    if let Ok(keys) = app.store.list_admin_keys().await {
-        let owners: Vec<&String> = keys
-            .iter()
-            .filter(|(_, _, role, _, revoked)| role == "owner" && revoked.is_none())
-            .map(|(id, ..)| id)
-            .collect();
-        if owners.len() == 1 && *owners[0] == id {
-            return err(
+    // The last active owner key is never revoked (nobody could issue keys again): the store
+    // checks it in the same statement as the revocation.
+    match app.store.revoke_admin_key(&id, now_ms()).await {
+        Ok(true) => Json(serde_json::json!({"revoked": id})).into_response(),
+        Ok(false) => match app.store.admin_key(&id).await {
+            Ok(Some(k)) if k.revoked_at.is_none() && k.role == "owner" => err(
                 StatusCode::CONFLICT,
                 "last_owner",
                 "this is the last active owner key; create another owner key first",
-            );
-        }
-    }
-    match app.store.revoke_admin_key(&id, now_ms()).await {
-        Ok(true) => Json(serde_json::json!({"revoked": id})).into_response(),
-        Ok(false) => err(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no active admin key `{id}`"),
-        ),
+            ),
+            Ok(_) => err(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no active admin key `{id}`"),
+            ),
+            Err(e) => store_err(e),
+        },
         Err(e) => store_err(e),
     }
 }

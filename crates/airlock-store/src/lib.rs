@@ -1226,10 +1226,14 @@ impl Store {
             .collect())
     }
 
-    /// Revokes an admin key; false when there is none (or it was revoked already).
+    /// Revokes an admin key, unless it is the last active owner key (one statement, so two
+    /// revocations at once cannot leave no owner); false when nothing was revoked.
     pub async fn revoke_admin_key(&self, id: &str, now_ms: i64) -> Result<bool> {
-        let r =
-            sqlx::query("UPDATE admin_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+        let r = sqlx::query(
+            "UPDATE admin_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL
+               AND (role <> 'owner'
+                    OR (SELECT COUNT(*) FROM admin_keys WHERE role = 'owner' AND revoked_at IS NULL) > 1)",
+        )
                 .bind(now_ms)
                 .bind(id)
                 .execute(&self.pool)

@@ -277,6 +277,26 @@ async fn rotate_all(
 /// `airlock run … -- CMD`: the command gets a token, never a provider key or the admin key.
 pub async fn run_with_token(r: RunArgs) -> Result<(), Failure> {
     let admin = Admin::from_env()?;
+    // This process holds the admin key in its environment: a command of the same user could
+    // read it from /proc/PID/environ or attach to it. Not dumpable closes both.
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        return Err(Failure::usage(format!(
+            "cannot protect the admin key from the command ({e}); not running it"
+        )));
+    }
+    if admin.url.starts_with("http://")
+        && !["http://127.0.0.1", "http://localhost", "http://[::1]"]
+            .iter()
+            .any(|p| admin.url.starts_with(p))
+    {
+        eprintln!(
+            "airlock: warning: {} is plain HTTP; the token crosses the network in clear",
+            admin.url
+        );
+    }
     let program = r.cmd[0].clone();
     let subject = r.subject.unwrap_or_else(|| {
         let base = std::path::Path::new(&program)
@@ -285,31 +305,19 @@ pub async fn run_with_token(r: RunArgs) -> Result<(), Failure> {
             .unwrap_or_else(|| program.clone());
         format!("run:{base}")
     });
+    let ttl = r.ttl.unwrap_or_else(|| "15m".into());
     let v = admin
         .call(
             Method::POST,
             "/tokens",
-            Some(json!({"models": r.models, "credentials": r.credentials, "env": r.env, "ttl": r.ttl, "subject": subject})),
+            Some(json!({"models": r.models, "credentials": r.credentials, "env": r.env, "ttl": ttl, "subject": subject})),
         )
         .await?;
     let token = zeroize::Zeroizing::new(s(&v, "token").to_string());
     let id = s(&v, "id").to_string();
-    let mut cmd = std::process::Command::new(&program);
-    cmd.args(&r.cmd[1..])
-        .env("OPENAI_BASE_URL", format!("{}/v1", admin.url))
-        .env("OPENAI_API_KEY", token.as_str())
-        .env("ANTHROPIC_BASE_URL", &admin.url)
-        .env("ANTHROPIC_API_KEY", token.as_str())
-        // The command holds a token and nothing more.
-        .env_remove("AIRLOCK_ADMIN_TOKEN")
-        .env_remove("ANTHROPIC_AUTH_TOKEN")
-        .env_remove("OPENAI_ORG_ID")
-        .env_remove("OPENAI_PROJECT_ID");
-    let status = tokio::task::spawn_blocking(move || cmd.status())
-        .await
-        .map_err(|e| Failure::usage(format!("cannot run {program}: {e}")))?
-        .map_err(|e| Failure::usage(format!("cannot run {program}: {e}")))?;
-    // The token is no use once the command is done.
+    let status = run_child(&program, &r.cmd[1..], &admin.url, &token).await;
+    drop(token);
+    // Whatever happened to the command, its token is revoked.
     if let Err(f) = admin
         .call(Method::POST, &format!("/tokens/{id}/revoke"), None)
         .await
@@ -319,6 +327,7 @@ pub async fn run_with_token(r: RunArgs) -> Result<(), Failure> {
             f.message
         );
     }
+    let status = status?;
     let code = status.code().unwrap_or_else(|| {
         #[cfg(unix)]
         {
@@ -338,6 +347,58 @@ pub async fn run_with_token(r: RunArgs) -> Result<(), Failure> {
             message: String::new(),
         })
     }
+}
+
+/// Runs the command with the token; SIGINT, SIGTERM and SIGHUP sent to airlock are passed on
+/// to it (and waited for), so the token is revoked after it however the run ends.
+async fn run_child(
+    program: &str,
+    args: &[String],
+    url: &str,
+    token: &str,
+) -> Result<std::process::ExitStatus, Failure> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env("OPENAI_BASE_URL", format!("{url}/v1"))
+        .env("OPENAI_API_KEY", token)
+        .env("ANTHROPIC_BASE_URL", url)
+        .env("ANTHROPIC_API_KEY", token)
+        // The command holds a token and nothing more.
+        .env_remove("AIRLOCK_ADMIN_TOKEN")
+        .env_remove("ANTHROPIC_AUTH_TOKEN")
+        .env_remove("OPENAI_ORG_ID")
+        .env_remove("OPENAI_PROJECT_ID");
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Failure::usage(format!("cannot run {program}: {e}")))?;
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut hup = signal(SignalKind::hangup()).ok();
+        let mut int = signal(SignalKind::interrupt()).ok();
+        loop {
+            let sig = tokio::select! {
+                s = child.wait() => {
+                    return s.map_err(|e| Failure::usage(format!("{program}: {e}")));
+                }
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => rustix::process::Signal::TERM,
+                _ = async { match hup.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => rustix::process::Signal::HUP,
+                _ = async { match int.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => rustix::process::Signal::INT,
+            };
+            if let Some(pid) = child
+                .id()
+                .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+            {
+                let _ = rustix::process::kill_process(pid, sig);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    child
+        .wait()
+        .await
+        .map_err(|e| Failure::usage(format!("{program}: {e}")))
 }
 
 /// `airlock admin-key create|list|revoke`.

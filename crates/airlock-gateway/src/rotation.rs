@@ -110,6 +110,15 @@ fn short(fp: &Option<String>, last4: &Option<String>, version: &Option<String>) 
     s
 }
 
+/// "new … in service; old … no longer given to any request", for the promote record.
+fn swapped(row: &RotationRow) -> String {
+    format!(
+        "{} in service; {} no longer given to any request",
+        short(&row.new_fingerprint, &row.new_last4, &row.new_version),
+        short(&row.old_fingerprint, &row.old_last4, &row.old_version)
+    )
+}
+
 enum Promotion {
     /// Only the key in memory changes (the store already serves the new one).
     InPlace,
@@ -423,17 +432,7 @@ async fn finish(
             .into(),
     );
     save(app, row).await?;
-    step(
-        app,
-        row,
-        "credential.rotation.promote",
-        "ok",
-        format!(
-            "{} in service; {} no longer given to any request",
-            short(&row.new_fingerprint, &row.new_last4, &row.new_version),
-            short(&row.old_fingerprint, &row.old_last4, &row.old_version)
-        ),
-    );
+    step(app, row, "credential.rotation.promote", "ok", swapped(row));
     tracing::info!(credential = %name, rotation = %row.id, "key rotated");
     Ok(())
 }
@@ -583,11 +582,7 @@ pub async fn auto_rotate(app: Arc<App>, c: Arc<Credential>) {
                 &row,
                 "credential.rotation.promote",
                 "ok",
-                format!(
-                    "{} in service; {} no longer given to any request",
-                    short(&row.new_fingerprint, &row.new_last4, &row.new_version),
-                    short(&row.old_fingerprint, &row.old_last4, &row.old_version)
-                ),
+                swapped(&row),
             );
             tracing::info!(credential = %c.name, "a new key version from the store was tested and promoted");
         }

@@ -310,7 +310,7 @@ pub async fn run_with_token(r: RunArgs) -> Result<(), Failure> {
         .call(
             Method::POST,
             "/tokens",
-            Some(json!({"models": r.models, "credentials": r.credentials, "env": r.env, "ttl": ttl, "subject": subject})),
+            Some(json!({"models": r.scope.models, "credentials": r.scope.credentials, "env": r.scope.env, "ttl": ttl, "subject": subject})),
         )
         .await?;
     let token = zeroize::Zeroizing::new(s(&v, "token").to_string());
@@ -939,9 +939,12 @@ pub async fn token(t: TokenCmd, json: bool) -> Result<(), Failure> {
             Ok(())
         }
         TokenCmd::Mint {
-            models,
-            credentials,
-            env,
+            scope:
+                crate::TokenScope {
+                    models,
+                    credentials,
+                    env,
+                },
             ttl,
             subject,
         } => {

@@ -221,8 +221,9 @@ enum CredentialCmd {
     },
 }
 
+/// What a minted token may use (shared by `token mint` and `run`).
 #[derive(Args)]
-struct RunArgs {
+struct TokenScope {
     /// Allowed model globs (repeatable or comma-separated; default *).
     #[arg(long = "model", value_delimiter = ',')]
     models: Vec<String>,
@@ -232,7 +233,13 @@ struct RunArgs {
     /// Environment (default: the only one there is).
     #[arg(long)]
     env: Option<String>,
-    /// Token lifetime (default 1h, at most 24h).
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    scope: TokenScope,
+    /// Token lifetime (default 15m, at most 24h); revoked when the command ends anyway.
     #[arg(long)]
     ttl: Option<String>,
     /// Who the token is for (default: run:<command>).
@@ -301,15 +308,8 @@ enum KekCmd {
 enum TokenCmd {
     /// Mint a client token (through the admin API).
     Mint {
-        /// Allowed model globs (repeatable or comma-separated; default *).
-        #[arg(long = "model", value_delimiter = ',')]
-        models: Vec<String>,
-        /// Allowed credentials (default: any of the environment).
-        #[arg(long = "credential", value_delimiter = ',')]
-        credentials: Vec<String>,
-        /// Environment (default: the only one there is).
-        #[arg(long)]
-        env: Option<String>,
+        #[command(flatten)]
+        scope: TokenScope,
         /// Lifetime, e.g. 15m, 1h (default 1h, at most 24h).
         #[arg(long)]
         ttl: Option<String>,

@@ -139,10 +139,7 @@ async fn retired(
 ) -> Result<std::collections::HashMap<String, i64>, ApiError> {
     // Every key ever retired under this name, also by a credential removed and added again:
     // a rotated-out key that may not be revoked yet is never put back.
-    app.store
-        .retired_keys(&c.name, 0)
-        .await
-        .map_err(store_error)
+    app.store.retired_keys(&c.name).await.map_err(store_error)
 }
 
 fn store_error(e: airlock_store::StoreError) -> ApiError {

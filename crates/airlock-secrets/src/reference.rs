@@ -167,16 +167,6 @@ impl ResolveError {
     pub fn is_definite(&self) -> bool {
         !matches!(self, ResolveError::Unavailable(_))
     }
-
-    /// A short word for the audit record and `--json` output.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ResolveError::Invalid(_) => "invalid",
-            ResolveError::NotFound(_) => "not_found",
-            ResolveError::Refused(_) => "refused",
-            ResolveError::Unavailable(_) => "unavailable",
-        }
-    }
 }
 
 /// Characters allowed in a store path, field, mount or id (no spaces, quotes, `?`, `#`).

@@ -141,11 +141,6 @@ impl Stores {
         })
     }
 
-    /// The KEK new secrets are sealed under.
-    pub fn kek(&self) -> Option<&Kek> {
-        self.kek.as_ref()
-    }
-
     fn vault(&self) -> Result<&vault::Vault, ResolveError> {
         self.vault.as_ref().ok_or_else(|| {
             ResolveError::Invalid(

@@ -975,20 +975,18 @@ impl Store {
         Ok(())
     }
 
-    /// Fingerprints a rotation of `credential` took out of service since `since_ms` (never to
+    /// Fingerprints a rotation of a credential of this name ever took out of service (never to
     /// be put back), with when each was first retired.
     pub async fn retired_keys(
         &self,
         credential: &str,
-        since_ms: i64,
     ) -> Result<std::collections::HashMap<String, i64>> {
         let rows = sqlx::query(
             "SELECT old_fingerprint AS f, MIN(promoted_at) AS t FROM rotations
              WHERE credential = ? AND state IN ('promoted', 'confirmed') AND old_fingerprint IS NOT NULL
-               AND started_at >= ? GROUP BY old_fingerprint",
+             GROUP BY old_fingerprint",
         )
         .bind(credential)
-        .bind(since_ms)
         .fetch_all(&self.pool)
         .await
         .map_err(db("read retired keys"))?;

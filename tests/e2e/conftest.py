@@ -200,6 +200,8 @@ def airlock(tmp_path_factory):
             "AIRLOCK_LOG__LEVEL": "debug",
             "AIRLOCK_LIMITS__BODY_TIMEOUT_SECS": "2",
             "AIRLOCK_LIMITS__MAX_BODY_BYTES": "65536",
+            # Token exchange: the expiry test waits past exp + leeway.
+            "AIRLOCK_OIDC__LEEWAY_SECS": "1",
         })
         wait_port(port)
 

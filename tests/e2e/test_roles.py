@@ -25,7 +25,7 @@ MATRIX = [
     ("POST", "/admin-keys", {}, {"owner"}),
     ("GET", "/admin-keys", None, MANAGE),
     ("POST", "/admin-keys/no-such/revoke", None, {"owner"}),
-    ("POST", "/tokens", {"ttl": "999h"}, MANAGE),
+    ("POST", "/tokens", {"ttl": "not-a-duration"}, MANAGE | {"developer"}),
     ("GET", "/tokens", None, READ_AUDIT),
     ("POST", "/tokens/no-such/revoke", None, MANAGE),
     ("POST", "/inventory/match", {}, READ_AUDIT),
@@ -34,6 +34,12 @@ MATRIX = [
     ("GET", "/audit/checkpoints", None, READ_AUDIT),
     ("GET", "/audit/keys", None, READ_AUDIT),
     ("POST", "/audit/checkpoint", None, READ_AUDIT),
+    ("POST", "/service-accounts", {}, MANAGE),
+    ("GET", "/service-accounts", None, READ_AUDIT),
+    ("POST", "/service-accounts/no-such/revoke", None, MANAGE),
+    ("POST", "/trust-policies", {}, MANAGE),
+    ("GET", "/trust-policies", None, READ_INVENTORY),
+    ("DELETE", "/trust-policies/no-such", None, MANAGE),
     ("POST", "/kek/rotate", {"unexpected": 1}, MANAGE),
     ("POST", "/doctor", {"unexpected": 1}, MANAGE),
 ]
@@ -43,7 +49,8 @@ MATRIX = [
 def keys(airlock):
     out = {"owner": airlock.admin}
     for role in ROLES[1:]:
-        v = airlock.cli_json("admin-key", "create", f"matrix-{role}", "--role", role)
+        grant = ["--env", "prod", "--model", "gpt-4o-mini", "--max-ttl", "10m"] if role == "developer" else []
+        v = airlock.cli_json("admin-key", "create", f"matrix-{role}", "--role", role, *grant)
         assert v["role"] == role and v["key"].startswith("alk_admin_")
         out[role] = v["key"]
     return out
@@ -78,3 +85,38 @@ def test_admin_keys_are_shown_once_and_revocable(airlock, keys):
     owner_id = next(k["id"] for k in listed if k["role"] == "owner")
     r = airlock.cli("admin-key", "revoke", owner_id)
     assert r.returncode == 2 and "last active owner" in r.stderr, r.stderr
+
+
+def test_developers_mint_only_within_their_grant(airlock, keys):
+    with httpx.Client(timeout=10) as c:
+        def mint(body):
+            r = c.post(airlock.url + "/admin/v1/tokens", json=body,
+                       headers={"authorization": f"Bearer {keys['developer']}"})
+            airlock.captured.append(r.content)
+            return r
+        r = mint({})
+        assert r.status_code == 201, r.text
+        t = r.json()
+        # The whole grant when nothing is asked; named after the developer, not a chosen subject.
+        assert t["env"] == "prod" and t["models"] == ["gpt-4o-mini"] and t["subject"] == "admin:matrix-developer"
+        assert t["expires_at_unix"] - __import__("time").time() <= 600 + 5
+        out = airlock.openai(t["token"]).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert out.choices[0].message.content
+        assert mint({"models": ["gpt-4o-mini"], "ttl": "5m"}).status_code == 201
+        for body, word in [({"models": ["*"]}, "outside your scope"),
+                           ({"models": ["gpt-*"]}, "outside your scope"),
+                           ({"env": "eval"}, "outside your scope"),
+                           ({"ttl": "1h"}, "maximum"),
+                           ({"subject": "someone-else"}, "own name")]:
+            r = mint(body)
+            assert r.status_code == 403, (body, r.text)
+            assert word in r.json()["error"]["message"], (body, r.text)
+    # A developer key needs a grant; other roles take none.
+    r = airlock.cli("admin-key", "create", "dev-without-grant", "--role", "developer")
+    assert r.returncode == 2 and "grant" in r.stderr, r.stderr
+    r = airlock.cli("admin-key", "create", "admin-with-grant", "--role", "admin", "--env", "prod")
+    assert r.returncode == 2 and "only developer keys" in r.stderr, r.stderr
+    listed = airlock.cli_json("admin-key", "list")["admin_keys"]
+    dev = next(k for k in listed if k["name"] == "matrix-developer")
+    assert dev["grant"] == {"env": "prod", "models": ["gpt-4o-mini"], "credentials": [], "max_ttl_secs": 600}

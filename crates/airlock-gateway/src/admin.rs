@@ -8,8 +8,7 @@ use crate::dialect::{ApiError, Dialect};
 use crate::providers::ProviderKind;
 use crate::state::{now_ms, App};
 use airlock_secrets::{Secret, SecretRef};
-use airlock_store::{CredentialRow, StoreError, TokenRow};
-use airlock_token::{MintOptions, TokenError};
+use airlock_store::{CredentialRow, StoreError};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +17,6 @@ use axum::{Json, Router};
 use http::{Request, StatusCode};
 use serde::Deserialize;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 /// Prefix of admin keys.
 pub const ADMIN_KEY_PREFIX: &str = "alk_admin_";
@@ -54,9 +52,8 @@ impl Role {
 
 const MANAGE: &[Role] = &[Role::Owner, Role::Admin];
 const READ_INVENTORY: &[Role] = &[Role::Owner, Role::Admin, Role::Auditor, Role::Viewer];
-// Developers join once scoped grants exist (issue 6); until then minting is for managers only,
-// since a mint request names its own scope.
-const MINT: &[Role] = &[Role::Owner, Role::Admin];
+// Developers mint only within the grant their key carries (checked in `mint_token`).
+const MINT: &[Role] = &[Role::Owner, Role::Admin, Role::Developer];
 const READ_TOKENS: &[Role] = &[Role::Owner, Role::Admin, Role::Auditor];
 const MATCH_SECRETS: &[Role] = &[Role::Owner, Role::Admin, Role::Auditor];
 const READ_AUDIT: &[Role] = &[Role::Owner, Role::Admin, Role::Auditor];
@@ -72,6 +69,8 @@ pub struct Caller {
     pub name: String,
     /// Its role.
     pub role: Role,
+    /// A developer key's grant: the scope it may mint within.
+    pub grant: Option<crate::identity::Scope>,
 }
 
 fn err(status: StatusCode, code: &'static str, msg: impl Into<String>) -> Response {
@@ -113,10 +112,15 @@ async fn caller(app: &App, headers: &http::HeaderMap) -> Result<Caller, Response
             "admin key has an unknown role",
         )
     })?;
+    let grant = row
+        .grant
+        .as_deref()
+        .and_then(|g| serde_json::from_str(g).ok());
     Ok(Caller {
         key_id: row.id,
         name: row.name,
         role,
+        grant,
     })
 }
 
@@ -368,6 +372,42 @@ pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
             g(MANAGE, Some("kek.rotate"), post(rotate_kek)),
         )
         .route("/tokens", g(MINT, Some("token.mint"), post(mint_token)))
+        .route(
+            "/service-accounts",
+            g(
+                MANAGE,
+                Some("service_account.create"),
+                post(create_service_account),
+            ),
+        )
+        .route(
+            "/service-accounts",
+            g(READ_TOKENS, None, get(list_service_accounts)),
+        )
+        .route(
+            "/trust-policies",
+            g(MANAGE, Some("trust_policy.add"), post(add_trust_policy)),
+        )
+        .route(
+            "/trust-policies",
+            g(READ_INVENTORY, None, get(list_trust_policies)),
+        )
+        .route(
+            "/trust-policies/{name}",
+            g(
+                MANAGE,
+                Some("trust_policy.remove"),
+                delete(remove_trust_policy),
+            ),
+        )
+        .route(
+            "/service-accounts/{id}/revoke",
+            g(
+                MANAGE,
+                Some("service_account.revoke"),
+                post(revoke_service_account),
+            ),
+        )
         .route("/tokens", g(READ_TOKENS, None, get(list_tokens)))
         .route(
             "/tokens/{id}/revoke",
@@ -418,7 +458,7 @@ async fn rejections_as_json(resp: Response) -> Response {
 /// A deserializer's message with the values it quotes left out: they are the caller's input,
 /// which may be a secret (`{"candidates": "sk-…"}`), and the message is also audited. Short
 /// backticked names (field names) stay, so the message still says what was wrong.
-fn without_values(text: &str) -> String {
+pub(crate) fn without_values(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find(['"', '`']) {
@@ -483,7 +523,7 @@ fn store_err(e: StoreError) -> Response {
     }
 }
 
-fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     // A key pasted where a name belongs would be stored and audited: refused.
     !airlock_secrets::looks_like_key(s)
         && !s.is_empty()
@@ -793,6 +833,14 @@ async fn incident_report(State(app): State<Arc<App>>, Query(q): Query<ReportQuer
 struct NewAdminKey {
     name: String,
     role: String,
+    /// A developer's grant: the environment, models, credentials and longest TTL their
+    /// tokens may have. Required for developers, refused for other roles.
+    env: Option<String>,
+    #[serde(default)]
+    models: Vec<String>,
+    #[serde(default)]
+    credentials: Vec<String>,
+    max_ttl: Option<String>,
 }
 
 /// `admin-key create`: the key is shown once; only its keyed hash is stored.
@@ -810,7 +858,41 @@ async fn create_admin_key_api(State(app): State<Arc<App>>, Json(k): Json<NewAdmi
             k.role
         ));
     };
-    match create_admin_key(&app.store, &app.hmac, &k.name, role).await {
+    let has_grant =
+        k.env.is_some() || !k.models.is_empty() || !k.credentials.is_empty() || k.max_ttl.is_some();
+    let grant = match (role, k.env.as_deref()) {
+        (Role::Developer, None) => {
+            return bad(
+                "a developer key needs a grant: --env ENV [--model GLOB]… [--credential NAME]… [--max-ttl D]"
+                    .into(),
+            )
+        }
+        (Role::Developer, Some(env)) => {
+            let max_ttl = match k.max_ttl.as_deref().map(humantime::parse_duration) {
+                None => None,
+                Some(Ok(d)) => Some(d),
+                Some(Err(e)) => return bad(format!("max_ttl: {e} (examples: 15m, 1h)")),
+            };
+            match crate::identity::Scope::new(
+                app.cfg.max_ttl().unwrap_or(airlock_token::MAX_TTL),
+                env,
+                crate::identity::split_list(k.models),
+                crate::identity::split_list(k.credentials),
+                max_ttl,
+            ) {
+                Ok(s) => Some(s),
+                Err(e) => return bad(format!("grant: {e}")),
+            }
+        }
+        _ if has_grant => {
+            return bad(format!(
+                "only developer keys carry a grant; a {} key is not limited by one",
+                k.role
+            ))
+        }
+        _ => None,
+    };
+    match create_admin_key(&app.store, &app.hmac, &k.name, role, grant.as_ref()).await {
         Ok(key) => {
             let id = key
                 .strip_prefix(ADMIN_KEY_PREFIX)
@@ -827,13 +909,18 @@ async fn create_admin_key_api(State(app): State<Arc<App>>, Json(k): Json<NewAdmi
                     target_kind: Some("admin_key".into()),
                     target: Some(id.clone()),
                     outcome: "ok".into(),
-                    reason: Some(format!("role {} for `{}`", k.role, k.name)),
+                    reason: Some(match &grant {
+                        Some(g) => {
+                            format!("role {} for `{}` within {}", k.role, k.name, g.describe())
+                        }
+                        None => format!("role {} for `{}`", k.role, k.name),
+                    }),
                     ..Default::default()
                 }),
             );
             (
                 StatusCode::CREATED,
-                Json(serde_json::json!({"id": id, "name": k.name, "role": k.role, "key": key})),
+                                Json(serde_json::json!({"id": id, "name": k.name, "role": k.role, "grant": grant, "key": key})),
             )
                 .into_response()
         }
@@ -843,10 +930,7 @@ async fn create_admin_key_api(State(app): State<Arc<App>>, Json(k): Json<NewAdmi
 
 async fn list_admin_keys(State(app): State<Arc<App>>) -> Response {
     match app.store.list_admin_keys().await {
-        Ok(rows) => Json(serde_json::json!({"admin_keys": rows.iter().map(|(id, name, role, created, revoked)| serde_json::json!({
-            "id": id, "name": name, "role": role, "created_at": created, "revoked_at": revoked,
-        })).collect::<Vec<_>>()}))
-        .into_response(),
+        Ok(rows) => Json(serde_json::json!({ "admin_keys": rows })).into_response(),
         Err(e) => store_err(e),
     }
 }
@@ -995,115 +1079,205 @@ async fn mint_token(
     axum::Extension(c): axum::Extension<Caller>,
     Json(m): Json<Mint>,
 ) -> Response {
+    use crate::identity::{issue, split_list, Ask, Origin};
     let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
-    let default_ttl = app.cfg.default_ttl().unwrap_or(airlock_token::DEFAULT_TTL);
-    let max_ttl = app.cfg.max_ttl().unwrap_or(airlock_token::MAX_TTL);
     let ttl = match m.ttl.as_deref().map(humantime::parse_duration) {
-        None => default_ttl,
-        Some(Ok(d)) => d,
+        None => None,
+        Some(Ok(d)) => Some(d),
         Some(Err(e)) => return bad(format!("ttl: {e} (examples: 15m, 1h, 24h)")),
     };
-    if ttl > max_ttl {
+    // A developer mints only within the grant on their key, and only for themselves.
+    let bound = match c.role {
+        Role::Developer => match &c.grant {
+            Some(g) => Some(g),
+            None => {
+                return err(
+                    StatusCode::FORBIDDEN,
+                    "no_grant",
+                    "this developer key carries no grant; ask an owner for a key made with --env/--model",
+                )
+            }
+        },
+        _ => None,
+    };
+    if bound.is_some() && m.subject.is_some() {
+        return err(
+            StatusCode::FORBIDDEN,
+            "outside_scope",
+            "developers mint tokens in their own name; leave out subject",
+        );
+    }
+    let origin = Origin {
+        subject: m.subject.unwrap_or_else(|| format!("admin:{}", c.name)),
+        minted_by: c.key_id.clone(),
+        claims: None,
+    };
+    let ask = Ask {
+        env: m.env,
+        models: split_list(m.models),
+        credentials: split_list(m.credentials),
+        ttl,
+    };
+    match issue(&app, bound, ask, origin).await {
+        Ok(issued) => (StatusCode::CREATED, Json(issued.json())).into_response(),
+        Err(e) => e.render(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewServiceAccount {
+    name: String,
+    env: String,
+    #[serde(default)]
+    models: Vec<String>,
+    #[serde(default)]
+    credentials: Vec<String>,
+    max_ttl: Option<String>,
+}
+
+/// `service-account create`: the key is shown once; only its keyed hash is stored.
+async fn create_service_account(
+    State(app): State<Arc<App>>,
+    axum::Extension(c): axum::Extension<Caller>,
+    Json(n): Json<NewServiceAccount>,
+) -> Response {
+    let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
+    if !valid_name(&n.name) {
         return bad(format!(
-            "ttl {} exceeds this server's maximum of {}",
-            humantime::format_duration(ttl),
-            humantime::format_duration(max_ttl)
+            "service account name `{}`: use 1-64 letters, digits, '-', '_' or '.'",
+            n.name
         ));
     }
-    let set = app.creds.load();
-    let env = match m.env {
-        Some(e) => e,
-        None => {
-            let envs: std::collections::BTreeSet<&str> =
-                set.all.iter().map(|c| c.env.as_str()).collect();
-            match envs.len() {
-                1 => envs.into_iter().next().unwrap_or_default().to_string(),
-                0 => {
-                    return bad(
-                        "no credentials exist yet; add one first (airlock credential add)".into(),
-                    )
-                }
-                _ => {
-                    return bad(format!(
-                        "several environments exist ({}); choose one with --env",
-                        envs.into_iter().collect::<Vec<_>>().join(", ")
-                    ))
-                }
-            }
-        }
+    let max_ttl = match n.max_ttl.as_deref().map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => return bad(format!("max_ttl: {e} (examples: 15m, 1h)")),
     };
-    for name in &m.credentials {
+    let scope = match crate::identity::Scope::new(
+        app.cfg.max_ttl().unwrap_or(airlock_token::MAX_TTL),
+        &n.env,
+        crate::identity::split_list(n.models),
+        crate::identity::split_list(n.credentials),
+        max_ttl,
+    ) {
+        Ok(s) => s,
+        Err(e) => return bad(e),
+    };
+    let set = app.creds.load();
+    let mut warnings = Vec::new();
+    for name in &scope.credentials {
         match set.get(name) {
-            None => return bad(format!("unknown credential `{name}`")),
-            Some(cr) if cr.env != env => {
-                return bad(format!(
-                "credential `{name}` is in environment `{}`, not `{env}`; environments never cross",
-                cr.env
-            ))
-            }
+            None => warnings.push(format!("no credential `{name}` exists yet")),
+            Some(cr) if cr.env != scope.env => return bad(format!(
+                "credential `{name}` is in environment `{}`, not `{}`; environments never cross",
+                cr.env, scope.env
+            )),
             Some(_) => {}
         }
     }
-    let models = if m.models.is_empty() {
-        vec!["*".to_string()]
-    } else {
-        m.models
+    match crate::identity::create_service_account(&app, &n.name, &scope, &c.key_id).await {
+        Ok((row, key)) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({
+                "id": row.id,
+                "name": row.name,
+                "scope": scope,
+                "key": key,
+                "warnings": warnings,
+            })),
+        )
+            .into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn list_service_accounts(State(app): State<Arc<App>>) -> Response {
+    match app.store.list_service_accounts().await {
+        Ok(rows) => Json(serde_json::json!({ "service_accounts": rows })).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn revoke_service_account(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    match app.store.revoke_service_account(&id, now_ms()).await {
+        // Tokens it already minted live out their (short) lifetimes unless revoked too.
+        Ok(Some(id)) => Json(serde_json::json!({ "revoked": id, "id": id })).into_response(),
+        Ok(None) => err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no active service account with id or name `{id}`"),
+        ),
+        Err(e) => store_err(e),
+    }
+}
+
+/// `trust add`: a policy in the same shape as a `[[trust]]` table.
+async fn add_trust_policy(
+    State(app): State<Arc<App>>,
+    axum::Extension(c): axum::Extension<Caller>,
+    Json(p): Json<crate::oidc::TrustPolicy>,
+) -> Response {
+    let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
+    if app.cfg.trust.iter().any(|t| t.name == p.name) {
+        return err(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "trust policy `{}` is defined in the configuration file",
+                p.name
+            ),
+        );
+    }
+    let compiled = match p
+        .clone()
+        .compile("api", app.cfg.max_ttl().unwrap_or(airlock_token::MAX_TTL))
+    {
+        Ok(c) => c,
+        Err(e) => return bad(e),
     };
-    let opts = MintOptions {
-        subject: m.subject.unwrap_or_else(|| format!("admin:{}", c.name)),
-        env: env.clone(),
-        models: models.clone(),
-        credentials: m.credentials.clone(),
-        ttl,
-    };
-    let minted = match airlock_token::mint(app.verifier.load().keys(), &opts, SystemTime::now()) {
-        Ok(t) => t,
-        Err(TokenError::Invalid(e)) => return bad(e),
-        Err(e) => {
-            return err(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "mint_failed",
-                e.to_string(),
-            )
-        }
-    };
-    let row = TokenRow {
-        id: minted.id.clone(),
-        subject: opts.subject.clone(),
-        env: env.clone(),
-        models,
-        credentials: m.credentials,
-        key_id: i64::from(minted.key_id),
+    let row = airlock_store::TrustPolicyRow {
+        name: p.name.clone(),
+        policy: serde_json::to_value(&p).unwrap_or_default(),
         created_at: now_ms(),
-        expires_at: minted.expires_at as i64,
-        revoked_at: None,
-        minted_by: c.key_id,
+        created_by: c.key_id.clone(),
     };
-    if let Err(e) = app.store.insert_token(&row).await {
+    if let Err(e) = app.store.insert_trust_policy(&row).await {
         return store_err(e);
     }
-    let mut warnings = Vec::new();
-    if !set.all.iter().any(|cr| cr.env == env) {
-        warnings.push(format!(
-            "no credential is tagged `{env}` yet, so this token cannot reach any model"
-        ));
+    if let Err(e) = app.reload_trust().await {
+        tracing::error!(error = %e, "cannot reload trust policies");
     }
-    tracing::info!(token_id = %minted.id, env = %env, "token minted");
-    (
-        StatusCode::CREATED,
-        Json(serde_json::json!({
-            "token": minted.token,
-            "id": minted.id,
-            "expires_at": airlock_token::rfc3339(minted.expires_at),
-            "expires_at_unix": minted.expires_at,
-            "env": env,
-            "subject": row.subject,
-            "models": row.models,
-            "credentials": row.credentials,
-            "warnings": warnings,
-        })),
-    )
-        .into_response()
+    (StatusCode::CREATED, Json(compiled.listing())).into_response()
+}
+
+async fn list_trust_policies(State(app): State<Arc<App>>) -> Response {
+    let list: Vec<serde_json::Value> = app.trust.load().iter().map(|c| c.listing()).collect();
+    Json(serde_json::json!({ "trust_policies": list })).into_response()
+}
+
+async fn remove_trust_policy(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    if app.cfg.trust.iter().any(|t| t.name == name) {
+        return err(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("trust policy `{name}` is defined in the configuration file; remove it there"),
+        );
+    }
+    match app.store.delete_trust_policy(&name).await {
+        Ok(true) => {
+            if let Err(e) = app.reload_trust().await {
+                tracing::error!(error = %e, "cannot reload trust policies");
+            }
+            Json(serde_json::json!({ "removed": name, "name": name })).into_response()
+        }
+        Ok(false) => err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no trust policy `{name}` was added through the API"),
+        ),
+        Err(e) => store_err(e),
+    }
 }
 
 #[derive(Deserialize)]
@@ -1197,6 +1371,7 @@ pub async fn create_admin_key(
     hmac: &airlock_secrets::HmacKey,
     name: &str,
     role: Role,
+    grant: Option<&crate::identity::Scope>,
 ) -> Result<String, StoreError> {
     let id = airlock_secrets::random_token(6);
     // Returned to the caller once and never stored: only its keyed hash is.
@@ -1204,7 +1379,14 @@ pub async fn create_admin_key(
     let hash = hmac.key_hash(secret.as_bytes());
     let role_s = format!("{role:?}").to_lowercase();
     store
-        .insert_admin_key(&id, name, &role_s, &hash, now_ms())
+        .insert_admin_key(
+            &id,
+            name,
+            &role_s,
+            &hash,
+            grant.and_then(|g| serde_json::to_string(g).ok()).as_deref(),
+            now_ms(),
+        )
         .await?;
     Ok(format!("{ADMIN_KEY_PREFIX}{id}_{}", secret.as_str()))
 }

@@ -41,6 +41,13 @@ pub struct Config {
     /// Rotation policy.
     #[serde(default)]
     pub rotation: RotationConfig,
+    /// Token exchange (`POST /v1/token/exchange`) timing.
+    #[serde(default)]
+    pub oidc: OidcConfig,
+    /// Trust policies: which workload identity tokens are exchanged for which airlock tokens
+    /// (`[[trust]]` tables; more can be added through the admin API).
+    #[serde(default)]
+    pub trust: Vec<crate::oidc::TrustPolicy>,
     /// Prices per model pattern, in US dollars per million tokens, for spend in the audit log
     /// and the inventory: `[pricing."gpt-4o-mini"] input = 0.15, output = 0.60`.
     #[serde(default)]
@@ -95,6 +102,32 @@ impl AuditConfig {
             other => Err(format!(
                 "audit.on_failure = \"{other}\": use \"closed\" (refuse unaudited requests) or \"open\""
             )),
+        }
+    }
+}
+
+/// `[oidc]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, seconds.
+    pub leeway_secs: u64,
+    /// How long an issuer's keys are used before they are fetched again.
+    pub jwks_cache_secs: u64,
+    /// The shortest gap between two fetches of one issuer's keys (a token naming an unknown
+    /// `kid` triggers a fetch, so this bounds what forged tokens can make airlock do).
+    pub jwks_min_refetch_secs: u64,
+    /// Timeout of each discovery or JWKS request.
+    pub fetch_timeout_secs: f64,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        OidcConfig {
+            leeway_secs: 60,
+            jwks_cache_secs: 3600,
+            jwks_min_refetch_secs: 10,
+            fetch_timeout_secs: 5.0,
         }
     }
 }
@@ -342,6 +375,7 @@ const TOP_KEYS: &[&str] = &[
     "secrets",
     "audit",
     "rotation",
+    "oidc",
     "pricing",
 ];
 
@@ -440,6 +474,20 @@ impl Config {
                     "pricing.\"{pattern}\": prices must be non-negative numbers"
                 ));
             }
+        }
+        if !(self.oidc.fetch_timeout_secs > 0.0 && self.oidc.fetch_timeout_secs <= 60.0)
+            || self.oidc.leeway_secs > 300
+        {
+            return Err(
+                "[oidc] fetch_timeout_secs must be in (0, 60] and leeway_secs at most 300".into(),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for p in &self.trust {
+            if !names.insert(p.name.as_str()) {
+                return Err(format!("[[trust]] name `{}` is used twice", p.name));
+            }
+            p.clone().compile("config", m)?;
         }
         if self.limits.max_body_bytes < 1024 {
             return Err("limits.max_body_bytes must be at least 1024".into());

@@ -5,8 +5,12 @@ pub mod admin;
 pub mod config;
 pub mod credentials;
 pub mod dialect;
+pub mod identity;
+
 pub mod incident;
 pub mod mock;
+pub mod oidc;
+
 pub mod policy;
 pub mod providers;
 pub mod proxy;
@@ -156,8 +160,13 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         recorder,
         model_lists: Default::default(),
         started: Instant::now(),
+        trust: ArcSwap::from_pointee(Vec::new()),
+        jwks: Default::default(),
         state_lock,
     });
+    app.reload_trust()
+        .await
+        .map_err(|e| anyhow::anyhow!("trust policies: {e}"))?;
     app.reload_credentials().await?;
     app.reload_revocations().await?;
     spawn_revocation_refresh(Arc::downgrade(&app));
@@ -273,7 +282,8 @@ pub async fn init(dir: &Path, listen: &str) -> anyhow::Result<Initialized> {
         airlock_secretstore::sealed::Keyfile::add_version(&p).map_err(anyhow::Error::msg)?;
     }
     let store = Store::open(&cfg.store_url()).await?;
-    let admin_token = admin::create_admin_key(&store, &hmac, "owner", admin::Role::Owner).await?;
+    let admin_token =
+        admin::create_admin_key(&store, &hmac, "owner", admin::Role::Owner, None).await?;
     std::fs::write(&cfg_path, text)?;
     Ok(Initialized {
         config: cfg_path,

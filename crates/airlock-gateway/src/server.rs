@@ -55,6 +55,22 @@ pub fn router(app: Arc<App>) -> Router {
                 },
             ),
         )
+        .route(
+            "/v1/token",
+            post(|State(app): State<Arc<App>>, req: Request<Body>| {
+                crate::identity::mint_for_service_account(app, req)
+            }),
+        )
+        .route(
+            "/v1/token/exchange",
+            post(|State(app): State<Arc<App>>, req: Request<Body>| crate::oidc::exchange(app, req)),
+        )
+        .route(
+            "/v1/token/revoke",
+            post(|State(app): State<Arc<App>>, req: Request<Body>| {
+                crate::identity::revoke_self(app, req)
+            }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -49,6 +49,10 @@ pub struct App {
     pub model_lists: Mutex<HashMap<String, (Instant, Vec<String>)>>,
     /// When the server started.
     pub started: Instant,
+    /// Trust policies for token exchange (configuration's, then the API's).
+    pub trust: ArcSwap<Vec<Arc<crate::oidc::Compiled>>>,
+    /// OIDC issuers' signing keys.
+    pub jwks: crate::oidc::JwksCache,
     /// Held for the server's life: one server per state directory (a second one would append
     /// to the same audit log).
     pub state_lock: std::fs::File,
@@ -100,6 +104,13 @@ impl App {
         let _serial = self.revocation_lock.lock().await;
         let ids = self.store.revoked_token_ids(now_ms() / 1000).await?;
         self.revoked.store(Arc::new(ids.into_iter().collect()));
+        Ok(())
+    }
+
+    /// Rebuilds the trust policy list (after a change through the API).
+    pub async fn reload_trust(&self) -> Result<(), String> {
+        let list = crate::oidc::load_policies(self).await?;
+        self.trust.store(Arc::new(list));
         Ok(())
     }
 

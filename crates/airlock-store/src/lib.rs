@@ -205,8 +205,12 @@ pub struct TokenRow {
     pub expires_at: i64,
     /// Unix milliseconds.
     pub revoked_at: Option<i64>,
-    /// Admin key id that minted it.
+    /// Who minted it: an admin key id, `sa:<id>` (a service account) or `trust:<policy>` (an
+    /// exchanged workload identity).
     pub minted_by: String,
+    /// The claims of the identity token that satisfied a trust policy (exchange only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claims: Option<serde_json::Value>,
 }
 
 /// An admin API key (hash only).
@@ -222,6 +226,60 @@ pub struct AdminKeyRow {
     pub hash: String,
     /// Unix milliseconds.
     pub revoked_at: Option<i64>,
+    /// A developer key's grant (JSON scope), if any.
+    pub grant: Option<String>,
+}
+
+/// An admin key as listed (no hash).
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminKeyInfo {
+    /// Public id part of the key.
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// Role name.
+    pub role: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub revoked_at: Option<i64>,
+    /// A developer key's grant.
+    pub grant: Option<serde_json::Value>,
+}
+
+/// A service account (hash never leaves the store except for the key check).
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceAccountRow {
+    /// Public id part of the key.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// What its tokens may do (JSON scope).
+    pub scope: serde_json::Value,
+    /// Keyed hash of the secret part.
+    #[serde(skip)]
+    pub hash: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Admin key id that created it.
+    pub created_by: String,
+    /// Unix milliseconds.
+    pub last_used_at: Option<i64>,
+    /// Unix milliseconds.
+    pub revoked_at: Option<i64>,
+}
+
+/// A trust policy added through the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrustPolicyRow {
+    /// Name.
+    pub name: String,
+    /// The policy (JSON).
+    pub policy: serde_json::Value,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Admin key id that added it.
+    pub created_by: String,
 }
 
 /// One finished request.
@@ -1095,8 +1153,8 @@ impl Store {
     /// Records a minted token's metadata.
     pub async fn insert_token(&self, t: &TokenRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO tokens (id, subject, env, models, credentials, key_id, created_at, expires_at, minted_by)
-             VALUES (?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO tokens (id, subject, env, models, credentials, key_id, created_at, expires_at, minted_by, claims)
+             VALUES (?,?,?,?,?,?,?,?,?,?)",
         )
         .bind(&t.id)
         .bind(&t.subject)
@@ -1106,7 +1164,8 @@ impl Store {
         .bind(t.key_id)
         .bind(t.created_at)
         .bind(t.expires_at)
-        .bind(&t.minted_by)
+                .bind(&t.minted_by)
+        .bind(t.claims.as_ref().map(|c| c.to_string()))
         .execute(&self.pool)
         .await
         .map_err(db("insert token"))?;
@@ -1136,6 +1195,9 @@ impl Store {
                 expires_at: r.get("expires_at"),
                 revoked_at: r.get("revoked_at"),
                 minted_by: r.get("minted_by"),
+                claims: r
+                    .get::<Option<&str>, _>("claims")
+                    .and_then(|c| serde_json::from_str(c).ok()),
             })
             .collect())
     }
@@ -1171,13 +1233,17 @@ impl Store {
         name: &str,
         role: &str,
         hash: &str,
+        grant: Option<&str>,
         now_ms: i64,
     ) -> Result<()> {
-        sqlx::query("INSERT INTO admin_keys (id, name, role, hash, created_at) VALUES (?,?,?,?,?)")
+        sqlx::query(
+            "INSERT INTO admin_keys (id, name, role, hash, grant_scope, created_at) VALUES (?,?,?,?,?,?)",
+        )
             .bind(id)
             .bind(name)
             .bind(role)
             .bind(hash)
+            .bind(grant)
             .bind(now_ms)
             .execute(&self.pool)
             .await
@@ -1187,41 +1253,181 @@ impl Store {
 
     /// Looks up an admin key by its public id.
     pub async fn admin_key(&self, id: &str) -> Result<Option<AdminKeyRow>> {
-        let row =
-            sqlx::query("SELECT id, name, role, hash, revoked_at FROM admin_keys WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db("get admin key"))?;
+        let row = sqlx::query(
+            "SELECT id, name, role, hash, revoked_at, grant_scope FROM admin_keys WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("get admin key"))?;
         Ok(row.map(|r| AdminKeyRow {
             id: r.get("id"),
             name: r.get("name"),
             role: r.get("role"),
             hash: r.get("hash"),
             revoked_at: r.get("revoked_at"),
+            grant: r.get("grant_scope"),
         }))
     }
 
-    /// Every admin key (no hashes), oldest first: (id, name, role, created_at, revoked_at).
-    pub async fn list_admin_keys(&self) -> Result<Vec<(String, String, String, i64, Option<i64>)>> {
+    /// Every admin key (no hashes), oldest first.
+    pub async fn list_admin_keys(&self) -> Result<Vec<AdminKeyInfo>> {
         let rows = sqlx::query(
-            "SELECT id, name, role, created_at, revoked_at FROM admin_keys ORDER BY created_at, id",
+            "SELECT id, name, role, created_at, revoked_at, grant_scope FROM admin_keys ORDER BY created_at, id",
         )
         .fetch_all(&self.pool)
         .await
         .map_err(db("list admin keys"))?;
         Ok(rows
             .iter()
-            .map(|r| {
-                (
-                    r.get("id"),
-                    r.get("name"),
-                    r.get("role"),
-                    r.get("created_at"),
-                    r.get("revoked_at"),
-                )
+            .map(|r| AdminKeyInfo {
+                id: r.get("id"),
+                name: r.get("name"),
+                role: r.get("role"),
+                created_at: r.get("created_at"),
+                revoked_at: r.get("revoked_at"),
+                grant: r
+                    .get::<Option<&str>, _>("grant_scope")
+                    .and_then(|g| serde_json::from_str(g).ok()),
             })
             .collect())
+    }
+
+    // ---- service accounts -------------------------------------------------------------
+
+    /// Stores a new service account; `Conflict` when an active one has the name.
+    pub async fn insert_service_account(&self, s: &ServiceAccountRow) -> Result<()> {
+        let r = sqlx::query(
+            "INSERT INTO service_accounts (id, name, scope, hash, created_at, created_by) VALUES (?,?,?,?,?,?)",
+        )
+        .bind(&s.id)
+        .bind(&s.name)
+        .bind(s.scope.to_string())
+        .bind(&s.hash)
+        .bind(s.created_at)
+        .bind(&s.created_by)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
+                format!("an active service account named `{}`", s.name),
+            )),
+            Err(e) => Err(db("insert service account")(e)),
+        }
+    }
+
+    fn service_account_from(r: &sqlx::sqlite::SqliteRow) -> ServiceAccountRow {
+        ServiceAccountRow {
+            id: r.get("id"),
+            name: r.get("name"),
+            scope: serde_json::from_str(r.get::<&str, _>("scope")).unwrap_or_default(),
+            hash: r.get("hash"),
+            created_at: r.get("created_at"),
+            created_by: r.get("created_by"),
+            last_used_at: r.get("last_used_at"),
+            revoked_at: r.get("revoked_at"),
+        }
+    }
+
+    /// A service account by its key's public id.
+    pub async fn service_account(&self, id: &str) -> Result<Option<ServiceAccountRow>> {
+        let row = sqlx::query("SELECT * FROM service_accounts WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("get service account"))?;
+        Ok(row.as_ref().map(Self::service_account_from))
+    }
+
+    /// Every service account, oldest first.
+    pub async fn list_service_accounts(&self) -> Result<Vec<ServiceAccountRow>> {
+        let rows = sqlx::query("SELECT * FROM service_accounts ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list service accounts"))?;
+        Ok(rows.iter().map(Self::service_account_from).collect())
+    }
+
+    /// Revokes an active service account by id or name; returns its id, or None.
+    pub async fn revoke_service_account(
+        &self,
+        id_or_name: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "UPDATE service_accounts SET revoked_at = ?1
+              WHERE revoked_at IS NULL AND (id = ?2 OR name = ?2) RETURNING id",
+        )
+        .bind(now_ms)
+        .bind(id_or_name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("revoke service account"))?;
+        Ok(row.map(|r| r.get("id")))
+    }
+
+    /// Notes a service account's use (at most once a minute per account).
+    pub async fn touch_service_account(&self, id: &str, now_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE service_accounts SET last_used_at = ?1
+              WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at < ?1 - 60000)",
+        )
+        .bind(now_ms)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db("note service account use"))?;
+        Ok(())
+    }
+
+    // ---- trust policies ---------------------------------------------------------------
+
+    /// Adds a trust policy; `Conflict` when the name is taken.
+    pub async fn insert_trust_policy(&self, p: &TrustPolicyRow) -> Result<()> {
+        let r = sqlx::query(
+            "INSERT INTO trust_policies (name, policy, created_at, created_by) VALUES (?,?,?,?)",
+        )
+        .bind(&p.name)
+        .bind(p.policy.to_string())
+        .bind(p.created_at)
+        .bind(&p.created_by)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::Conflict(format!("trust policy `{}`", p.name)))
+            }
+            Err(e) => Err(db("insert trust policy")(e)),
+        }
+    }
+
+    /// Trust policies added through the API, oldest first.
+    pub async fn list_trust_policies(&self) -> Result<Vec<TrustPolicyRow>> {
+        let rows = sqlx::query("SELECT * FROM trust_policies ORDER BY created_at, name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list trust policies"))?;
+        Ok(rows
+            .iter()
+            .map(|r| TrustPolicyRow {
+                name: r.get("name"),
+                policy: serde_json::from_str(r.get::<&str, _>("policy")).unwrap_or_default(),
+                created_at: r.get("created_at"),
+                created_by: r.get("created_by"),
+            })
+            .collect())
+    }
+
+    /// Removes a trust policy added through the API.
+    pub async fn delete_trust_policy(&self, name: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM trust_policies WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db("delete trust policy"))?;
+        Ok(r.rows_affected() > 0)
     }
 
     /// Revokes an admin key, unless it is the last active owner key (one statement, so two

@@ -241,7 +241,13 @@ fn decode(token: &str) -> Result<String, TokenError> {
         return Err(TokenError::Malformed("token is too long".into()));
     }
     let body = t.strip_prefix(TOKEN_PREFIX).ok_or_else(|| {
-        TokenError::Malformed("not an airlock token (airlock tokens start with alk_tok_)".into())
+        TokenError::Malformed(if t.starts_with("alk_sa_") {
+            "a service-account key cannot call models: exchange it for a token at POST /v1/token (airlock run does this)".into()
+        } else if t.starts_with("alk_admin_") {
+            "an admin key cannot call models: mint a token (airlock token mint) or use airlock run".into()
+        } else {
+            "not an airlock token (airlock tokens start with alk_tok_)".into()
+        })
     })?;
     if !body
         .bytes()

@@ -1,6 +1,9 @@
 //! Management commands over the admin API.
 
-use crate::{print_json, AdminKeyCmd, CredentialCmd, Failure, IncidentCmd, RunArgs, TokenCmd};
+use crate::{
+    print_json, AdminKeyCmd, CredentialCmd, Failure, IncidentCmd, RunArgs, ServiceAccountCmd,
+    TokenCmd, TrustCmd,
+};
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
@@ -275,58 +278,262 @@ async fn rotate_all(
 }
 
 /// `airlock run … -- CMD`: the command gets a token, never a provider key or the admin key.
+/// One call to a public (non-admin) endpoint; the answer's JSON, or a failure carrying the
+/// server's message (OAuth `error_description` or the API's `error.message`).
+async fn public_call(
+    client: &airlock_gateway::state::HttpClient,
+    method: Method,
+    uri: &str,
+    bearer: Option<&str>,
+    content_type: Option<&str>,
+    body: Bytes,
+) -> Result<Value, Failure> {
+    let mut b = Request::builder().method(method).uri(uri);
+    if let Some(t) = bearer {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(ct) = content_type {
+        b = b.header("content-type", ct);
+    }
+    let req = b
+        .body(Full::new(body))
+        .map_err(|e| Failure::usage(format!("bad address {uri}: {e}")))?;
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .map_err(|_| Failure::remote(format!("{uri} did not answer within 30s")))?
+        .map_err(|_| Failure::remote(format!("cannot reach {uri}")))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| Failure::remote(format!("reading the answer failed: {e}")))?
+        .to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if status.is_success() {
+        return Ok(v);
+    }
+    let msg = v
+        .pointer("/error/message")
+        .or_else(|| v.get("error_description"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("HTTP {status}"));
+    let code = v
+        .get("error")
+        .and_then(Value::as_str)
+        .map(|c| format!("{c}: "))
+        .unwrap_or_default();
+    Err(Failure {
+        code: if status.is_server_error() { 3 } else { 2 },
+        message: format!("{code}{msg}"),
+    })
+}
+
+/// Where `airlock run` gets its token.
+enum TokenSource {
+    /// An identity token read from a file, exchanged.
+    File(std::path::PathBuf),
+    /// GitHub Actions' identity token, requested and exchanged.
+    Github { url: String, bearer: String },
+    /// A service-account key.
+    ServiceAccount(String),
+    /// An admin key.
+    Admin,
+}
+
+fn token_source(r: &RunArgs) -> Result<TokenSource, Failure> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    if let Some(f) = &r.oidc_token_file {
+        return Ok(TokenSource::File(f.clone()));
+    }
+    if let (Some(url), Some(bearer)) = (
+        var("ACTIONS_ID_TOKEN_REQUEST_URL"),
+        var("ACTIONS_ID_TOKEN_REQUEST_TOKEN"),
+    ) {
+        return Ok(TokenSource::Github { url, bearer });
+    }
+    if let Some(k) = var("AIRLOCK_SERVICE_ACCOUNT_KEY") {
+        return Ok(TokenSource::ServiceAccount(k));
+    }
+    if var("AIRLOCK_ADMIN_TOKEN").is_some() {
+        return Ok(TokenSource::Admin);
+    }
+    Err(Failure::usage(
+        "no identity to get a token with: pass --oidc-token-file, run in GitHub Actions with `permissions: id-token: write`, or set AIRLOCK_SERVICE_ACCOUNT_KEY or AIRLOCK_ADMIN_TOKEN",
+    ))
+}
+
+/// `airlock run`: a token for the command, revoked when it ends.
 pub async fn run_with_token(r: RunArgs) -> Result<(), Failure> {
-    let admin = Admin::from_env()?;
-    // This process holds the admin key in its environment: a command of the same user could
-    // read it from /proc/PID/environ or attach to it. Not dumpable closes both.
+    // This process may hold an admin key, a service-account key or the platform's token
+    // request credential: a command of the same user could read them from
+    // /proc/PID/environ or attach to it. Not dumpable closes both.
     #[cfg(target_os = "linux")]
     if let Err(e) =
         rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
     {
         return Err(Failure::usage(format!(
-            "cannot protect the admin key from the command ({e}); not running it"
+            "cannot protect the keys from the command ({e}); not running it"
         )));
     }
-    if admin.url.starts_with("http://")
+    let source = token_source(&r)?;
+    let url = std::env::var("AIRLOCK_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:8400".into())
+        .trim_end_matches('/')
+        .to_string();
+    if url.starts_with("http://")
         && !["http://127.0.0.1", "http://localhost", "http://[::1]"]
             .iter()
-            .any(|p| admin.url.starts_with(p))
+            .any(|p| url.starts_with(p))
     {
-        eprintln!(
-            "airlock: warning: {} is plain HTTP; the token crosses the network in clear",
-            admin.url
-        );
+        eprintln!("airlock: warning: {url} is plain HTTP; the token crosses the network in clear");
     }
+    if r.subject.is_some() && !matches!(source, TokenSource::Admin) {
+        return Err(Failure::usage(
+            "--subject is for admin keys; a workload's token is named after its identity",
+        ));
+    }
+    let client = airlock_gateway::state::http_client(Duration::from_secs(5))
+        .map_err(|e| Failure::usage(e.to_string()))?;
     let program = r.cmd[0].clone();
-    let subject = r.subject.unwrap_or_else(|| {
-        let base = std::path::Path::new(&program)
-            .file_name()
-            .map(|b| b.to_string_lossy().to_string())
-            .unwrap_or_else(|| program.clone());
-        format!("run:{base}")
-    });
-    let ttl = r.ttl.unwrap_or_else(|| "15m".into());
-    let v = admin
-        .call(
-            Method::POST,
-            "/tokens",
-            Some(json!({"models": r.scope.models, "credentials": r.scope.credentials, "env": r.scope.env, "ttl": ttl, "subject": subject})),
-        )
-        .await?;
-    let token = zeroize::Zeroizing::new(s(&v, "token").to_string());
-    let id = s(&v, "id").to_string();
-    let status = run_child(&program, &r.cmd[1..], &admin.url, &token).await;
-    drop(token);
-    // Whatever happened to the command, its token is revoked.
-    if let Err(f) = admin
-        .call(Method::POST, &format!("/tokens/{id}/revoke"), None)
-        .await
+    // Unasked, a bounded identity gets its scope's default (at most its maximum); an admin
+    // key 15 minutes.
+    let ttl = r.ttl.clone();
+    let exchange = |jwt: zeroize::Zeroizing<String>| {
+        let mut scope: Vec<String> = Vec::new();
+        scope.extend(r.scope.models.iter().map(|m| format!("model:{m}")));
+        scope.extend(
+            r.scope
+                .credentials
+                .iter()
+                .map(|c| format!("credential:{c}")),
+        );
+        scope.extend(r.scope.env.iter().map(|e| format!("env:{e}")));
+        let mut form = vec![
+            ("grant_type", airlock_gateway::oidc::GRANT_TYPE.to_string()),
+            ("subject_token", jwt.to_string()),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:jwt".to_string(),
+            ),
+        ];
+        if let Some(t) = &ttl {
+            form.push(("ttl", t.clone()));
+        }
+        if !scope.is_empty() {
+            form.push(("scope", scope.join(" ")));
+        }
+        if let Some(p) = &r.policy {
+            form.push(("audience", p.clone()));
+        }
+        let body = zeroize::Zeroizing::new(serde_urlencoded::to_string(&form).unwrap_or_default());
+        let client = &client;
+        let uri = format!("{url}/v1/token/exchange");
+        async move {
+            let v = public_call(
+                client,
+                Method::POST,
+                &uri,
+                None,
+                Some("application/x-www-form-urlencoded"),
+                Bytes::from(body.as_bytes().to_vec()),
+            )
+            .await?;
+            Ok::<_, Failure>((
+                s(&v, "access_token").to_string(),
+                s(&v, "token_id").to_string(),
+            ))
+        }
+    };
+    let (token, id) = match &source {
+        TokenSource::File(path) => {
+            let jwt = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
+                    .trim()
+                    .to_string(),
+            );
+            exchange(jwt).await?
+        }
+        TokenSource::Github { url: req, bearer } => {
+            let sep = if req.contains('?') { '&' } else { '?' };
+            let aud: String =
+                serde_urlencoded::to_string([("audience", &r.oidc_audience)]).unwrap_or_default();
+            let v = public_call(
+                &client,
+                Method::GET,
+                &format!("{req}{sep}{aud}"),
+                Some(bearer),
+                None,
+                Bytes::new(),
+            )
+            .await
+            .map_err(|f| Failure {
+                code: f.code,
+                message: format!(
+                    "cannot get the GitHub Actions identity token: {}",
+                    f.message
+                ),
+            })?;
+            let jwt = zeroize::Zeroizing::new(s(&v, "value").to_string());
+            exchange(jwt).await?
+        }
+        TokenSource::ServiceAccount(key) => {
+            let body = json!({"models": r.scope.models, "credentials": r.scope.credentials, "env": r.scope.env, "ttl": ttl});
+            let v = public_call(
+                &client,
+                Method::POST,
+                &format!("{url}/v1/token"),
+                Some(key),
+                Some("application/json"),
+                Bytes::from(body.to_string()),
+            )
+            .await?;
+            (s(&v, "token").to_string(), s(&v, "id").to_string())
+        }
+        TokenSource::Admin => {
+            let admin = Admin::from_env()?;
+            let subject = r.subject.clone().unwrap_or_else(|| {
+                let base = std::path::Path::new(&program)
+                    .file_name()
+                    .map(|b| b.to_string_lossy().to_string())
+                    .unwrap_or_else(|| program.clone());
+                format!("run:{base}")
+            });
+            let v = admin
+                .call(
+                    Method::POST,
+                    "/tokens",
+                                        Some(json!({"models": r.scope.models, "credentials": r.scope.credentials, "env": r.scope.env, "ttl": ttl.clone().unwrap_or_else(|| "15m".into()), "subject": subject})),
+                )
+                .await?;
+            (s(&v, "token").to_string(), s(&v, "id").to_string())
+        }
+    };
+    if !token.starts_with(airlock_token::TOKEN_PREFIX) {
+        return Err(Failure::remote("the server's answer held no token"));
+    }
+    let token = zeroize::Zeroizing::new(token);
+    let status = run_child(&program, &r.cmd[1..], &url, &token).await;
+    // Whatever happened to the command, its token is revoked (by the token itself, so this
+    // works for every way of getting one).
+    if let Err(f) = public_call(
+        &client,
+        Method::POST,
+        &format!("{url}/v1/token/revoke"),
+        Some(&token),
+        None,
+        Bytes::new(),
+    )
+    .await
     {
         eprintln!(
             "airlock: could not revoke token {id} after the command: {}",
             f.message
         );
     }
+    drop(token);
     let status = status?;
     let code = status.code().unwrap_or_else(|| {
         #[cfg(unix)]
@@ -349,6 +556,166 @@ pub async fn run_with_token(r: RunArgs) -> Result<(), Failure> {
     }
 }
 
+/// `airlock service-account create|list|revoke`.
+pub async fn service_account(c: ServiceAccountCmd, json: bool) -> Result<(), Failure> {
+    let admin = Admin::from_env()?;
+    let v = match c {
+        ServiceAccountCmd::Create {
+            name,
+            env,
+            models,
+            credentials,
+            max_ttl,
+        } => {
+            let v = admin
+                .post(
+                    "/service-accounts",
+                    json!({"name": name, "env": env, "models": models, "credentials": credentials, "max_ttl": max_ttl}),
+                )
+                .await?;
+            if !json {
+                for w in v["warnings"].as_array().cloned().unwrap_or_default() {
+                    eprintln!("warning: {}", w.as_str().unwrap_or_default());
+                }
+                eprintln!(
+                    "service account {} ({}); its key, shown once:",
+                    s(&v, "name"),
+                    s(&v, "id")
+                );
+                println!("{}", s(&v, "key"));
+                return Ok(());
+            }
+            v
+        }
+        ServiceAccountCmd::List => {
+            let v = admin.get("/service-accounts").await?;
+            if !json {
+                println!(
+                    "{:<14} {:<24} {:<44} {:<22} REVOKED",
+                    "ID", "NAME", "SCOPE", "LAST USED"
+                );
+                for a in v["service_accounts"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    let sc = &a["scope"];
+                    let scope = format!(
+                        "{}: {} via {}",
+                        s(sc, "env"),
+                        list(sc, "models"),
+                        if list(sc, "credentials").is_empty() {
+                            "any".to_string()
+                        } else {
+                            list(sc, "credentials")
+                        }
+                    );
+                    println!(
+                        "{:<14} {:<24} {:<44} {:<22} {}",
+                        s(&a, "id"),
+                        s(&a, "name"),
+                        scope,
+                        ms(&a["last_used_at"]),
+                        ms(&a["revoked_at"])
+                    );
+                }
+                return Ok(());
+            }
+            v
+        }
+        ServiceAccountCmd::Revoke { id } => {
+            let v = admin
+                .post(&format!("/service-accounts/{id}/revoke"), json!({}))
+                .await?;
+            if !json {
+                println!("revoked service account {}", s(&v, "id"));
+                return Ok(());
+            }
+            v
+        }
+    };
+    print_json(&v);
+    Ok(())
+}
+
+/// `airlock trust add|list|remove`.
+pub async fn trust(c: TrustCmd, json: bool) -> Result<(), Failure> {
+    let admin = Admin::from_env()?;
+    let v = match c {
+        TrustCmd::Add { file } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| Failure::usage(format!("{}: {e}", file.display())))?;
+            let policy: Value = if text.trim_start().starts_with('{') {
+                serde_json::from_str(&text)
+                    .map_err(|e| Failure::usage(format!("{}: {e}", file.display())))?
+            } else {
+                let t: toml::Value = toml::from_str(&text)
+                    .map_err(|e| Failure::usage(format!("{}: {e}", file.display())))?;
+                // A file may hold the policy itself or one [[trust]] table.
+                let t = match t.get("trust").and_then(|a| a.as_array()) {
+                    Some(a) if a.len() == 1 => a[0].clone(),
+                    Some(_) => {
+                        return Err(Failure::usage(format!(
+                            "{}: put one policy per file",
+                            file.display()
+                        )))
+                    }
+                    None => t,
+                };
+                serde_json::to_value(t).map_err(|e| Failure::usage(e.to_string()))?
+            };
+            let v = admin.post("/trust-policies", policy).await?;
+            if !json {
+                println!(
+                    "trust policy {} added: tokens from {} with audience {} get {}",
+                    s(&v, "name"),
+                    s(&v, "issuer"),
+                    s(&v, "audience"),
+                    v["grant"]
+                );
+                return Ok(());
+            }
+            v
+        }
+        TrustCmd::List => {
+            let v = admin.get("/trust-policies").await?;
+            if !json {
+                println!(
+                    "{:<20} {:<8} {:<48} {:<12} GRANT",
+                    "NAME", "SOURCE", "ISSUER", "AUDIENCE"
+                );
+                for p in v["trust_policies"].as_array().cloned().unwrap_or_default() {
+                    let g = &p["grant"];
+                    println!(
+                        "{:<20} {:<8} {:<48} {:<12} {}: {} (≤ {})",
+                        s(&p, "name"),
+                        s(&p, "source"),
+                        s(&p, "issuer"),
+                        s(&p, "audience"),
+                        s(g, "env"),
+                        list(g, "models"),
+                        s(g, "max_ttl")
+                    );
+                }
+                return Ok(());
+            }
+            v
+        }
+        TrustCmd::Remove { name } => {
+            let v = admin
+                .call(Method::DELETE, &format!("/trust-policies/{name}"), None)
+                .await?;
+            if !json {
+                println!("removed trust policy {name}");
+                return Ok(());
+            }
+            v
+        }
+    };
+    print_json(&v);
+    Ok(())
+}
+
 /// Runs the command with the token; SIGINT, SIGTERM and SIGHUP sent to airlock are passed on
 /// to it (and waited for), so the token is revoked after it however the run ends.
 async fn run_child(
@@ -365,6 +732,7 @@ async fn run_child(
         .env("ANTHROPIC_API_KEY", token)
         // The command holds a token and nothing more.
         .env_remove("AIRLOCK_ADMIN_TOKEN")
+        .env_remove("AIRLOCK_SERVICE_ACCOUNT_KEY")
         .env_remove("ANTHROPIC_AUTH_TOKEN")
         .env_remove("OPENAI_ORG_ID")
         .env_remove("OPENAI_PROJECT_ID");
@@ -405,14 +773,22 @@ async fn run_child(
 pub async fn admin_key(c: AdminKeyCmd, json: bool) -> Result<(), Failure> {
     let admin = Admin::from_env()?;
     let v = match c {
-        AdminKeyCmd::Create { name, role } => {
-            let v = admin
-                .call(
-                    Method::POST,
-                    "/admin-keys",
-                    Some(json!({"name": name, "role": role})),
-                )
-                .await?;
+        AdminKeyCmd::Create {
+            name,
+            role,
+            env,
+            models,
+            credentials,
+            max_ttl,
+        } => {
+            let mut body = json!({"name": name, "role": role});
+            if env.is_some() || !models.is_empty() || !credentials.is_empty() || max_ttl.is_some() {
+                body["env"] = json!(env);
+                body["models"] = json!(models);
+                body["credentials"] = json!(credentials);
+                body["max_ttl"] = json!(max_ttl);
+            }
+            let v = admin.call(Method::POST, "/admin-keys", Some(body)).await?;
             if !json {
                 eprintln!(
                     "admin key {} ({}) for {}; shown once:",

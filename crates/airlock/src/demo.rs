@@ -114,6 +114,7 @@ pub async fn run(listen: &str, json: bool) -> Result<(), Failure> {
             expires_at: minted.expires_at as i64,
             revoked_at: None,
             minted_by: "demo".into(),
+            claims: None,
         })
         .await
         .map_err(|e| Failure::remote(e.to_string()))?;

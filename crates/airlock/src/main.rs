@@ -77,11 +77,25 @@ enum Cmd {
     /// The key-encryption key that seals secrets given with --secret-stdin.
     #[command(subcommand)]
     Kek(KekCmd),
-    /// Run a command with a short-lived token instead of provider keys: mints a token (through
-    /// the admin API), starts CMD with OPENAI_BASE_URL, OPENAI_API_KEY, ANTHROPIC_BASE_URL and
-    /// ANTHROPIC_API_KEY pointing at airlock and holding the token (the admin key is not passed
+    /// Run a command with a short-lived token instead of provider keys: gets a token, starts
+    /// CMD with OPENAI_BASE_URL, OPENAI_API_KEY, ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY
+    /// pointing at airlock and holding the token (no admin or service-account key is passed
     /// on), revokes the token when CMD ends, and exits with CMD's exit code.
+    ///
+    /// The token comes from the first of: --oidc-token-file (a workload identity token, e.g.
+    /// a Kubernetes projected service-account token, exchanged at /v1/token/exchange); GitHub
+    /// Actions' identity token (ACTIONS_ID_TOKEN_REQUEST_URL, needs `permissions: id-token:
+    /// write`); a service-account key (AIRLOCK_SERVICE_ACCOUNT_KEY); an admin key
+    /// (AIRLOCK_ADMIN_TOKEN).
     Run(RunArgs),
+    /// Keys for workloads without an OIDC identity: a service-account key can only mint
+    /// tokens within its scope (POST /v1/token), never call a model itself.
+    #[command(subcommand, name = "service-account")]
+    ServiceAccount(ServiceAccountCmd),
+    /// Trust policies: which workload identity tokens (GitHub Actions, GitLab CI, Kubernetes,
+    /// any OIDC issuer) are exchanged for which airlock tokens.
+    #[command(subcommand)]
+    Trust(TrustCmd),
     /// Keys for people and automation on the admin API, each with a role: owner, admin,
     /// auditor, developer or viewer.
     #[command(subcommand, name = "admin-key")]
@@ -239,12 +253,22 @@ struct TokenScope {
 struct RunArgs {
     #[command(flatten)]
     scope: TokenScope,
-    /// Token lifetime (default 15m, at most 24h); revoked when the command ends anyway.
+    /// Token lifetime (default: 15m with an admin key, otherwise the scope's default and at most
+    /// its maximum); revoked when the command ends anyway.
     #[arg(long)]
     ttl: Option<String>,
-    /// Who the token is for (default: run:<command>).
+    /// Who the token is for (default: run:<command>; admin keys only).
     #[arg(long)]
     subject: Option<String>,
+    /// Exchange this identity token file (re-read on every run) instead of using a key.
+    #[arg(long, value_name = "PATH")]
+    oidc_token_file: Option<PathBuf>,
+    /// The audience to ask GitHub Actions for (what the trust policy's `audience` expects).
+    #[arg(long, default_value = "airlock")]
+    oidc_audience: String,
+    /// Use this trust policy (by name) for the exchange rather than the first that admits.
+    #[arg(long)]
+    policy: Option<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     cmd: Vec<String>,
@@ -259,6 +283,18 @@ enum AdminKeyCmd {
         /// owner, admin, auditor, developer or viewer.
         #[arg(long)]
         role: String,
+        /// A developer's grant: the environment their tokens are for (required for developers).
+        #[arg(long)]
+        env: Option<String>,
+        /// A developer's grant: model globs (default *).
+        #[arg(long = "model", value_delimiter = ',')]
+        models: Vec<String>,
+        /// A developer's grant: credentials (default: any of the environment).
+        #[arg(long = "credential", value_delimiter = ',')]
+        credentials: Vec<String>,
+        /// A developer's grant: longest token lifetime (default: the server's maximum).
+        #[arg(long)]
+        max_ttl: Option<String>,
     },
     /// List keys (never the keys themselves).
     List,
@@ -266,6 +302,53 @@ enum AdminKeyCmd {
     Revoke {
         /// The key's id (the part after alk_admin_).
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceAccountCmd {
+    /// Create a service account; its key (alk_sa_…) is printed once, only a keyed hash is kept.
+    Create {
+        /// A name for the workload.
+        name: String,
+        /// The environment its tokens are for.
+        #[arg(long)]
+        env: String,
+        /// Model globs its tokens may allow (default *).
+        #[arg(long = "model", value_delimiter = ',')]
+        models: Vec<String>,
+        /// Credentials its tokens may use (default: any of the environment).
+        #[arg(long = "credential", value_delimiter = ',')]
+        credentials: Vec<String>,
+        /// Longest lifetime of its tokens (default: the server's maximum).
+        #[arg(long)]
+        max_ttl: Option<String>,
+    },
+    /// List service accounts with their scope and last use (never the keys).
+    List,
+    /// Revoke a service account by id or name (tokens it minted expire on their own; revoke
+    /// them with `token revoke` for an immediate stop).
+    Revoke {
+        /// Id or name.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrustCmd {
+    /// Add a trust policy from a TOML or JSON file in the shape of a [[trust]] table (see
+    /// the README for GitHub Actions, GitLab CI and Kubernetes examples).
+    Add {
+        /// The policy file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// List trust policies (configuration's and the API's).
+    List,
+    /// Remove a policy added through the API.
+    Remove {
+        /// Its name.
+        name: String,
     },
 }
 
@@ -501,6 +584,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Incident(c) => client::incident(c, json).await,
         Cmd::Run(r) => client::run_with_token(r).await,
         Cmd::AdminKey(c) => client::admin_key(c, json).await,
+        Cmd::ServiceAccount(c) => client::service_account(c, json).await,
+        Cmd::Trust(c) => client::trust(c, json).await,
         Cmd::Doctor => client::doctor(json).await,
         Cmd::Token(t) => client::token(t, json).await,
         Cmd::Audit(a) => audit::run(a, json).await,

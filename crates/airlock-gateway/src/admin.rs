@@ -1169,10 +1169,12 @@ async fn create_service_account(
     for name in &scope.credentials {
         match set.get(name) {
             None => warnings.push(format!("no credential `{name}` exists yet")),
-            Some(cr) if cr.env != scope.env => return bad(format!(
+            Some(cr) if cr.env != scope.env => {
+                return bad(format!(
                 "credential `{name}` is in environment `{}`, not `{}`; environments never cross",
                 cr.env, scope.env
-            )),
+            ))
+            }
             Some(_) => {}
         }
     }

@@ -313,10 +313,12 @@ pub async fn issue(
         match set.get(name) {
             // A scope may name a credential that is not added yet; a token cannot.
             None => return Err(Invalid(format!("unknown credential `{name}`"))),
-            Some(cr) if cr.env != env => return Err(Invalid(format!(
+            Some(cr) if cr.env != env => {
+                return Err(Invalid(format!(
                 "credential `{name}` is in environment `{}`, not `{env}`; environments never cross",
                 cr.env
-            ))),
+            )))
+            }
             Some(_) => {}
         }
     }

@@ -1005,12 +1005,21 @@ models = ["gpt-4o-mini"]
         assert!(c.admits(&claims(missing)).is_err());
     }
 
-        #[test]
+    #[test]
     fn the_shipped_examples_are_valid_policies() {
         for (file, text) in [
-            ("github-actions", include_str!("../../../examples/trust/github-actions.toml")),
-            ("gitlab-ci", include_str!("../../../examples/trust/gitlab-ci.toml")),
-            ("kubernetes", include_str!("../../../examples/trust/kubernetes.toml")),
+            (
+                "github-actions",
+                include_str!("../../../examples/trust/github-actions.toml"),
+            ),
+            (
+                "gitlab-ci",
+                include_str!("../../../examples/trust/gitlab-ci.toml"),
+            ),
+            (
+                "kubernetes",
+                include_str!("../../../examples/trust/kubernetes.toml"),
+            ),
         ] {
             let p: TrustPolicy = toml::from_str(text).unwrap_or_else(|e| panic!("{file}: {e}"));
             if let Err(e) = p.compile("config", Duration::from_secs(24 * 3600)) {

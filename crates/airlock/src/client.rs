@@ -600,16 +600,7 @@ pub async fn service_account(c: ServiceAccountCmd, json: bool) -> Result<(), Fai
                     .unwrap_or_default()
                 {
                     let sc = &a["scope"];
-                    let scope = format!(
-                        "{}: {} via {}",
-                        s(sc, "env"),
-                        list(sc, "models"),
-                        if list(sc, "credentials").is_empty() {
-                            "any".to_string()
-                        } else {
-                            list(sc, "credentials")
-                        }
-                    );
+                    let scope = scope_line(sc);
                     println!(
                         "{:<14} {:<24} {:<44} {:<22} {}",
                         s(&a, "id"),
@@ -636,6 +627,27 @@ pub async fn service_account(c: ServiceAccountCmd, json: bool) -> Result<(), Fai
     };
     print_json(&v);
     Ok(())
+}
+
+/// `prod: gpt-* via any credential, ≤ 30m` from a scope object.
+fn scope_line(sc: &Value) -> String {
+    if !sc.is_object() {
+        return "-".into();
+    }
+    let creds = list(sc, "credentials");
+    format!(
+        "{}: {} via {}, ≤ {}",
+        s(sc, "env"),
+        list(sc, "models"),
+        if creds == "*" {
+            "any credential".to_string()
+        } else {
+            creds
+        },
+        humantime::format_duration(Duration::from_secs(
+            sc["max_ttl_secs"].as_u64().unwrap_or_default()
+        ))
+    )
 }
 
 /// `airlock trust add|list|remove`.
@@ -805,17 +817,18 @@ pub async fn admin_key(c: AdminKeyCmd, json: bool) -> Result<(), Failure> {
             let v = admin.call(Method::GET, "/admin-keys", None).await?;
             if !json {
                 println!(
-                    "{:<14} {:<24} {:<10} {:<22} REVOKED",
-                    "ID", "NAME", "ROLE", "CREATED"
+                    "{:<14} {:<24} {:<10} {:<22} {:<22} GRANT",
+                    "ID", "NAME", "ROLE", "CREATED", "REVOKED"
                 );
                 for k in v["admin_keys"].as_array().cloned().unwrap_or_default() {
                     println!(
-                        "{:<14} {:<24} {:<10} {:<22} {}",
+                        "{:<14} {:<24} {:<10} {:<22} {:<22} {}",
                         s(&k, "id"),
                         s(&k, "name"),
                         s(&k, "role"),
                         ms(&k["created_at"]),
-                        ms(&k["revoked_at"])
+                        ms(&k["revoked_at"]),
+                        scope_line(&k["grant"])
                     );
                 }
                 return Ok(());

@@ -173,6 +173,9 @@ def test_a_workload_token_is_exchanged_and_the_sdk_uses_it(airlock, idp):
     refused(airlock, exchange(airlock, jwt, ttl="1h"), "invalid_scope", "maximum")
     r = exchange(airlock, jwt, audience="no-such-policy")
     refused(airlock, r, "invalid_target")
+    # One pattern per scope item: a comma list would slip unchecked patterns past the scope.
+    for scope in ["model:gpt-x,*", "model:gpt-4o-mini,o3-mini"]:
+        refused(airlock, exchange(airlock, jwt, scope=scope), "invalid_request", "not a valid pattern")
 
 
 def test_every_untrusted_token_is_refused_and_audited(airlock, idp):
@@ -282,7 +285,9 @@ def test_service_accounts_mint_within_scope_and_cannot_call_models(airlock):
 SCRIPT = """
 import os, sys
 from openai import OpenAI
-assert "AIRLOCK_ADMIN_TOKEN" not in os.environ and "AIRLOCK_SERVICE_ACCOUNT_KEY" not in os.environ
+for k in ["AIRLOCK_ADMIN_TOKEN", "AIRLOCK_SERVICE_ACCOUNT_KEY", "ACTIONS_ID_TOKEN_REQUEST_URL",
+          "ACTIONS_ID_TOKEN_REQUEST_TOKEN"]:
+    assert k not in os.environ, k
 key = os.environ["OPENAI_API_KEY"]
 assert key.startswith("alk_tok_"), key[:8]
 out = OpenAI().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
@@ -381,3 +386,94 @@ def test_trust_policies_through_the_api(airlock, idp):
     r = airlock.cli("trust", "add", "--file", str(airlock.tmp / "gha-app.toml"))
     assert r.returncode == 2 and "already exists" in r.stderr, r.stderr
     assert airlock.cli("trust", "remove", "no-such").returncode == 2
+
+
+class KeyServer(http.server.BaseHTTPRequestHandler):
+    """Serves a rogue JWK set at /jwks and a failing one at /broken (counting its hits)."""
+    jwks = None
+    broken_hits = 0
+
+    def do_GET(self):
+        if self.path == "/jwks":
+            body, status = json.dumps(self.jwks).encode(), 200
+        else:
+            KeyServer.broken_hits += 1
+            body, status = b"{}", 500
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_a_policy_is_checked_only_against_its_own_keys(airlock, idp):
+    """An admin's policy for the same issuer with its own jwks_url must not lend its keys to
+    another policy; a failing key source is not fetched more than once per refetch gap."""
+    rogue = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    nums = rogue.public_key().public_numbers()
+    KeyServer.jwks = {"keys": [{"kty": "RSA", "kid": "rogue", "alg": "RS256", "use": "sig",
+                                "n": b64(nums.n.to_bytes(256, "big")), "e": b64(nums.e.to_bytes(3, "big"))}]}
+    srv = http.server.HTTPServer(("127.0.0.1", 0), KeyServer)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    files = []
+    try:
+        for name, issuer, path, claims in [("own-keys", idp.issuer, "/jwks", {"sub": "nobody-real"}),
+                                           ("broken-keys", base + "/issuer", "/broken", {"sub": "x"})]:
+            f = airlock.tmp / f"{name}.json"
+            f.write_text(json.dumps({"name": name, "issuer": issuer, "audience": "other-aud",
+                                     "jwks_url": base + path, "claims": claims,
+                                     "grant": {"env": "prod", "models": ["gpt-4o-mini"], "max_ttl": "5m"}}))
+            r = airlock.cli("trust", "add", "--file", str(f))
+            assert r.returncode == 0, r.stderr
+            files.append(name)
+        now = int(time.time())
+        own = {"iss": idp.issuer, "aud": "other-aud", "sub": "nobody-real", "iat": now, "exp": now + 300}
+        r = exchange(airlock, forge(own, "rogue", key=rogue), audience="own-keys")
+        assert r.status_code == 200 and r.json()["policy"] == "own-keys", r.text
+        # The same keys, with gha-app's claims: gha-app trusts only the issuer's own keys.
+        legit = json.loads(unb64(idp.token("gha").split(".")[1]))
+        refused(airlock, exchange(airlock, forge(legit, "rogue", key=rogue)), "invalid_request", "no trust policy admits")
+        # A failing key source: 15 forged tokens, at most one fetch per refetch gap (10 s).
+        bad = {"iss": base + "/issuer", "aud": "other-aud", "sub": "x", "iat": now, "exp": now + 300}
+        for i in range(15):
+            r = exchange(airlock, forge(bad, f"kid-{i}", key=rogue))
+            assert r.status_code == 503 and r.json()["error"] == "temporarily_unavailable", r.text
+            assert base not in r.text, "internal addresses stay in the audit log"
+        assert KeyServer.broken_hits <= 2, KeyServer.broken_hits
+    finally:
+        for name in files:
+            airlock.cli("trust", "remove", name)
+        srv.shutdown()
+
+
+def test_revoking_a_service_account_or_policy_revokes_what_it_minted(airlock, idp):
+    v = airlock.cli_json("service-account", "create", "short-lived", "--env", "prod", "--model", "gpt-4o-mini")
+    h = {"authorization": f"Bearer {v['key']}"}
+    t = httpx.post(airlock.url + "/v1/token", headers=h, json={}, timeout=10).json()
+    assert t["expires_at_unix"] - time.time() <= 3600 + 5, "bounded minters default to at most 1h"
+    ok = airlock.openai(t["token"]).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert ok.choices[0].message.content
+    out = airlock.cli_json("service-account", "revoke", v["id"])
+    assert out["tokens_revoked"] == 1, out
+    import openai
+    with pytest.raises(openai.AuthenticationError):
+        airlock.openai(t["token"]).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    # A policy's removal ends the tokens it granted (re-added afterwards for other tests).
+    f = airlock.tmp / "temp-policy.json"
+    f.write_text(json.dumps({"name": "temp-policy", "issuer": idp.issuer, "audience": "airlock",
+                             "claims": {"repository_id": "123456"},
+                             "grant": {"env": "prod", "models": ["gpt-4o-mini"], "max_ttl": "5m"}}))
+    assert airlock.cli("trust", "add", "--file", str(f)).returncode == 0
+    r = exchange(airlock, idp.token("gha"), audience="temp-policy")
+    assert r.status_code == 200, r.text
+    out = airlock.cli_json("trust", "remove", "temp-policy")
+    assert out["tokens_revoked"] >= 1, out
+    with pytest.raises(openai.AuthenticationError):
+        airlock.openai(r.json()["access_token"]).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])

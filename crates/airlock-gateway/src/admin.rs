@@ -1202,9 +1202,25 @@ async fn list_service_accounts(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn revoke_service_account(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let serial = app.revocation_lock.lock().await;
     match app.store.revoke_service_account(&id, now_ms()).await {
-        // Tokens it already minted live out their (short) lifetimes unless revoked too.
-        Ok(Some(id)) => Json(serde_json::json!({ "revoked": id, "id": id })).into_response(),
+        // What a leaked key minted goes with it.
+        Ok(Some(id)) => {
+            let tokens = match app
+                .store
+                .revoke_tokens_minted_by(&format!("sa:{id}"), now_ms())
+                .await
+            {
+                Ok(n) => n,
+                Err(e) => return store_err(e),
+            };
+            drop(serial);
+            if let Err(e) = app.reload_revocations().await {
+                return store_err(e);
+            }
+            Json(serde_json::json!({ "revoked": id, "id": id, "tokens_revoked": tokens }))
+                .into_response()
+        }
         Ok(None) => err(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -1259,20 +1275,34 @@ async fn list_trust_policies(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn remove_trust_policy(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    if app.cfg.trust.iter().any(|t| t.name == name) {
-        return err(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("trust policy `{name}` is defined in the configuration file; remove it there"),
-        );
-    }
     match app.store.delete_trust_policy(&name).await {
         Ok(true) => {
             if let Err(e) = app.reload_trust().await {
                 tracing::error!(error = %e, "cannot reload trust policies");
             }
-            Json(serde_json::json!({ "removed": name, "name": name })).into_response()
+            // Tokens the policy granted end with it.
+            let tokens = {
+                let _serial = app.revocation_lock.lock().await;
+                match app
+                    .store
+                    .revoke_tokens_minted_by(&format!("trust:{name}"), now_ms())
+                    .await
+                {
+                    Ok(n) => n,
+                    Err(e) => return store_err(e),
+                }
+            };
+            if let Err(e) = app.reload_revocations().await {
+                return store_err(e);
+            }
+            Json(serde_json::json!({ "removed": name, "name": name, "tokens_revoked": tokens }))
+                .into_response()
         }
+        Ok(false) if app.cfg.trust.iter().any(|t| t.name == name) => err(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("trust policy `{name}` is defined in the configuration file; remove it there"),
+        ),
         Ok(false) => err(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -59,7 +59,10 @@ impl Scope {
                 models
             },
             credentials,
-            max_ttl_secs: max_ttl.unwrap_or(app_max_ttl).as_secs(),
+            // Unsaid, an hour: a bounded minter's key may leak, and what it minted lives on.
+            max_ttl_secs: max_ttl
+                .unwrap_or(app_max_ttl.min(Duration::from_secs(3600)))
+                .as_secs(),
         };
         s.check(app_max_ttl)?;
         Ok(s)
@@ -284,14 +287,17 @@ pub async fn issue(
             let allowed = airlock_token::glob::parse_list(&b.models)
                 .map_err(|e| IssueError::Failed(format!("the scope itself is invalid: {e}")))?;
             for m in &ask.models {
-                if !allowed.iter().any(|a| glob_within(m.trim(), a)) {
+                // Each asked entry must be one valid pattern (no comma lists) before it is
+                // compared: the check and the token must see the same patterns.
+                let g = Glob::new(m).map_err(|e| Invalid(e.to_string()))?;
+                if !allowed.iter().any(|a| glob_within(g.as_str(), a)) {
                     return Err(OutOfScope(format!(
                         "model pattern `{m}` is outside your scope ({}); ask for models it covers",
                         b.models.join(", ")
                     )));
                 }
             }
-            ask.models
+            ask.models.iter().map(|m| m.trim().to_string()).collect()
         }
     };
     let credentials = match bound {
@@ -545,17 +551,7 @@ pub async fn mint_for_service_account(app: Arc<App>, req: Request<Body>) -> Resp
             return e.render(Dialect::OpenAi);
         }
     };
-    let bytes = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
-        Ok(b) => b,
-        Err(_) => {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request",
-                "request body over 64 KiB",
-            )
-            .render(Dialect::OpenAi)
-        }
-    };
+    let body = axum::body::to_bytes(req.into_body(), 64 * 1024).await;
     let refuse = |app: Arc<App>, sa: ServiceAccountRow, meta, resp: Response, reason: String| async move {
         let ok = audit_event(
             &app,
@@ -576,6 +572,16 @@ pub async fn mint_for_service_account(app: Arc<App>, req: Request<Body>) -> Resp
         } else {
             audit_unavailable()
         }
+    };
+    let Ok(bytes) = body else {
+        let msg = "request body over 64 KiB".to_string();
+        let r = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            msg.clone(),
+        )
+        .render(Dialect::OpenAi);
+        return refuse(app, sa, meta, r, msg).await;
     };
     let ask: TokenAsk = if bytes.iter().all(u8::is_ascii_whitespace) {
         TokenAsk::default()
@@ -665,15 +671,48 @@ pub async fn revoke_self(app: Arc<App>, req: Request<Body>) -> Response {
         Err(e) if e.code == "token_revoked" => {
             return Json(serde_json::json!({ "revoked": true })).into_response();
         }
-        Err(e) => return e.render(Dialect::OpenAi),
+        Err(e) => {
+            audit_event(
+                &app,
+                Event {
+                    action: "token.revoke",
+                    actor_kind: "anonymous",
+                    actor: None,
+                    subject: None,
+                    target: None,
+                    reason: Some(e.message.clone()),
+                    status: e.status,
+                    meta,
+                },
+            )
+            .await;
+            return e.render(Dialect::OpenAi);
+        }
+    };
+    let event = |status: StatusCode, reason: Option<String>| Event {
+        action: "token.revoke",
+        actor_kind: "token",
+        actor: Some(v.id.clone()),
+        subject: Some(v.subject.clone()),
+        target: Some(v.id.clone()),
+        reason,
+        status,
+        meta: meta.clone(),
     };
     if v.blocks > 1 {
-        return ApiError::new(
+        let e = ApiError::new(
             StatusCode::FORBIDDEN,
             "not_allowed",
             "an attenuated token cannot revoke itself (it would end the token it came from); ask whoever gave it to you",
-        )
-        .render(Dialect::OpenAi);
+        );
+        if !audit_event(&app, event(e.status, Some(e.message.clone()))).await {
+            return audit_unavailable();
+        }
+        return e.render(Dialect::OpenAi);
+    }
+    // A change whose record cannot be written is not made (fail-closed, as admin changes).
+    if !app.recorder.healthy() && !app.recorder.fail_open() {
+        return audit_unavailable();
     }
     {
         let _serial = app.revocation_lock.lock().await;
@@ -692,20 +731,15 @@ pub async fn revoke_self(app: Arc<App>, req: Request<Body>) -> Response {
             next
         });
     }
-    audit_event(
-        &app,
-        Event {
-            action: "token.revoke",
-            actor_kind: "token",
-            actor: Some(v.id.clone()),
-            subject: Some(v.subject.clone()),
-            target: Some(v.id.clone()),
-            reason: None,
-            status: StatusCode::OK,
-            meta,
-        },
-    )
-    .await;
+    if !audit_event(&app, event(StatusCode::OK, None)).await {
+        // Revoked (the safe direction), but its record is missing: say so.
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the token was revoked, but the audit log could not record it; an operator must check the database",
+        )
+        .render(Dialect::OpenAi);
+    }
     Json(serde_json::json!({ "revoked": true, "id": v.id })).into_response()
 }
 

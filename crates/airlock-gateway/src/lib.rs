@@ -162,6 +162,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         started: Instant::now(),
         trust: ArcSwap::from_pointee(Vec::new()),
         jwks: Default::default(),
+        trust_lock: Default::default(),
         state_lock,
     });
     app.reload_trust()

@@ -214,9 +214,16 @@ impl TrustPolicy {
                 Condition::Rule(Rule {
                     glob: Some(g),
                     one_of: None,
-                }) => Matcher::Glob(
-                    Glob::new(g).map_err(|err| e(format!("claim `{claim}`: {err}")))?,
-                ),
+                                }) => {
+                    if g.chars().all(|c| matches!(c, '*' | '?')) {
+                        return Err(e(format!(
+                            "claim `{claim}`: a pattern of wildcards alone matches anything; leave the claim out or pin it"
+                        )));
+                    }
+                    Matcher::Glob(
+                        Glob::new(g).map_err(|err| e(format!("claim `{claim}`: {err}")))?,
+                    )
+                }
                 Condition::Rule(Rule {
                     glob: None,
                     one_of: Some(v),
@@ -234,18 +241,30 @@ impl TrustPolicy {
                 "a policy must match at least one claim: with only issuer and audience it would admit every workload of that issuer".into(),
             ));
         }
-        if self.issuer == GITHUB_ISSUER {
-            // Names can be reused after a rename or deletion; GitHub's numeric ids cannot.
-            let pinned = |k: &str| {
-                matchers
-                    .iter()
-                    .any(|(c, m)| c == k && !matches!(m, Matcher::Glob(_)))
-            };
-            if !pinned("repository_id") && !pinned("repository_owner_id") {
-                return Err(e(
-                    "a GitHub Actions policy must pin repository_id or repository_owner_id (exact or one_of): a repository or owner name can be taken over by someone else after a rename".into(),
-                ));
-            }
+        // Shared issuers sign for everyone on them: a policy must pin a numeric id, since
+        // names can be reused after a rename or deletion and ids cannot.
+        let pinned = |k: &str| {
+            matchers
+                .iter()
+                .any(|(c, m)| c == k && !matches!(m, Matcher::Glob(_)))
+        };
+        let github = self.issuer.starts_with(GITHUB_ISSUER)
+            || self
+                .issuer
+                .trim_end_matches('/')
+                .ends_with("/_services/token");
+        if github && !pinned("repository_id") && !pinned("repository_owner_id") {
+            return Err(e(
+                "a GitHub Actions policy must pin repository_id or repository_owner_id (exact or one_of): a repository or owner name can be taken over by someone else after a rename".into(),
+            ));
+        }
+        if self.issuer.trim_end_matches('/') == "https://gitlab.com"
+            && !pinned("project_id")
+            && !pinned("namespace_id")
+        {
+            return Err(e(
+                "a gitlab.com policy must pin project_id or namespace_id (exact or one_of): paths can be taken over after a rename".into(),
+            ));
         }
         let max_ttl = humantime::parse_duration(&self.grant.max_ttl)
             .map_err(|err| e(format!("grant.max_ttl: {err}")))?;
@@ -294,18 +313,12 @@ impl Compiled {
             _ => false,
         };
         if !aud_ok {
-            return Err(format!(
-                "policy `{}`: the token's audience is not `{}`",
-                self.policy.name, self.policy.audience
-            ));
+            return Err("the token's audience is not the one expected".into());
         }
         let mut matched = serde_json::Map::new();
         for (claim, m) in &self.matchers {
             let Some(v) = claims.get(claim).and_then(claim_text) else {
-                return Err(format!(
-                    "policy `{}`: the token has no claim `{claim}`",
-                    self.policy.name
-                ));
+                return Err(format!("the token has no claim `{claim}`"));
             };
             let ok = match m {
                 Matcher::Exact(x) => *x == v,
@@ -313,10 +326,7 @@ impl Compiled {
                 Matcher::OneOf(xs) => xs.contains(&v),
             };
             if !ok {
-                return Err(format!(
-                    "policy `{}`: claim `{claim}` does not match",
-                    self.policy.name
-                ));
+                return Err(format!("claim `{claim}` does not match"));
             }
             matched.insert(claim.clone(), serde_json::Value::String(v));
         }
@@ -340,16 +350,26 @@ struct KeySet {
     fetched: Instant,
 }
 
-/// Issuers' signing keys, cached per issuer.
+/// Where a policy's keys come from: its `jwks_url`, or its issuer's discovery document. Keys
+/// are cached per source, so a policy is only ever checked against the keys its own
+/// configuration names (two policies for one issuer with different `jwks_url`s never share).
+fn key_source(p: &TrustPolicy) -> String {
+    match &p.jwks_url {
+        Some(u) => format!("jwks:{u}"),
+        None => format!("discovery:{}", p.issuer),
+    }
+}
+
+/// Issuers' signing keys, cached per key source.
 #[derive(Default)]
 pub struct JwksCache {
     sets: std::sync::Mutex<HashMap<String, Arc<KeySet>>>,
     attempts: std::sync::Mutex<HashMap<String, Instant>>,
-    /// One fetch at a time (the set of issuers is small and fetches are rare).
-    fetching: tokio::sync::Mutex<()>,
+    /// One fetch at a time per source; a slow issuer delays only itself.
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// Why a fetch failed (for the audit reason and a 503).
+/// Why a fetch failed: the detail goes to the audit log, the caller gets a generic answer.
 struct FetchError(String);
 
 async fn get_json(app: &App, url: &str) -> Result<serde_json::Value, FetchError> {
@@ -377,13 +397,25 @@ async fn get_json(app: &App, url: &str) -> Result<serde_json::Value, FetchError>
 }
 
 impl JwksCache {
-    fn cached(&self, issuer: &str) -> Option<Arc<KeySet>> {
-        self.sets.lock().ok()?.get(issuer).cloned()
+    fn cached(&self, source: &str) -> Option<Arc<KeySet>> {
+        self.sets.lock().ok()?.get(source).cloned()
     }
 
-    async fn fetch(&self, app: &App, p: &TrustPolicy) -> Result<Arc<KeySet>, FetchError> {
+    fn lock_for(&self, source: &str) -> Arc<tokio::sync::Mutex<()>> {
+        match self.locks.lock() {
+            Ok(mut l) => l.entry(source.to_string()).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
+    }
+
+    async fn fetch(
+        &self,
+        app: &App,
+        p: &TrustPolicy,
+        source: &str,
+    ) -> Result<Arc<KeySet>, FetchError> {
         if let Ok(mut a) = self.attempts.lock() {
-            a.insert(p.issuer.clone(), Instant::now());
+            a.insert(source.to_string(), Instant::now());
         }
         let jwks_url = match &p.jwks_url {
             Some(u) => u.clone(),
@@ -421,52 +453,53 @@ impl JwksCache {
             fetched: Instant::now(),
         });
         if let Ok(mut s) = self.sets.lock() {
-            s.insert(p.issuer.clone(), set.clone());
+            s.insert(source.to_string(), set.clone());
         }
         tracing::info!(issuer = %p.issuer, keys = set.keys.len(), "fetched the issuer's signing keys");
         Ok(set)
     }
 
-    /// The issuer's keys, fetched when absent, stale, or (rate-limited) when `kid` is unknown.
+    /// A policy's keys, fetched when absent, stale or without `kid`, but never more often
+    /// than every `jwks_min_refetch_secs` per source, whatever the last fetch's outcome: a
+    /// stream of tokens naming unknown kids (or a failing issuer) cannot make airlock hammer
+    /// the issuer.
     async fn keys(
         &self,
         app: &App,
         p: &TrustPolicy,
         kid: Option<&str>,
     ) -> Result<Arc<KeySet>, FetchError> {
+        let source = key_source(p);
         let max_age = Duration::from_secs(app.cfg.oidc.jwks_cache_secs);
         let min_gap = Duration::from_secs(app.cfg.oidc.jwks_min_refetch_secs);
-        let has = |s: &KeySet| match kid {
-            Some(k) => s.keys.iter().any(|j| j.common.key_id.as_deref() == Some(k)),
-            None => !s.keys.is_empty(),
+        let usable = |s: &KeySet| {
+            s.fetched.elapsed() < max_age
+                && match kid {
+                    Some(k) => s.keys.iter().any(|j| j.common.key_id.as_deref() == Some(k)),
+                    None => !s.keys.is_empty(),
+                }
         };
-        if let Some(s) = self.cached(&p.issuer) {
-            if s.fetched.elapsed() < max_age && has(&s) {
-                return Ok(s);
-            }
+        if let Some(s) = self.cached(&source).filter(|s| usable(s)) {
+            return Ok(s);
         }
-        let _one = self.fetching.lock().await;
+        let lock = self.lock_for(&source);
+        let _one = lock.lock().await;
         // Someone else may have fetched while this one waited.
-        let current = self.cached(&p.issuer);
-        if let Some(s) = &current {
-            if s.fetched.elapsed() < max_age && has(s) {
-                return Ok(s.clone());
-            }
+        let current = self.cached(&source);
+        if let Some(s) = current.as_ref().filter(|s| usable(s)) {
+            return Ok(s.clone());
         }
         let last = self
             .attempts
             .lock()
             .ok()
-            .and_then(|a| a.get(&p.issuer).copied());
-        match (current, last) {
-            // A fresh set without this kid, fetched moments ago: do not let unknown kids
-            // make airlock hammer the issuer.
-            (Some(s), Some(t)) if s.fetched.elapsed() < max_age && t.elapsed() < min_gap => Ok(s),
-            (None, Some(t)) if t.elapsed() < min_gap => Err(FetchError(
-                "the issuer's keys could not be fetched moments ago; try again shortly".into(),
-            )),
-            _ => self.fetch(app, p).await,
+            .and_then(|a| a.get(&source).copied());
+        if last.is_some_and(|t| t.elapsed() < min_gap) {
+            return current.ok_or_else(|| {
+                FetchError("the last fetch of these keys failed moments ago".into())
+            });
         }
+        self.fetch(app, p, &source).await
     }
 }
 
@@ -476,7 +509,10 @@ impl JwksCache {
 struct Refusal {
     status: StatusCode,
     error: &'static str,
+    /// For the caller: says which check failed, names no policy and no internal address.
     description: String,
+    /// For the audit log, when it knows more than the caller may (policy names, addresses).
+    detail: Option<String>,
     /// Set once the JWT's signature verified: the refusal is attributed.
     who: Option<(String, String)>,
 }
@@ -486,6 +522,7 @@ fn refuse(error: &'static str, description: impl Into<String>) -> Refusal {
         status: StatusCode::BAD_REQUEST,
         error,
         description: description.into(),
+        detail: None,
         who: None,
     }
 }
@@ -531,13 +568,85 @@ fn short(s: &str) -> String {
     out
 }
 
+/// The request's form, wiped when dropped (it carries the identity token).
+struct Form(Vec<(String, String)>);
+
+impl Drop for Form {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for (k, v) in &mut self.0 {
+            k.zeroize();
+            v.zeroize();
+        }
+    }
+}
+
+type Claims = serde_json::Map<String, serde_json::Value>;
+
+/// Checks the JWT's signature and registered claims against the keys of one policy's source.
+enum Checked {
+    Valid(Claims),
+    /// No key of the source has the token's kid (and type and algorithm).
+    NoKey,
+    Invalid(jsonwebtoken::errors::Error),
+}
+
+fn check_signature(
+    jwt: &str,
+    header: &jsonwebtoken::Header,
+    keys: &KeySet,
+    iss: &str,
+    leeway: u64,
+) -> Checked {
+    let mut v = Validation::new(header.alg);
+    v.leeway = leeway;
+    v.validate_nbf = true;
+    v.validate_aud = false; // checked per policy, against the verified claims
+    v.set_issuer(&[iss]);
+    v.set_required_spec_claims(&["exp", "iss", "aud"]);
+    let mut last = None;
+    for k in keys.keys.iter() {
+        if let Some(kid) = header.kid.as_deref() {
+            if k.common.key_id.as_deref() != Some(kid) {
+                continue;
+            }
+        }
+        if matches!(
+            k.common.public_key_use,
+            Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+        ) {
+            continue;
+        }
+        if k.common
+            .key_algorithm
+            .is_some_and(|a| a.to_string() != format!("{:?}", header.alg))
+        {
+            continue;
+        }
+        let Ok(dk) = DecodingKey::from_jwk(k) else {
+            continue;
+        };
+        if dk.family() != header.alg.family() {
+            continue;
+        }
+        match jsonwebtoken::decode::<Claims>(jwt, &dk, &v) {
+            Ok(t) => return Checked::Valid(t.claims),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => Checked::Invalid(e),
+        None => Checked::NoKey,
+    }
+}
+
 async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted, Refusal> {
     let mut seen = std::collections::HashSet::new();
     for (k, _) in form {
         if !seen.insert(k.as_str()) {
             return Err(refuse(
                 "invalid_request",
-                format!("parameter `{k}` appears more than once"),
+                format!("parameter `{}` appears more than once", short(k)),
             ));
         }
     }
@@ -590,27 +699,18 @@ async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted,
     let iss = peek_issuer(jwt)
         .ok_or_else(|| refuse("invalid_request", "subject_token has no iss claim"))?;
     let all = app.trust.load_full();
-    let mut candidates: Vec<&Arc<Compiled>> =
-        all.iter().filter(|c| c.policy.issuer == iss).collect();
-    if candidates.is_empty() {
+    let for_issuer: Vec<&Arc<Compiled>> = all.iter().filter(|c| c.policy.issuer == iss).collect();
+    if for_issuer.is_empty() {
         return Err(refuse(
             "invalid_request",
             format!("issuer `{}` is not trusted by any policy", short(&iss)),
         ));
     }
-    if let Some(aud) = get("audience") {
-        candidates.retain(|c| c.policy.name == aud);
-        if candidates.is_empty() {
-            return Err(refuse(
-                "invalid_target",
-                format!("no trust policy named `{}` trusts this issuer", short(aud)),
-            ));
-        }
-    }
-    if !candidates
-        .iter()
-        .any(|c| c.algorithms.contains(&header.alg))
-    {
+    let candidates: Vec<&Arc<Compiled>> = for_issuer
+        .into_iter()
+        .filter(|c| c.algorithms.contains(&header.alg))
+        .collect();
+    if candidates.is_empty() {
         return Err(refuse(
             "invalid_request",
             format!(
@@ -619,76 +719,56 @@ async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted,
             ),
         ));
     }
-    // All candidates share the issuer; its keys are fetched once.
-    let keys = app
-        .jwks
-        .keys(app, &candidates[0].policy, header.kid.as_deref())
-        .await
-        .map_err(|FetchError(m)| Refusal {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            error: "temporarily_unavailable",
-            description: format!("cannot fetch the issuer's signing keys: {m}"),
-            who: None,
-        })?;
-    let usable: Vec<&Jwk> = keys
-        .keys
-        .iter()
-        .filter(|k| match header.kid.as_deref() {
-            Some(kid) => k.common.key_id.as_deref() == Some(kid),
-            None => true,
-        })
-        .filter(|k| {
-            !matches!(
-                k.common.public_key_use,
-                Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
-            )
-        })
-        .filter(|k| {
-            k.common
-                .key_algorithm
-                .map(|a| a.to_string() == format!("{:?}", header.alg))
-                .unwrap_or(true)
-        })
-        .collect();
-    if usable.is_empty() {
-        return Err(refuse(
-            "invalid_request",
-            "the token's signing key (kid) is not in the issuer's published keys",
-        ));
-    }
-    let mut v = Validation::new(header.alg);
-    v.leeway = app.cfg.oidc.leeway_secs;
-    v.validate_nbf = true;
-    v.validate_aud = false; // checked per policy below, against the verified claims
-    v.set_issuer(&[&iss]);
-    v.set_required_spec_claims(&["exp", "iss", "aud"]);
-    let mut last_err = None;
-    let mut claims = None;
-    for k in usable {
-        let Ok(dk) = DecodingKey::from_jwk(k) else {
-            continue;
-        };
-        if dk.family() != header.alg.family() {
+    // Verify against each key source the candidates name, in policy order; the policies of the
+    // source whose keys verify are the only ones that may admit the token.
+    let leeway = app.cfg.oidc.leeway_secs;
+    let mut verified: Option<(Claims, String)> = None;
+    let mut failure: Option<jsonwebtoken::errors::Error> = None;
+    let mut fetch_failed: Option<String> = None;
+    let mut tried = Vec::new();
+    for c in &candidates {
+        let source = key_source(&c.policy);
+        if tried.contains(&source) {
             continue;
         }
-        match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(jwt, &dk, &v) {
-            Ok(t) => {
-                claims = Some(t.claims);
+        tried.push(source.clone());
+        let keys = match app.jwks.keys(app, &c.policy, header.kid.as_deref()).await {
+            Ok(k) => k,
+            Err(FetchError(m)) => {
+                fetch_failed = Some(m);
+                continue;
+            }
+        };
+        match check_signature(jwt, &header, &keys, &iss, leeway) {
+            Checked::Valid(claims) => {
+                verified = Some((claims, source));
                 break;
             }
-            Err(e) => last_err = Some(e),
+            Checked::NoKey => {}
+            Checked::Invalid(e) => failure = Some(e),
         }
     }
-    let Some(claims) = claims else {
+    let Some((claims, source)) = verified else {
         use jsonwebtoken::errors::ErrorKind as K;
-        let why = match last_err.as_ref().map(|e| e.kind()) {
+        if let (None, Some(m)) = (&failure, &fetch_failed) {
+            return Err(Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                error: "temporarily_unavailable",
+                description: "cannot fetch the issuer's signing keys right now; try again shortly"
+                    .into(),
+                detail: Some(format!("cannot fetch the issuer's signing keys: {m}")),
+                who: None,
+            });
+        }
+        let why = match failure.as_ref().map(|e| e.kind()) {
+            None => "the token's signing key (kid) is not in the issuer's published keys",
             Some(K::ExpiredSignature) => {
                 "the identity token has expired; ask the platform for a new one"
             }
             Some(K::ImmatureSignature) => "the identity token is not valid yet (nbf)",
             Some(K::InvalidIssuer) => "the identity token's issuer does not match",
             Some(K::MissingRequiredClaim(_)) => "the identity token lacks exp, iss or aud",
-            Some(K::InvalidSignature) | None => {
+            Some(K::InvalidSignature) => {
                 "the identity token's signature does not verify against the issuer's keys"
             }
             Some(_) => "the identity token cannot be verified",
@@ -699,7 +779,7 @@ async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted,
     if claims
         .get("iat")
         .and_then(|i| i.as_u64())
-        .is_some_and(|iat| iat > now + app.cfg.oidc.leeway_secs)
+        .is_some_and(|iat| iat > now + leeway)
     {
         return Err(refuse(
             "invalid_request",
@@ -708,38 +788,56 @@ async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted,
     }
     let sub = claims.get("sub").and_then(claim_text).unwrap_or_default();
     // From here on the caller is known: refusals are attributed to the identity.
-    let attributed = |error: &'static str, d: String| Refusal {
+    let attributed = |error: &'static str, d: String, detail: Option<String>| Refusal {
         status: StatusCode::BAD_REQUEST,
         error,
         description: d,
+        detail,
         who: Some((format!("oidc:{}", short(&iss)), short(&sub))),
     };
-    let mut reasons = Vec::new();
+    let mut admitting: Vec<&&Arc<Compiled>> = candidates
+        .iter()
+        .filter(|c| key_source(&c.policy) == source)
+        .collect();
+    if let Some(aud) = get("audience") {
+        // Same answer whether the named policy does not exist or does not admit: the
+        // names of policies are not for callers to probe.
+        admitting.retain(|c| c.policy.name == aud);
+    }
+    let mut public = Vec::new();
+    let mut private = Vec::new();
     let mut chosen = None;
-    for c in &candidates {
-        if !c.algorithms.contains(&header.alg) {
-            reasons.push(format!(
-                "policy `{}`: algorithm {:?} not allowed",
-                c.policy.name, header.alg
-            ));
-            continue;
-        }
+    for c in &admitting {
         match c.admits(&claims) {
             Ok(m) => {
-                chosen = Some((c, m));
+                chosen = Some((*c, m));
                 break;
             }
-            Err(r) => reasons.push(r),
+            Err(r) => {
+                private.push(format!("policy `{}`: {r}", c.policy.name));
+                if !public.contains(&r) {
+                    public.push(r);
+                }
+            }
         }
     }
     let Some((policy, matched)) = chosen else {
-        return Err(attributed(
-            "invalid_request",
-            format!(
-                "no trust policy admits this identity: {}",
-                reasons.join("; ")
-            ),
-        ));
+        let (error, mut d) = if get("audience").is_some() {
+            (
+                "invalid_target",
+                "the policy named by audience does not admit this identity".to_string(),
+            )
+        } else {
+            (
+                "invalid_request",
+                "no trust policy admits this identity".to_string(),
+            )
+        };
+        if !public.is_empty() {
+            d = format!("{d}: {}", public.join("; "));
+        }
+        let detail = (!private.is_empty()).then(|| format!("{d} ({})", private.join("; ")));
+        return Err(attributed(error, d, detail));
     };
     // scope: space-separated `model:GLOB`, `credential:NAME`, `env:ENV` (RFC 6749 §3.3).
     let mut ask = Ask::default();
@@ -756,16 +854,20 @@ async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted,
                             "scope item `{}` is not model:GLOB, credential:NAME or env:ENV",
                             short(item)
                         ),
+                        None,
                     ))
                 }
             }
         }
     }
     if let Some(t) = get("ttl") {
-        ask.ttl =
-            Some(humantime::parse_duration(t).map_err(|e| {
-                attributed("invalid_request", format!("ttl: {e} (examples: 10m, 1h)"))
-            })?);
+        ask.ttl = Some(humantime::parse_duration(t).map_err(|e| {
+            attributed(
+                "invalid_request",
+                format!("ttl: {e} (examples: 10m, 1h)"),
+                None,
+            )
+        })?);
     }
     let subject_value = claims
         .get(&policy.policy.subject_claim)
@@ -797,12 +899,13 @@ async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted,
                 scope: scope.join(" "),
             })
         }
-        Err(IssueError::OutOfScope(m)) => Err(attributed("invalid_scope", m)),
-        Err(IssueError::Invalid(m)) => Err(attributed("invalid_request", m)),
+        Err(IssueError::OutOfScope(m)) => Err(attributed("invalid_scope", m, None)),
+        Err(IssueError::Invalid(m)) => Err(attributed("invalid_request", m, None)),
         Err(IssueError::Failed(m)) => Err(Refusal {
             status: StatusCode::SERVICE_UNAVAILABLE,
             error: "temporarily_unavailable",
-            description: m,
+            description: "the token could not be issued; try again shortly".into(),
+            detail: Some(m),
             who: Some((format!("oidc:{}", short(&iss)), short(&sub))),
         }),
     }
@@ -833,7 +936,10 @@ pub async fn exchange(app: Arc<App>, req: Request<Body>) -> Response {
             Err(_) => Err(refuse("invalid_request", "request body over 64 KiB")),
             Ok(b) => match serde_urlencoded::from_bytes::<Vec<(String, String)>>(&b) {
                 Err(_) => Err(refuse("invalid_request", "the form cannot be decoded")),
-                Ok(form) => exchange_inner(&app, &form).await,
+                Ok(form) => {
+                    let form = Form(form);
+                    exchange_inner(&app, &form.0).await
+                }
             },
         }
     };
@@ -898,7 +1004,11 @@ pub async fn exchange(app: Arc<App>, req: Request<Body>) -> Response {
                     actor,
                     subject,
                     target: None,
-                    reason: Some(format!("{}: {}", r.error, r.description)),
+                    reason: Some(format!(
+                        "{}: {}",
+                        r.error,
+                        r.detail.as_deref().unwrap_or(&r.description)
+                    )),
                     status: r.status,
                     meta,
                 },
@@ -926,6 +1036,10 @@ pub async fn load_policies(app: &App) -> Result<Vec<Arc<Compiled>>, String> {
         .await
         .map_err(|e| e.to_string())?;
     for r in rows {
+        if app.cfg.trust.iter().any(|t| t.name == r.name) {
+            tracing::error!(policy = %r.name, "trust policy added through the API skipped: the configuration defines one with the same name (remove it with `airlock trust remove`)");
+            continue;
+        }
         match serde_json::from_value::<TrustPolicy>(r.policy)
             .map_err(|e| e.to_string())
             .and_then(|p| p.compile("api", max))
@@ -1046,5 +1160,31 @@ models = ["gpt-4o-mini"]
         assert!(base("jwks_url = \"http://example.com/keys\"", "sub = \"x\"").is_err());
         assert!(base("jwks_url = \"http://127.0.0.1:8200/keys\"", "sub = \"x\"").is_ok());
         assert!(base("", "sub = { glob = \"a\", one_of = [\"b\"] }").is_err());
+        assert!(
+            base("", "sub = { glob = \"*\" }").is_err(),
+            "wildcards alone"
+        );
+        assert!(base("", "sub = { glob = \"repo:*\" }").is_ok());
+        // Shared issuers need a pinned numeric id, GitHub Enterprise's too.
+        let shared = |issuer: &str, claims: &str| {
+            let text = format!(
+                "name = \"p\"\nissuer = \"{issuer}\"\naudience = \"a\"\n[claims]\n{claims}\n[grant]\nenv = \"prod\"\nmodels = [\"*\"]\n"
+            );
+            toml::from_str::<TrustPolicy>(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|p| p.compile("config", Duration::from_secs(3600)))
+        };
+        assert!(shared(
+            "https://token.actions.githubusercontent.com/acme-enterprise",
+            "repository = \"a/b\""
+        )
+        .is_err());
+        assert!(shared(
+            "https://ghe.example.com/_services/token",
+            "repository = \"a/b\""
+        )
+        .is_err());
+        assert!(shared("https://gitlab.com", "project_path = \"a/b\"").is_err());
+        assert!(shared("https://gitlab.com", "project_id = \"7\"").is_ok());
     }
 }

@@ -53,6 +53,8 @@ pub struct App {
     pub trust: ArcSwap<Vec<Arc<crate::oidc::Compiled>>>,
     /// OIDC issuers' signing keys.
     pub jwks: crate::oidc::JwksCache,
+    /// Serialises trust policy reloads.
+    pub trust_lock: tokio::sync::Mutex<()>,
     /// Held for the server's life: one server per state directory (a second one would append
     /// to the same audit log).
     pub state_lock: std::fs::File,
@@ -109,7 +111,11 @@ impl App {
 
     /// Rebuilds the trust policy list (after a change through the API).
     pub async fn reload_trust(&self) -> Result<(), String> {
+        // One reload at a time, so an older read never replaces a newer list.
+        let _one = self.trust_lock.lock().await;
         let list = crate::oidc::load_policies(self).await?;
+        // Keys are cached per source (a policy's jwks_url or its issuer's discovery), so a
+        // changed policy never inherits another's keys and the cache can stay.
         self.trust.store(Arc::new(list));
         Ok(())
     }

@@ -1213,6 +1213,21 @@ impl Store {
         Ok(r.rows_affected() > 0)
     }
 
+    /// Revokes every unexpired token minted by `minted_by` (`sa:<id>`, `trust:<name>`);
+    /// returns how many.
+    pub async fn revoke_tokens_minted_by(&self, minted_by: &str, now_ms: i64) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE tokens SET revoked_at = ?1 WHERE minted_by = ?2 AND revoked_at IS NULL AND expires_at >= ?3",
+        )
+        .bind(now_ms)
+        .bind(minted_by)
+        .bind(now_ms / 1000)
+        .execute(&self.pool)
+        .await
+        .map_err(db("revoke tokens"))?;
+        Ok(r.rows_affected())
+    }
+
     /// Ids of revoked tokens that have not expired yet (the server keeps these in memory).
     pub async fn revoked_token_ids(&self, now_s: i64) -> Result<Vec<String>> {
         let rows =

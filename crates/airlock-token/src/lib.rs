@@ -174,7 +174,13 @@ pub fn mint(keys: &KeyRing, o: &MintOptions, now: SystemTime) -> Result<Minted, 
             "subject must be 1-256 characters".into(),
         ));
     }
-    let models = glob::parse_list(&o.models).map_err(|e| TokenError::Invalid(e.to_string()))?;
+    // One pattern per entry: a comma inside an entry would turn a checked pattern into
+    // several unchecked ones (callers split user lists before they check them).
+    let models = o
+        .models
+        .iter()
+        .map(|m| glob::Glob::new(m).map_err(|e| TokenError::Invalid(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
     if models.is_empty() {
         return Err(TokenError::Invalid(
             "a token needs at least one --model pattern (use '*' for every model)".into(),

@@ -405,3 +405,12 @@ fn narrowing_is_evaluated_natively_and_bounded() {
         Err(TokenError::Malformed(_))
     ));
 }
+
+#[test]
+fn a_model_entry_is_one_pattern_never_a_list() {
+    // A checked entry must not turn into several unchecked patterns inside mint.
+    let (keys, _d) = ring();
+    let e = mint(&keys, &opts(&["gpt-x,*"]), SystemTime::now()).unwrap_err();
+    assert!(matches!(e, TokenError::Invalid(_)), "{e}");
+    assert!(mint(&keys, &opts(&["gpt-x", "*"]), SystemTime::now()).is_ok());
+}

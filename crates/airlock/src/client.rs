@@ -335,9 +335,12 @@ enum TokenSource {
     /// An identity token read from a file, exchanged.
     File(std::path::PathBuf),
     /// GitHub Actions' identity token, requested and exchanged.
-    Github { url: String, bearer: String },
+    Github {
+        url: String,
+        bearer: zeroize::Zeroizing<String>,
+    },
     /// A service-account key.
-    ServiceAccount(String),
+    ServiceAccount(zeroize::Zeroizing<String>),
     /// An admin key.
     Admin,
 }
@@ -351,10 +354,13 @@ fn token_source(r: &RunArgs) -> Result<TokenSource, Failure> {
         var("ACTIONS_ID_TOKEN_REQUEST_URL"),
         var("ACTIONS_ID_TOKEN_REQUEST_TOKEN"),
     ) {
-        return Ok(TokenSource::Github { url, bearer });
+        return Ok(TokenSource::Github {
+            url,
+            bearer: zeroize::Zeroizing::new(bearer),
+        });
     }
     if let Some(k) = var("AIRLOCK_SERVICE_ACCOUNT_KEY") {
-        return Ok(TokenSource::ServiceAccount(k));
+        return Ok(TokenSource::ServiceAccount(zeroize::Zeroizing::new(k)));
     }
     if var("AIRLOCK_ADMIN_TOKEN").is_some() {
         return Ok(TokenSource::Admin);
@@ -745,6 +751,10 @@ async fn run_child(
         // The command holds a token and nothing more.
         .env_remove("AIRLOCK_ADMIN_TOKEN")
         .env_remove("AIRLOCK_SERVICE_ACCOUNT_KEY")
+        // The platform's credential to request identity tokens: with it the command could get
+        // a token of the policy's full scope (not this run's narrower one) that outlives it.
+        .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL")
+        .env_remove("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
         .env_remove("ANTHROPIC_AUTH_TOKEN")
         .env_remove("OPENAI_ORG_ID")
         .env_remove("OPENAI_PROJECT_ID");

@@ -418,6 +418,7 @@ pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
             g(MATCH_SECRETS, Some("inventory.match"), post(match_secrets)),
         )
         .route("/usage/recent", g(READ_TOKENS, None, get(recent_usage)))
+        .route("/usage", g(READ_AUDIT, None, get(usage_report)))
         .route("/audit", g(READ_AUDIT, None, get(audit_records)))
         .route(
             "/audit/checkpoints",
@@ -1393,6 +1394,82 @@ async fn recent_usage(State(app): State<Arc<App>>, Query(q): Query<Recent>) -> R
         .await
     {
         Ok(rows) => Json(serde_json::json!({ "usage": rows })).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    by: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    bucket: Option<String>,
+}
+
+/// `airlock usage`: requests, tokens and cost grouped by one dimension, optionally per hour
+/// or day (UTC).
+async fn usage_report(State(app): State<Arc<App>>, Query(q): Query<UsageQuery>) -> Response {
+    use airlock_store::UsageDimension;
+    let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
+    let by = match q.by.as_deref().map(UsageDimension::parse) {
+        None => UsageDimension::Credential,
+        Some(Some(d)) => d,
+        Some(None) => {
+            return bad("by: one of token, identity, credential, model, env".into());
+        }
+    };
+    let now = now_ms();
+    let since = match q.since.as_deref().map(parse_time) {
+        None => now - 24 * 3600 * 1000,
+        Some(Ok(t)) => t,
+        Some(Err(e)) => return bad(format!("since: {e}")),
+    };
+    let until = match q.until.as_deref().map(parse_time) {
+        None => now + 1,
+        Some(Ok(t)) => t,
+        Some(Err(e)) => return bad(format!("until: {e}")),
+    };
+    if until <= since {
+        return bad("until must be after since".into());
+    }
+    let bucket_ms = match q.bucket.as_deref() {
+        None | Some("none") => None,
+        Some("hour") => Some(3_600_000),
+        Some("day") => Some(86_400_000),
+        Some(other) => return bad(format!("bucket `{other}`: hour, day or none")),
+    };
+    match app.store.usage_report(by, since, until, bucket_ms).await {
+        Ok(rows) => {
+            let name = by.name();
+            let rows: Vec<serde_json::Value> = rows
+                .into_iter()
+                .map(|r| {
+                    let mut v = serde_json::json!({
+                        name: r.key,
+                        "requests": r.requests,
+                        "input_tokens": r.input_tokens,
+                        "output_tokens": r.output_tokens,
+                        "cached_tokens": r.cached_tokens,
+                        "cost_nanos": r.cost_nanos,
+                        "cost_usd": format!("{}.{:09}", r.cost_nanos / 1_000_000_000, r.cost_nanos % 1_000_000_000),
+                        "unpriced_requests": r.unpriced,
+                    });
+                    if let Some(b) = r.bucket_ms {
+                        v["bucket"] = airlock_token::rfc3339((b / 1000) as u64).into();
+                    }
+                    v
+                })
+                .collect();
+            Json(serde_json::json!({
+                "by": name,
+                "since": airlock_token::rfc3339((since / 1000).max(0) as u64),
+                "until": airlock_token::rfc3339((until / 1000).max(0) as u64),
+                "bucket": q.bucket.unwrap_or_else(|| "none".into()),
+                "rows": rows,
+            }))
+            .into_response()
+        }
         Err(e) => store_err(e),
     }
 }

@@ -160,6 +160,9 @@ pub struct Price {
     pub input: f64,
     /// Per million output tokens.
     pub output: f64,
+    /// Per million input tokens served from the provider's cache (default: `input`).
+    #[serde(default)]
+    pub cached_input: Option<f64>,
 }
 
 /// `[store]`
@@ -467,14 +470,7 @@ impl Config {
                 "audit: checkpoint_every and checkpoint_interval_secs must be at least 1".into(),
             );
         }
-        for (pattern, p) in &self.pricing {
-            airlock_token::glob::Glob::new(pattern).map_err(|e| format!("pricing: {e}"))?;
-            if !(p.input >= 0.0 && p.output >= 0.0 && p.input.is_finite() && p.output.is_finite()) {
-                return Err(format!(
-                    "pricing.\"{pattern}\": prices must be non-negative numbers"
-                ));
-            }
-        }
+        self.prices()?;
         if !(self.oidc.fetch_timeout_secs > 0.0 && self.oidc.fetch_timeout_secs <= 60.0)
             || self.oidc.leeway_secs > 300
         {
@@ -493,6 +489,16 @@ impl Config {
             return Err("limits.max_body_bytes must be at least 1024".into());
         }
         Ok(())
+    }
+
+    /// The price list: `[pricing]` first, then the shipped table.
+    pub fn prices(&self) -> Result<crate::pricing::Prices, String> {
+        let overrides: Vec<(String, f64, Option<f64>, f64)> = self
+            .pricing
+            .iter()
+            .map(|(k, p)| (k.clone(), p.input, p.cached_input, p.output))
+            .collect();
+        crate::pricing::Prices::load(&overrides)
     }
 
     /// The database URL.
@@ -630,9 +636,11 @@ kek = "keyfile:{dir}/keys/kek.key"
 # [secrets.aws]                # default: the standard AWS chain, AWS_REGION, AWS_ENDPOINT_URL
 # region = "us-east-1"
 
-# Prices (US dollars per million tokens) for spend in the audit log and inventory:
+# Prices (US dollars per million tokens) for spend in usage, the audit log and the inventory.
+# airlock ships a table for OpenAI and Anthropic models; entries here come first:
 # [pricing."gpt-4o-mini"]
 # input = 0.15
+# cached_input = 0.075
 # output = 0.60
 "#,
             dir = state_dir.display()

@@ -12,6 +12,8 @@ pub mod mock;
 pub mod oidc;
 
 pub mod policy;
+pub mod pricing;
+
 pub mod providers;
 pub mod proxy;
 pub mod rotation;
@@ -97,13 +99,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         }
         Err(e) => return Err(anyhow::Error::msg(e)),
     };
-    let mut pricing = Vec::new();
-    for (pattern, p) in &cfg.pricing {
-        let g = airlock_token::glob::Glob::new(pattern)?;
-        pricing.push((g, p.input, p.output));
-    }
-    // Literal patterns first, so `gpt-4o-mini` wins over `gpt-4o*`.
-    pricing.sort_by_key(|(g, _, _)| !g.is_literal());
+    let pricing = cfg.prices().map_err(anyhow::Error::msg)?;
     let settings = usage::AuditSettings {
         key: audit_key,
         every: cfg.audit.checkpoint_every,

@@ -17,7 +17,6 @@
 
 use airlock_audit::{AuditKey, Record as AuditRecord};
 use airlock_store::{BatchWriter, Store, UsageRow};
-use airlock_token::glob::Glob;
 use anyhow::Context as _;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -82,7 +81,7 @@ pub struct AuditSettings {
     /// after an operator looked at them). Recorded in the log.
     pub accept_unsigned_tail: bool,
     /// Prices by model pattern: (pattern, dollars per million input, per million output).
-    pub pricing: Vec<(Glob, f64, f64)>,
+    pub pricing: crate::pricing::Prices,
 }
 
 struct Msg {
@@ -127,7 +126,7 @@ struct Shared {
     overflow: Arc<tokio::sync::Semaphore>,
     /// Set by the writer: false after a failed write, true after a good one.
     healthy: AtomicBool,
-    pricing: Vec<(Glob, f64, f64)>,
+    pricing: crate::pricing::Prices,
     anonymous_per_sec: u32,
     anonymous_window: Mutex<(Instant, u32)>,
 }
@@ -308,16 +307,9 @@ impl Recorder {
         self.shared.fail_open
     }
 
-    /// Cost in millionths of a dollar, when the model has a price.
-    pub fn cost_micros(&self, model: &str, input: Option<i64>, output: Option<i64>) -> Option<i64> {
-        let (_, pi, po) = self
-            .shared
-            .pricing
-            .iter()
-            .find(|(g, _, _)| g.matches(model))?;
-        let c = input.unwrap_or(0) as f64 * pi + output.unwrap_or(0) as f64 * po;
-        // Within what every JSON reader of the log represents exactly.
-        Some((c.round() as i64).clamp(0, 1 << 53))
+    /// The price list.
+    pub fn prices(&self) -> &crate::pricing::Prices {
+        &self.shared.pricing
     }
 
     /// Appends an audit record (and a usage row) and waits until it is durable.
@@ -963,6 +955,14 @@ impl Record {
     fn take(&mut self) -> (Option<UsageRow>, Option<AuditRecord>) {
         self.sent = true;
         self.row.latency_ms = self.started.elapsed().as_millis() as i64;
+        if let Some(m) = self.row.model.as_deref() {
+            self.row.cost_nanos = self.recorder.prices().cost_nanos(
+                m,
+                self.row.input_tokens,
+                self.row.cached_tokens,
+                self.row.output_tokens,
+            );
+        }
         let row = std::mem::take(&mut self.row);
         self.recorder.count(&row);
         let anonymous = row.token_id.is_none();
@@ -980,10 +980,8 @@ impl Record {
             return (None, None);
         }
         let audit = {
-            let cost = row.model.as_deref().and_then(|m| {
-                self.recorder
-                    .cost_micros(m, row.input_tokens, row.output_tokens)
-            });
+            // Within what every JSON reader of the log represents exactly.
+            let cost = row.cost_nanos.map(|n| ((n + 500) / 1000).clamp(0, 1 << 53));
             Some(AuditRecord {
                 ts: row.ts,
                 actor_kind: if anonymous { "anonymous" } else { "token" }.into(),

@@ -323,6 +323,79 @@ pub struct UsageRow {
     pub attempts: i64,
     /// Client address.
     pub client_ip: Option<String>,
+    /// Cost in nano-dollars, when the model has a price.
+    pub cost_nanos: Option<i64>,
+}
+
+/// What usage can be grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageDimension {
+    /// Token id.
+    Token,
+    /// The token's subject (a person, a service account, a workload identity).
+    Identity,
+    /// Credential that served.
+    Credential,
+    /// Model asked for.
+    Model,
+    /// Environment.
+    Env,
+}
+
+impl UsageDimension {
+    /// Parses `token`, `identity`, `credential`, `model`, `env`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "token" => Self::Token,
+            "identity" => Self::Identity,
+            "credential" => Self::Credential,
+            "model" => Self::Model,
+            "env" => Self::Env,
+            _ => return None,
+        })
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Identity => "identity",
+            Self::Credential => "credential",
+            Self::Model => "model",
+            Self::Env => "env",
+        }
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            Self::Token => "token_id",
+            Self::Identity => "subject",
+            Self::Credential => "credential",
+            Self::Model => "model",
+            Self::Env => "env",
+        }
+    }
+}
+
+/// One group of a usage report.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageReportRow {
+    /// The value grouped by (None: requests without one, e.g. refused before routing).
+    pub key: Option<String>,
+    /// Start of the time bucket (unix ms), when bucketed.
+    pub bucket_ms: Option<i64>,
+    /// Requests.
+    pub requests: i64,
+    /// Input tokens.
+    pub input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+    /// Cached input tokens.
+    pub cached_tokens: i64,
+    /// Cost, nano-dollars.
+    pub cost_nanos: i64,
+    /// Requests with tokens counted but no price for their model.
+    pub unpriced: i64,
 }
 
 /// Which audit records to read.
@@ -505,7 +578,7 @@ impl BatchWriter {
                 .prepare_cached(
                     "INSERT INTO usage (ts, request_id, token_id, subject, env, credential, provider, endpoint, model,
                        status, outcome, input_tokens, output_tokens, cached_tokens, latency_ms, ttfb_ms, stream,
-                       attempts, client_ip) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                              attempts, client_ip, cost_nanos) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 )
                 .map_err(wdb("record usage"))?;
             let mut used = tx
@@ -536,7 +609,8 @@ impl BatchWriter {
                         u.ttfb_ms,
                         u.stream,
                         u.attempts,
-                        u.client_ip
+                        u.client_ip,
+                        u.cost_nanos
                     ])
                     .map_err(wdb("record usage"))?;
                 if let (Some(c), true) = (&u.credential, u.status < 500 && u.outcome != "refused") {
@@ -1638,6 +1712,51 @@ impl Store {
                 stream: r.get::<i64, _>("stream") != 0,
                 attempts: r.get("attempts"),
                 client_ip: r.get("client_ip"),
+                cost_nanos: r.get("cost_nanos"),
+            })
+            .collect())
+    }
+
+    /// Usage grouped by one dimension (a column of `usage`, from a fixed list) and optionally
+    /// by time bucket (`bucket_ms`, aligned to the Unix epoch, so days are UTC days), for
+    /// `ts` in `[since_ms, until_ms)`. Rows ordered by bucket, then cost (highest first).
+    pub async fn usage_report(
+        &self,
+        by: UsageDimension,
+        since_ms: i64,
+        until_ms: i64,
+        bucket_ms: Option<i64>,
+    ) -> Result<Vec<UsageReportRow>> {
+        let col = by.column();
+        let bucket = bucket_ms.unwrap_or(0);
+        // The column name comes from the enum, never from the caller's text.
+        let sql = format!(
+            "SELECT {col} AS k, CASE WHEN ?3 > 0 THEN (ts / ?3) * ?3 END AS b, COUNT(*) AS n,
+                    COALESCE(SUM(input_tokens), 0) AS i, COALESCE(SUM(output_tokens), 0) AS o,
+                    COALESCE(SUM(cached_tokens), 0) AS ci, COALESCE(SUM(cost_nanos), 0) AS c,
+                    SUM(CASE WHEN model IS NOT NULL AND cost_nanos IS NULL
+                              AND (input_tokens IS NOT NULL OR output_tokens IS NOT NULL) THEN 1 ELSE 0 END) AS unpriced
+               FROM usage WHERE ts >= ?1 AND ts < ?2
+              GROUP BY k, b ORDER BY b, c DESC, n DESC, k"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(since_ms)
+            .bind(until_ms)
+            .bind(bucket)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read usage"))?;
+        Ok(rows
+            .iter()
+            .map(|r| UsageReportRow {
+                key: r.get("k"),
+                bucket_ms: r.get("b"),
+                requests: r.get("n"),
+                input_tokens: r.get("i"),
+                output_tokens: r.get("o"),
+                cached_tokens: r.get("ci"),
+                cost_nanos: r.get("c"),
+                unpriced: r.get("unpriced"),
             })
             .collect())
     }

@@ -161,8 +161,14 @@ fn print_rotation(v: &Value) {
     }
 }
 
-/// A time given as RFC 3339 or as a duration ago (`30d`), in unix milliseconds.
+/// A time given as RFC 3339, unix milliseconds (13 digits or more) or a duration ago (`30d`),
+/// in unix milliseconds.
 pub(crate) fn time_arg(t: &str) -> Result<i64, Failure> {
+    if t.len() >= 13 && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t
+            .parse()
+            .map_err(|_| Failure::usage(format!("`{t}` is not a time")));
+    }
     if let Ok(ts) = humantime::parse_rfc3339_weak(t) {
         return Ok(ts
             .duration_since(std::time::UNIX_EPOCH)
@@ -654,6 +660,79 @@ fn scope_line(sc: &Value) -> String {
             sc["max_ttl_secs"].as_u64().unwrap_or_default()
         ))
     )
+}
+
+/// `airlock usage`.
+pub async fn usage(
+    by: &str,
+    since: &str,
+    until: Option<&str>,
+    bucket: &str,
+    json: bool,
+) -> Result<(), Failure> {
+    let admin = Admin::from_env()?;
+    let mut q: Vec<(&str, String)> = vec![
+        ("by", by.to_string()),
+        ("since", time_arg(since)?.to_string()),
+        ("bucket", bucket.to_string()),
+    ];
+    if let Some(u) = until {
+        q.push(("until", time_arg(u)?.to_string()));
+    }
+    let qs = serde_urlencoded::to_string(&q).unwrap_or_default();
+    let v = admin.get(&format!("/usage?{qs}")).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+    let bucketed = rows.iter().any(|r| r.get("bucket").is_some());
+    if bucketed {
+        print!("{:<22} ", "BUCKET");
+    }
+    println!(
+        "{:<40} {:>9} {:>12} {:>12} {:>16}",
+        by.to_uppercase(),
+        "REQUESTS",
+        "INPUT",
+        "OUTPUT",
+        "COST USD"
+    );
+    let (mut n, mut i, mut o, mut c, mut unpriced) = (0i64, 0i64, 0i64, 0i64, 0i64);
+    for r in &rows {
+        if bucketed {
+            print!("{:<22} ", s(r, "bucket"));
+        }
+        let get = |k: &str| r[k].as_i64().unwrap_or(0);
+        println!(
+            "{:<40} {:>9} {:>12} {:>12} {:>16}",
+            r[by].as_str().unwrap_or("-"),
+            get("requests"),
+            get("input_tokens"),
+            get("output_tokens"),
+            s(r, "cost_usd")
+        );
+        n += get("requests");
+        i += get("input_tokens");
+        o += get("output_tokens");
+        c += get("cost_nanos");
+        unpriced += get("unpriced_requests");
+    }
+    if bucketed {
+        print!("{:<22} ", "");
+    }
+    println!(
+        "{:<40} {:>9} {:>12} {:>12} {:>16}",
+        "TOTAL",
+        n,
+        i,
+        o,
+        format!("{}.{:09}", c / 1_000_000_000, c % 1_000_000_000)
+    );
+    if unpriced > 0 {
+        eprintln!("note: {unpriced} requests used models without a price; add them under [pricing] in airlock.toml");
+    }
+    Ok(())
 }
 
 /// `airlock trust add|list|remove`.

@@ -88,6 +88,22 @@ enum Cmd {
     /// write`); a service-account key (AIRLOCK_SERVICE_ACCOUNT_KEY); an admin key
     /// (AIRLOCK_ADMIN_TOKEN).
     Run(RunArgs),
+    /// Requests, tokens and cost (integer nano-dollars from the price table) grouped by token,
+    /// identity, credential, model or environment, optionally per hour or day (UTC).
+    Usage {
+        /// What to group by: token, identity, credential, model or env.
+        #[arg(long, default_value = "credential")]
+        by: String,
+        /// Start: RFC 3339 or a duration ago (24h, 7d); default 24h.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// End (default now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Time buckets: hour, day or none.
+        #[arg(long, default_value = "none")]
+        bucket: String,
+    },
     /// Keys for workloads without an OIDC identity: a service-account key can only mint
     /// tokens within its scope (POST /v1/token), never call a model itself.
     #[command(subcommand, name = "service-account")]
@@ -586,6 +602,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::AdminKey(c) => client::admin_key(c, json).await,
         Cmd::ServiceAccount(c) => client::service_account(c, json).await,
         Cmd::Trust(c) => client::trust(c, json).await,
+        Cmd::Usage {
+            by,
+            since,
+            until,
+            bucket,
+        } => client::usage(&by, &since, until.as_deref(), &bucket, json).await,
         Cmd::Doctor => client::doctor(json).await,
         Cmd::Token(t) => client::token(t, json).await,
         Cmd::Audit(a) => audit::run(a, json).await,

@@ -30,6 +30,7 @@ MATRIX = [
     ("POST", "/tokens/no-such/revoke", None, MANAGE),
     ("POST", "/inventory/match", {}, READ_AUDIT),
     ("GET", "/usage/recent", None, READ_AUDIT),
+    ("GET", "/usage?by=model", None, READ_AUDIT),
     ("GET", "/audit?limit=1", None, READ_AUDIT),
     ("GET", "/audit/checkpoints", None, READ_AUDIT),
     ("GET", "/audit/keys", None, READ_AUDIT),

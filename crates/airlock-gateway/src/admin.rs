@@ -940,7 +940,23 @@ async fn revoke_admin_key(State(app): State<Arc<App>>, Path(id): Path<String>) -
     // The last active owner key is never revoked (nobody could issue keys again): the store
     // checks it in the same statement as the revocation.
     match app.store.revoke_admin_key(&id, now_ms()).await {
-        Ok(true) => Json(serde_json::json!({"revoked": id})).into_response(),
+        Ok(true) => {
+            // A developer's tokens are theirs: they end with the key. (Tokens minted by an
+            // owner or admin are usually handed to applications and stay.)
+            let mut tokens = 0;
+            if matches!(app.store.admin_key(&id).await, Ok(Some(k)) if k.role == "developer") {
+                let serial = app.revocation_lock.lock().await;
+                tokens = match app.store.revoke_tokens_minted_by(&id, now_ms()).await {
+                    Ok(n) => n,
+                    Err(e) => return store_err(e),
+                };
+                drop(serial);
+                if let Err(e) = app.reload_revocations().await {
+                    return store_err(e);
+                }
+            }
+            Json(serde_json::json!({"revoked": id, "tokens_revoked": tokens})).into_response()
+        }
         Ok(false) => match app.store.admin_key(&id).await {
             Ok(Some(k)) if k.revoked_at.is_none() && k.role == "owner" => err(
                 StatusCode::CONFLICT,
@@ -1280,6 +1296,19 @@ async fn remove_trust_policy(State(app): State<Arc<App>>, Path(name): Path<Strin
         Ok(true) => {
             if let Err(e) = app.reload_trust().await {
                 tracing::error!(error = %e, "cannot reload trust policies");
+                return err(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "reload_failed",
+                    "the policy was deleted from the database but the server could not reload its policies; restart it",
+                );
+            }
+            // A row shadowed by a configuration policy of the same name was never active: the
+            // tokens named after that name are the configuration policy's.
+            if app.cfg.trust.iter().any(|t| t.name == name) {
+                return Json(
+                    serde_json::json!({ "removed": name, "name": name, "tokens_revoked": 0 }),
+                )
+                .into_response();
             }
             // Tokens the policy granted end with it.
             let tokens = {

@@ -79,7 +79,10 @@ impl Scope {
         if self.models.is_empty() {
             return Err("a scope needs at least one model pattern ('*' for every model)".into());
         }
-        airlock_token::glob::parse_list(&self.models).map_err(|e| e.to_string())?;
+        // One pattern per entry (no comma lists): what is checked is what is minted.
+        for m in &self.models {
+            Glob::new(m).map_err(|e| e.to_string())?;
+        }
         if let Some(c) = self
             .credentials
             .iter()
@@ -628,6 +631,20 @@ pub async fn mint_for_service_account(app: Arc<App>, req: Request<Body>) -> Resp
     };
     match issue(&app, Some(&scope), asked, origin).await {
         Ok(issued) => {
+            // Revoked meanwhile? Its sweep may have run before this token was stored.
+            if !matches!(app.store.service_account(&sa.id).await, Ok(Some(r)) if r.revoked_at.is_none())
+            {
+                let _ = app.store.revoke_token(&issued.minted.id, now_ms()).await;
+                let _ = app.reload_revocations().await;
+                let msg = "service account has been revoked".to_string();
+                let r = ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_service_account",
+                    msg.clone(),
+                )
+                .render(Dialect::OpenAi);
+                return refuse(app, sa, meta, r, msg).await;
+            }
             let _ = app.store.touch_service_account(&sa.id, now_ms()).await;
             let ok = audit_event(
                 &app,
@@ -710,10 +727,8 @@ pub async fn revoke_self(app: Arc<App>, req: Request<Body>) -> Response {
         }
         return e.render(Dialect::OpenAi);
     }
-    // A change whose record cannot be written is not made (fail-closed, as admin changes).
-    if !app.recorder.healthy() && !app.recorder.fail_open() {
-        return audit_unavailable();
-    }
+    // Revoking is the safe direction: it is done even when the audit log is failing (the
+    // answer then says the record is missing).
     {
         let _serial = app.revocation_lock.lock().await;
         if let Err(e) = app.store.revoke_token(&v.id, now_ms()).await {
@@ -775,6 +790,8 @@ mod tests {
         assert!(Scope::new(max, "prod", vec![], vec![], Some(Duration::from_secs(7200))).is_err());
         assert!(Scope::new(max, "no spaces", vec![], vec![], None).is_err());
         assert!(Scope::new(max, "prod", vec!["gpt 4".into()], vec![], None).is_err());
+        // One pattern per entry: a comma list in a stored scope would never mint.
+        assert!(Scope::new(max, "prod", vec!["gpt-4o,gpt-4o-mini".into()], vec![], None).is_err());
         let s = Scope::new(max, "prod", vec![], vec![], None).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s.models, vec!["*".to_string()]);
         assert_eq!(s.max_ttl_secs, 3600);

@@ -495,9 +495,13 @@ impl JwksCache {
             .ok()
             .and_then(|a| a.get(&source).copied());
         if last.is_some_and(|t| t.elapsed() < min_gap) {
-            return current.ok_or_else(|| {
-                FetchError("the last fetch of these keys failed moments ago".into())
-            });
+            // A set past its age is never used, even while its source is failing: keys the
+            // issuer withdrew must stop working.
+            return current
+                .filter(|s| s.fetched.elapsed() < max_age)
+                .ok_or_else(|| {
+                    FetchError("the last fetch of these keys failed moments ago".into())
+                });
         }
         self.fetch(app, p, &source).await
     }
@@ -722,7 +726,8 @@ async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted,
     // Verify against each key source the candidates name, in policy order; the policies of the
     // source whose keys verify are the only ones that may admit the token.
     let leeway = app.cfg.oidc.leeway_secs;
-    let mut verified: Option<(Claims, String)> = None;
+    let mut verified: Option<Claims> = None;
+    let mut verified_sources: Vec<String> = Vec::new();
     let mut failure: Option<jsonwebtoken::errors::Error> = None;
     let mut fetch_failed: Option<String> = None;
     let mut tried = Vec::new();
@@ -740,15 +745,16 @@ async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted,
             }
         };
         match check_signature(jwt, &header, &keys, &iss, leeway) {
+            // Every source is tried: a policy may admit only if its own source verified.
             Checked::Valid(claims) => {
-                verified = Some((claims, source));
-                break;
+                verified.get_or_insert(claims);
+                verified_sources.push(source);
             }
             Checked::NoKey => {}
             Checked::Invalid(e) => failure = Some(e),
         }
     }
-    let Some((claims, source)) = verified else {
+    let Some(claims) = verified else {
         use jsonwebtoken::errors::ErrorKind as K;
         if let (None, Some(m)) = (&failure, &fetch_failed) {
             return Err(Refusal {
@@ -797,7 +803,7 @@ async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted,
     };
     let mut admitting: Vec<&&Arc<Compiled>> = candidates
         .iter()
-        .filter(|c| key_source(&c.policy) == source)
+        .filter(|c| verified_sources.contains(&key_source(&c.policy)))
         .collect();
     if let Some(aud) = get("audience") {
         // Same answer whether the named policy does not exist or does not admit: the
@@ -833,7 +839,8 @@ async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted,
                 "no trust policy admits this identity".to_string(),
             )
         };
-        if !public.is_empty() {
+        // Naming a policy gets no reasons: whether it exists is not for callers to probe.
+        if !public.is_empty() && get("audience").is_none() {
             d = format!("{d}: {}", public.join("; "));
         }
         let detail = (!private.is_empty()).then(|| format!("{d} ({})", private.join("; ")));
@@ -882,6 +889,22 @@ async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted,
         claims: Some(serde_json::Value::Object(recorded)),
     };
     match identity::issue(app, Some(&policy.scope), ask, origin).await {
+        Ok(issued) if !app.trust.load().iter().any(|c| Arc::ptr_eq(c, policy)) => {
+            // The policy was removed while this exchange ran; its sweep may have missed this.
+            let _ = app
+                .store
+                .revoke_token(&issued.minted.id, crate::state::now_ms())
+                .await;
+            let _ = app.reload_revocations().await;
+            Err(attributed(
+                "invalid_request",
+                "no trust policy admits this identity".into(),
+                Some(format!(
+                    "policy `{}` was removed during the exchange",
+                    policy.policy.name
+                )),
+            ))
+        }
         Ok(issued) => {
             let mut scope = vec![format!("env:{}", issued.row.env)];
             scope.extend(issued.row.models.iter().map(|m| format!("model:{m}")));

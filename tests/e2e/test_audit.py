@@ -55,6 +55,16 @@ class Instance:
     def start(self):
         self.proc = self.a.spawn(f"{self.dir.name}-server", ["serve", "--config", self.config], self.env)
         wait_port(self.port)
+        # The port is bound before the stored log is checked (and repaired): wait for answers.
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("the server did not answer /healthz")
 
     def stop(self, sig=signal.SIGTERM):
         self.proc.send_signal(sig)

@@ -2,6 +2,8 @@
 official SDKs yields exact integer nano-dollar totals per dimension in `airlock usage --json`,
 computed here from the usage each response reported and the shipped price table."""
 import json
+
+import pytest
 import time
 
 from conftest import rand
@@ -79,3 +81,74 @@ def test_costs_add_up_exactly_per_dimension(airlock):
     # The text form ends with the total in dollars.
     text = airlock.cli("usage", "--by", "identity", "--since", since)
     assert text.returncode == 0 and "TOTAL" in text.stdout, text.stderr
+
+
+def test_a_budget_holds_under_concurrency(airlock):
+    import concurrent.futures
+    import httpx
+    limit = 100_000  # nano-dollars: 0.0001 USD
+    t = airlock.mint("--env", "prod", "--model", "gpt-4o-mini,claude-haiku-4-5", "--budget-usd", "0.0001",
+                     "--subject", f"budget-{rand(6)}")
+    assert t["budget_usd"] == "0.000100000"
+    body = {"model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "a few words"}]}
+    # Reserved per request: ceil(len(body)/3) input tokens x 150 + 50 x 600 nanos: two fit, three do not.
+
+    def one(_):
+        r = httpx.post(airlock.url + "/v1/chat/completions", json=body, timeout=30,
+                       headers={"authorization": f"Bearer {t['token']}"})
+        airlock.captured.append(r.content)
+        return r
+
+    with concurrent.futures.ThreadPoolExecutor(12) as ex:
+        results = list(ex.map(one, range(36)))
+    ok = [r for r in results if r.status_code == 200]
+    refused = [r for r in results if r.status_code == 429]
+    assert len(ok) + len(refused) == len(results), [r.status_code for r in results]
+    assert ok and refused, (len(ok), len(refused))
+    for r in refused:
+        err = r.json()["error"]
+        assert err["code"] == "insufficient_quota" and err["type"] == "insufficient_quota", err
+        assert "budget" in err["message"] and r.headers["x-should-retry"] == "false"
+    spent = next(r for r in usage(airlock, "--by", "token", "--since", "1h")["rows"] if r["token"] == t["id"])
+    # Requests here set max_tokens and send text, so the documented bound is zero overspend.
+    # Refusals are requests too (their usage rows carry no tokens).
+    assert spent["requests"] == len(results) and 0 < spent["cost_nanos"] <= limit, spent
+    # Requests one at a time until refused: then what is left is less than one reservation
+    # (under 40_000 nanos for this body), so the budget was used, not refused early.
+    for _ in range(10):
+        if one(0).status_code == 429:
+            break
+    final = next(r for r in usage(airlock, "--by", "token", "--since", "1h")["rows"] if r["token"] == t["id"])
+    assert limit - 40_000 < final["cost_nanos"] <= limit, final
+    spent = final
+    listed = next(b for b in airlock.cli_json("budget", "list")["budgets"] if b["key"] == t["id"])
+    assert listed["spent_nanos"] == spent["cost_nanos"] and listed["reserved_nanos"] == 0, listed
+    # The Anthropic dialect refuses in its own shape.
+    import anthropic
+    with pytest.raises(anthropic.RateLimitError) as e:
+        for _ in range(5):
+            airlock.anthropic(t["token"]).messages.create(model="claude-haiku-4-5", max_tokens=4000, messages=MSG)
+    assert "budget" in str(e.value)
+
+
+def test_identity_budgets_and_unpriced_models(airlock):
+    subject = f"team-{rand(6)}"
+    t = airlock.mint("--env", "prod", "--model", "*", "--subject", subject)
+    r = airlock.cli("budget", "set", "--identity", subject, "--usd", "0.00005", "--period", "day")
+    assert r.returncode == 0, r.stderr
+    import openai
+    c = airlock.openai(t["token"])
+    # 50 input-ish tokens + 4096 default output tokens x 600 nanos is far over 50_000 nanos.
+    with pytest.raises(openai.RateLimitError) as e:
+        c.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert "daily budget of identity" in str(e.value)
+    out = c.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=20)
+    assert out.choices[0].message.content
+    # A model without a price cannot be held to a budget: refused, with what to do.
+    with pytest.raises(openai.RateLimitError) as e:
+        c.chat.completions.create(model="m-unpriced", messages=MSG, max_tokens=5)
+    assert "no price" in str(e.value)
+    bid = next(b["id"] for b in airlock.cli_json("budget", "list")["budgets"] if b["key"] == subject)
+    assert airlock.cli("budget", "remove", bid).returncode == 0
+    out = c.chat.completions.create(model="m-unpriced", messages=MSG, max_tokens=5)
+    assert out.choices[0].message.content

@@ -419,6 +419,12 @@ pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
         )
         .route("/usage/recent", g(READ_TOKENS, None, get(recent_usage)))
         .route("/usage", g(READ_AUDIT, None, get(usage_report)))
+        .route("/budgets", g(MANAGE, Some("budget.set"), post(set_budget)))
+        .route("/budgets", g(READ_AUDIT, None, get(list_budgets)))
+        .route(
+            "/budgets/{id}",
+            g(MANAGE, Some("budget.remove"), delete(remove_budget)),
+        )
         .route("/audit", g(READ_AUDIT, None, get(audit_records)))
         .route(
             "/audit/checkpoints",
@@ -1089,6 +1095,8 @@ struct Mint {
     env: Option<String>,
     ttl: Option<String>,
     subject: Option<String>,
+    /// A total spend cap on the token itself, US dollars.
+    budget_usd: Option<f64>,
 }
 
 async fn mint_token(
@@ -1135,8 +1143,39 @@ async fn mint_token(
         credentials: split_list(m.credentials),
         ttl,
     };
+    let budget = match m.budget_usd.map(usd_to_nanos) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => return bad(format!("budget_usd: {e}")),
+    };
     match issue(&app, bound, ask, origin).await {
-        Ok(issued) => (StatusCode::CREATED, Json(issued.json())).into_response(),
+        Ok(issued) => {
+            let mut v = issued.json();
+            if let Some(limit) = budget {
+                let row = airlock_store::BudgetRow {
+                    id: format!("bud_{}", airlock_secrets::random_token(6)),
+                    kind: "token".into(),
+                    key: issued.minted.id.clone(),
+                    period: "total".into(),
+                    limit_nanos: limit,
+                    created_at: now_ms(),
+                    created_by: c.key_id.clone(),
+                };
+                // The token is not handed out without its cap.
+                let stored = app.store.insert_budget(&row).await;
+                if stored.is_err() || app.budgets.reload(&app.store).await.is_err() {
+                    let _ = app.store.revoke_token(&issued.minted.id, now_ms()).await;
+                    let _ = app.reload_revocations().await;
+                    return err(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_unavailable",
+                        "the token's budget could not be stored, so the token was revoked; try again",
+                    );
+                }
+                v["budget_usd"] = crate::budget::usd(limit).into();
+            }
+            (StatusCode::CREATED, Json(v)).into_response()
+        }
         Err(e) => e.render(),
     }
 }
@@ -1499,6 +1538,102 @@ async fn usage_report(State(app): State<Arc<App>>, Query(q): Query<UsageQuery>) 
             }))
             .into_response()
         }
+        Err(e) => store_err(e),
+    }
+}
+
+/// US dollars to nano-dollars (at most nine decimals matter).
+fn usd_to_nanos(usd: f64) -> Result<i64, String> {
+    if !(usd.is_finite() && usd > 0.0 && usd <= 1e9) {
+        return Err(format!(
+            "{usd} is not an amount between 0 and 1e9 US dollars"
+        ));
+    }
+    Ok((usd * 1e9).round() as i64)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBudget {
+    kind: String,
+    key: String,
+    period: String,
+    usd: f64,
+}
+
+/// `budget set`: a spend cap on a token, identity or credential.
+async fn set_budget(
+    State(app): State<Arc<App>>,
+    axum::Extension(c): axum::Extension<Caller>,
+    Json(b): Json<NewBudget>,
+) -> Response {
+    let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
+    if crate::budget::Kind::parse(&b.kind).is_none() {
+        return bad("kind: token, identity or credential".into());
+    }
+    if crate::budget::Period::parse(&b.period).is_none() {
+        return bad("period: day, month or total".into());
+    }
+    if b.key.is_empty() || b.key.len() > 256 || airlock_secrets::looks_like_key(&b.key) {
+        return bad("key: the token id, identity (subject) or credential name".into());
+    }
+    let limit = match usd_to_nanos(b.usd) {
+        Ok(n) => n,
+        Err(e) => return bad(format!("usd: {e}")),
+    };
+    let row = airlock_store::BudgetRow {
+        id: format!("bud_{}", airlock_secrets::random_token(6)),
+        kind: b.kind,
+        key: b.key,
+        period: b.period,
+        limit_nanos: limit,
+        created_at: now_ms(),
+        created_by: c.key_id,
+    };
+    if let Err(e) = app.store.insert_budget(&row).await {
+        return store_err(e);
+    }
+    if let Err(e) = app.budgets.reload(&app.store).await {
+        return store_err(e);
+    }
+    let status = app.budgets.status();
+    (
+        StatusCode::CREATED,
+        Json(crate::budget::describe(
+            &row,
+            status.iter().find(|s| s.id == row.id),
+        )),
+    )
+        .into_response()
+}
+
+async fn list_budgets(State(app): State<Arc<App>>) -> Response {
+    match app.store.list_budgets().await {
+        Ok(rows) => {
+            let status = app.budgets.status();
+            let list: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| crate::budget::describe(r, status.iter().find(|s| s.id == r.id)))
+                .collect();
+            Json(serde_json::json!({ "budgets": list })).into_response()
+        }
+        Err(e) => store_err(e),
+    }
+}
+
+async fn remove_budget(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    match app.store.delete_budget(&id).await {
+        Ok(true) => {
+            if let Err(e) = app.budgets.reload(&app.store).await {
+                return store_err(e);
+            }
+            Json(serde_json::json!({ "removed": id, "id": id })).into_response()
+        }
+        Ok(false) => err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no budget `{id}`"),
+        ),
         Err(e) => store_err(e),
     }
 }

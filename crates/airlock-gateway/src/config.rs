@@ -41,6 +41,9 @@ pub struct Config {
     /// Rotation policy.
     #[serde(default)]
     pub rotation: RotationConfig,
+    /// Budget enforcement.
+    #[serde(default)]
+    pub budgets: BudgetsConfig,
     /// Token exchange (`POST /v1/token/exchange`) timing.
     #[serde(default)]
     pub oidc: OidcConfig,
@@ -102,6 +105,23 @@ impl AuditConfig {
             other => Err(format!(
                 "audit.on_failure = \"{other}\": use \"closed\" (refuse unaudited requests) or \"open\""
             )),
+        }
+    }
+}
+
+/// `[budgets]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetsConfig {
+    /// Output tokens reserved for a request that sets no `max_tokens` (or
+    /// `max_completion_tokens`, `max_output_tokens`).
+    pub default_max_output_tokens: i64,
+}
+
+impl Default for BudgetsConfig {
+    fn default() -> Self {
+        BudgetsConfig {
+            default_max_output_tokens: 4096,
         }
     }
 }
@@ -379,6 +399,7 @@ const TOP_KEYS: &[&str] = &[
     "audit",
     "rotation",
     "oidc",
+    "budgets",
     "pricing",
 ];
 

@@ -57,7 +57,7 @@ impl ApiError {
             Dialect::OpenAi => serde_json::json!({
                 "error": {
                     "message": self.message,
-                    "type": openai_type(self.status),
+                    "type": if self.code == "insufficient_quota" { "insufficient_quota" } else { openai_type(self.status) },
                     "param": null,
                     "code": self.code,
                 }
@@ -68,7 +68,11 @@ impl ApiError {
             }),
         };
         let mut resp = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS
+        if self.code == "insufficient_quota" {
+            // Retrying cannot help until the budget resets or grows: the SDKs honour this.
+            resp.headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
+        } else if self.status == StatusCode::TOO_MANY_REQUESTS
             || self.status == StatusCode::SERVICE_UNAVAILABLE
         {
             resp.headers_mut()

@@ -2,6 +2,8 @@
 //! by `airlock demo` and the tests. See ARCHITECTURE.md for the request path.
 
 pub mod admin;
+pub mod budget;
+
 pub mod config;
 pub mod credentials;
 pub mod dialect;
@@ -140,6 +142,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         &|name| std::env::var(name).ok().filter(|v| !v.is_empty()),
     )
     .map_err(anyhow::Error::msg)?;
+    let budgets = Arc::new(budget::Budgets::load(&store).await?);
     let app = Arc::new(App {
         ref_policy,
         secrets,
@@ -157,6 +160,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         model_lists: Default::default(),
         started: Instant::now(),
         trust: ArcSwap::from_pointee(Vec::new()),
+        budgets,
         jwks: Default::default(),
         trust_lock: Default::default(),
         state_lock,

@@ -120,6 +120,9 @@ struct Probe<'a> {
     #[serde(borrow)]
     model: Option<std::borrow::Cow<'a, str>>,
     stream: Option<bool>,
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+    max_output_tokens: Option<i64>,
 }
 
 struct Ctx {
@@ -331,7 +334,95 @@ async fn run(
         let e = denial.unwrap_or_else(|| TokenError::Denied("not allowed".into()));
         return Err(token_error(&e));
     }
+    if !app.budgets.is_empty() {
+        let max_output = probe
+            .max_tokens
+            .or(probe.max_completion_tokens)
+            .or(probe.max_output_tokens);
+        reserve(
+            app,
+            ctx,
+            &token,
+            &model,
+            bytes.len(),
+            max_output,
+            &mut allowed,
+        )?;
+    }
     forward(app, ctx, &parts, bytes, allowed).await
+}
+
+fn quota(msg: String) -> ApiError {
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", msg)
+}
+
+/// Reserves the request's estimated maximum cost against the token's, the identity's and the
+/// candidate credentials' budgets (a credential whose budget cannot take it is dropped from
+/// the candidates); the reservations ride on the request's record, which settles them.
+fn reserve(
+    app: &App,
+    ctx: &mut Ctx,
+    token: &Verified,
+    model: &str,
+    body_len: usize,
+    max_output: Option<i64>,
+    allowed: &mut Vec<Authorized>,
+) -> Result<(), ApiError> {
+    use crate::budget::Kind;
+    let b = &app.budgets;
+    let budgeted = b.has(Kind::Token, &token.id)
+        || b.has(Kind::Identity, &token.subject)
+        || allowed
+            .iter()
+            .any(|a| b.has(Kind::Credential, &a.credential().name));
+    if !budgeted {
+        return Ok(());
+    }
+    let Some(rate) = app.recorder.prices().rate(model) else {
+        return Err(quota(format!(
+            "model `{model}` has no price, so its spend cannot be held to the budget that applies; an operator can add it under [pricing]"
+        )));
+    };
+    let est = crate::budget::estimate(
+        rate,
+        body_len,
+        max_output,
+        app.cfg.budgets.default_max_output_tokens,
+    );
+    let main = b
+        .reserve(
+            &[(Kind::Token, &token.id), (Kind::Identity, &token.subject)],
+            est,
+        )
+        .map_err(|r| {
+            quota(format!(
+                "{}; ask for a larger budget or a new token",
+                r.what
+            ))
+        })?;
+    let mut held = vec![main];
+    let mut last = None;
+    allowed.retain(|a| {
+        let name = &a.credential().name;
+        if !b.has(Kind::Credential, name) {
+            return true;
+        }
+        match b.reserve(&[(Kind::Credential, name)], est) {
+            Ok(r) => {
+                held.push(r);
+                true
+            }
+            Err(r) => {
+                last = Some(r.what);
+                false
+            }
+        }
+    });
+    if allowed.is_empty() {
+        return Err(quota(last.unwrap_or_else(|| "over budget".into())));
+    }
+    ctx.rec().hold(held);
+    Ok(())
 }
 
 /// Model names reach the decision cache, usage rows, logs and regular expressions: keep them

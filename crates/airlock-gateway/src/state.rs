@@ -53,6 +53,8 @@ pub struct App {
     pub trust: ArcSwap<Vec<Arc<crate::oidc::Compiled>>>,
     /// OIDC issuers' signing keys.
     pub jwks: crate::oidc::JwksCache,
+    /// Spend caps and their reservations.
+    pub budgets: Arc<crate::budget::Budgets>,
     /// Serialises trust policy reloads.
     pub trust_lock: tokio::sync::Mutex<()>,
     /// Held for the server's life: one server per state directory (a second one would append

@@ -887,9 +887,16 @@ pub struct Record {
     recorder: Recorder,
     sent: bool,
     capped: bool,
+    /// Budget reservations: the first charges the real cost, the rest are released.
+    budget: Vec<crate::budget::Reservation>,
 }
 
 impl Record {
+    /// Holds the request's budget reservations until its cost is known.
+    pub fn hold(&mut self, reservations: Vec<crate::budget::Reservation>) {
+        self.budget = reservations;
+    }
+
     /// Starts a record for a request.
     pub fn start(recorder: Recorder, row: UsageRow) -> Self {
         Record {
@@ -900,6 +907,7 @@ impl Record {
             recorder,
             sent: false,
             capped: false,
+            budget: Vec::new(),
         }
     }
 
@@ -963,6 +971,16 @@ impl Record {
                 self.row.output_tokens,
             );
         }
+        let mut held = std::mem::take(&mut self.budget).into_iter();
+        if let Some(main) = held.next() {
+            main.settle(
+                self.row.cost_nanos,
+                self.row.token_id.as_deref().unwrap_or_default(),
+                self.row.subject.as_deref().unwrap_or_default(),
+                self.row.credential.as_deref(),
+            );
+        }
+        drop(held);
         let row = std::mem::take(&mut self.row);
         self.recorder.count(&row);
         let anonymous = row.token_id.is_none();

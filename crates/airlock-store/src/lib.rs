@@ -377,6 +377,25 @@ impl UsageDimension {
     }
 }
 
+/// A spend cap.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetRow {
+    /// Id.
+    pub id: String,
+    /// `token`, `identity` or `credential`.
+    pub kind: String,
+    /// The token id, subject or credential name.
+    pub key: String,
+    /// `day`, `month` or `total`.
+    pub period: String,
+    /// Limit, nano-dollars.
+    pub limit_nanos: i64,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Who set it.
+    pub created_by: String,
+}
+
 /// One group of a usage report.
 #[derive(Debug, Clone, Serialize)]
 pub struct UsageReportRow {
@@ -1715,6 +1734,69 @@ impl Store {
                 cost_nanos: r.get("cost_nanos"),
             })
             .collect())
+    }
+
+    /// Adds a budget.
+    pub async fn insert_budget(&self, b: &BudgetRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO budgets (id, kind, key, period, limit_nanos, created_at, created_by) VALUES (?,?,?,?,?,?,?)",
+        )
+        .bind(&b.id)
+        .bind(&b.kind)
+        .bind(&b.key)
+        .bind(&b.period)
+        .bind(b.limit_nanos)
+        .bind(b.created_at)
+        .bind(&b.created_by)
+        .execute(&self.pool)
+        .await
+        .map_err(db("insert budget"))?;
+        Ok(())
+    }
+
+    /// Every budget, oldest first.
+    pub async fn list_budgets(&self) -> Result<Vec<BudgetRow>> {
+        let rows = sqlx::query("SELECT * FROM budgets ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list budgets"))?;
+        Ok(rows
+            .iter()
+            .map(|r| BudgetRow {
+                id: r.get("id"),
+                kind: r.get("kind"),
+                key: r.get("key"),
+                period: r.get("period"),
+                limit_nanos: r.get("limit_nanos"),
+                created_at: r.get("created_at"),
+                created_by: r.get("created_by"),
+            })
+            .collect())
+    }
+
+    /// Removes a budget.
+    pub async fn delete_budget(&self, id: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM budgets WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db("delete budget"))?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Nano-dollars spent by `key` of a dimension since `since_ms`.
+    pub async fn spent_since(&self, by: UsageDimension, key: &str, since_ms: i64) -> Result<i64> {
+        let col = by.column();
+        let sql = format!(
+            "SELECT COALESCE(SUM(cost_nanos), 0) AS c FROM usage WHERE {col} = ? AND ts >= ?"
+        );
+        let r = sqlx::query(&sql)
+            .bind(key)
+            .bind(since_ms)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("read spend"))?;
+        Ok(r.get("c"))
     }
 
     /// Usage grouped by one dimension (a column of `usage`, from a fixed list) and optionally

@@ -662,6 +662,84 @@ fn scope_line(sc: &Value) -> String {
     )
 }
 
+/// `airlock budget set|list|remove`.
+pub async fn budget(c: crate::BudgetCmd, json: bool) -> Result<(), Failure> {
+    let admin = Admin::from_env()?;
+    let v = match c {
+        crate::BudgetCmd::Set {
+            token,
+            identity,
+            credential,
+            usd,
+            period,
+        } => {
+            let (kind, key) = match (token, identity, credential) {
+                (Some(t), None, None) => ("token", t),
+                (None, Some(i), None) => ("identity", i),
+                (None, None, Some(c)) => ("credential", c),
+                _ => {
+                    return Err(Failure::usage(
+                        "give exactly one of --token ID, --identity SUBJECT, --credential NAME",
+                    ))
+                }
+            };
+            let v = admin
+                .post(
+                    "/budgets",
+                    json!({"kind": kind, "key": key, "period": period, "usd": usd}),
+                )
+                .await?;
+            if !json {
+                println!(
+                    "budget {}: {} {} at most {} USD per {} (spent {} USD)",
+                    s(&v, "id"),
+                    s(&v, "kind"),
+                    s(&v, "key"),
+                    s(&v, "limit_usd"),
+                    s(&v, "period"),
+                    s(&v, "spent_usd")
+                );
+                return Ok(());
+            }
+            v
+        }
+        crate::BudgetCmd::List => {
+            let v = admin.get("/budgets").await?;
+            if !json {
+                println!(
+                    "{:<16} {:<11} {:<32} {:<7} {:>16} {:>16}",
+                    "ID", "KIND", "KEY", "PERIOD", "LIMIT USD", "SPENT USD"
+                );
+                for b in v["budgets"].as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:<16} {:<11} {:<32} {:<7} {:>16} {:>16}",
+                        s(&b, "id"),
+                        s(&b, "kind"),
+                        s(&b, "key"),
+                        s(&b, "period"),
+                        s(&b, "limit_usd"),
+                        s(&b, "spent_usd")
+                    );
+                }
+                return Ok(());
+            }
+            v
+        }
+        crate::BudgetCmd::Remove { id } => {
+            let v = admin
+                .call(Method::DELETE, &format!("/budgets/{id}"), None)
+                .await?;
+            if !json {
+                println!("removed budget {id}");
+                return Ok(());
+            }
+            v
+        }
+    };
+    print_json(&v);
+    Ok(())
+}
+
 /// `airlock usage`.
 pub async fn usage(
     by: &str,
@@ -1425,11 +1503,14 @@ pub async fn token(t: TokenCmd, json: bool) -> Result<(), Failure> {
                 },
             ttl,
             subject,
+            budget_usd,
         } => {
             let admin = Admin::from_env()?;
-            let v = admin
-                .call(Method::POST, "/tokens", Some(json!({"models": models, "credentials": credentials, "env": env, "ttl": ttl, "subject": subject})))
-                .await?;
+            let mut body = json!({"models": models, "credentials": credentials, "env": env, "ttl": ttl, "subject": subject});
+            if let Some(b) = budget_usd {
+                body["budget_usd"] = json!(b);
+            }
+            let v = admin.call(Method::POST, "/tokens", Some(body)).await?;
             if json {
                 print_json(&v);
             } else {

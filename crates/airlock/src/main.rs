@@ -104,6 +104,9 @@ enum Cmd {
         #[arg(long, default_value = "none")]
         bucket: String,
     },
+    /// Spend caps on a token, an identity or a credential, per day, month or in total.
+    #[command(subcommand)]
+    Budget(BudgetCmd),
     /// Keys for workloads without an OIDC identity: a service-account key can only mint
     /// tokens within its scope (POST /v1/token), never call a model itself.
     #[command(subcommand, name = "service-account")]
@@ -351,6 +354,35 @@ enum ServiceAccountCmd {
 }
 
 #[derive(Subcommand)]
+enum BudgetCmd {
+    /// Cap the spend of one token, identity (token subject) or credential.
+    Set {
+        /// A token id (tok_…).
+        #[arg(long)]
+        token: Option<String>,
+        /// An identity: the subject of tokens (admin:NAME, sa:NAME, oidc:POLICY:…).
+        #[arg(long)]
+        identity: Option<String>,
+        /// A credential name.
+        #[arg(long)]
+        credential: Option<String>,
+        /// The cap, US dollars.
+        #[arg(long)]
+        usd: f64,
+        /// day (UTC), month (calendar, UTC) or total.
+        #[arg(long, default_value = "month")]
+        period: String,
+    },
+    /// Budgets with what they have spent this period.
+    List,
+    /// Remove a budget.
+    Remove {
+        /// Its id (bud_…).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum TrustCmd {
     /// Add a trust policy from a TOML or JSON file in the shape of a [[trust]] table (see
     /// the README for GitHub Actions, GitLab CI and Kubernetes examples).
@@ -415,6 +447,10 @@ enum TokenCmd {
         /// Who the token is for (default: admin:<your key's name>).
         #[arg(long)]
         subject: Option<String>,
+        /// A total spend cap on this token, in US dollars (requests that could pass it are
+        /// refused with 429 insufficient_quota).
+        #[arg(long)]
+        budget_usd: Option<f64>,
     },
     /// Narrow a token offline (no server, no key needed).
     Attenuate {
@@ -602,6 +638,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::AdminKey(c) => client::admin_key(c, json).await,
         Cmd::ServiceAccount(c) => client::service_account(c, json).await,
         Cmd::Trust(c) => client::trust(c, json).await,
+        Cmd::Budget(c) => client::budget(c, json).await,
         Cmd::Usage {
             by,
             since,

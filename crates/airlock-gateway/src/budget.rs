@@ -1,0 +1,475 @@
+//! Budgets: spend caps on a token, an identity (a token's subject) or a credential, per UTC
+//! day, per calendar month (UTC) or in total, in integer nano-dollars.
+//!
+//! Before a request is forwarded, its estimated maximum cost is **reserved** against every
+//! budget it touches: input tokens estimated from the body (one per 3 bytes, more than any
+//! tokenizer yields for text) at the input price, plus `max_tokens` (or
+//! `max_completion_tokens`, `max_output_tokens`; `[budgets] default_max_output_tokens` when the
+//! request names none) at the output price. A request whose reservation does not fit is
+//! refused up front (429 `insufficient_quota`). When the request ends its reservation is
+//! released and its real cost added. So the spend can pass a limit only by what requests in
+//! flight cost beyond their reservations: nothing for requests that set `max_tokens` (the
+//! provider stops there) and whose prompt is text; for requests without it, at most their
+//! output beyond `default_max_output_tokens` each.
+//!
+//! State lives in memory, loaded at start (and when budgets change) from the usage rows of the
+//! current period; one airlock per database (as the audit log requires).
+
+use crate::state::now_ms;
+use airlock_store::{BudgetRow, Store, UsageDimension};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// What a budget caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A token id.
+    Token,
+    /// A token subject.
+    Identity,
+    /// A credential name.
+    Credential,
+}
+
+impl Kind {
+    /// Parses `token`, `identity`, `credential`.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "token" => Kind::Token,
+            "identity" => Kind::Identity,
+            "credential" => Kind::Credential,
+            _ => return None,
+        })
+    }
+
+    fn dimension(self) -> UsageDimension {
+        match self {
+            Kind::Token => UsageDimension::Token,
+            Kind::Identity => UsageDimension::Identity,
+            Kind::Credential => UsageDimension::Credential,
+        }
+    }
+}
+
+/// Over what time a budget counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    /// A UTC day.
+    Day,
+    /// A calendar month (UTC).
+    Month,
+    /// Forever.
+    Total,
+}
+
+impl Period {
+    /// Parses `day`, `month`, `total`.
+    pub fn parse(s: &str) -> Option<Period> {
+        Some(match s {
+            "day" => Period::Day,
+            "month" => Period::Month,
+            "total" => Period::Total,
+            _ => return None,
+        })
+    }
+
+    /// Start and end (unix ms) of the period holding `now_ms`.
+    pub fn bounds(self, now_ms: i64) -> (i64, i64) {
+        const DAY: i64 = 86_400_000;
+        match self {
+            Period::Total => (0, i64::MAX),
+            Period::Day => {
+                let start = now_ms.div_euclid(DAY) * DAY;
+                (start, start + DAY)
+            }
+            Period::Month => {
+                let days = now_ms.div_euclid(DAY);
+                let (y, m, _) = civil_from_days(days);
+                let start = days_from_civil(y, m, 1) * DAY;
+                let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                (start, days_from_civil(ny, nm, 1) * DAY)
+            }
+        }
+    }
+}
+
+// Days since 1970-01-01 <-> proleptic Gregorian dates (H. Hinnant's algorithms).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+struct Entry {
+    id: String,
+    limit: i64,
+    period: Period,
+    start: i64,
+    end: i64,
+    spent: i64,
+    reserved: i64,
+}
+
+impl Entry {
+    fn roll(&mut self, now: i64) {
+        if now >= self.end {
+            let (s, e) = self.period.bounds(now);
+            self.start = s;
+            self.end = e;
+            self.spent = 0;
+        }
+    }
+}
+
+/// Every budget's spend and reservations.
+#[derive(Default)]
+pub struct Budgets {
+    entries: Mutex<HashMap<(Kind, String), Vec<Entry>>>,
+}
+
+/// One budget's state, for listing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    /// Budget id.
+    pub id: String,
+    /// Spent this period, nano-dollars.
+    pub spent_nanos: i64,
+    /// Reserved by requests in flight.
+    pub reserved_nanos: i64,
+    /// Start of the current period (unix ms).
+    pub period_start_ms: i64,
+}
+
+/// A request's reservations; released (and its cost settled) exactly once, when the
+/// request's record is taken or, failing that, when dropped.
+pub struct Reservation {
+    budgets: Arc<Budgets>,
+    held: Vec<((Kind, String), i64)>,
+    settled: bool,
+}
+
+/// Why a request does not fit.
+pub struct Refused {
+    /// What is over.
+    pub what: String,
+}
+
+impl Budgets {
+    /// Loads every budget with its spend in the current period.
+    pub async fn load(store: &Store) -> Result<Budgets, airlock_store::StoreError> {
+        let b = Budgets::default();
+        b.reload(store).await?;
+        Ok(b)
+    }
+
+    /// Re-reads budgets and their spend (keeping reservations in flight).
+    pub async fn reload(&self, store: &Store) -> Result<(), airlock_store::StoreError> {
+        let rows = store.list_budgets().await?;
+        let now = now_ms();
+        let mut next: HashMap<(Kind, String), Vec<Entry>> = HashMap::new();
+        for r in rows {
+            let (Some(kind), Some(period)) = (Kind::parse(&r.kind), Period::parse(&r.period))
+            else {
+                continue;
+            };
+            let (start, end) = period.bounds(now);
+            let spent = store.spent_since(kind.dimension(), &r.key, start).await?;
+            next.entry((kind, r.key.clone())).or_default().push(Entry {
+                id: r.id,
+                limit: r.limit_nanos,
+                period,
+                start,
+                end,
+                spent,
+                reserved: 0,
+            });
+        }
+        let mut cur = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (k, list) in next.iter_mut() {
+            if let Some(old) = cur.get(k) {
+                for e in list.iter_mut() {
+                    if let Some(o) = old.iter().find(|o| o.id == e.id) {
+                        e.reserved = o.reserved;
+                    }
+                }
+            }
+        }
+        *cur = next;
+        Ok(())
+    }
+
+    /// Whether any budget exists (the hot path skips everything when none does).
+    pub fn is_empty(&self) -> bool {
+        self.entries.lock().map(|e| e.is_empty()).unwrap_or(false)
+    }
+
+    /// Whether `key` of `kind` has a budget.
+    pub fn has(&self, kind: Kind, key: &str) -> bool {
+        self.entries
+            .lock()
+            .map(|e| e.contains_key(&(kind, key.to_string())))
+            .unwrap_or(true)
+    }
+
+    /// Reserves `estimate` against every budget of `subjects`, all or nothing.
+    pub fn reserve(
+        self: &Arc<Self>,
+        subjects: &[(Kind, &str)],
+        estimate: i64,
+    ) -> Result<Reservation, Refused> {
+        let now = now_ms();
+        let mut map = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (kind, key) in subjects {
+            if let Some(list) = map.get_mut(&(*kind, key.to_string())) {
+                for e in list.iter_mut() {
+                    e.roll(now);
+                    if e.spent.saturating_add(e.reserved).saturating_add(estimate) > e.limit {
+                        let left = (e.limit - e.spent - e.reserved).max(0);
+                        return Err(Refused {
+                            what: format!(
+                                "the {} budget of {} `{key}` ({} USD{}) has {} USD left, and this request may cost up to {} USD",
+                                match e.period {
+                                    Period::Day => "daily",
+                                    Period::Month => "monthly",
+                                    Period::Total => "total",
+                                },
+                                match kind {
+                                    Kind::Token => "token",
+                                    Kind::Identity => "identity",
+                                    Kind::Credential => "credential",
+                                },
+                                usd(e.limit),
+                                match e.period {
+                                    Period::Total => "",
+                                    _ => ", resets at the period's end",
+                                },
+                                usd(left),
+                                usd(estimate),
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        let mut held = Vec::new();
+        for (kind, key) in subjects {
+            let k = (*kind, key.to_string());
+            if let Some(list) = map.get_mut(&k) {
+                for e in list.iter_mut() {
+                    e.reserved += estimate;
+                }
+                held.push((k, estimate));
+            }
+        }
+        Ok(Reservation {
+            budgets: self.clone(),
+            held,
+            settled: false,
+        })
+    }
+
+    fn settle(&self, held: &[((Kind, String), i64)], charges: &[((Kind, String), i64)]) {
+        let now = now_ms();
+        let mut map = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (k, est) in held {
+            if let Some(list) = map.get_mut(k) {
+                for e in list.iter_mut() {
+                    e.reserved = (e.reserved - est).max(0);
+                }
+            }
+        }
+        for (k, cost) in charges {
+            if let Some(list) = map.get_mut(k) {
+                for e in list.iter_mut() {
+                    e.roll(now);
+                    e.spent = e.spent.saturating_add(*cost);
+                }
+            }
+        }
+    }
+
+    /// The state of every budget.
+    pub fn status(&self) -> Vec<Status> {
+        let map = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.values()
+            .flatten()
+            .map(|e| Status {
+                id: e.id.clone(),
+                spent_nanos: e.spent,
+                reserved_nanos: e.reserved,
+                period_start_ms: e.start,
+            })
+            .collect()
+    }
+}
+
+/// Nano-dollars as an exact decimal string.
+pub fn usd(nanos: i64) -> String {
+    let sign = if nanos < 0 { "-" } else { "" };
+    let n = nanos.unsigned_abs();
+    format!("{sign}{}.{:09}", n / 1_000_000_000, n % 1_000_000_000)
+}
+
+impl Reservation {
+    /// Releases the reservation and charges the real cost to the token's and identity's
+    /// budgets and to the credential that served (when one did).
+    pub fn settle(
+        mut self,
+        cost: Option<i64>,
+        token: &str,
+        identity: &str,
+        credential: Option<&str>,
+    ) {
+        self.settle_ref(cost, token, identity, credential);
+    }
+
+    fn settle_ref(
+        &mut self,
+        cost: Option<i64>,
+        token: &str,
+        identity: &str,
+        credential: Option<&str>,
+    ) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        let mut charges = Vec::new();
+        if let Some(c) = cost.filter(|c| *c > 0) {
+            charges.push(((Kind::Token, token.to_string()), c));
+            charges.push(((Kind::Identity, identity.to_string()), c));
+            if let Some(cr) = credential {
+                charges.push(((Kind::Credential, cr.to_string()), c));
+            }
+        }
+        self.budgets.settle(&self.held, &charges);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.settled = true;
+            self.budgets.settle(&self.held, &[]);
+        }
+    }
+}
+
+/// What to reserve for a request: input estimated from the body (one token per 3 bytes),
+/// output from the request's own limit or the default.
+pub fn estimate(
+    rate: crate::pricing::Rate,
+    body_len: usize,
+    max_output: Option<i64>,
+    default_output: i64,
+) -> i64 {
+    let input = (body_len as i64 + 2) / 3;
+    let output = max_output.filter(|m| *m > 0).unwrap_or(default_output);
+    input
+        .saturating_mul(rate.input)
+        .saturating_add(output.saturating_mul(rate.output))
+}
+
+/// A budget as the API shows it.
+pub fn describe(r: &BudgetRow, status: Option<&Status>) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.id,
+        "kind": r.kind,
+        "key": r.key,
+        "period": r.period,
+        "limit_nanos": r.limit_nanos,
+        "limit_usd": usd(r.limit_nanos),
+        "spent_nanos": status.map(|s| s.spent_nanos),
+        "spent_usd": status.map(|s| usd(s.spent_nanos)),
+        "reserved_nanos": status.map(|s| s.reserved_nanos),
+        "period_start": status.map(|s| airlock_token::rfc3339((s.period_start_ms / 1000).max(0) as u64)),
+        "created_at": r.created_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_are_utc_days_and_calendar_months() {
+        // 2026-02-14T12:00:00Z
+        let t = 1_771_070_400_000;
+        let (s, e) = Period::Day.bounds(t);
+        assert_eq!((s, e - s), (1_771_027_200_000, 86_400_000));
+        let (s, e) = Period::Month.bounds(t);
+        assert_eq!(s, days_from_civil(2026, 2, 1) * 86_400_000);
+        assert_eq!((e - s) / 86_400_000, 28);
+        let (s, e) = Period::Month.bounds(days_from_civil(2024, 12, 31) * 86_400_000 + 5);
+        assert_eq!(civil_from_days(s / 86_400_000), (2024, 12, 1));
+        assert_eq!(civil_from_days(e / 86_400_000), (2025, 1, 1));
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+    }
+
+    fn budgets(limit: i64) -> Arc<Budgets> {
+        let b = Budgets::default();
+        if let Ok(mut m) = b.entries.lock() {
+            m.insert(
+                (Kind::Token, "t".into()),
+                vec![Entry {
+                    id: "b1".into(),
+                    limit,
+                    period: Period::Total,
+                    start: 0,
+                    end: i64::MAX,
+                    spent: 0,
+                    reserved: 0,
+                }],
+            );
+        }
+        Arc::new(b)
+    }
+
+    #[test]
+    fn reservations_bound_the_spend_and_settle_to_the_real_cost() {
+        let b = budgets(1000);
+        let subj = [(Kind::Token, "t"), (Kind::Identity, "alice")];
+        let r1 = b.reserve(&subj, 600).ok().unwrap_or_else(|| panic!("fits"));
+        assert!(
+            b.reserve(&subj, 600).is_err(),
+            "600 + 600 > 1000 while the first is in flight"
+        );
+        r1.settle(Some(100), "t", "alice", None);
+        let r2 = b
+            .reserve(&subj, 600)
+            .ok()
+            .unwrap_or_else(|| panic!("100 + 600 fits"));
+        drop(r2); // released, nothing charged
+        let s = &b.status()[0];
+        assert_eq!((s.spent_nanos, s.reserved_nanos), (100, 0));
+        // A key without a budget is not limited.
+        assert!(b.reserve(&[(Kind::Token, "other")], 1 << 40).is_ok());
+    }
+}

@@ -152,3 +152,60 @@ def test_identity_budgets_and_unpriced_models(airlock):
     assert airlock.cli("budget", "remove", bid).returncode == 0
     out = c.chat.completions.create(model="m-unpriced", messages=MSG, max_tokens=5)
     assert out.choices[0].message.content
+
+
+def test_rate_limits_hold_under_concurrency_with_headers(airlock):
+    import concurrent.futures
+    import httpx
+    t = airlock.mint("--env", "prod", "--model", "gpt-4o-mini")
+    r = airlock.cli("rate-limit", "set", "--token", t["id"], "--rpm", "5")
+    assert r.returncode == 0, r.stderr
+    body = {"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
+
+    def one(_):
+        r = httpx.post(airlock.url + "/v1/chat/completions", json=body, timeout=30,
+                       headers={"authorization": f"Bearer {t['token']}"})
+        airlock.captured.append(r.content)
+        return r
+
+    with concurrent.futures.ThreadPoolExecutor(12) as ex:
+        results = list(ex.map(one, range(12)))
+    ok = [r for r in results if r.status_code == 200]
+    limited = [r for r in results if r.status_code == 429]
+    # GCRA at 5 per minute: a burst of exactly one minute's allowance, then refusals.
+    assert len(ok) == 5 and len(limited) == 7, [r.status_code for r in results]
+    assert sorted(int(r.headers["x-ratelimit-remaining-requests"]) for r in ok) == [0, 1, 2, 3, 4]
+    assert all(r.headers["x-ratelimit-limit-requests"] == "5" for r in ok)
+    for r in limited:
+        assert r.json()["error"]["code"] == "rate_limit_exceeded", r.text
+        assert 1 <= int(r.headers["retry-after"]) <= 12, r.headers
+        assert r.headers["x-ratelimit-remaining-requests"] == "0"
+    import openai
+    with pytest.raises(openai.RateLimitError):
+        airlock.openai(t["token"]).chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=5)
+
+
+def test_token_rate_limits_use_the_estimate_and_credit_back(airlock):
+    import httpx
+    subject = f"tpm-{rand(6)}"
+    t = airlock.mint("--env", "prod", "--model", "gpt-4o-mini", "--subject", subject)
+    assert airlock.cli("rate-limit", "set", "--identity", subject, "--tpm", "1000").returncode == 0
+    h = {"authorization": f"Bearer {t['token']}"}
+    body = {"model": "gpt-4o-mini", "max_tokens": 400, "messages": [{"role": "user", "content": "hi"}]}
+    # Each request is admitted on ~410 tokens and uses a few dozen: sequential ones keep
+    # passing because the unused part comes back.
+    for _ in range(6):
+        r = httpx.post(airlock.url + "/v1/chat/completions", json=body, headers=h, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-ratelimit-limit-tokens"] == "1000"
+        assert int(r.headers["x-ratelimit-remaining-tokens"]) < 1000
+    # One that could use more than a minute's tokens can never pass: said so, no retry hint.
+    big = dict(body, max_tokens=5000)
+    r = httpx.post(airlock.url + "/v1/chat/completions", json=big, headers=h, timeout=30)
+    assert r.status_code == 429 and "max_tokens" in r.json()["error"]["message"], r.text
+    listed = airlock.cli_json("rate-limit", "list")["rate_limits"]
+    rl = next(x for x in listed if x["key"] == subject)
+    assert rl["tpm"] == 1000 and rl["rpm"] is None
+    assert airlock.cli("rate-limit", "remove", rl["id"]).returncode == 0
+    r = httpx.post(airlock.url + "/v1/chat/completions", json=big, headers=h, timeout=30)
+    assert r.status_code == 200 and "x-ratelimit-limit-tokens" not in r.headers

@@ -420,6 +420,15 @@ pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
         .route("/usage/recent", g(READ_TOKENS, None, get(recent_usage)))
         .route("/usage", g(READ_AUDIT, None, get(usage_report)))
         .route("/budgets", g(MANAGE, Some("budget.set"), post(set_budget)))
+        .route(
+            "/rate-limits",
+            g(MANAGE, Some("rate_limit.set"), post(set_rate_limit)),
+        )
+        .route("/rate-limits", g(READ_AUDIT, None, get(list_rate_limits)))
+        .route(
+            "/rate-limits/{id}",
+            g(MANAGE, Some("rate_limit.remove"), delete(remove_rate_limit)),
+        )
         .route("/budgets", g(READ_AUDIT, None, get(list_budgets)))
         .route(
             "/budgets/{id}",
@@ -1550,6 +1559,77 @@ fn usd_to_nanos(usd: f64) -> Result<i64, String> {
         ));
     }
     Ok((usd * 1e9).round() as i64)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRateLimit {
+    kind: String,
+    key: String,
+    rpm: Option<i64>,
+    tpm: Option<i64>,
+}
+
+/// `rate-limit set`: requests and/or tokens per minute on a token, identity or credential.
+async fn set_rate_limit(
+    State(app): State<Arc<App>>,
+    axum::Extension(c): axum::Extension<Caller>,
+    Json(b): Json<NewRateLimit>,
+) -> Response {
+    let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
+    if crate::budget::Kind::parse(&b.kind).is_none() {
+        return bad("kind: token, identity or credential".into());
+    }
+    if b.key.is_empty() || b.key.len() > 256 || airlock_secrets::looks_like_key(&b.key) {
+        return bad("key: the token id, identity (subject) or credential name".into());
+    }
+    let ok = |v: Option<i64>| v.is_none_or(|n| (1..=1_000_000_000).contains(&n));
+    if (b.rpm.is_none() && b.tpm.is_none()) || !ok(b.rpm) || !ok(b.tpm) {
+        return bad("give rpm and/or tpm, each between 1 and 1e9 per minute".into());
+    }
+    let row = airlock_store::RateLimitRow {
+        id: format!("rl_{}", airlock_secrets::random_token(6)),
+        kind: b.kind,
+        key: b.key,
+        rpm: b.rpm,
+        tpm: b.tpm,
+        created_at: now_ms(),
+        created_by: c.key_id,
+    };
+    if let Err(e) = app.store.insert_rate_limit(&row).await {
+        return store_err(e);
+    }
+    if let Err(e) = app.rate_limits.reload(&app.store).await {
+        return store_err(e);
+    }
+    (StatusCode::CREATED, Json(crate::ratelimit::describe(&row))).into_response()
+}
+
+async fn list_rate_limits(State(app): State<Arc<App>>) -> Response {
+    match app.store.list_rate_limits().await {
+        Ok(rows) => Json(serde_json::json!({
+            "rate_limits": rows.iter().map(crate::ratelimit::describe).collect::<Vec<_>>()
+        }))
+        .into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn remove_rate_limit(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    match app.store.delete_rate_limit(&id).await {
+        Ok(true) => {
+            if let Err(e) = app.rate_limits.reload(&app.store).await {
+                return store_err(e);
+            }
+            Json(serde_json::json!({ "removed": id, "id": id })).into_response()
+        }
+        Ok(false) => err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no rate limit `{id}`"),
+        ),
+        Err(e) => store_err(e),
+    }
 }
 
 #[derive(Deserialize)]

@@ -15,6 +15,7 @@ pub mod oidc;
 
 pub mod policy;
 pub mod pricing;
+pub mod ratelimit;
 
 pub mod providers;
 pub mod proxy;
@@ -143,6 +144,8 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
     )
     .map_err(anyhow::Error::msg)?;
     let budgets = Arc::new(budget::Budgets::load(&store).await?);
+    let rate_limits = Arc::new(ratelimit::RateLimits::default());
+    rate_limits.reload(&store).await?;
     let app = Arc::new(App {
         ref_policy,
         secrets,
@@ -161,6 +164,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         started: Instant::now(),
         trust: ArcSwap::from_pointee(Vec::new()),
         budgets,
+        rate_limits,
         jwks: Default::default(),
         trust_lock: Default::default(),
         state_lock,

@@ -127,6 +127,8 @@ struct Probe<'a> {
 
 struct Ctx {
     ep: Endpoint,
+    /// The `x-ratelimit-*` state to send, when a rate limit applies.
+    rate: Option<crate::ratelimit::Info>,
     record: Option<Record>,
 }
 
@@ -165,9 +167,12 @@ pub async fn handle(app: Arc<App>, ep: Endpoint, req: Request<Body>) -> Response
     };
     let mut ctx = Ctx {
         ep,
+        rate: None,
         record: Some(Record::start(app.recorder.clone(), row)),
     };
-    match run(&app, &mut ctx, parts, body).await {
+    let result = run(&app, &mut ctx, parts, body).await;
+    let rate = ctx.rate.take();
+    let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
             // A refusal is answered after its audit record is durable (I5); the answer is a
@@ -184,7 +189,11 @@ pub async fn handle(app: Arc<App>, ep: Endpoint, req: Request<Body>) -> Response
             }
             e.render(dialect)
         }
+    };
+    if let Some(info) = rate {
+        crate::ratelimit::headers(&info, resp.headers_mut());
     }
+    resp
 }
 
 async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
@@ -334,11 +343,14 @@ async fn run(
         let e = denial.unwrap_or_else(|| TokenError::Denied("not allowed".into()));
         return Err(token_error(&e));
     }
+    let max_output = probe
+        .max_tokens
+        .or(probe.max_completion_tokens)
+        .or(probe.max_output_tokens);
+    if !app.rate_limits.is_empty() {
+        admit(app, ctx, &token, bytes.len(), max_output, &mut allowed)?;
+    }
     if !app.budgets.is_empty() {
-        let max_output = probe
-            .max_tokens
-            .or(probe.max_completion_tokens)
-            .or(probe.max_output_tokens);
         reserve(
             app,
             ctx,
@@ -350,6 +362,70 @@ async fn run(
         )?;
     }
     forward(app, ctx, &parts, bytes, allowed).await
+}
+
+/// Admits the request under the token's, the identity's and the first candidate credential's
+/// rate limits (a credential whose limit is reached gives way to the next candidate; the
+/// fallbacks a request takes later are not counted again).
+fn admit(
+    app: &App,
+    ctx: &mut Ctx,
+    token: &Verified,
+    body_len: usize,
+    max_output: Option<i64>,
+    allowed: &mut Vec<Authorized>,
+) -> Result<(), ApiError> {
+    use crate::budget::Kind;
+    let tokens = (body_len as i64 + 2) / 3
+        + max_output
+            .filter(|m| *m > 0)
+            .unwrap_or(app.cfg.budgets.default_max_output_tokens);
+    let limited = |r: crate::ratelimit::Refused, ctx: &mut Ctx| {
+        ctx.rate = Some(r.info);
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            r.message,
+        )
+    };
+    let (hold, info) = match app.rate_limits.admit(
+        &[(Kind::Token, &token.id), (Kind::Identity, &token.subject)],
+        tokens,
+    ) {
+        Ok(x) => x,
+        Err(r) => return Err(limited(r, ctx)),
+    };
+    let mut holds: Vec<crate::ratelimit::Hold> = hold.into_iter().collect();
+    let mut shown = info;
+    let mut last = None;
+    while let Some(first) = allowed.first() {
+        match app
+            .rate_limits
+            .admit(&[(Kind::Credential, &first.credential().name)], tokens)
+        {
+            Ok((h, i)) => {
+                if h.is_some() && shown.requests.is_none() && shown.tokens.is_none() {
+                    shown = i;
+                }
+                holds.extend(h);
+                break;
+            }
+            Err(r) => {
+                last = Some(r);
+                allowed.remove(0);
+            }
+        }
+    }
+    if allowed.is_empty() {
+        if let Some(r) = last {
+            return Err(limited(r, ctx));
+        }
+    }
+    if shown.requests.is_some() || shown.tokens.is_some() {
+        ctx.rate = Some(shown);
+    }
+    ctx.rec().hold_rate(holds);
+    Ok(())
 }
 
 fn quota(msg: String) -> ApiError {

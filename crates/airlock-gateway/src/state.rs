@@ -55,6 +55,8 @@ pub struct App {
     pub jwks: crate::oidc::JwksCache,
     /// Spend caps and their reservations.
     pub budgets: Arc<crate::budget::Budgets>,
+    /// Requests and tokens per minute.
+    pub rate_limits: Arc<crate::ratelimit::RateLimits>,
     /// Serialises trust policy reloads.
     pub trust_lock: tokio::sync::Mutex<()>,
     /// Held for the server's life: one server per state directory (a second one would append

@@ -889,9 +889,16 @@ pub struct Record {
     capped: bool,
     /// Budget reservations: the first charges the real cost, the rest are released.
     budget: Vec<crate::budget::Reservation>,
+    /// Rate-limit holds: the unused part of the token estimate is credited back.
+    rate: Vec<crate::ratelimit::Hold>,
 }
 
 impl Record {
+    /// Holds the request's rate-limit admissions until its tokens are known.
+    pub fn hold_rate(&mut self, holds: Vec<crate::ratelimit::Hold>) {
+        self.rate = holds;
+    }
+
     /// Holds the request's budget reservations until its cost is known.
     pub fn hold(&mut self, reservations: Vec<crate::budget::Reservation>) {
         self.budget = reservations;
@@ -908,6 +915,7 @@ impl Record {
             sent: false,
             capped: false,
             budget: Vec::new(),
+            rate: Vec::new(),
         }
     }
 
@@ -981,6 +989,13 @@ impl Record {
             );
         }
         drop(held);
+        let used = match (self.row.input_tokens, self.row.output_tokens) {
+            (None, None) => None,
+            (i, o) => Some(i.unwrap_or(0) + o.unwrap_or(0)),
+        };
+        for h in std::mem::take(&mut self.rate) {
+            h.settle(used);
+        }
         let row = std::mem::take(&mut self.row);
         self.recorder.count(&row);
         let anonymous = row.token_id.is_none();

@@ -396,6 +396,25 @@ pub struct BudgetRow {
     pub created_by: String,
 }
 
+/// A rate limit.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateLimitRow {
+    /// Id.
+    pub id: String,
+    /// `token`, `identity` or `credential`.
+    pub kind: String,
+    /// The token id, subject or credential name.
+    pub key: String,
+    /// Requests per minute.
+    pub rpm: Option<i64>,
+    /// Tokens per minute.
+    pub tpm: Option<i64>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Who set it.
+    pub created_by: String,
+}
+
 /// One group of a usage report.
 #[derive(Debug, Clone, Serialize)]
 pub struct UsageReportRow {
@@ -1734,6 +1753,54 @@ impl Store {
                 cost_nanos: r.get("cost_nanos"),
             })
             .collect())
+    }
+
+    /// Adds a rate limit.
+    pub async fn insert_rate_limit(&self, r: &RateLimitRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO rate_limits (id, kind, key, rpm, tpm, created_at, created_by) VALUES (?,?,?,?,?,?,?)",
+        )
+        .bind(&r.id)
+        .bind(&r.kind)
+        .bind(&r.key)
+        .bind(r.rpm)
+        .bind(r.tpm)
+        .bind(r.created_at)
+        .bind(&r.created_by)
+        .execute(&self.pool)
+        .await
+        .map_err(db("insert rate limit"))?;
+        Ok(())
+    }
+
+    /// Every rate limit, oldest first.
+    pub async fn list_rate_limits(&self) -> Result<Vec<RateLimitRow>> {
+        let rows = sqlx::query("SELECT * FROM rate_limits ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list rate limits"))?;
+        Ok(rows
+            .iter()
+            .map(|r| RateLimitRow {
+                id: r.get("id"),
+                kind: r.get("kind"),
+                key: r.get("key"),
+                rpm: r.get("rpm"),
+                tpm: r.get("tpm"),
+                created_at: r.get("created_at"),
+                created_by: r.get("created_by"),
+            })
+            .collect())
+    }
+
+    /// Removes a rate limit.
+    pub async fn delete_rate_limit(&self, id: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM rate_limits WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db("delete rate limit"))?;
+        Ok(r.rows_affected() > 0)
     }
 
     /// Adds a budget.

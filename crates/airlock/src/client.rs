@@ -740,6 +740,82 @@ pub async fn budget(c: crate::BudgetCmd, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `airlock rate-limit set|list|remove`.
+pub async fn rate_limit(c: crate::RateLimitCmd, json: bool) -> Result<(), Failure> {
+    let admin = Admin::from_env()?;
+    let v = match c {
+        crate::RateLimitCmd::Set {
+            token,
+            identity,
+            credential,
+            rpm,
+            tpm,
+        } => {
+            let (kind, key) = match (token, identity, credential) {
+                (Some(t), None, None) => ("token", t),
+                (None, Some(i), None) => ("identity", i),
+                (None, None, Some(c)) => ("credential", c),
+                _ => {
+                    return Err(Failure::usage(
+                        "give exactly one of --token ID, --identity SUBJECT, --credential NAME",
+                    ))
+                }
+            };
+            let v = admin
+                .post(
+                    "/rate-limits",
+                    json!({"kind": kind, "key": key, "rpm": rpm, "tpm": tpm}),
+                )
+                .await?;
+            if !json {
+                println!(
+                    "rate limit {}: {} {} rpm {} tpm {}",
+                    s(&v, "id"),
+                    s(&v, "kind"),
+                    s(&v, "key"),
+                    v["rpm"],
+                    v["tpm"]
+                );
+                return Ok(());
+            }
+            v
+        }
+        crate::RateLimitCmd::List => {
+            let v = admin.get("/rate-limits").await?;
+            if !json {
+                println!(
+                    "{:<16} {:<11} {:<32} {:>10} {:>12}",
+                    "ID", "KIND", "KEY", "RPM", "TPM"
+                );
+                for b in v["rate_limits"].as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:<16} {:<11} {:<32} {:>10} {:>12}",
+                        s(&b, "id"),
+                        s(&b, "kind"),
+                        s(&b, "key"),
+                        b["rpm"],
+                        b["tpm"]
+                    );
+                }
+                return Ok(());
+            }
+            v
+        }
+        crate::RateLimitCmd::Remove { id } => {
+            let v = admin
+                .call(Method::DELETE, &format!("/rate-limits/{id}"), None)
+                .await?;
+            if !json {
+                println!("removed rate limit {id}");
+                return Ok(());
+            }
+            v
+        }
+    };
+    print_json(&v);
+    Ok(())
+}
+
 /// `airlock usage`.
 pub async fn usage(
     by: &str,

@@ -107,6 +107,9 @@ enum Cmd {
     /// Spend caps on a token, an identity or a credential, per day, month or in total.
     #[command(subcommand)]
     Budget(BudgetCmd),
+    /// Requests and tokens per minute on a token, an identity or a credential.
+    #[command(subcommand, name = "rate-limit")]
+    RateLimit(RateLimitCmd),
     /// Keys for workloads without an OIDC identity: a service-account key can only mint
     /// tokens within its scope (POST /v1/token), never call a model itself.
     #[command(subcommand, name = "service-account")]
@@ -383,6 +386,36 @@ enum BudgetCmd {
 }
 
 #[derive(Subcommand)]
+enum RateLimitCmd {
+    /// Limit one token, identity (token subject) or credential (GCRA: bursts up to a
+    /// minute's allowance).
+    Set {
+        /// A token id (tok_…).
+        #[arg(long)]
+        token: Option<String>,
+        /// An identity (token subject).
+        #[arg(long)]
+        identity: Option<String>,
+        /// A credential name.
+        #[arg(long)]
+        credential: Option<String>,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<i64>,
+        /// Tokens per minute (input + output; admitted on the request's estimate).
+        #[arg(long)]
+        tpm: Option<i64>,
+    },
+    /// List rate limits.
+    List,
+    /// Remove a rate limit.
+    Remove {
+        /// Its id (rl_…).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum TrustCmd {
     /// Add a trust policy from a TOML or JSON file in the shape of a [[trust]] table (see
     /// the README for GitHub Actions, GitLab CI and Kubernetes examples).
@@ -639,6 +672,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::ServiceAccount(c) => client::service_account(c, json).await,
         Cmd::Trust(c) => client::trust(c, json).await,
         Cmd::Budget(c) => client::budget(c, json).await,
+        Cmd::RateLimit(c) => client::rate_limit(c, json).await,
         Cmd::Usage {
             by,
             since,

@@ -9,6 +9,15 @@ def test_canary_never_leaks(airlock):
         metrics = c.get(airlock.url + "/metrics").content
     assert b"airlock_requests_total" in metrics
     assert canary not in metrics
+    # It is valid Prometheus text, with the spend and refusal families the suite exercised.
+    from prometheus_client.parser import text_string_to_metric_families
+    fams = {f.name: f for f in text_string_to_metric_families(metrics.decode())}
+    value = lambda name, **labels: sum(s.value for s in fams[name].samples
+                                       if all(s.labels.get(k) == v for k, v in labels.items()))
+    assert value("airlock_cost_nanodollars") > 0
+    assert value("airlock_budget_refusals") > 0 and value("airlock_rate_limited") > 0
+    assert value("airlock_token_exchanges", outcome="granted") > 0
+    assert value("airlock_token_exchanges", outcome="refused") > 0
 
     hits = []
     # Every file the suite left behind: databases (with their WAL) and logs of every airlock

@@ -966,6 +966,15 @@ pub async fn exchange(app: Arc<App>, req: Request<Body>) -> Response {
             },
         }
     };
+    let c = &app.recorder.counters;
+    match &result {
+        Ok(_) => c
+            .exchanges_granted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        Err(_) => c
+            .exchanges_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    };
     match result {
         Ok(g) => {
             let expires_in = g

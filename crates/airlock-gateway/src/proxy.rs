@@ -175,6 +175,12 @@ pub async fn handle(app: Arc<App>, ep: Endpoint, req: Request<Body>) -> Response
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
+            if e.code == "insufficient_quota" {
+                app.recorder
+                    .counters
+                    .budget_refusals
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             // A refusal is answered after its audit record is durable (I5); the answer is a
             // refusal either way, so a failed write changes nothing for the client.
             if let Some(mut r) = ctx.record.take() {
@@ -380,7 +386,9 @@ fn admit(
         + max_output
             .filter(|m| *m > 0)
             .unwrap_or(app.cfg.budgets.default_max_output_tokens);
+    let counters = app.recorder.counters.clone();
     let limited = |r: crate::ratelimit::Refused, ctx: &mut Ctx| {
+        counters.rate_limited.fetch_add(1, Ordering::Relaxed);
         ctx.rate = Some(r.info);
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

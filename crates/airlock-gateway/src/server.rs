@@ -125,6 +125,11 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
          # TYPE airlock_audit_unrecorded_total counter\nairlock_audit_unrecorded_total {}\n\
          # TYPE airlock_audit_anonymous_skipped_total counter\nairlock_audit_anonymous_skipped_total {}\n\
          # TYPE airlock_rotations_rejected_total counter\nairlock_rotations_rejected_total {}\n\
+                  # TYPE airlock_cost_nanodollars_total counter\nairlock_cost_nanodollars_total {}\n\
+         # TYPE airlock_budget_refusals_total counter\nairlock_budget_refusals_total {}\n\
+         # TYPE airlock_rate_limited_total counter\nairlock_rate_limited_total {}\n\
+         # TYPE airlock_token_exchanges_total counter\nairlock_token_exchanges_total{{outcome=\"granted\"}} {}\nairlock_token_exchanges_total{{outcome=\"refused\"}} {}\n\
+         # TYPE airlock_budgets gauge\nairlock_budgets {}\n\
          # TYPE airlock_audit_healthy gauge\nairlock_audit_healthy {}\n\
          # TYPE airlock_credentials gauge\nairlock_credentials {}\n\
          # TYPE airlock_uptime_seconds gauge\nairlock_uptime_seconds {}\n",
@@ -139,7 +144,13 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         g(&c.audit_checkpoints),
         g(&c.audit_unrecorded),
         g(&c.audit_anonymous_skipped),
-        g(&c.rotations_rejected),
+                g(&c.rotations_rejected),
+        g(&c.cost_nanos),
+        g(&c.budget_refusals),
+        g(&c.rate_limited),
+        g(&c.exchanges_granted),
+        g(&c.exchanges_refused),
+        app.budgets.status().len(),
         u8::from(app.recorder.healthy()),
         app.creds.load().all.len(),
         app.started.elapsed().as_secs()

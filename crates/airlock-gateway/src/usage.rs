@@ -57,6 +57,16 @@ pub struct Counters {
     pub audit_anonymous_skipped: AtomicU64,
     /// New key versions from a store that the provider refused (not promoted; alerted).
     pub rotations_rejected: AtomicU64,
+    /// Spend, nano-dollars.
+    pub cost_nanos: AtomicU64,
+    /// Requests refused by a budget.
+    pub budget_refusals: AtomicU64,
+    /// Requests refused by a rate limit.
+    pub rate_limited: AtomicU64,
+    /// Token exchanges granted.
+    pub exchanges_granted: AtomicU64,
+    /// Token exchanges refused.
+    pub exchanges_refused: AtomicU64,
 }
 
 /// How the writer signs and what happens when it fails.
@@ -393,6 +403,11 @@ impl Recorder {
             self.counters
                 .output_tokens
                 .fetch_add(o.max(0) as u64, Ordering::Relaxed);
+        }
+        if let Some(c) = row.cost_nanos {
+            self.counters
+                .cost_nanos
+                .fetch_add(c.max(0) as u64, Ordering::Relaxed);
         }
     }
 }

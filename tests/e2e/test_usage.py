@@ -209,3 +209,44 @@ def test_token_rate_limits_use_the_estimate_and_credit_back(airlock):
     assert airlock.cli("rate-limit", "remove", rl["id"]).returncode == 0
     r = httpx.post(airlock.url + "/v1/chat/completions", json=big, headers=h, timeout=30)
     assert r.status_code == 200 and "x-ratelimit-limit-tokens" not in r.headers
+
+
+def test_what_the_provider_did_not_report_is_charged_in_full(airlock):
+    """A stream without include_usage reports no tokens: its whole reservation is charged (the
+    provider billed it), so budgets cannot be slipped past by not asking for usage."""
+    import httpx
+    t = airlock.mint("--env", "prod", "--model", "gpt-4o-mini", "--budget-usd", "0.0001")
+    h = {"authorization": f"Bearer {t['token']}"}
+    body = {"model": "gpt-4o-mini", "max_tokens": 50, "stream": True,
+            "messages": [{"role": "user", "content": "a few words"}]}
+    codes = []
+    for _ in range(10):
+        with httpx.stream("POST", airlock.url + "/v1/chat/completions", json=body, headers=h, timeout=30) as r:
+            r.read()
+            codes.append(r.status_code)
+    assert 429 in codes and codes.count(200) <= 3, codes
+    b = next(x for x in airlock.cli_json("budget", "list")["budgets"] if x["key"] == t["id"])
+    assert 0 < b["spent_nanos"] <= 100_000 and b["reserved_nanos"] == 0, b
+
+
+def test_absurd_limits_and_counts_are_clean_answers(airlock):
+    import httpx
+    t = airlock.mint("--env", "prod", "--model", "gpt-4o-mini,text-embedding-3-small")
+    assert airlock.cli("rate-limit", "set", "--token", t["id"], "--tpm", "100000000").returncode == 0
+    h = {"authorization": f"Bearer {t['token']}"}
+    huge = {"model": "gpt-4o-mini", "max_tokens": 2**63 - 1, "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(airlock.url + "/v1/chat/completions", json=huge, headers=h, timeout=30)
+    assert r.status_code in (200, 429), r.text
+    ok = dict(huge, max_tokens=10)
+    r = httpx.post(airlock.url + "/v1/chat/completions", json=ok, headers=h, timeout=30)
+    assert r.status_code == 200 and r.headers["x-ratelimit-limit-tokens"] == "100000000", r.text
+    # A request bigger than a minute's tokens: refused for good, no retry hint.
+    small = airlock.mint("--env", "prod", "--model", "gpt-4o-mini,text-embedding-3-small")
+    assert airlock.cli("rate-limit", "set", "--token", small["id"], "--tpm", "100").returncode == 0
+    hs = {"authorization": f"Bearer {small['token']}"}
+    r = httpx.post(airlock.url + "/v1/chat/completions", json=dict(ok, max_tokens=500), headers=hs, timeout=30)
+    assert r.status_code == 429 and r.headers["x-should-retry"] == "false" and "retry-after" not in r.headers
+    # Embeddings produce no output tokens, so they reserve none.
+    r = httpx.post(airlock.url + "/v1/embeddings", json={"model": "text-embedding-3-small", "input": "hi"},
+                   headers=hs, timeout=30)
+    assert r.status_code == 200, r.text

@@ -140,6 +140,7 @@ impl Entry {
 #[derive(Default)]
 pub struct Budgets {
     entries: Mutex<HashMap<(Kind, String), Vec<Entry>>>,
+    reload: tokio::sync::Mutex<()>,
 }
 
 /// One budget's state, for listing.
@@ -160,6 +161,7 @@ pub struct Status {
 pub struct Reservation {
     budgets: Arc<Budgets>,
     held: Vec<((Kind, String), i64)>,
+    estimate: i64,
     settled: bool,
 }
 
@@ -179,16 +181,35 @@ impl Budgets {
 
     /// Re-reads budgets and their spend (keeping reservations in flight).
     pub async fn reload(&self, store: &Store) -> Result<(), airlock_store::StoreError> {
+        let _one = self.reload.lock().await;
         let rows = store.list_budgets().await?;
         let now = now_ms();
+        // Budgets that stay keep their in-memory spend (charges settled but not yet written
+        // would be lost by a re-read); only new ones are read from the usage rows.
+        let known: HashMap<String, (i64, i64, i64)> = self
+            .entries
+            .lock()
+            .map(|m| {
+                m.values()
+                    .flatten()
+                    .map(|e| (e.id.clone(), (e.start, e.end, e.spent)))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut next: HashMap<(Kind, String), Vec<Entry>> = HashMap::new();
         for r in rows {
             let (Some(kind), Some(period)) = (Kind::parse(&r.kind), Period::parse(&r.period))
             else {
                 continue;
             };
-            let (start, end) = period.bounds(now);
-            let spent = store.spent_since(kind.dimension(), &r.key, start).await?;
+            let (start, end, spent) = match known.get(&r.id) {
+                Some(k) => *k,
+                None => {
+                    let (start, end) = period.bounds(now);
+                    let spent = store.spent_since(kind.dimension(), &r.key, start).await?;
+                    (start, end, spent)
+                }
+            };
             next.entry((kind, r.key.clone())).or_default().push(Entry {
                 id: r.id,
                 limit: r.limit_nanos,
@@ -285,6 +306,7 @@ impl Budgets {
         Ok(Reservation {
             budgets: self.clone(),
             held,
+            estimate,
             settled: false,
         })
     }
@@ -338,6 +360,11 @@ pub fn usd(nanos: i64) -> String {
 }
 
 impl Reservation {
+    /// What was reserved.
+    pub fn estimate(&self) -> i64 {
+        self.estimate
+    }
+
     /// Releases the reservation and charges the real cost to the token's and identity's
     /// budgets and to the credential that served (when one did).
     pub fn settle(
@@ -384,17 +411,10 @@ impl Drop for Reservation {
 
 /// What to reserve for a request: input estimated from the body (one token per 3 bytes),
 /// output from the request's own limit or the default.
-pub fn estimate(
-    rate: crate::pricing::Rate,
-    body_len: usize,
-    max_output: Option<i64>,
-    default_output: i64,
-) -> i64 {
-    let input = (body_len as i64 + 2) / 3;
-    let output = max_output.filter(|m| *m > 0).unwrap_or(default_output);
-    input
+pub fn estimate(rate: crate::pricing::Rate, input_tokens: i64, output_tokens: i64) -> i64 {
+    input_tokens
         .saturating_mul(rate.input)
-        .saturating_add(output.saturating_mul(rate.output))
+        .saturating_add(output_tokens.saturating_mul(rate.output))
 }
 
 /// A budget as the API shows it.

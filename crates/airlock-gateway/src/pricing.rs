@@ -103,10 +103,11 @@ impl Prices {
         let input = input.unwrap_or(0).max(0);
         let cached = cached.unwrap_or(0).clamp(0, input);
         let output = output.unwrap_or(0).max(0);
+        // Saturating: an absurd count costs the most, never nothing.
         let sum = (input - cached)
-            .checked_mul(r.input)?
-            .checked_add(cached.checked_mul(r.cached_input)?)?
-            .checked_add(output.checked_mul(r.output)?)?;
+            .saturating_mul(r.input)
+            .saturating_add(cached.saturating_mul(r.cached_input))
+            .saturating_add(output.saturating_mul(r.output));
         Some(sum)
     }
 }
@@ -131,8 +132,17 @@ mod tests {
             p.cost_nanos("gpt-4o-mini", Some(1000), Some(200), Some(50)),
             Some(800 * 150 + 200 * 75 + 50 * 600)
         );
-        // The more specific entry wins over gpt-4o*.
+        // The more specific entry wins over gpt-4o*, gpt-5*, o3*.
         assert_eq!(p.rate("gpt-4o").map(|r| r.input), Some(2500));
+        assert_eq!(p.rate("gpt-4o-2024-05-13").map(|r| r.input), Some(5000));
+        assert_eq!(p.rate("gpt-5-pro").map(|r| r.output), Some(120_000));
+        assert_eq!(p.rate("o3-pro-2025-06-10").map(|r| r.input), Some(20_000));
+        assert_eq!(p.rate("o3").map(|r| r.input), Some(2000));
+        // Saturates rather than overflowing into nothing.
+        assert_eq!(
+            p.cost_nanos("gpt-4o", Some(i64::MAX), None, None),
+            Some(i64::MAX)
+        );
         assert_eq!(
             p.cost_nanos("unknown-model", Some(10), None, Some(10)),
             None

@@ -123,6 +123,8 @@ struct Probe<'a> {
     max_tokens: Option<i64>,
     max_completion_tokens: Option<i64>,
     max_output_tokens: Option<i64>,
+    n: Option<i64>,
+    best_of: Option<i64>,
 }
 
 struct Ctx {
@@ -349,21 +351,49 @@ async fn run(
         let e = denial.unwrap_or_else(|| TokenError::Denied("not allowed".into()));
         return Err(token_error(&e));
     }
-    let max_output = probe
-        .max_tokens
-        .or(probe.max_completion_tokens)
-        .or(probe.max_output_tokens);
-    if !app.rate_limits.is_empty() {
-        admit(app, ctx, &token, bytes.len(), max_output, &mut allowed)?;
-    }
+    // What a request may use, for budgets and token rate limits: input from the body's
+    // length (one token per 3 bytes), output from the largest limit it sets (or the default),
+    // times the choices it asks for; endpoints that produce no output reserve none.
+    let input_est = (bytes.len() as i64 + 2) / 3;
+    let output_est = if matches!(ctx.ep, Endpoint::Embeddings | Endpoint::CountTokens) {
+        0
+    } else {
+        let per_choice = [
+            probe.max_tokens,
+            probe.max_completion_tokens,
+            probe.max_output_tokens,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|m| *m > 0)
+        .max()
+        .unwrap_or(app.cfg.budgets.default_max_output_tokens)
+        .min(1 << 32);
+        let choices = probe
+            .n
+            .unwrap_or(1)
+            .max(probe.best_of.unwrap_or(1))
+            .clamp(1, 128);
+        per_choice.saturating_mul(choices)
+    };
+    // Budgets first (they may drop candidate credentials), then rate limits on what is left.
     if !app.budgets.is_empty() {
         reserve(
             app,
             ctx,
             &token,
             &model,
-            bytes.len(),
-            max_output,
+            input_est,
+            output_est,
+            &mut allowed,
+        )?;
+    }
+    if !app.rate_limits.is_empty() {
+        admit(
+            app,
+            ctx,
+            &token,
+            input_est.saturating_add(output_est),
             &mut allowed,
         )?;
     }
@@ -377,15 +407,10 @@ fn admit(
     app: &App,
     ctx: &mut Ctx,
     token: &Verified,
-    body_len: usize,
-    max_output: Option<i64>,
+    tokens: i64,
     allowed: &mut Vec<Authorized>,
 ) -> Result<(), ApiError> {
     use crate::budget::Kind;
-    let tokens = (body_len as i64 + 2) / 3
-        + max_output
-            .filter(|m| *m > 0)
-            .unwrap_or(app.cfg.budgets.default_max_output_tokens);
     let counters = app.recorder.counters.clone();
     let limited = |r: crate::ratelimit::Refused, ctx: &mut Ctx| {
         counters.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -448,8 +473,8 @@ fn reserve(
     ctx: &mut Ctx,
     token: &Verified,
     model: &str,
-    body_len: usize,
-    max_output: Option<i64>,
+    input_est: i64,
+    output_est: i64,
     allowed: &mut Vec<Authorized>,
 ) -> Result<(), ApiError> {
     use crate::budget::Kind;
@@ -467,12 +492,7 @@ fn reserve(
             "model `{model}` has no price, so its spend cannot be held to the budget that applies; an operator can add it under [pricing]"
         )));
     };
-    let est = crate::budget::estimate(
-        rate,
-        body_len,
-        max_output,
-        app.cfg.budgets.default_max_output_tokens,
-    );
+    let est = crate::budget::estimate(rate, input_est, output_est);
     let main = b
         .reserve(
             &[(Kind::Token, &token.id), (Kind::Identity, &token.subject)],

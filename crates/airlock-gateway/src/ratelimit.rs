@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-const WINDOW_US: i64 = 60_000_000;
+const WINDOW_NS: i64 = 60_000_000_000;
 
 struct Limiter {
     id: String,
@@ -40,18 +40,23 @@ impl Default for RateLimits {
 /// What the `x-ratelimit-*` headers say (the tightest limit that applies).
 #[derive(Debug, Clone, Default)]
 pub struct Info {
-    /// Requests per minute, remaining, micros until the bucket is full again.
+    /// Requests per minute, remaining, nanoseconds until the bucket is full again.
     pub requests: Option<(i64, i64, i64)>,
-    /// Tokens per minute, remaining, micros until full.
+    /// Tokens per minute, remaining, nanoseconds until full.
     pub tokens: Option<(i64, i64, i64)>,
-    /// When refused: micros until a retry can pass.
-    pub retry_after_us: Option<i64>,
+    /// When refused: nanoseconds until a retry can pass.
+    pub retry_after_ns: Option<i64>,
+    /// Refused for good (the request is larger than a minute's allowance).
+    pub no_retry: bool,
 }
 
 /// Tokens admitted on an estimate, credited back (the unused part) when the request ends.
 pub struct Hold {
     limits: Arc<RateLimits>,
     keys: Vec<(Kind, String)>,
+    /// Each token limiter's arrival time right after this admission: a credit never reaches
+    /// further back than what this request's charge still holds in the future.
+    after: Vec<(String, i64)>,
     estimate: i64,
     done: bool,
 }
@@ -72,8 +77,8 @@ fn tighter(a: Option<(i64, i64, i64)>, b: (i64, i64, i64)) -> Option<(i64, i64, 
 }
 
 impl RateLimits {
-    fn now_us(&self) -> i64 {
-        self.epoch.elapsed().as_micros() as i64
+    fn now_ns(&self) -> i64 {
+        self.epoch.elapsed().as_nanos() as i64
     }
 
     /// Loads the limits (keeping the state of those that stay).
@@ -118,7 +123,7 @@ impl RateLimits {
         subjects: &[(Kind, &str)],
         tokens: i64,
     ) -> Result<(Option<Hold>, Info), Refused> {
-        let now = self.now_us();
+        let now = self.now_ns();
         let mut map = self
             .map
             .lock()
@@ -134,10 +139,10 @@ impl RateLimits {
             for l in list {
                 any = true;
                 if let Some(rpm) = l.rpm {
-                    let t = WINDOW_US / rpm.max(1);
+                    let t = WINDOW_NS / rpm.max(1);
                     let tat = l.req_tat.max(now) + t;
-                    if tat - now > WINDOW_US {
-                        let wait = tat - now - WINDOW_US;
+                    if tat - now > WINDOW_NS {
+                        let wait = tat - now - WINDOW_NS;
                         if worst.as_ref().is_none_or(|(w, _)| wait > *w) {
                             worst = Some((wait, format!("{rpm} requests per minute")));
                         }
@@ -149,13 +154,16 @@ impl RateLimits {
                             message: format!(
                                 "this request may use up to {tokens} tokens, more than the limit of {tpm} tokens per minute; set a smaller max_tokens"
                             ),
-                            info: Info::default(),
+                                                        info: Info {
+                                no_retry: true,
+                                ..Info::default()
+                            },
                         });
                     }
-                    let t = WINDOW_US / tpm.max(1);
+                    let t = WINDOW_NS / tpm.max(1);
                     let tat = l.tok_tat.max(now) + tokens * t;
-                    if tat - now > WINDOW_US {
-                        let wait = tat - now - WINDOW_US;
+                    if tat - now > WINDOW_NS {
+                        let wait = tat - now - WINDOW_NS;
                         if worst.as_ref().is_none_or(|(w, _)| wait > *w) {
                             worst = Some((wait, format!("{tpm} tokens per minute")));
                         }
@@ -167,7 +175,7 @@ impl RateLimits {
             return Ok((None, info));
         }
         if let Some((wait, what)) = worst {
-            info.retry_after_us = Some(wait);
+            info.retry_after_ns = Some(wait);
             for (kind, key) in subjects {
                 for l in map.get(&(*kind, key.to_string())).into_iter().flatten() {
                     fill(&mut info, l, now);
@@ -176,21 +184,23 @@ impl RateLimits {
             return Err(Refused {
                 message: format!(
                     "rate limit of {what} reached; retry in {:.1}s",
-                    wait as f64 / 1e6
+                    wait as f64 / 1e9
                 ),
                 info,
             });
         }
         let mut keys = Vec::new();
+        let mut after = Vec::new();
         for (kind, key) in subjects {
             let k = (*kind, key.to_string());
             if let Some(list) = map.get_mut(&k) {
                 for l in list.iter_mut() {
                     if let Some(rpm) = l.rpm {
-                        l.req_tat = l.req_tat.max(now) + WINDOW_US / rpm.max(1);
+                        l.req_tat = l.req_tat.max(now) + WINDOW_NS / rpm.max(1);
                     }
                     if let Some(tpm) = l.tpm {
-                        l.tok_tat = l.tok_tat.max(now) + tokens * (WINDOW_US / tpm.max(1));
+                        l.tok_tat = l.tok_tat.max(now) + tokens * (WINDOW_NS / tpm.max(1));
+                        after.push((l.id.clone(), l.tok_tat));
                     }
                     fill(&mut info, l, now);
                 }
@@ -201,6 +211,7 @@ impl RateLimits {
             Some(Hold {
                 limits: self.clone(),
                 keys,
+                after,
                 estimate: tokens,
                 done: false,
             }),
@@ -208,11 +219,11 @@ impl RateLimits {
         ))
     }
 
-    fn credit(&self, keys: &[(Kind, String)], unused: i64) {
+    fn credit(&self, keys: &[(Kind, String)], after: &[(String, i64)], unused: i64) {
         if unused <= 0 {
             return;
         }
-        let now = self.now_us();
+        let now = self.now_ns();
         let mut map = self
             .map
             .lock()
@@ -220,7 +231,13 @@ impl RateLimits {
         for k in keys {
             for l in map.get_mut(k).into_iter().flatten() {
                 if let Some(tpm) = l.tpm {
-                    l.tok_tat = (l.tok_tat - unused * (WINDOW_US / tpm.max(1))).max(now);
+                    let held = after
+                        .iter()
+                        .find(|(id, _)| *id == l.id)
+                        .map(|(_, t)| (t - now).max(0))
+                        .unwrap_or(0);
+                    let back = unused.saturating_mul(WINDOW_NS / tpm.max(1)).min(held);
+                    l.tok_tat = (l.tok_tat - back).max(now);
                 }
             }
         }
@@ -229,43 +246,42 @@ impl RateLimits {
 
 fn fill(info: &mut Info, l: &Limiter, now: i64) {
     if let Some(rpm) = l.rpm {
-        let t = WINDOW_US / rpm.max(1);
+        let t = WINDOW_NS / rpm.max(1);
         let used = (l.req_tat - now).max(0);
-        let remaining = ((WINDOW_US - used) / t).clamp(0, rpm);
+        let remaining = ((WINDOW_NS - used) / t).clamp(0, rpm);
         info.requests = tighter(info.requests, (rpm, remaining, used));
     }
     if let Some(tpm) = l.tpm {
-        let t = WINDOW_US / tpm.max(1);
+        let t = WINDOW_NS / tpm.max(1);
         let used = (l.tok_tat - now).max(0);
-        let remaining = ((WINDOW_US - used) / t).clamp(0, tpm);
+        let remaining = ((WINDOW_NS - used) / t).clamp(0, tpm);
         info.tokens = tighter(info.tokens, (tpm, remaining, used));
     }
 }
 
 impl Hold {
-    /// Credits back what the request did not use of its estimate.
+    /// Credits back what the request did not use of its estimate; `None` (the provider may
+    /// have used tokens it did not report) credits nothing.
     pub fn settle(mut self, used_tokens: Option<i64>) {
         self.done = true;
-        let unused = match used_tokens {
-            Some(u) => self.estimate - u.max(0),
-            // Nothing counted (refused upstream, cut before usage): nothing used.
-            None => self.estimate,
-        };
-        self.limits.credit(&self.keys, unused);
+        if let Some(u) = used_tokens {
+            let unused = self.estimate - u.clamp(0, self.estimate);
+            self.limits.credit(&self.keys, &self.after, unused);
+        }
     }
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
         if !self.done {
-            self.limits.credit(&self.keys, self.estimate);
+            self.limits.credit(&self.keys, &self.after, self.estimate);
         }
     }
 }
 
 /// `6m0s`-style durations for the `x-ratelimit-reset-*` headers (as OpenAI writes them).
-pub fn reset_text(us: i64) -> String {
-    let ms = (us.max(0) + 999) / 1000;
+pub fn reset_text(ns: i64) -> String {
+    let ms = (ns.max(0) + 999_999) / 1_000_000;
     if ms < 1000 {
         return format!("{ms}ms");
     }
@@ -279,6 +295,15 @@ pub fn reset_text(us: i64) -> String {
 
 /// Adds the `x-ratelimit-*` headers (and `retry-after` when refused).
 pub fn headers(info: &Info, h: &mut http::HeaderMap) {
+    // The client sees airlock's limits, not a mix with the provider's.
+    let theirs: Vec<http::HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-ratelimit-"))
+        .cloned()
+        .collect();
+    for k in theirs {
+        h.remove(k);
+    }
     let mut set = |k: &'static str, v: String| {
         if let Ok(v) = http::HeaderValue::from_str(&v) {
             h.insert(k, v);
@@ -294,12 +319,19 @@ pub fn headers(info: &Info, h: &mut http::HeaderMap) {
         set("x-ratelimit-remaining-tokens", remaining.to_string());
         set("x-ratelimit-reset-tokens", reset_text(reset));
     }
-    if let Some(w) = info.retry_after_us {
+    if info.no_retry {
+        set("x-should-retry", "false".into());
+    }
+    if let Some(w) = info.retry_after_ns {
         set(
             "retry-after",
-            ((w + 999_999) / 1_000_000).max(1).to_string(),
+            ((w + 999_999_999) / 1_000_000_000).max(1).to_string(),
         );
-        set("retry-after-ms", ((w + 999) / 1000).to_string());
+        set("retry-after-ms", ((w + 999_999) / 1_000_000).to_string());
+    }
+    if info.no_retry {
+        // Retrying cannot help: the request is larger than a minute's allowance.
+        h.remove("retry-after");
     }
 }
 
@@ -345,8 +377,8 @@ mod tests {
             .admit(&s, 0)
             .err()
             .unwrap_or_else(|| panic!("11th refused"));
-        let wait = e.info.retry_after_us.unwrap_or_default();
-        assert!(wait > 0 && wait <= 6_000_000, "{wait}");
+        let wait = e.info.retry_after_ns.unwrap_or_default();
+        assert!(wait > 0 && wait <= 6_000_000_000, "{wait}");
         assert!(e.message.contains("10 requests per minute"));
         // Another key is not limited.
         assert!(matches!(l.admit(&[(Kind::Token, "u")], 0), Ok((None, _))));
@@ -369,7 +401,7 @@ mod tests {
     #[test]
     fn reset_texts() {
         assert_eq!(reset_text(1), "1ms");
-        assert_eq!(reset_text(6_000_000), "6s");
-        assert_eq!(reset_text(61_000_000), "1m1s");
+        assert_eq!(reset_text(6_000_000_000), "6s");
+        assert_eq!(reset_text(61_000_000_000), "1m1s");
     }
 }

@@ -994,10 +994,21 @@ impl Record {
                 self.row.output_tokens,
             );
         }
+        // A request the provider may have billed without telling us (a stream without usage,
+        // a client that left, a timeout) is charged its whole reservation, never nothing.
+        let billed_unknown = self.row.attempts > 0
+            && self.row.input_tokens.is_none()
+            && self.row.output_tokens.is_none()
+            && !(400..500).contains(&self.row.status);
         let mut held = std::mem::take(&mut self.budget).into_iter();
         if let Some(main) = held.next() {
+            let cost = if billed_unknown {
+                Some(main.estimate())
+            } else {
+                self.row.cost_nanos
+            };
             main.settle(
-                self.row.cost_nanos,
+                cost,
                 self.row.token_id.as_deref().unwrap_or_default(),
                 self.row.subject.as_deref().unwrap_or_default(),
                 self.row.credential.as_deref(),
@@ -1005,8 +1016,9 @@ impl Record {
         }
         drop(held);
         let used = match (self.row.input_tokens, self.row.output_tokens) {
-            (None, None) => None,
-            (i, o) => Some(i.unwrap_or(0) + o.unwrap_or(0)),
+            (None, None) if billed_unknown => None,
+            (None, None) => Some(0),
+            (i, o) => Some(i.unwrap_or(0).saturating_add(o.unwrap_or(0))),
         };
         for h in std::mem::take(&mut self.rate) {
             h.settle(used);
@@ -1156,6 +1168,7 @@ struct UsageObj {
     input_tokens: Option<i64>,
     output_tokens: Option<i64>,
     cache_read_input_tokens: Option<i64>,
+    cache_creation_input_tokens: Option<i64>,
     prompt_tokens_details: Option<Details>,
     input_tokens_details: Option<Details>,
 }
@@ -1187,7 +1200,15 @@ fn scan_usage(text: &[u8], into: &mut Usage) {
         }
         let mut de = serde_json::Deserializer::from_slice(&text[j..]).into_iter::<UsageObj>();
         if let Some(Ok(u)) = de.next() {
-            let input = u.prompt_tokens.or(u.input_tokens);
+            // Anthropic counts cache reads and writes apart from `input_tokens`; OpenAI's
+            // prompt tokens include the cached ones. Input here is always every prompt token.
+            let anthropic_cache = u
+                .cache_read_input_tokens
+                .unwrap_or(0)
+                .saturating_add(u.cache_creation_input_tokens.unwrap_or(0));
+            let input = u
+                .prompt_tokens
+                .or(u.input_tokens.map(|i| i.saturating_add(anthropic_cache)));
             if input.is_some() {
                 into.input = input;
             }
@@ -1465,6 +1486,21 @@ use std::future::Future;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anthropic_cache_tokens_count_as_input() {
+        // Anthropic reports cache reads and writes apart from input_tokens.
+        let mut u = Usage::default();
+        scan_usage(br#"{"type":"message","usage":{"input_tokens":50,"cache_creation_input_tokens":100000,"cache_read_input_tokens":2000,"output_tokens":10}}"#, &mut u);
+        assert_eq!(
+            u,
+            Usage {
+                input: Some(102_050),
+                output: Some(10),
+                cached: Some(2000)
+            }
+        );
+    }
 
     #[test]
     fn openai_json_and_stream() {

@@ -740,6 +740,12 @@ pub async fn budget(c: crate::BudgetCmd, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// A per-minute figure, or `-` when unlimited.
+fn per_min(v: &Value) -> String {
+    v.as_i64()
+        .map_or_else(|| "-".to_string(), |n| n.to_string())
+}
+
 /// `airlock rate-limit set|list|remove`.
 pub async fn rate_limit(c: crate::RateLimitCmd, json: bool) -> Result<(), Failure> {
     let admin = Admin::from_env()?;
@@ -769,12 +775,12 @@ pub async fn rate_limit(c: crate::RateLimitCmd, json: bool) -> Result<(), Failur
                 .await?;
             if !json {
                 println!(
-                    "rate limit {}: {} {} rpm {} tpm {}",
+                    "rate limit {}: {} {} at {} requests and {} tokens per minute",
                     s(&v, "id"),
                     s(&v, "kind"),
                     s(&v, "key"),
-                    v["rpm"],
-                    v["tpm"]
+                    per_min(&v["rpm"]),
+                    per_min(&v["tpm"])
                 );
                 return Ok(());
             }
@@ -793,8 +799,8 @@ pub async fn rate_limit(c: crate::RateLimitCmd, json: bool) -> Result<(), Failur
                         s(&b, "id"),
                         s(&b, "kind"),
                         s(&b, "key"),
-                        b["rpm"],
-                        b["tpm"]
+                        per_min(&b["rpm"]),
+                        per_min(&b["tpm"])
                     );
                 }
                 return Ok(());

@@ -667,22 +667,11 @@ pub async fn budget(c: crate::BudgetCmd, json: bool) -> Result<(), Failure> {
     let admin = Admin::from_env()?;
     let v = match c {
         crate::BudgetCmd::Set {
-            token,
-            identity,
-            credential,
+            target,
             usd,
             period,
         } => {
-            let (kind, key) = match (token, identity, credential) {
-                (Some(t), None, None) => ("token", t),
-                (None, Some(i), None) => ("identity", i),
-                (None, None, Some(c)) => ("credential", c),
-                _ => {
-                    return Err(Failure::usage(
-                        "give exactly one of --token ID, --identity SUBJECT, --credential NAME",
-                    ))
-                }
-            };
+            let (kind, key) = target.kind_key()?;
             let v = admin
                 .post(
                     "/budgets",
@@ -750,23 +739,8 @@ fn per_min(v: &Value) -> String {
 pub async fn rate_limit(c: crate::RateLimitCmd, json: bool) -> Result<(), Failure> {
     let admin = Admin::from_env()?;
     let v = match c {
-        crate::RateLimitCmd::Set {
-            token,
-            identity,
-            credential,
-            rpm,
-            tpm,
-        } => {
-            let (kind, key) = match (token, identity, credential) {
-                (Some(t), None, None) => ("token", t),
-                (None, Some(i), None) => ("identity", i),
-                (None, None, Some(c)) => ("credential", c),
-                _ => {
-                    return Err(Failure::usage(
-                        "give exactly one of --token ID, --identity SUBJECT, --credential NAME",
-                    ))
-                }
-            };
+        crate::RateLimitCmd::Set { target, rpm, tpm } => {
+            let (kind, key) = target.kind_key()?;
             let v = admin
                 .post(
                     "/rate-limits",

@@ -356,19 +356,40 @@ enum ServiceAccountCmd {
     },
 }
 
+/// What a budget or rate limit applies to: exactly one of these.
+#[derive(Args)]
+struct LimitTarget {
+    /// A token id (tok_…).
+    #[arg(long)]
+    token: Option<String>,
+    /// An identity: the subject of tokens (admin:NAME, sa:NAME, oidc:POLICY:…).
+    #[arg(long)]
+    identity: Option<String>,
+    /// A credential name.
+    #[arg(long)]
+    credential: Option<String>,
+}
+
+impl LimitTarget {
+    /// (`token`|`identity`|`credential`, key).
+    fn kind_key(self) -> Result<(&'static str, String), Failure> {
+        match (self.token, self.identity, self.credential) {
+            (Some(t), None, None) => Ok(("token", t)),
+            (None, Some(i), None) => Ok(("identity", i)),
+            (None, None, Some(c)) => Ok(("credential", c)),
+            _ => Err(Failure::usage(
+                "give exactly one of --token ID, --identity SUBJECT, --credential NAME",
+            )),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum BudgetCmd {
     /// Cap the spend of one token, identity (token subject) or credential.
     Set {
-        /// A token id (tok_…).
-        #[arg(long)]
-        token: Option<String>,
-        /// An identity: the subject of tokens (admin:NAME, sa:NAME, oidc:POLICY:…).
-        #[arg(long)]
-        identity: Option<String>,
-        /// A credential name.
-        #[arg(long)]
-        credential: Option<String>,
+        #[command(flatten)]
+        target: LimitTarget,
         /// The cap, US dollars.
         #[arg(long)]
         usd: f64,
@@ -390,15 +411,8 @@ enum RateLimitCmd {
     /// Limit one token, identity (token subject) or credential (GCRA: bursts up to a
     /// minute's allowance).
     Set {
-        /// A token id (tok_…).
-        #[arg(long)]
-        token: Option<String>,
-        /// An identity (token subject).
-        #[arg(long)]
-        identity: Option<String>,
-        /// A credential name.
-        #[arg(long)]
-        credential: Option<String>,
+        #[command(flatten)]
+        target: LimitTarget,
         /// Requests per minute.
         #[arg(long)]
         rpm: Option<i64>,

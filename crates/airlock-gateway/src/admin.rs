@@ -349,6 +349,18 @@ pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
             "/credentials/{name}/rotate",
             g(MANAGE, Some("credential.rotate"), post(rotate_credential)),
         )
+        .route(
+            "/credentials/{name}/suspend",
+            g(MANAGE, Some("credential.suspend"), post(suspend_credential)),
+        )
+        .route(
+            "/credentials/{name}/resume",
+            g(MANAGE, Some("credential.resume"), post(resume_credential)),
+        )
+        .route(
+            "/test/clock",
+            g(OWNER, Some("test.clock"), post(advance_test_clock)),
+        )
         .route("/doctor", g(MANAGE, Some("doctor"), post(doctor)))
         .route(
             "/admin-keys",
@@ -1425,6 +1437,59 @@ async fn revoke_token(State(app): State<Arc<App>>, Path(id): Path<String>) -> Re
         ),
         Err(e) => store_err(e),
     }
+}
+
+async fn suspend_credential(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    set_suspended(&app, name, true).await
+}
+
+async fn resume_credential(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    set_suspended(&app, name, false).await
+}
+
+/// Suspends or resumes a credential: a suspended credential serves nothing until resumed.
+async fn set_suspended(app: &Arc<App>, name: String, suspended: bool) -> Response {
+    match app.store.set_suspended(&name, suspended).await {
+        Ok(true) => {
+            if let Err(e) = app.reload_credentials().await {
+                return store_err(e);
+            }
+            tracing::warn!(credential = %name, suspended, "credential suspension changed");
+            Json(serde_json::json!({ "credential": name, "suspended": suspended })).into_response()
+        }
+        Ok(false) => err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no credential named `{name}`"),
+        ),
+        Err(e) => store_err(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClockReq {
+    advance_secs: i64,
+}
+
+/// Moves the anomaly detector's clock (only on a server started with `AIRLOCK_TEST_CLOCK=1`).
+async fn advance_test_clock(State(app): State<Arc<App>>, Json(c): Json<ClockReq>) -> Response {
+    let Some(d) = app.anomaly.get().filter(|d| d.test_clock) else {
+        return err(
+            StatusCode::NOT_FOUND,
+            "unknown_route",
+            "the test clock is off (it exists only on a server started with AIRLOCK_TEST_CLOCK=1)",
+        );
+    };
+    if !(0..=366 * 86_400).contains(&c.advance_secs) {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "advance_secs must be between 0 and a year",
+        );
+    }
+    let offset = d.advance(c.advance_secs * 1000);
+    Json(serde_json::json!({ "offset_ms": offset })).into_response()
 }
 
 #[derive(Deserialize)]

@@ -44,6 +44,9 @@ pub struct Config {
     /// Budget enforcement.
     #[serde(default)]
     pub budgets: BudgetsConfig,
+    /// `[anomaly]`: spikes and first sights per credential and identity.
+    #[serde(default)]
+    pub anomaly: AnomalyConfig,
     /// Token exchange (`POST /v1/token/exchange`) timing.
     #[serde(default)]
     pub oidc: OidcConfig,
@@ -123,6 +126,180 @@ impl Default for BudgetsConfig {
         BudgetsConfig {
             default_max_output_tokens: 4096,
         }
+    }
+}
+
+/// `[anomaly]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnomalyConfig {
+    /// Watch at all.
+    pub enabled: bool,
+    /// Bucket length (`5m`, `1h`).
+    pub bucket: String,
+    /// Days of history in the baseline.
+    pub baseline_days: u32,
+    /// Modified z-score at or above which a bucket alarms.
+    pub z_threshold: f64,
+    /// A bucket with fewer requests never raises a rate alarm.
+    pub min_requests: u64,
+    /// A bucket that spent less never raises a spend alarm.
+    pub min_spend_usd: f64,
+    /// A credential or identity younger than this raises nothing (it has no baseline yet).
+    pub learning_hours: f64,
+    /// Prefix length of an IPv4 client range.
+    pub ipv4_prefix: u8,
+    /// Prefix length of an IPv6 client range.
+    pub ipv6_prefix: u8,
+    /// What to watch: `rate_spike`, `spend_spike`, `new_model`, `new_ip_range`,
+    /// `new_country`, `new_hour`.
+    pub watch: Vec<String>,
+    /// Which of them suspend the credential (until `airlock credential resume`).
+    pub suspend_credential: Vec<String>,
+    /// Which of them revoke every live token of the identity.
+    pub suspend_identity: Vec<String>,
+    /// A MaxMind GeoIP2 / GeoLite2 Country or City file, for `new_country`.
+    pub geoip: Option<PathBuf>,
+    /// Where alerts are POSTed (https, or http to this machine).
+    pub webhook_url: Option<String>,
+    /// Reference to the webhook's signing secret (`env:NAME`, `file:/path`, `vault://…`).
+    pub webhook_secret: Option<String>,
+    /// Delivery attempts per alert.
+    pub webhook_attempts: u32,
+    /// Timeout of one delivery attempt, seconds.
+    pub webhook_timeout_secs: f64,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        AnomalyConfig {
+            enabled: true,
+            bucket: "5m".into(),
+            baseline_days: 7,
+            z_threshold: 3.5,
+            min_requests: 20,
+            min_spend_usd: 1.0,
+            learning_hours: 24.0,
+            ipv4_prefix: 24,
+            ipv6_prefix: 48,
+            watch: crate::anomaly::Kind::ALL
+                .iter()
+                .map(|k| k.name().to_string())
+                .collect(),
+            suspend_credential: Vec::new(),
+            suspend_identity: Vec::new(),
+            geoip: None,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_attempts: 5,
+            webhook_timeout_secs: 5.0,
+        }
+    }
+}
+
+impl AnomalyConfig {
+    /// The detector's settings, checked.
+    pub fn settings(&self) -> Result<crate::anomaly::Settings, String> {
+        use crate::anomaly::Kind;
+        let bucket = humantime::parse_duration(&self.bucket)
+            .map_err(|e| format!("[anomaly] bucket = {:?}: {e}", self.bucket))?;
+        let bucket_ms = bucket.as_millis() as i64;
+        if !(60_000..=86_400_000).contains(&bucket_ms) {
+            return Err("[anomaly] bucket must be between 1m and 24h".into());
+        }
+        if !(1..=90).contains(&self.baseline_days) {
+            return Err("[anomaly] baseline_days must be between 1 and 90".into());
+        }
+        let baseline_buckets = i64::from(self.baseline_days) * 86_400_000 / bucket_ms;
+        if baseline_buckets > 100_000 {
+            return Err("[anomaly] baseline_days / bucket gives more than 100000 buckets; use a longer bucket".into());
+        }
+        if !(self.z_threshold.is_finite() && self.z_threshold > 0.0) {
+            return Err("[anomaly] z_threshold must be a positive number".into());
+        }
+        let non_negative = |v: f64| v.is_finite() && v >= 0.0;
+        if !non_negative(self.min_spend_usd) || !non_negative(self.learning_hours) {
+            return Err("[anomaly] min_spend_usd and learning_hours must be 0 or more".into());
+        }
+        if self.ipv4_prefix > 32 || self.ipv6_prefix > 128 {
+            return Err("[anomaly] ipv4_prefix is at most 32, ipv6_prefix at most 128".into());
+        }
+        let kinds = |list: &[String], what: &str| {
+            list.iter()
+                .map(|k| {
+                    Kind::parse(k).ok_or_else(|| {
+                        format!(
+                            "[anomaly] {what}: `{k}` is not one of {}",
+                            Kind::ALL.map(|k| k.name()).join(", ")
+                        )
+                    })
+                })
+                .collect::<Result<std::collections::HashSet<_>, _>>()
+        };
+        let watch = kinds(&self.watch, "watch")?;
+        let mut suspend = std::collections::HashSet::new();
+        for (list, what, subject) in [
+            (
+                &self.suspend_credential,
+                "suspend_credential",
+                crate::anomaly::SubjectKind::Credential,
+            ),
+            (
+                &self.suspend_identity,
+                "suspend_identity",
+                crate::anomaly::SubjectKind::Identity,
+            ),
+        ] {
+            for k in kinds(list, what)? {
+                if !watch.contains(&k) {
+                    return Err(format!(
+                        "[anomaly] {what} names `{}`, which is not watched",
+                        k.name()
+                    ));
+                }
+                suspend.insert((subject, k));
+            }
+        }
+        if watch.contains(&Kind::NewCountry) && self.geoip.is_none() && !self.watch_is_default() {
+            return Err("[anomaly] watch names new_country, which needs geoip = \"/path/GeoLite2-Country.mmdb\"".into());
+        }
+        match (&self.webhook_url, &self.webhook_secret) {
+            (Some(url), Some(secret)) => {
+                crate::oidc::check_url("[anomaly] webhook_url", url)?;
+                airlock_secrets::SecretRef::parse(secret)
+                    .map_err(|e| format!("[anomaly] webhook_secret: {e}"))?;
+            }
+            (Some(_), None) => {
+                return Err("[anomaly] webhook_url needs webhook_secret (a reference such as env:ANOMALY_WEBHOOK_SECRET): alerts are signed".into())
+            }
+            (None, Some(_)) => return Err("[anomaly] webhook_secret without webhook_url".into()),
+            (None, None) => {}
+        }
+        let timeout_ok = self.webhook_timeout_secs.is_finite()
+            && self.webhook_timeout_secs > 0.0
+            && self.webhook_timeout_secs <= 60.0;
+        if !(1..=20).contains(&self.webhook_attempts) || !timeout_ok {
+            return Err(
+                "[anomaly] webhook_attempts must be 1–20 and webhook_timeout_secs in (0, 60]"
+                    .into(),
+            );
+        }
+        Ok(crate::anomaly::Settings {
+            bucket_ms,
+            baseline_buckets,
+            z_threshold: self.z_threshold,
+            min_requests: self.min_requests,
+            min_spend_nanos: (self.min_spend_usd * 1e9).round() as i64,
+            learning_ms: (self.learning_hours * 3_600_000.0).round() as i64,
+            v4_prefix: self.ipv4_prefix,
+            v6_prefix: self.ipv6_prefix,
+            watch,
+            suspend,
+        })
+    }
+
+    fn watch_is_default(&self) -> bool {
+        self.watch.len() == crate::anomaly::Kind::ALL.len()
     }
 }
 
@@ -401,6 +578,7 @@ const TOP_KEYS: &[&str] = &[
     "oidc",
     "budgets",
     "pricing",
+    "anomaly",
 ];
 
 impl Config {
@@ -492,6 +670,7 @@ impl Config {
             );
         }
         self.prices()?;
+        self.anomaly.settings()?;
         if !(self.oidc.fetch_timeout_secs > 0.0 && self.oidc.fetch_timeout_secs <= 60.0)
             || self.oidc.leeway_secs > 300
         {

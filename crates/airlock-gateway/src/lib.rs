@@ -2,6 +2,7 @@
 //! by `airlock demo` and the tests. See ARCHITECTURE.md for the request path.
 
 pub mod admin;
+pub mod anomaly;
 pub mod budget;
 
 pub mod config;
@@ -168,12 +169,23 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         jwks: Default::default(),
         trust_lock: Default::default(),
         state_lock,
+        anomaly: Default::default(),
     });
     app.reload_trust()
         .await
         .map_err(|e| anyhow::anyhow!("trust policies: {e}"))?;
     app.reload_credentials().await?;
     app.reload_revocations().await?;
+    // A hook for tests only: lets the owner move the anomaly detector's clock (a simulated
+    // week of traffic without waiting a week). Never set it in production.
+    let test_clock = std::env::var("AIRLOCK_TEST_CLOCK").as_deref() == Ok("1");
+    if test_clock {
+        tracing::warn!("AIRLOCK_TEST_CLOCK=1: the anomaly detector's clock can be moved through the admin API (tests only)");
+    }
+    if let Some(d) = anomaly::start(&app, test_clock).await? {
+        app.recorder.watch(d.clone());
+        let _ = app.anomaly.set(d);
+    }
     spawn_revocation_refresh(Arc::downgrade(&app));
     credentials::spawn_refresher(Arc::downgrade(&app));
     Ok((app, writer))

@@ -134,7 +134,7 @@ pub struct Compiled {
 }
 
 /// Whether a URL is acceptable for an issuer or JWKS: https, or http to this machine.
-fn check_url(what: &str, url: &str) -> Result<(), String> {
+pub(crate) fn check_url(what: &str, url: &str) -> Result<(), String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|_| format!("{what} `{url}` is not a URL"))?;

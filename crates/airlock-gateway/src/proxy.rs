@@ -318,6 +318,19 @@ async fn run(
         .filter(|c| !c.suspended && c.provider.dialect() == dialect && c.serves(&model))
         .collect();
     if matching.is_empty() {
+        if set
+            .all
+            .iter()
+            .any(|c| c.suspended && c.provider.dialect() == dialect && c.serves(&model))
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "credential_suspended",
+                format!(
+                    "the credentials that serve model `{model}` are suspended (an incident or an anomaly); an operator can lift it with `airlock credential resume NAME`"
+                ),
+            ));
+        }
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "model_not_found",

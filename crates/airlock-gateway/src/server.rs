@@ -112,7 +112,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let c = &app.recorder.counters;
     let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let body = format!(
+    let mut body = format!(
         "# TYPE airlock_requests_total counter\nairlock_requests_total {}\n\
          # TYPE airlock_refused_total counter\nairlock_refused_total {}\n\
          # TYPE airlock_unauthenticated_total counter\nairlock_unauthenticated_total {}\n\
@@ -155,6 +155,32 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         app.creds.load().all.len(),
         app.started.elapsed().as_secs()
     );
+    if let Some(d) = app.anomaly.get() {
+        use std::fmt::Write as _;
+        body.push_str("# TYPE airlock_anomalies_total counter\n");
+        for k in crate::anomaly::Kind::ALL {
+            for (i, s) in ["credential", "identity"].iter().enumerate() {
+                let _ = writeln!(
+                    body,
+                    "airlock_anomalies_total{{kind=\"{}\",subject=\"{s}\"}} {}",
+                    k.name(),
+                    g(&d.raised[k as usize][i])
+                );
+            }
+        }
+        let _ = write!(
+            body,
+            "# TYPE airlock_anomaly_webhook_deliveries_total counter\n\
+             airlock_anomaly_webhook_deliveries_total{{outcome=\"delivered\"}} {}\n\
+             airlock_anomaly_webhook_deliveries_total{{outcome=\"failed\"}} {}\n\
+             # TYPE airlock_anomalies_dropped_total counter\nairlock_anomalies_dropped_total {}\n\
+             # TYPE airlock_anomaly_untracked_total counter\nairlock_anomaly_untracked_total {}\n",
+            g(&d.deliveries.delivered),
+            g(&d.deliveries.failed),
+            g(&d.dropped),
+            g(&d.untracked),
+        );
+    }
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         body,

@@ -139,6 +139,8 @@ struct Shared {
     pricing: crate::pricing::Prices,
     anonymous_per_sec: u32,
     anonymous_window: Mutex<(Instant, u32)>,
+    /// Sees every finished request.
+    anomaly: std::sync::OnceLock<Arc<crate::anomaly::Detector>>,
 }
 
 /// Whether a request may be answered now that its record was (or was not) written.
@@ -192,6 +194,7 @@ impl Recorder {
             pricing: settings.pricing.clone(),
             anonymous_per_sec: settings.anonymous_per_sec,
             anonymous_window: Mutex::new((Instant::now(), 0)),
+            anomaly: Default::default(),
         });
         let chain = Chain {
             seq,
@@ -315,6 +318,11 @@ impl Recorder {
     /// Whether requests are served when the audit log cannot be written.
     pub fn fail_open(&self) -> bool {
         self.shared.fail_open
+    }
+
+    /// Hands every finished request to the anomaly detector from now on.
+    pub fn watch(&self, detector: Arc<crate::anomaly::Detector>) {
+        let _ = self.shared.anomaly.set(detector);
     }
 
     /// The price list.
@@ -1025,6 +1033,9 @@ impl Record {
         }
         let row = std::mem::take(&mut self.row);
         self.recorder.count(&row);
+        if let Some(d) = self.recorder.shared.anomaly.get() {
+            d.observe(&row);
+        }
         let anonymous = row.token_id.is_none();
         if anonymous {
             self.recorder

@@ -282,6 +282,21 @@ pub struct TrustPolicyRow {
     pub created_by: String,
 }
 
+/// A credential or identity (`true` first) seen with a model, a client address and an hour.
+pub type SeenWith = (bool, String, Option<String>, Option<String>, i64);
+
+/// What the usage table says about each credential and identity (`true` in the first field
+/// means identity), for the anomaly detector's start.
+#[derive(Debug, Default)]
+pub struct AnomalyHistory {
+    /// (identity?, name, first use).
+    pub firsts: Vec<(bool, String, i64)>,
+    /// (identity?, name, bucket index, requests, nano-dollars).
+    pub tallies: Vec<(bool, String, i64, i64, i64)>,
+    /// (identity?, name, model, client address, hour of day).
+    pub seen: Vec<SeenWith>,
+}
+
 /// One finished request.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct UsageRow {
@@ -1338,6 +1353,90 @@ impl Store {
         .await
         .map_err(db("revoke tokens"))?;
         Ok(r.rows_affected())
+    }
+
+    /// Revokes every unexpired token of a subject (an identity an anomaly suspended); returns
+    /// how many.
+    pub async fn revoke_tokens_of_subject(&self, subject: &str, now_ms: i64) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE tokens SET revoked_at = ?1 WHERE subject = ?2 AND revoked_at IS NULL AND expires_at >= ?3",
+        )
+        .bind(now_ms)
+        .bind(subject)
+        .bind(now_ms / 1000)
+        .execute(&self.pool)
+        .await
+        .map_err(db("revoke tokens"))?;
+        Ok(r.rows_affected())
+    }
+
+    /// Suspends or resumes a credential; false when there is no such credential.
+    pub async fn set_suspended(&self, name: &str, suspended: bool) -> Result<bool> {
+        let r = sqlx::query("UPDATE credentials SET suspended = ? WHERE name = ?")
+            .bind(suspended)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db("suspend credential"))?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// What the anomaly detector learns at start: for credentials (`credential`) and identities
+    /// (`subject`) of requests with a valid token, the first use ever, request and spend
+    /// tallies per `bucket_ms` since `since_ms`, and the distinct (model, client address, hour
+    /// of day) they were used with since `since_ms`.
+    pub async fn anomaly_history(&self, since_ms: i64, bucket_ms: i64) -> Result<AnomalyHistory> {
+        let mut h = AnomalyHistory::default();
+        for col in ["credential", "subject"] {
+            let firsts = sqlx::query(&format!(
+                "SELECT {col} AS k, MIN(ts) AS first FROM usage WHERE {col} IS NOT NULL AND token_id IS NOT NULL GROUP BY {col}"
+            ))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read usage history"))?;
+            for r in firsts {
+                h.firsts
+                    .push((col == "subject", r.get("k"), r.get("first")));
+            }
+            let tallies = sqlx::query(&format!(
+                "SELECT {col} AS k, ts / ?1 AS b, COUNT(*) AS n, COALESCE(SUM(cost_nanos), 0) AS c
+                 FROM usage WHERE ts >= ?2 AND {col} IS NOT NULL AND token_id IS NOT NULL
+                 GROUP BY {col}, b"
+            ))
+            .bind(bucket_ms)
+            .bind(since_ms)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read usage history"))?;
+            for r in tallies {
+                h.tallies.push((
+                    col == "subject",
+                    r.get("k"),
+                    r.get("b"),
+                    r.get("n"),
+                    r.get("c"),
+                ));
+            }
+            let seen = sqlx::query(&format!(
+                "SELECT {col} AS k, model, client_ip, (ts / 3600000) % 24 AS h
+                 FROM usage WHERE ts >= ? AND {col} IS NOT NULL AND token_id IS NOT NULL
+                 GROUP BY {col}, model, client_ip, h"
+            ))
+            .bind(since_ms)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read usage history"))?;
+            for r in seen {
+                h.seen.push((
+                    col == "subject",
+                    r.get("k"),
+                    r.get("model"),
+                    r.get("client_ip"),
+                    r.get("h"),
+                ));
+            }
+        }
+        Ok(h)
     }
 
     /// Ids of revoked tokens that have not expired yet (the server keeps these in memory).

@@ -1507,6 +1507,8 @@ pub async fn credential(c: CredentialCmd, json: bool) -> Result<(), Failure> {
                 );
             }
         }
+        CredentialCmd::Suspend { name } => suspend(&admin, &name, true, json).await?,
+        CredentialCmd::Resume { name } => suspend(&admin, &name, false, json).await?,
         CredentialCmd::Remove { name } => {
             let v = admin
                 .call(Method::DELETE, &format!("/credentials/{name}"), None)
@@ -1517,6 +1519,56 @@ pub async fn credential(c: CredentialCmd, json: bool) -> Result<(), Failure> {
                 println!("removed {name}");
             }
         }
+    }
+    Ok(())
+}
+
+async fn suspend(admin: &Admin, name: &str, on: bool, json: bool) -> Result<(), Failure> {
+    let verb = if on { "suspend" } else { "resume" };
+    let v = admin
+        .call(Method::POST, &format!("/credentials/{name}/{verb}"), None)
+        .await?;
+    if json {
+        print_json(&v);
+    } else if on {
+        println!("suspended {name}: it serves nothing until `airlock credential resume {name}`");
+    } else {
+        println!("resumed {name}");
+    }
+    Ok(())
+}
+
+/// `airlock anomalies`: the `anomaly.detected` records of the audit log.
+pub async fn anomalies(since: &str, limit: u32, json: bool) -> Result<(), Failure> {
+    let admin = Admin::from_env()?;
+    let q = serde_urlencoded::to_string([
+        ("action", "anomaly.detected".to_string()),
+        ("since", time_arg(since)?.to_string()),
+        ("limit", limit.clamp(1, 10_000).to_string()),
+        ("newest", "true".to_string()),
+    ])
+    .unwrap_or_default();
+    let v = admin.get(&format!("/audit?{q}")).await?;
+    let records = v["records"].as_array().cloned().unwrap_or_default();
+    if json {
+        print_json(&serde_json::Value::Array(records));
+        return Ok(());
+    }
+    if records.is_empty() {
+        println!("no anomalies since {since}");
+        return Ok(());
+    }
+    for r in &records {
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(r["ts"].as_u64().unwrap_or(0)),
+        );
+        println!(
+            "{when}  {:<9}  {}  (request {}, from {})",
+            s(r, "outcome"),
+            s(r, "reason"),
+            s(r, "request_id"),
+            s(r, "client_ip"),
+        );
     }
     Ok(())
 }

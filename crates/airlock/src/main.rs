@@ -104,6 +104,16 @@ enum Cmd {
         #[arg(long, default_value = "none")]
         bucket: String,
     },
+    /// Anomalies detected (spend and request spikes against each credential's and identity's
+    /// own baseline; first use of a model, address range, country or hour), newest last.
+    Anomalies {
+        /// Start: RFC 3339 or a duration ago (24h, 7d); default 7d.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Spend caps on a token, an identity or a credential, per day, month or in total.
     #[command(subcommand)]
     Budget(BudgetCmd),
@@ -210,6 +220,16 @@ enum CredentialCmd {
     },
     /// Remove a credential (a sealed key is destroyed with it).
     Remove {
+        /// Credential name.
+        name: String,
+    },
+    /// Suspend a credential: it serves nothing until resumed (clients get a 403 that says so).
+    Suspend {
+        /// Credential name.
+        name: String,
+    },
+    /// Resume a suspended credential (after an incident lockdown or an anomaly suspended it).
+    Resume {
         /// Credential name.
         name: String,
     },
@@ -693,6 +713,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             until,
             bucket,
         } => client::usage(&by, &since, until.as_deref(), &bucket, json).await,
+        Cmd::Anomalies { since, limit } => client::anomalies(&since, limit, json).await,
         Cmd::Doctor => client::doctor(json).await,
         Cmd::Token(t) => client::token(t, json).await,
         Cmd::Audit(a) => audit::run(a, json).await,

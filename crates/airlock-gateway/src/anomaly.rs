@@ -1,0 +1,1237 @@
+//! Anomaly detection: a stolen key shows up while it is being used, not in next month's bill.
+//!
+//! Every finished request that presented a valid token is observed twice, once for the
+//! credential that served it and once for the token's identity (its subject). For each of
+//! these subjects the detector keeps, in memory:
+//!
+//! - request and spend tallies per time bucket (`[anomaly] bucket`, default 5 minutes) over the
+//!   baseline window (`baseline_days`, default 7). The bucket being filled is compared with the
+//!   subject's own history by a robust z-score, `0.6745 · (x − median) / MAD` (Iglewicz and
+//!   Hoaglin's modified z-score; when the MAD is zero, the mean absolute deviation scaled by
+//!   1.2533 stands in, and when that is zero too any rise above the median counts). The bucket
+//!   alarms when z ≥ `z_threshold` (3.5) and its value is at least an absolute floor
+//!   (`min_requests`, `min_spend_usd`), so that a quiet key does not alarm on one request. Empty
+//!   buckets count as zeros: a dormant key that wakes up is a spike.
+//! - what it has been seen with: models, client address ranges (/24 for IPv4, /48 for IPv6),
+//!   countries (with a MaxMind GeoIP2/GeoLite2 Country or City file in `geoip`), hours of the
+//!   day (UTC). The first sight of a new one alarms.
+//!
+//! A subject younger than `learning_hours` learns silently (a new credential or identity has
+//! no history to be compared with). A credential's age counts from its creation, so a key that
+//! sat unused and is then used in bulk alarms at once. Each alarm fires once per kind and
+//! bucket (spikes) or once per new value (first sights).
+//!
+//! The history is rebuilt from the usage table when the server starts, so a restart neither
+//! forgets the baseline nor takes every known address for a new one.
+//!
+//! An alarm is an `anomaly.detected` audit record, a count in `airlock_anomalies_total`, and a
+//! webhook (see [`deliver`]); with `suspend` naming its kind, the credential is suspended
+//! (`airlock credential resume NAME` lifts it) or every live token of the identity is revoked.
+//! Observation runs when a request's record is taken, after its response; the hot path pays a
+//! map lookup and two additions under one mutex.
+
+use airlock_store::UsageRow;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+
+/// What kind of subject an anomaly is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectKind {
+    /// A provider credential (by name).
+    Credential,
+    /// A token subject (a person, a service account, an OIDC workload).
+    Identity,
+}
+
+impl SubjectKind {
+    /// Its name in alerts, metrics and the audit log.
+    pub fn name(self) -> &'static str {
+        match self {
+            SubjectKind::Credential => "credential",
+            SubjectKind::Identity => "identity",
+        }
+    }
+}
+
+/// What was anomalous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Requests in a bucket far above the subject's baseline.
+    RateSpike,
+    /// Spend in a bucket far above the subject's baseline.
+    SpendSpike,
+    /// A model the subject never used.
+    NewModel,
+    /// A client address range the subject was never used from.
+    NewIpRange,
+    /// A country the subject was never used from (needs a GeoIP file).
+    NewCountry,
+    /// An hour of the day (UTC) the subject was never used in.
+    NewHour,
+}
+
+impl Kind {
+    /// Every kind, in metric order.
+    pub const ALL: [Kind; 6] = [
+        Kind::RateSpike,
+        Kind::SpendSpike,
+        Kind::NewModel,
+        Kind::NewIpRange,
+        Kind::NewCountry,
+        Kind::NewHour,
+    ];
+
+    /// Its name in configuration, alerts, metrics and the audit log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::RateSpike => "rate_spike",
+            Kind::SpendSpike => "spend_spike",
+            Kind::NewModel => "new_model",
+            Kind::NewIpRange => "new_ip_range",
+            Kind::NewCountry => "new_country",
+            Kind::NewHour => "new_hour",
+        }
+    }
+
+    /// Parses a configured name.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The detector's settings (from `[anomaly]`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Bucket length, milliseconds.
+    pub bucket_ms: i64,
+    /// Buckets in the baseline window.
+    pub baseline_buckets: i64,
+    /// Modified z-score at or above which a bucket alarms.
+    pub z_threshold: f64,
+    /// A bucket with fewer requests never raises a rate alarm.
+    pub min_requests: u64,
+    /// A bucket with less spend never raises a spend alarm (nano-dollars).
+    pub min_spend_nanos: i64,
+    /// A subject younger than this raises nothing.
+    pub learning_ms: i64,
+    /// IPv4 range prefix length.
+    pub v4_prefix: u8,
+    /// IPv6 range prefix length.
+    pub v6_prefix: u8,
+    /// Kinds watched.
+    pub watch: HashSet<Kind>,
+    /// Which kinds suspend which subjects.
+    pub suspend: HashSet<(SubjectKind, Kind)>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            bucket_ms: 300_000,
+            baseline_buckets: 7 * 288,
+            z_threshold: 3.5,
+            min_requests: 20,
+            min_spend_nanos: 1_000_000_000,
+            learning_ms: 24 * 3_600_000,
+            v4_prefix: 24,
+            v6_prefix: 48,
+            watch: Kind::ALL.into_iter().collect(),
+            suspend: HashSet::new(),
+        }
+    }
+}
+
+/// Subjects tracked at most (identities can be many); beyond it new ones are not watched and
+/// `airlock_anomaly_untracked_total` counts them.
+const MAX_SUBJECTS: usize = 100_000;
+/// Values remembered per dimension and subject; past it, no new-value alarms for that one.
+const MAX_SEEN: usize = 1024;
+
+/// One alarm.
+#[derive(Debug, Clone, Serialize)]
+pub struct Anomaly {
+    /// What was anomalous.
+    pub kind: Kind,
+    /// Credential or identity.
+    pub subject_kind: SubjectKind,
+    /// Its name.
+    pub subject: String,
+    /// When (unix ms, detector clock).
+    pub at_ms: i64,
+    /// Start of the bucket it happened in.
+    pub bucket_start_ms: i64,
+    /// Spikes: the bucket's value so far (requests, or USD for spend).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed: Option<f64>,
+    /// Spikes: the baseline's median.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub median: Option<f64>,
+    /// Spikes: the baseline's median absolute deviation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mad: Option<f64>,
+    /// Spikes: the modified z-score (absent when infinite: the baseline was flat).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub z: Option<f64>,
+    /// First sights: the new value (model, range, country, hour).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The request that raised it.
+    pub request_id: String,
+    /// Its client address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+    /// Its model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The credential that served it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// The token's identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// The token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    /// Whether its policy suspends the subject.
+    pub suspend: bool,
+}
+
+impl Anomaly {
+    /// One line for the audit record and the log.
+    pub fn describe(&self) -> String {
+        let what = match self.kind {
+            Kind::RateSpike | Kind::SpendSpike => {
+                let unit = if self.kind == Kind::RateSpike {
+                    "requests"
+                } else {
+                    "USD"
+                };
+                format!(
+                    "{} {} in the bucket from {} against a median of {} (MAD {}, z {})",
+                    fmt_num(self.observed.unwrap_or(0.0)),
+                    unit,
+                    self.bucket_start_ms,
+                    fmt_num(self.median.unwrap_or(0.0)),
+                    fmt_num(self.mad.unwrap_or(0.0)),
+                    self.z.map(fmt_num).unwrap_or_else(|| "unbounded".into())
+                )
+            }
+            _ => format!("first use with {}", self.value.as_deref().unwrap_or("?")),
+        };
+        format!(
+            "{} on {} {}: {what}",
+            self.kind.name(),
+            self.subject_kind.name(),
+            self.subject
+        )
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// A baseline's centre and spread.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stat {
+    /// Median.
+    pub median: f64,
+    /// Median absolute deviation from the median.
+    pub mad: f64,
+    /// Mean absolute deviation from the median (stands in when the MAD is zero).
+    pub mean_ad: f64,
+}
+
+impl Stat {
+    /// The statistics of `values` (sorted in place).
+    pub fn of(values: &mut [f64]) -> Stat {
+        if values.is_empty() {
+            return Stat {
+                median: 0.0,
+                mad: 0.0,
+                mean_ad: 0.0,
+            };
+        }
+        values.sort_by(f64::total_cmp);
+        let median = median_sorted(values);
+        let mut dev: Vec<f64> = values.iter().map(|v| (v - median).abs()).collect();
+        let mean_ad = dev.iter().sum::<f64>() / dev.len() as f64;
+        dev.sort_by(f64::total_cmp);
+        Stat {
+            median,
+            mad: median_sorted(&dev),
+            mean_ad,
+        }
+    }
+
+    /// The modified z-score of `x`; `None` for unbounded (a flat baseline and `x` above it).
+    pub fn z(&self, x: f64) -> Option<f64> {
+        if self.mad > 0.0 {
+            Some(0.6745 * (x - self.median) / self.mad)
+        } else if self.mean_ad > 0.0 {
+            Some((x - self.median) / (1.253_314 * self.mean_ad))
+        } else if x > self.median {
+            None
+        } else {
+            Some(0.0)
+        }
+    }
+}
+
+fn median_sorted(v: &[f64]) -> f64 {
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    requests: u64,
+    cost: i64,
+}
+
+#[derive(Clone, Copy)]
+struct Baseline {
+    requests: Stat,
+    cost: Stat,
+}
+
+struct Subject {
+    /// Since when the subject exists (credential creation, first use of an identity).
+    first_ms: i64,
+    /// Tallies per bucket index, ascending, within the baseline window and the current bucket.
+    buckets: VecDeque<(i64, Tally)>,
+    /// The baseline of a bucket, computed once when the bucket starts.
+    baseline: Option<(i64, Baseline)>,
+    /// The bucket each spike kind last alarmed in.
+    alarmed: [i64; 2],
+    seen: [HashSet<String>; 3],
+    hours: u32,
+}
+
+impl Subject {
+    fn new(first_ms: i64) -> Self {
+        Subject {
+            first_ms,
+            buckets: VecDeque::new(),
+            baseline: None,
+            alarmed: [i64::MIN; 2],
+            seen: Default::default(),
+            hours: 0,
+        }
+    }
+
+    fn add(&mut self, b: i64, requests: u64, cost: i64, window: i64) {
+        match self.buckets.back_mut() {
+            Some((last, t)) if *last == b => {
+                t.requests += requests;
+                t.cost = t.cost.saturating_add(cost);
+            }
+            Some((last, _)) if *last > b => {
+                // Out of order (rebuild, or a clock step back): insert in place.
+                let at = self.buckets.partition_point(|(i, _)| *i < b);
+                match self.buckets.get_mut(at) {
+                    Some((i, t)) if *i == b => {
+                        t.requests += requests;
+                        t.cost = t.cost.saturating_add(cost);
+                    }
+                    _ => self.buckets.insert(at, (b, Tally { requests, cost })),
+                }
+            }
+            _ => self.buckets.push_back((b, Tally { requests, cost })),
+        }
+        let newest = self.buckets.back().map(|(i, _)| *i).unwrap_or(b);
+        while self
+            .buckets
+            .front()
+            .is_some_and(|(i, _)| *i < newest - window)
+        {
+            self.buckets.pop_front();
+        }
+    }
+
+    fn baseline(&mut self, b: i64, s: &Settings) -> Baseline {
+        if let Some((at, base)) = self.baseline {
+            if at == b {
+                return base;
+            }
+        }
+        // The window's buckets before this one, since the subject existed; empty ones are 0.
+        let first_bucket = self.first_ms.div_euclid(s.bucket_ms);
+        let from = (b - s.baseline_buckets).max(first_bucket);
+        let n = (b - from).max(0) as usize;
+        let mut req = vec![0.0; n];
+        let mut cost = vec![0.0; n];
+        for (i, t) in &self.buckets {
+            if *i >= from && *i < b {
+                let k = (*i - from) as usize;
+                req[k] = t.requests as f64;
+                cost[k] = t.cost as f64;
+            }
+        }
+        let base = Baseline {
+            requests: Stat::of(&mut req),
+            cost: Stat::of(&mut cost),
+        };
+        self.baseline = Some((b, base));
+        base
+    }
+
+    fn current(&self, b: i64) -> Tally {
+        match self.buckets.back() {
+            Some((i, t)) if *i == b => *t,
+            _ => Tally::default(),
+        }
+    }
+
+    /// Remembers `v` in dimension `d`; true when it is new (and there was room).
+    fn first_sight(&mut self, d: usize, v: &str) -> bool {
+        let set = &mut self.seen[d];
+        if set.contains(v) || set.len() >= MAX_SEEN {
+            return false;
+        }
+        set.insert(v.to_string());
+        true
+    }
+}
+
+/// What one request brings to the detector.
+struct Obs<'a> {
+    now: i64,
+    cost: i64,
+    model: Option<&'a str>,
+    range: Option<String>,
+    country: Option<String>,
+    hour: u32,
+}
+
+/// The detector.
+pub struct Detector {
+    settings: Settings,
+    subjects: Mutex<HashMap<(SubjectKind, String), Subject>>,
+    geo: Option<maxminddb::Reader<Vec<u8>>>,
+    /// Added to request times (the test clock; 0 unless `AIRLOCK_TEST_CLOCK=1`).
+    offset_ms: AtomicI64,
+    /// Whether the test clock may be moved.
+    pub test_clock: bool,
+    tx: mpsc::Sender<Anomaly>,
+    /// Alarms dropped because the alert queue was full.
+    pub dropped: AtomicU64,
+    /// Subjects not watched because `MAX_SUBJECTS` were.
+    pub untracked: AtomicU64,
+    /// Alarms raised, by kind and subject kind.
+    pub raised: [[AtomicU64; 2]; 6],
+    /// Webhook deliveries.
+    pub deliveries: std::sync::Arc<Deliveries>,
+}
+
+/// A subject seen with a model, a client address and an hour of the day.
+pub type Seen = (SubjectKind, String, Option<String>, Option<String>, u32);
+
+/// What the detector learns from the usage table at start.
+#[derive(Default)]
+pub struct History {
+    /// Credentials and their creation times.
+    pub credentials: Vec<(String, i64)>,
+    /// (subject kind, name, first use).
+    pub firsts: Vec<(SubjectKind, String, i64)>,
+    /// (subject kind, name, bucket index, requests, cost).
+    pub tallies: Vec<(SubjectKind, String, i64, u64, i64)>,
+    /// (subject kind, name, model, client ip, hour of day).
+    pub seen: Vec<Seen>,
+}
+
+impl Detector {
+    /// A detector sending its alarms to `tx`.
+    pub fn new(
+        settings: Settings,
+        geo: Option<maxminddb::Reader<Vec<u8>>>,
+        test_clock: bool,
+        tx: mpsc::Sender<Anomaly>,
+    ) -> Self {
+        Detector {
+            settings,
+            subjects: Mutex::new(HashMap::new()),
+            geo,
+            offset_ms: AtomicI64::new(0),
+            test_clock,
+            tx,
+            dropped: AtomicU64::new(0),
+            untracked: AtomicU64::new(0),
+            raised: Default::default(),
+            deliveries: Default::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Moves the detector's clock forward (tests: a week of traffic without waiting a week).
+    pub fn advance(&self, ms: i64) -> i64 {
+        self.offset_ms.fetch_add(ms, Ordering::SeqCst) + ms
+    }
+
+    /// The detector's clock offset.
+    pub fn offset(&self) -> i64 {
+        self.offset_ms.load(Ordering::SeqCst)
+    }
+
+    /// Loads what the usage table says about the subjects (at start, before serving).
+    pub fn learn(&self, h: History) {
+        let s = &self.settings;
+        let Ok(mut map) = self.subjects.lock() else {
+            return;
+        };
+        for (name, created) in h.credentials {
+            map.entry((SubjectKind::Credential, name))
+                .or_insert_with(|| Subject::new(created));
+        }
+        for (kind, name, first) in h.firsts {
+            let e = map
+                .entry((kind, name))
+                .or_insert_with(|| Subject::new(first));
+            e.first_ms = e.first_ms.min(first);
+        }
+        for (kind, name, b, requests, cost) in h.tallies {
+            if let Some(e) = map.get_mut(&(kind, name)) {
+                e.add(b, requests, cost, s.baseline_buckets);
+            }
+        }
+        for (kind, name, model, ip, hour) in h.seen {
+            let range = ip.as_deref().and_then(|ip| self.range(ip));
+            let country = ip.as_deref().and_then(|ip| self.country(ip));
+            if let Some(e) = map.get_mut(&(kind, name)) {
+                if let Some(m) = model {
+                    e.first_sight(0, &m);
+                }
+                if let Some(r) = range {
+                    e.first_sight(1, &r);
+                }
+                if let Some(c) = country {
+                    e.first_sight(2, &c);
+                }
+                e.hours |= 1 << (hour % 24);
+            }
+        }
+    }
+
+    fn range(&self, ip: &str) -> Option<String> {
+        let ip: IpAddr = ip.parse().ok()?;
+        Some(mask(ip, self.settings.v4_prefix, self.settings.v6_prefix))
+    }
+
+    fn country(&self, ip: &str) -> Option<String> {
+        let geo = self.geo.as_ref()?;
+        let ip: IpAddr = ip.parse().ok()?;
+        let found = geo.lookup(ip).ok()?;
+        let c: maxminddb::geoip2::Country = found.decode().ok()??;
+        c.country.iso_code.map(str::to_string)
+    }
+
+    /// Observes a finished request (called once, when its record is taken).
+    pub fn observe(&self, row: &UsageRow) {
+        if row.token_id.is_none() {
+            return;
+        }
+        let now = row
+            .ts
+            .saturating_add(self.offset_ms.load(Ordering::Relaxed));
+        let ip = row.client_ip.as_deref();
+        let obs = Obs {
+            now,
+            cost: row.cost_nanos.unwrap_or(0).max(0),
+            model: row.model.as_deref(),
+            range: ip.and_then(|ip| self.range(ip)),
+            country: ip.and_then(|ip| self.country(ip)),
+            hour: (now.div_euclid(3_600_000) % 24) as u32,
+        };
+        let mut alarms = Vec::new();
+        {
+            let Ok(mut map) = self.subjects.lock() else {
+                return;
+            };
+            for (kind, name) in [
+                (SubjectKind::Credential, row.credential.as_deref()),
+                (SubjectKind::Identity, row.subject.as_deref()),
+            ] {
+                let Some(name) = name else { continue };
+                let key = (kind, name.to_string());
+                if !map.contains_key(&key) && map.len() >= MAX_SUBJECTS {
+                    self.untracked.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let subject = map.entry(key).or_insert_with(|| Subject::new(now));
+                for (k, observed, stat, value) in self.check(subject, &obs) {
+                    alarms.push(Anomaly {
+                        kind: k,
+                        subject_kind: kind,
+                        subject: name.to_string(),
+                        at_ms: now,
+                        bucket_start_ms: now.div_euclid(self.settings.bucket_ms)
+                            * self.settings.bucket_ms,
+                        observed,
+                        median: stat.map(|s| s.median),
+                        mad: stat.map(|s| s.mad),
+                        z: stat.and_then(|s| observed.and_then(|x| s.z(x))),
+                        value,
+                        request_id: row.request_id.clone(),
+                        client_ip: row.client_ip.clone(),
+                        model: row.model.clone(),
+                        credential: row.credential.clone(),
+                        identity: row.subject.clone(),
+                        token_id: row.token_id.clone(),
+                        suspend: self.settings.suspend.contains(&(kind, k)),
+                    });
+                }
+            }
+        }
+        for a in alarms {
+            self.raised[a.kind.index()][a.subject_kind as usize].fetch_add(1, Ordering::Relaxed);
+            if self.tx.try_send(a).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Counts one request against a subject; returns its alarms as (kind, observed value,
+    /// baseline, new value).
+    #[allow(clippy::type_complexity)]
+    fn check(
+        &self,
+        subject: &mut Subject,
+        o: &Obs<'_>,
+    ) -> Vec<(Kind, Option<f64>, Option<Stat>, Option<String>)> {
+        let s = &self.settings;
+        let b = o.now.div_euclid(s.bucket_ms);
+        let base = subject.baseline(b, s);
+        subject.add(b, 1, o.cost, s.baseline_buckets);
+        let mut out = Vec::new();
+        let learnt = o.now.saturating_sub(subject.first_ms) >= s.learning_ms;
+        if learnt {
+            let t = subject.current(b);
+            let spikes = [
+                (
+                    Kind::RateSpike,
+                    t.requests as f64,
+                    base.requests,
+                    t.requests >= s.min_requests,
+                    1.0,
+                ),
+                (
+                    Kind::SpendSpike,
+                    t.cost as f64,
+                    base.cost,
+                    t.cost >= s.min_spend_nanos,
+                    1e-9,
+                ),
+            ];
+            for (i, (kind, x, stat, over_floor, unit)) in spikes.into_iter().enumerate() {
+                if !s.watch.contains(&kind) || !over_floor || subject.alarmed[i] == b {
+                    continue;
+                }
+                if stat.z(x).is_none_or(|z| z >= s.z_threshold) {
+                    subject.alarmed[i] = b;
+                    let scaled = Stat {
+                        median: stat.median * unit,
+                        mad: stat.mad * unit,
+                        mean_ad: stat.mean_ad * unit,
+                    };
+                    out.push((kind, Some(x * unit), Some(scaled), None));
+                }
+            }
+        }
+        let dims = [
+            (Kind::NewModel, 0, o.model.map(str::to_string)),
+            (Kind::NewIpRange, 1, o.range.clone()),
+            (Kind::NewCountry, 2, o.country.clone()),
+        ];
+        for (kind, d, v) in dims {
+            let Some(v) = v else { continue };
+            if subject.first_sight(d, &v) && learnt && s.watch.contains(&kind) {
+                out.push((kind, None, None, Some(v)));
+            }
+        }
+        let bit = 1u32 << o.hour;
+        if subject.hours & bit == 0 {
+            subject.hours |= bit;
+            if learnt && s.watch.contains(&Kind::NewHour) {
+                out.push((
+                    Kind::NewHour,
+                    None,
+                    None,
+                    Some(format!("{:02}:00 UTC", o.hour)),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Where alerts go, and how they are signed.
+pub struct Webhook {
+    url: http::Uri,
+    secret: airlock_secrets::Secret,
+    attempts: u32,
+    timeout: std::time::Duration,
+}
+
+/// Delivery counts for `/metrics`.
+#[derive(Default)]
+pub struct Deliveries {
+    /// Alerts the receiver accepted (2xx).
+    pub delivered: AtomicU64,
+    /// Alerts given up on after every attempt.
+    pub failed: AtomicU64,
+}
+
+/// Builds the detector from `[anomaly]` and the usage table, and starts the task that acts on
+/// its alarms. `None` when `enabled = false`.
+pub async fn start(
+    app: &std::sync::Arc<crate::App>,
+    test_clock: bool,
+) -> anyhow::Result<Option<std::sync::Arc<Detector>>> {
+    let cfg = &app.cfg.anomaly;
+    if !cfg.enabled {
+        return Ok(None);
+    }
+    let settings = cfg.settings().map_err(anyhow::Error::msg)?;
+    let geo = match &cfg.geoip {
+        Some(p) => Some(
+            maxminddb::Reader::open_readfile(p)
+                .map_err(|e| anyhow::anyhow!("[anomaly] geoip = {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let webhook = match (&cfg.webhook_url, &cfg.webhook_secret) {
+        (Some(url), Some(secret)) => {
+            let r = airlock_secrets::SecretRef::parse(secret)
+                .map_err(|e| anyhow::anyhow!("[anomaly] webhook_secret: {e}"))?;
+            let secret = app
+                .secrets
+                .resolve(&r, "anomaly-webhook")
+                .await
+                .map_err(|e| anyhow::anyhow!("[anomaly] webhook_secret {r}: {e}"))?
+                .secret;
+            Some(Webhook {
+                url: url
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("[anomaly] webhook_url is not a URL"))?,
+                secret,
+                attempts: cfg.webhook_attempts,
+                timeout: std::time::Duration::from_secs_f64(cfg.webhook_timeout_secs),
+            })
+        }
+        _ => None,
+    };
+    let since = crate::state::now_ms() - settings.baseline_buckets * settings.bucket_ms;
+    let stored = app.store.anomaly_history(since, settings.bucket_ms).await?;
+    let kind = |identity: bool| {
+        if identity {
+            SubjectKind::Identity
+        } else {
+            SubjectKind::Credential
+        }
+    };
+    let history = History {
+        credentials: app
+            .store
+            .list_credentials()
+            .await?
+            .into_iter()
+            .map(|c| (c.name, c.created_at))
+            .collect(),
+        firsts: stored
+            .firsts
+            .into_iter()
+            .map(|(i, n, t)| (kind(i), n, t))
+            .collect(),
+        tallies: stored
+            .tallies
+            .into_iter()
+            .map(|(i, n, b, r, c)| (kind(i), n, b, r.max(0) as u64, c))
+            .collect(),
+        seen: stored
+            .seen
+            .into_iter()
+            .map(|(i, n, m, ip, h)| (kind(i), n, m, ip, h.rem_euclid(24) as u32))
+            .collect(),
+    };
+    let (tx, rx) = mpsc::channel(4096);
+    let d = std::sync::Arc::new(Detector::new(settings, geo, test_clock, tx));
+    d.learn(history);
+    tokio::spawn(act(
+        std::sync::Arc::downgrade(app),
+        rx,
+        webhook.map(std::sync::Arc::new),
+    ));
+    Ok(Some(d))
+}
+
+/// Acts on alarms, in order: suspends (when the policy says so), audits, then hands the alert
+/// to its webhook delivery (retried in a task of its own, so a slow receiver delays nothing).
+async fn act(
+    app: std::sync::Weak<crate::App>,
+    mut rx: mpsc::Receiver<Anomaly>,
+    webhook: Option<std::sync::Arc<Webhook>>,
+) {
+    while let Some(a) = rx.recv().await {
+        let Some(app) = app.upgrade() else { return };
+        let action = if a.suspend {
+            suspend(&app, &a).await
+        } else {
+            "alerted".to_string()
+        };
+        tracing::warn!(
+            kind = a.kind.name(),
+            subject_kind = a.subject_kind.name(),
+            subject = %a.subject,
+            action = %action,
+            "anomaly: {}",
+            a.describe()
+        );
+        let now = crate::state::now_ms();
+        let rec = airlock_audit::Record {
+            ts: now,
+            actor_kind: "system".into(),
+            action: "anomaly.detected".into(),
+            target_kind: Some(a.subject_kind.name().into()),
+            target: Some(a.subject.clone()),
+            outcome: if a.suspend { "suspended" } else { "alerted" }.into(),
+            reason: Some(format!("{}; {action}", a.describe())),
+            request_id: Some(a.request_id.clone()),
+            client_ip: a.client_ip.clone(),
+            credential: a.credential.clone(),
+            model: a.model.clone(),
+            subject: a.identity.clone(),
+            ..Default::default()
+        };
+        app.recorder.write_nowait(None, Some(rec));
+        if let Some(hook) = &webhook {
+            let body = serde_json::json!({
+                "type": "airlock.anomaly",
+                "id": format!("anom_{}", airlock_secrets::random_token(12)),
+                "created_ms": now,
+                "anomaly": &a,
+                "action": action,
+            });
+            let hook = hook.clone();
+            let client = app.client.clone();
+            let counts = app.anomaly.get().map(|d| d.deliveries.clone());
+            tokio::spawn(async move {
+                let ok = deliver(&client, &hook, body.to_string().into_bytes()).await;
+                if let Some(c) = counts {
+                    if ok {
+                        c.delivered.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        c.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Suspends an alarm's subject; says what was done.
+async fn suspend(app: &crate::App, a: &Anomaly) -> String {
+    let now = crate::state::now_ms();
+    match a.subject_kind {
+        SubjectKind::Credential => {
+            match app.store.set_suspended(&a.subject, true).await {
+                Ok(true) => match app.reload_credentials().await {
+                    Ok(()) => format!(
+                        "credential {} suspended (airlock credential resume {} lifts it)",
+                        a.subject, a.subject
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, "suspended a credential but cannot reload credentials");
+                        format!("credential {} suspended in the database; the server could not reload it", a.subject)
+                    }
+                },
+                Ok(false) => format!("credential {} no longer exists", a.subject),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot suspend a credential after an anomaly");
+                    format!(
+                        "suspending credential {} failed: the database failed",
+                        a.subject
+                    )
+                }
+            }
+        }
+        SubjectKind::Identity => match app.store.revoke_tokens_of_subject(&a.subject, now).await {
+            Ok(n) => {
+                if let Err(e) = app.reload_revocations().await {
+                    tracing::error!(error = %e, "revoked an identity's tokens but cannot reload revocations");
+                }
+                format!("{n} live tokens of identity {} revoked", a.subject)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot revoke an identity's tokens after an anomaly");
+                format!(
+                    "revoking identity {}'s tokens failed: the database failed",
+                    a.subject
+                )
+            }
+        },
+    }
+}
+
+/// POSTs an alert: JSON, signed with `x-airlock-signature: t=<unix seconds>,v1=<hex
+/// HMAC-SHA256(secret, "<t>.<body>")>` (the time is signed too, so a receiver can refuse old
+/// replays). Retried with exponential backoff (1 s, 2 s, 4 s, …) on connection errors, 408, 429
+/// and 5xx, up to `webhook_attempts` times. Returns whether a 2xx came back.
+pub async fn deliver(client: &crate::state::HttpClient, hook: &Webhook, body: Vec<u8>) -> bool {
+    let body = bytes::Bytes::from(body);
+    for attempt in 0..hook.attempts {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(1 << (attempt - 1).min(6))).await;
+        }
+        let t = crate::state::now_ms() / 1000;
+        let mut signed = format!("{t}.").into_bytes();
+        signed.extend_from_slice(&body);
+        let sig = hook.secret.sign_hmac_sha256(&signed);
+        let req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(hook.url.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::USER_AGENT, "airlock-anomaly-webhook")
+            .header("x-airlock-event", "anomaly")
+            .header("x-airlock-signature", format!("t={t},v1={sig}"))
+            .body(http_body_util::Full::new(body.clone()));
+        let Ok(req) = req else { return false };
+        match tokio::time::timeout(hook.timeout, client.request(req)).await {
+            Ok(Ok(resp)) => {
+                let s = resp.status();
+                if s.is_success() {
+                    return true;
+                }
+                if !(s.is_server_error()
+                    || s == http::StatusCode::TOO_MANY_REQUESTS
+                    || s == http::StatusCode::REQUEST_TIMEOUT)
+                {
+                    tracing::error!(
+                        status = s.as_u16(),
+                        "the anomaly webhook refused an alert; not retried"
+                    );
+                    return false;
+                }
+                tracing::warn!(
+                    status = s.as_u16(),
+                    attempt,
+                    "the anomaly webhook failed; retrying"
+                );
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, attempt, "cannot reach the anomaly webhook"),
+            Err(_) => tracing::warn!(attempt, "the anomaly webhook did not answer in time"),
+        }
+    }
+    tracing::error!("an anomaly alert could not be delivered to the webhook");
+    false
+}
+
+/// `ip`'s range: the address with its host bits cleared, in CIDR notation.
+pub fn mask(ip: IpAddr, v4: u8, v6: u8) -> String {
+    match ip {
+        IpAddr::V4(a) => {
+            let p = v4.min(32);
+            let bits = u32::from(a) & u32::MAX.checked_shl(32 - u32::from(p)).unwrap_or(0);
+            format!("{}/{p}", std::net::Ipv4Addr::from(bits))
+        }
+        IpAddr::V6(a) => {
+            if let Some(mapped) = a.to_ipv4_mapped() {
+                return mask(IpAddr::V4(mapped), v4, v6);
+            }
+            let p = v6.min(128);
+            let bits = u128::from(a) & u128::MAX.checked_shl(128 - u32::from(p)).unwrap_or(0);
+            format!("{}/{p}", std::net::Ipv6Addr::from(bits))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(ts: i64, cred: &str, subject: &str, ip: &str, model: &str, cost: i64) -> UsageRow {
+        UsageRow {
+            ts,
+            request_id: format!("r{ts}"),
+            token_id: Some("t1".into()),
+            subject: Some(subject.into()),
+            credential: Some(cred.into()),
+            model: Some(model.into()),
+            client_ip: Some(ip.into()),
+            cost_nanos: Some(cost),
+            ..Default::default()
+        }
+    }
+
+    const H: i64 = 3_600_000;
+
+    fn detector(tune: impl FnOnce(&mut Settings)) -> (Detector, mpsc::Receiver<Anomaly>) {
+        let mut s = Settings {
+            bucket_ms: H,
+            baseline_buckets: 7 * 24,
+            ..Default::default()
+        };
+        tune(&mut s);
+        let (tx, rx) = mpsc::channel(10_000);
+        (Detector::new(s, None, false, tx), rx)
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Anomaly>) -> Vec<Anomaly> {
+        let mut v = Vec::new();
+        while let Ok(a) = rx.try_recv() {
+            v.push(a);
+        }
+        v
+    }
+
+    /// A week of 2–6 requests an hour at one address: nothing alarms.
+    fn normal_week(d: &Detector, start: i64) -> i64 {
+        let mut t = start;
+        for h in 0..7 * 24 {
+            for i in 0..(2 + (h * 7 % 5)) {
+                d.observe(&row(
+                    t + i * 1000,
+                    "c",
+                    "svc",
+                    "10.0.0.7",
+                    "gpt-4o-mini",
+                    30_000,
+                ));
+            }
+            t += H;
+        }
+        t
+    }
+
+    #[test]
+    fn stats_match_hand_computed_values() {
+        let mut v = vec![1.0, 2.0, 3.0, 4.0, 100.0];
+        let s = Stat::of(&mut v);
+        assert_eq!(s.median, 3.0);
+        assert_eq!(s.mad, 1.0);
+        let z = s.z(10.0).unwrap();
+        assert!((z - 0.6745 * 7.0).abs() < 1e-9);
+        let mut flat = vec![0.0; 10];
+        let f = Stat::of(&mut flat);
+        assert_eq!(f.z(1.0), None);
+        assert_eq!(f.z(0.0), Some(0.0));
+        // MAD zero but not flat: the mean absolute deviation stands in.
+        let mut mostly = vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 4.0];
+        let m = Stat::of(&mut mostly);
+        assert_eq!(m.mad, 0.0);
+        assert!(m.z(8.0).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn a_normal_week_is_quiet_and_a_burst_from_a_new_range_alarms_at_once() {
+        let (d, mut rx) = detector(|_| {});
+        let t = normal_week(&d, 1_700_000_000_000 / H * H);
+        assert!(drain(&mut rx).is_empty(), "the normal week raised alarms");
+        // The burst, from elsewhere: the first request is a new range, the rate alarm comes
+        // as soon as the bucket passes the floor and the threshold, and only once.
+        for i in 0..60 {
+            d.observe(&row(
+                t + i * 100,
+                "c",
+                "svc",
+                "198.51.100.9",
+                "gpt-4o-mini",
+                30_000,
+            ));
+        }
+        let a = drain(&mut rx);
+        let kinds: Vec<_> = a.iter().map(|a| (a.kind, a.subject_kind)).collect();
+        assert!(kinds.contains(&(Kind::NewIpRange, SubjectKind::Credential)));
+        assert!(kinds.contains(&(Kind::NewIpRange, SubjectKind::Identity)));
+        let rate: Vec<_> = a
+            .iter()
+            .filter(|a| a.kind == Kind::RateSpike && a.subject_kind == SubjectKind::Credential)
+            .collect();
+        assert_eq!(rate.len(), 1, "{kinds:?}");
+        assert_eq!(rate[0].observed, Some(20.0), "alarms at the floor");
+        assert!(rate[0].z.is_none_or(|z| z >= 3.5));
+        let range = a.iter().find(|a| a.kind == Kind::NewIpRange).unwrap();
+        assert_eq!(range.value.as_deref(), Some("198.51.100.0/24"));
+    }
+
+    #[test]
+    fn the_floor_keeps_a_quiet_key_quiet() {
+        let (d, mut rx) = detector(|_| {});
+        let start = 1_700_000_000_000 / H * H;
+        // One request a day for a week, then 5 in one hour: far above a zero median, but
+        // under the floor of 20.
+        for day in 0..8 {
+            d.observe(&row(start + day * 24 * H, "c", "s", "10.0.0.1", "m", 10));
+        }
+        let t = start + 8 * 24 * H;
+        for i in 0..5 {
+            d.observe(&row(t + i, "c", "s", "10.0.0.1", "m", 10));
+        }
+        assert!(drain(&mut rx)
+            .iter()
+            .all(|a| a.kind != Kind::RateSpike && a.kind != Kind::SpendSpike));
+    }
+
+    #[test]
+    fn spend_spikes_alarm_above_their_floor_and_learning_is_silent() {
+        let (d, mut rx) = detector(|s| s.min_spend_nanos = 500_000_000);
+        let start = 1_700_000_000_000 / H * H;
+        // Learning: a brand-new subject with a big first hour says nothing.
+        for i in 0..50 {
+            d.observe(&row(start + i, "c", "s", "10.0.0.1", "m", 100_000_000));
+        }
+        assert!(drain(&mut rx).is_empty());
+        let t = normal_week(&d, start + H);
+        drain(&mut rx);
+        // Ten requests at 0.1 USD each: few requests, but 1 USD against a tiny median.
+        for i in 0..10 {
+            d.observe(&row(
+                t + i,
+                "c",
+                "svc",
+                "10.0.0.7",
+                "gpt-4o-mini",
+                100_000_000,
+            ));
+        }
+        let a = drain(&mut rx);
+        let spend: Vec<_> = a
+            .iter()
+            .filter(|a| a.kind == Kind::SpendSpike && a.subject_kind == SubjectKind::Credential)
+            .collect();
+        assert_eq!(spend.len(), 1, "{a:?}");
+        assert!(spend[0].observed.unwrap() >= 0.5);
+        assert!(!a.iter().any(|a| a.kind == Kind::RateSpike));
+    }
+
+    #[test]
+    fn first_sights_of_models_and_hours_after_learning() {
+        let (d, mut rx) = detector(|s| {
+            s.suspend = [(SubjectKind::Credential, Kind::NewModel)]
+                .into_iter()
+                .collect()
+        });
+        // Midnight UTC.
+        let start = 1_700_000_000_000 / (24 * H) * (24 * H);
+        // Nine to five for eight days.
+        for day in 0..8 {
+            for h in 9..17 {
+                d.observe(&row(
+                    start + day * 24 * H + h * H,
+                    "c",
+                    "s",
+                    "10.0.0.1",
+                    "m",
+                    1,
+                ));
+            }
+        }
+        assert!(drain(&mut rx).is_empty());
+        let night = start + 9 * 24 * H + 3 * H;
+        d.observe(&row(night, "c", "s", "10.0.0.1", "other", 1));
+        let a = drain(&mut rx);
+        let got: HashSet<_> = a.iter().map(|a| (a.kind, a.subject_kind)).collect();
+        assert!(got.contains(&(Kind::NewModel, SubjectKind::Credential)));
+        assert!(got.contains(&(Kind::NewHour, SubjectKind::Identity)));
+        let m = a
+            .iter()
+            .find(|a| a.kind == Kind::NewModel && a.subject_kind == SubjectKind::Credential)
+            .unwrap();
+        assert!(m.suspend);
+        assert!(a.iter().any(|a| a.kind == Kind::NewModel
+            && a.subject_kind == SubjectKind::Identity
+            && !a.suspend));
+        assert_eq!(m.value.as_deref(), Some("other"));
+        let h = a.iter().find(|a| a.kind == Kind::NewHour).unwrap();
+        assert!(!h.suspend);
+        assert_eq!(h.value.as_deref(), Some("03:00 UTC"));
+        // Seen once, known after.
+        d.observe(&row(night + 1, "c", "s", "10.0.0.1", "other", 1));
+        assert!(drain(&mut rx).is_empty());
+    }
+
+    #[test]
+    fn a_dormant_credential_that_wakes_up_is_a_spike() {
+        let (d, mut rx) = detector(|_| {});
+        let start = 1_700_000_000_000 / H * H;
+        d.learn(History {
+            credentials: vec![("old".into(), start)],
+            ..Default::default()
+        });
+        let t = start + 30 * 24 * H;
+        for i in 0..25 {
+            d.observe(&row(t + i, "old", "someone", "10.0.0.1", "m", 1));
+        }
+        let a = drain(&mut rx);
+        assert!(a
+            .iter()
+            .any(|a| a.kind == Kind::RateSpike && a.subject_kind == SubjectKind::Credential));
+        // The identity is new, so it is still learning.
+        assert!(!a.iter().any(|a| a.subject_kind == SubjectKind::Identity));
+    }
+
+    #[test]
+    fn history_from_the_store_is_a_baseline() {
+        let (d, mut rx) = detector(|_| {});
+        let start = 1_700_000_000_000 / H * H;
+        let b0 = start / H;
+        let mut h = History {
+            credentials: vec![("c".into(), start)],
+            ..Default::default()
+        };
+        for i in 0..7 * 24 {
+            h.tallies
+                .push((SubjectKind::Credential, "c".into(), b0 + i, 40, 0));
+        }
+        h.seen.push((
+            SubjectKind::Credential,
+            "c".into(),
+            Some("m".into()),
+            Some("10.0.0.1".into()),
+            0,
+        ));
+        d.learn(h);
+        // 30 requests in an hour is normal for this key (40 an hour): no rate alarm, and the
+        // known range and model are not new.
+        let t = start + 7 * 24 * H;
+        for i in 0..30 {
+            d.observe(&row(t + i, "c", "x", "10.0.0.2", "m", 0));
+        }
+        let a = drain(&mut rx);
+        assert!(
+            !a.iter().any(|a| a.subject_kind == SubjectKind::Credential
+                && matches!(a.kind, Kind::RateSpike | Kind::NewIpRange | Kind::NewModel)),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn masks() {
+        let m = |s: &str| mask(s.parse().unwrap(), 24, 48);
+        assert_eq!(m("203.0.113.77"), "203.0.113.0/24");
+        assert_eq!(m("2001:db8:1:2:3::1"), "2001:db8:1::/48");
+        assert_eq!(m("::ffff:203.0.113.77"), "203.0.113.0/24");
+        assert_eq!(mask("10.1.2.3".parse().unwrap(), 0, 0), "0.0.0.0/0");
+    }
+}

@@ -18,6 +18,16 @@ def test_canary_never_leaks(airlock):
     assert value("airlock_budget_refusals") > 0 and value("airlock_rate_limited") > 0
     assert value("airlock_token_exchanges", outcome="granted") > 0
     assert value("airlock_token_exchanges", outcome="refused") > 0
+    # Latency histograms: cumulative buckets ending in the count, for the endpoints used.
+    for name, labels in [("airlock_request_duration_seconds", {"endpoint": "/v1/chat/completions"}),
+                         ("airlock_request_duration_seconds", {"endpoint": "/v1/messages"}),
+                         ("airlock_upstream_ttfb_seconds", {}), ("airlock_audit_lag_seconds", {})]:
+        samples = [s for s in fams[name].samples if all(s.labels.get(k) == v for k, v in labels.items())]
+        buckets = [s.value for s in samples if s.name.endswith("_bucket")]
+        count = next(s.value for s in samples if s.name.endswith("_count"))
+        assert count > 0 and buckets == sorted(buckets) and buckets[-1] == count, (name, samples)
+    assert "airlock_secret_read_failures" in fams and "airlock_audit_queue_depth" in fams
+    assert value("airlock_anomalies") == 0, "the session's traffic is too young to raise anomalies"
 
     hits = []
     # Every file the suite left behind: databases (with their WAL) and logs of every airlock

@@ -229,6 +229,10 @@ impl Credential {
                     r.push_str("; the cached key is served until max_stale");
                 }
                 tracing::warn!(credential = %self.name, store, error = %e, dropped = f.dropped, stale = f.serving_stale, "secret read failed");
+                app.recorder
+                    .counters
+                    .secret_read_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 ("failed", r)
             }
         };

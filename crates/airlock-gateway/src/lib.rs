@@ -8,6 +8,7 @@ pub mod budget;
 pub mod config;
 pub mod credentials;
 pub mod dialect;
+pub mod histogram;
 pub mod identity;
 
 pub mod incident;

@@ -155,6 +155,30 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         app.creds.load().all.len(),
         app.started.elapsed().as_secs()
     );
+    {
+        use std::fmt::Write as _;
+        body.push_str("# TYPE airlock_request_duration_seconds histogram\n");
+        for (i, ep) in crate::usage::ENDPOINTS.iter().enumerate() {
+            c.request_seconds[i].render(
+                &mut body,
+                "airlock_request_duration_seconds",
+                &format!("endpoint=\"{ep}\""),
+            );
+        }
+        body.push_str("# TYPE airlock_upstream_ttfb_seconds histogram\n");
+        c.upstream_ttfb_seconds
+            .render(&mut body, "airlock_upstream_ttfb_seconds", "");
+        body.push_str("# TYPE airlock_audit_lag_seconds histogram\n");
+        c.audit_lag_seconds
+            .render(&mut body, "airlock_audit_lag_seconds", "");
+        let _ = write!(
+            body,
+            "# TYPE airlock_audit_queue_depth gauge\nairlock_audit_queue_depth {}\n\
+             # TYPE airlock_secret_read_failures_total counter\nairlock_secret_read_failures_total {}\n",
+            app.recorder.queue_depth(),
+            g(&c.secret_read_failures),
+        );
+    }
     if let Some(d) = app.anomaly.get() {
         use std::fmt::Write as _;
         body.push_str("# TYPE airlock_anomalies_total counter\n");

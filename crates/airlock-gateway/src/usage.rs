@@ -67,7 +67,28 @@ pub struct Counters {
     pub exchanges_granted: AtomicU64,
     /// Token exchanges refused.
     pub exchanges_refused: AtomicU64,
+    /// Secret reads (background refreshes and first reads) that failed.
+    pub secret_read_failures: AtomicU64,
+    /// Request durations, by endpoint (the order of [`ENDPOINTS`]).
+    pub request_seconds: [crate::histogram::Histogram; ENDPOINTS.len()],
+    /// Time until the provider's first byte.
+    pub upstream_ttfb_seconds: crate::histogram::Histogram,
+    /// Time from a record's request to its audit batch being durable (what "audited before
+    /// answered" costs), per batch: its oldest message.
+    pub audit_lag_seconds: crate::histogram::Histogram,
 }
+
+/// The endpoints whose durations are kept apart on `/metrics`; others count under the last.
+pub const ENDPOINTS: [&str; 8] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/v1/models",
+    "other",
+];
 
 /// How the writer signs and what happens when it fails.
 pub struct AuditSettings {
@@ -95,6 +116,8 @@ pub struct AuditSettings {
 }
 
 struct Msg {
+    /// When it was queued (for `airlock_audit_lag_seconds`).
+    at: Instant,
     usage: Option<UsageRow>,
     audit: Option<AuditRecord>,
     ack: Option<oneshot::Sender<bool>>,
@@ -222,6 +245,7 @@ impl Recorder {
                 every.tick().await;
                 let Some(tx) = weak.upgrade() else { return };
                 let _ = tx.try_send(Msg {
+                    at: Instant::now(),
                     usage: None,
                     audit: None,
                     ack: None,
@@ -259,6 +283,7 @@ impl Recorder {
     pub async fn sign_now(&self) -> bool {
         let (tx, rx) = oneshot::channel();
         self.enqueue(Msg {
+            at: Instant::now(),
             usage: None,
             audit: None,
             ack: Some(tx),
@@ -310,6 +335,11 @@ impl Recorder {
         }
     }
 
+    /// Messages waiting for the audit writer.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Whether the last write succeeded (fail-closed servers refuse early when it did not).
     pub fn healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::Relaxed)
@@ -344,6 +374,7 @@ impl Recorder {
     ) -> Durable {
         let (tx, rx) = oneshot::channel();
         self.enqueue(Msg {
+            at: Instant::now(),
             usage,
             audit: Some(audit),
             ack: Some(tx),
@@ -372,6 +403,7 @@ impl Recorder {
     /// Appends without waiting (for events whose request is already over or failing).
     pub fn write_nowait(&self, usage: Option<UsageRow>, audit: Option<AuditRecord>) {
         self.enqueue(Msg {
+            at: Instant::now(),
             usage,
             audit,
             ack: None,
@@ -397,8 +429,18 @@ impl Recorder {
         }
     }
 
-    fn count(&self, row: &UsageRow) {
+    fn count(&self, row: &UsageRow, took: Duration) {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let i = ENDPOINTS
+            .iter()
+            .position(|e| *e == row.endpoint)
+            .unwrap_or(ENDPOINTS.len() - 1);
+        self.counters.request_seconds[i].observe(took);
+        if let Some(t) = row.ttfb_ms {
+            self.counters
+                .upstream_ttfb_seconds
+                .observe(Duration::from_millis(t.max(0) as u64));
+        }
         if row.outcome == "refused" {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
         }
@@ -839,6 +881,14 @@ fn flush(
             chain.sink(cp);
         }
         shared.healthy.store(true, Ordering::Relaxed);
+        if let Some(oldest) = batch
+            .iter()
+            .filter(|m| m.audit.is_some() || m.usage.is_some())
+            .map(|m| m.at)
+            .min()
+        {
+            c.audit_lag_seconds.observe(oldest.elapsed());
+        }
         for m in batch.drain(..) {
             if let Some(ack) = m.ack {
                 let _ = ack.send(true);
@@ -1032,7 +1082,7 @@ impl Record {
             h.settle(used);
         }
         let row = std::mem::take(&mut self.row);
-        self.recorder.count(&row);
+        self.recorder.count(&row, self.started.elapsed());
         if let Some(d) = self.recorder.shared.anomaly.get() {
             d.observe(&row);
         }
@@ -1144,6 +1194,7 @@ impl Record {
             return Some(rx);
         }
         self.recorder.enqueue(Msg {
+            at: Instant::now(),
             usage,
             audit,
             ack: Some(tx),

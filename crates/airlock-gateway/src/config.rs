@@ -47,6 +47,9 @@ pub struct Config {
     /// `[anomaly]`: spikes and first sights per credential and identity.
     #[serde(default)]
     pub anomaly: AnomalyConfig,
+    /// `[otel]`: OpenTelemetry traces (off unless `endpoint` is set).
+    #[serde(default)]
+    pub otel: OtelConfig,
     /// Token exchange (`POST /v1/token/exchange`) timing.
     #[serde(default)]
     pub oidc: OidcConfig,
@@ -125,6 +128,33 @@ impl Default for BudgetsConfig {
     fn default() -> Self {
         BudgetsConfig {
             default_max_output_tokens: 4096,
+        }
+    }
+}
+
+/// `[otel]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtelConfig {
+    /// OTLP/HTTP base URL of the collector (spans go to `{endpoint}/v1/traces`, JSON); traces
+    /// are off when unset.
+    pub endpoint: Option<String>,
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// Put the prompt (`messages`, `input`, `prompt`, `system`; 16 KiB at most) into each span
+    /// as `gen_ai.input.messages`. Off: prompts are private by default.
+    pub capture_prompts: bool,
+    /// Timeout of one export request, seconds.
+    pub timeout_secs: f64,
+}
+
+impl Default for OtelConfig {
+    fn default() -> Self {
+        OtelConfig {
+            endpoint: None,
+            service_name: "airlock".into(),
+            capture_prompts: false,
+            timeout_secs: 10.0,
         }
     }
 }
@@ -579,6 +609,7 @@ const TOP_KEYS: &[&str] = &[
     "budgets",
     "pricing",
     "anomaly",
+    "otel",
 ];
 
 impl Config {
@@ -671,6 +702,25 @@ impl Config {
         }
         self.prices()?;
         self.anomaly.settings()?;
+        if let Some(ep) = self.otel.endpoint.as_deref() {
+            let uri: http::Uri = ep
+                .parse()
+                .map_err(|_| format!("[otel] endpoint `{ep}` is not a URL"))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https"))
+                || uri.host().is_none()
+                || uri.query().is_some()
+            {
+                return Err(format!(
+                    "[otel] endpoint `{ep}` must be an http(s) base URL such as http://127.0.0.1:4318 (spans go to its /v1/traces)"
+                ));
+            }
+        }
+        if !(self.otel.timeout_secs.is_finite()
+            && self.otel.timeout_secs > 0.0
+            && self.otel.timeout_secs <= 60.0)
+        {
+            return Err("[otel] timeout_secs must be in (0, 60]".into());
+        }
         if !(self.oidc.fetch_timeout_secs > 0.0 && self.oidc.fetch_timeout_secs <= 60.0)
             || self.oidc.leeway_secs > 300
         {

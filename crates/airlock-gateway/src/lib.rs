@@ -14,6 +14,7 @@ pub mod identity;
 pub mod incident;
 pub mod mock;
 pub mod oidc;
+pub mod otel;
 
 pub mod policy;
 pub mod pricing;
@@ -182,6 +183,22 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
     let test_clock = std::env::var("AIRLOCK_TEST_CLOCK").as_deref() == Ok("1");
     if test_clock {
         tracing::warn!("AIRLOCK_TEST_CLOCK=1: the anomaly detector's clock can be moved through the admin API (tests only)");
+    }
+    if let Some(endpoint) = app.cfg.otel.endpoint.as_deref() {
+        let t = otel::Tracer::start(
+            endpoint,
+            &app.cfg.otel.service_name,
+            app.cfg.otel.capture_prompts,
+            Duration::from_secs_f64(app.cfg.otel.timeout_secs),
+            app.client.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        tracing::info!(
+            endpoint,
+            prompts = app.cfg.otel.capture_prompts,
+            "exporting traces over OTLP/HTTP"
+        );
+        app.recorder.trace_with(t);
     }
     if let Some(d) = anomaly::start(&app, test_clock).await? {
         app.recorder.watch(d.clone());

@@ -167,10 +167,16 @@ pub async fn handle(app: Arc<App>, ep: Endpoint, req: Request<Body>) -> Response
         status: 499,
         ..Default::default()
     };
+    let mut record = Record::start(app.recorder.clone(), row);
+    if app.recorder.tracer().is_some() {
+        record.trace = Some(crate::otel::TraceCtx::from_header(
+            parts.headers.get("traceparent"),
+        ));
+    }
     let mut ctx = Ctx {
         ep,
         rate: None,
-        record: Some(Record::start(app.recorder.clone(), row)),
+        record: Some(record),
     };
     let result = run(&app, &mut ctx, parts, body).await;
     let rate = ctx.rate.take();
@@ -270,6 +276,9 @@ async fn run(
     }
     // The body is read first so that the connection stays usable after a refusal.
     let bytes = read_body(app, &parts.headers, body).await?;
+    if app.recorder.tracer().is_some_and(|t| t.capture_prompts) {
+        ctx.rec().prompt = crate::otel::prompt_of(&bytes);
+    }
     if !app.recorder.healthy() && !app.recorder.fail_open() {
         // The last audit write failed: refuse before a provider is called. This refusal's own
         // record is the next write attempt, so service resumes as soon as the log is writable.

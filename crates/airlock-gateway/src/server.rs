@@ -179,6 +179,17 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             g(&c.secret_read_failures),
         );
     }
+    if let Some(t) = app.recorder.tracer() {
+        use std::fmt::Write as _;
+        let _ = write!(
+            body,
+            "# TYPE airlock_otel_spans_total counter\n\
+             airlock_otel_spans_total{{outcome=\"exported\"}} {}\n\
+             airlock_otel_spans_total{{outcome=\"dropped\"}} {}\n",
+            g(&t.counts.exported),
+            g(&t.counts.dropped),
+        );
+    }
     if let Some(d) = app.anomaly.get() {
         use std::fmt::Write as _;
         body.push_str("# TYPE airlock_anomalies_total counter\n");

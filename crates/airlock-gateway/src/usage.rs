@@ -164,6 +164,8 @@ struct Shared {
     anonymous_window: Mutex<(Instant, u32)>,
     /// Sees every finished request.
     anomaly: std::sync::OnceLock<Arc<crate::anomaly::Detector>>,
+    /// Exports a span per finished request.
+    otel: std::sync::OnceLock<Arc<crate::otel::Tracer>>,
 }
 
 /// Whether a request may be answered now that its record was (or was not) written.
@@ -218,6 +220,7 @@ impl Recorder {
             anonymous_per_sec: settings.anonymous_per_sec,
             anonymous_window: Mutex::new((Instant::now(), 0)),
             anomaly: Default::default(),
+            otel: Default::default(),
         });
         let chain = Chain {
             seq,
@@ -353,6 +356,16 @@ impl Recorder {
     /// Hands every finished request to the anomaly detector from now on.
     pub fn watch(&self, detector: Arc<crate::anomaly::Detector>) {
         let _ = self.shared.anomaly.set(detector);
+    }
+
+    /// Exports a span per finished request from now on.
+    pub fn trace_with(&self, tracer: Arc<crate::otel::Tracer>) {
+        let _ = self.shared.otel.set(tracer);
+    }
+
+    /// The span exporter, when traces are on.
+    pub fn tracer(&self) -> Option<&Arc<crate::otel::Tracer>> {
+        self.shared.otel.get()
     }
 
     /// The price list.
@@ -964,6 +977,10 @@ pub struct Record {
     budget: Vec<crate::budget::Reservation>,
     /// Rate-limit holds: the unused part of the token estimate is credited back.
     rate: Vec<crate::ratelimit::Hold>,
+    /// The request's trace, when traces are on.
+    pub trace: Option<crate::otel::TraceCtx>,
+    /// The prompt for its span (only with `[otel] capture_prompts`).
+    pub prompt: Option<String>,
 }
 
 impl Record {
@@ -989,6 +1006,8 @@ impl Record {
             capped: false,
             budget: Vec::new(),
             rate: Vec::new(),
+            trace: None,
+            prompt: None,
         }
     }
 
@@ -1085,6 +1104,15 @@ impl Record {
         self.recorder.count(&row, self.started.elapsed());
         if let Some(d) = self.recorder.shared.anomaly.get() {
             d.observe(&row);
+        }
+        if let (Some(t), Some(tc)) = (self.recorder.shared.otel.get(), &self.trace) {
+            t.record(
+                &row,
+                tc,
+                self.started.elapsed(),
+                self.reason.as_deref(),
+                self.prompt.as_deref(),
+            );
         }
         let anonymous = row.token_id.is_none();
         if anonymous {

@@ -115,12 +115,12 @@ webhook_secret = "env:ANOMALY_WEBHOOK_SECRET"
                      and a["anomaly"]["subject_kind"] == "credential")
         assert spike["anomaly"]["subject"] == "prod"
         assert spike["anomaly"]["observed"] == 15, spike
-        assert spike["anomaly"]["median"] == 3 and spike["anomaly"]["suspend"] is True
+        assert spike["anomaly"]["median"] == 3 and spike["anomaly"]["suspend_credential"] is True
         assert "suspended" in spike["action"]
         new_range = next(a for a in alerts if a["anomaly"]["kind"] == "new_ip_range")
         assert new_range["anomaly"]["value"] == "127.1.0.0/24"
         assert new_range["anomaly"]["client_ip"] == "127.1.0.9"
-        assert new_range["anomaly"]["suspend"] is False
+        assert new_range["anomaly"]["suspend_credential"] is False
         # Alerts came within the burst's bucket: the detector clock was not moved since.
         bucket = spike["anomaly"]["bucket_start_ms"]
         assert all(a["anomaly"]["bucket_start_ms"] == bucket for a in alerts)
@@ -132,7 +132,7 @@ webhook_secret = "env:ANOMALY_WEBHOOK_SECRET"
         assert "credential resume" in r.json()["error"]["message"]
         # Audited, listed, counted.
         listed = json.loads(inst.cli("anomalies", "--json").stdout)
-        assert {x["outcome"] for x in listed} >= {"alerted", "suspended"}, listed
+        assert {x["outcome"] for x in listed} >= {"alerted", "acted"}, listed
         assert any(x["target"] == "prod" and "rate_spike" in x["reason"] for x in listed)
         text = inst.cli("anomalies")
         assert "rate_spike on credential prod" in text.stdout, text.stdout
@@ -160,9 +160,12 @@ def test_anomaly_configuration_errors_are_clear(airlock, tmp_path):
     base = open(airlock.config).read()
     for extra, needle in [
         ('[anomaly]\nsuspend_credential = ["nonsense"]', "not one of"),
-        ('[anomaly]\nwebhook_url = "http://example.com/hook"\nwebhook_secret = "env:X"', "must be https"),
+        ('[anomaly]\nwebhook_url = "http://example.com/hook"\nwebhook_secret = "env:X"', "must be an https URL"),
         ('[anomaly]\nwebhook_url = "https://example.com/hook"', "needs webhook_secret"),
         ('[anomaly]\nbucket = "5s"', "between 1m and 24h"),
+        ('[anomaly]\nwatch = ["new_country"]', "needs geoip"),
+        ('[anomaly]\nmin_requests = 0', "at least 1"),
+        ('[otel]\nendpoint = "ftp://collector"', "must be an http(s) base URL"),
     ]:
         cfg.write_text(base + "\n" + extra + "\n")
         r = subprocess.run([BIN, "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=30)

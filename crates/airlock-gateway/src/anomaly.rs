@@ -1,17 +1,22 @@
 //! Anomaly detection: a stolen key shows up while it is being used, not in next month's bill.
 //!
-//! Every finished request that presented a valid token is observed twice, once for the
-//! credential that served it and once for the token's identity (its subject). For each of
-//! these subjects the detector keeps, in memory:
+//! Every finished request that airlock forwarded to a provider is observed twice, once for the
+//! credential that served it and once for the token's identity (its subject); requests airlock
+//! refused itself (bad or revoked tokens, scope, budgets, rate limits, unknown models) are not,
+//! so they can neither train nor trip the detector. A request counts in the bucket of the
+//! moment it finishes (a long stream cannot slip into a bucket that is already past). For each
+//! of these subjects the detector keeps, in memory:
 //!
 //! - request and spend tallies per time bucket (`[anomaly] bucket`, default 5 minutes) over the
 //!   baseline window (`baseline_days`, default 7). The bucket being filled is compared with the
-//!   subject's own history by a robust z-score, `0.6745 · (x − median) / MAD` (Iglewicz and
-//!   Hoaglin's modified z-score; when the MAD is zero, the mean absolute deviation scaled by
-//!   1.2533 stands in, and when that is zero too any rise above the median counts). The bucket
-//!   alarms when z ≥ `z_threshold` (3.5) and its value is at least an absolute floor
-//!   (`min_requests`, `min_spend_usd`), so that a quiet key does not alarm on one request. Empty
-//!   buckets count as zeros: a dormant key that wakes up is a spike.
+//!   subject's own active buckets in the window by a robust z-score, `0.6745 · (x − median) /
+//!   MAD` (Iglewicz and Hoaglin's modified z-score; when the MAD is zero, the mean absolute
+//!   deviation scaled by 1.2533 stands in, and when that is zero too any rise above the median
+//!   counts). The bucket alarms when z ≥ `z_threshold` (3.5) and its value is at least an
+//!   absolute floor (`min_requests`, `min_spend_usd`), so that a quiet key does not alarm on one
+//!   request. The baseline is "how busy is it when it is busy", so a key used in bursts a few
+//!   hours a day is not a spike every day; a key with no activity in the window has no
+//!   baseline, and anything over the floor is a spike (a dormant key waking up).
 //! - what it has been seen with: models, client address ranges (/24 for IPv4, /48 for IPv6),
 //!   countries (with a MaxMind GeoIP2/GeoLite2 Country or City file in `geoip`), hours of the
 //!   day (UTC). The first sight of a new one alarms.
@@ -25,8 +30,10 @@
 //! forgets the baseline nor takes every known address for a new one.
 //!
 //! An alarm is an `anomaly.detected` audit record, a count in `airlock_anomalies_total`, and a
-//! webhook (see [`deliver`]); with `suspend` naming its kind, the credential is suspended
-//! (`airlock credential resume NAME` lifts it) or every live token of the identity is revoked.
+//! webhook (see [`deliver`]). With `suspend_credential` naming its kind, an alarm about a
+//! credential suspends it (`airlock credential resume NAME` lifts it); with `revoke_token`
+//! naming it, the token whose request raised the alarm is revoked. A subject raises at most
+//! `MAX_FIRST_SIGHTS` first-sight alarms per bucket (the rest are learnt silently and counted).
 //! Observation runs when a request's record is taken, after its response; the hot path pays a
 //! map lookup and two additions under one mutex.
 
@@ -130,8 +137,10 @@ pub struct Settings {
     pub v6_prefix: u8,
     /// Kinds watched.
     pub watch: HashSet<Kind>,
-    /// Which kinds suspend which subjects.
-    pub suspend: HashSet<(SubjectKind, Kind)>,
+    /// Kinds that suspend the credential an alarm is about.
+    pub suspend_credential: HashSet<Kind>,
+    /// Kinds that revoke the token whose request raised the alarm.
+    pub revoke_token: HashSet<Kind>,
 }
 
 impl Default for Settings {
@@ -146,16 +155,20 @@ impl Default for Settings {
             v4_prefix: 24,
             v6_prefix: 48,
             watch: Kind::ALL.into_iter().collect(),
-            suspend: HashSet::new(),
+            suspend_credential: HashSet::new(),
+            revoke_token: HashSet::new(),
         }
     }
 }
 
-/// Subjects tracked at most (identities can be many); beyond it new ones are not watched and
-/// `airlock_anomaly_untracked_total` counts them.
-const MAX_SUBJECTS: usize = 100_000;
+/// Identities tracked at most (credentials always are); beyond it new ones are not watched and
+/// `airlock_anomaly_untracked_total` counts them. Identities idle for a whole window are
+/// forgotten.
+const MAX_IDENTITIES: usize = 50_000;
 /// Values remembered per dimension and subject; past it, no new-value alarms for that one.
-const MAX_SEEN: usize = 1024;
+const MAX_SEEN: usize = 256;
+/// First-sight alarms per subject and bucket at most.
+const MAX_FIRST_SIGHTS: u32 = 10;
 
 /// One alarm.
 #[derive(Debug, Clone, Serialize)]
@@ -202,8 +215,10 @@ pub struct Anomaly {
     /// The token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_id: Option<String>,
-    /// Whether its policy suspends the subject.
-    pub suspend: bool,
+    /// Whether the policy suspends the credential it is about.
+    pub suspend_credential: bool,
+    /// Whether the policy revokes the token that raised it.
+    pub revoke_token: bool,
 }
 
 impl Anomaly {
@@ -220,7 +235,10 @@ impl Anomaly {
                     "{} {} in the bucket from {} against a median of {} (MAD {}, z {})",
                     fmt_num(self.observed.unwrap_or(0.0)),
                     unit,
-                    self.bucket_start_ms,
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH
+                            + std::time::Duration::from_millis(self.bucket_start_ms.max(0) as u64)
+                    ),
                     fmt_num(self.median.unwrap_or(0.0)),
                     fmt_num(self.mad.unwrap_or(0.0)),
                     self.z.map(fmt_num).unwrap_or_else(|| "unbounded".into())
@@ -324,6 +342,8 @@ struct Subject {
     alarmed: [i64; 2],
     seen: [HashSet<String>; 3],
     hours: u32,
+    /// First-sight alarms raised in a bucket: (bucket, count).
+    sights: (i64, u32),
 }
 
 impl Subject {
@@ -335,6 +355,7 @@ impl Subject {
             alarmed: [i64::MIN; 2],
             seen: Default::default(),
             hours: 0,
+            sights: (i64::MIN, 0),
         }
     }
 
@@ -373,19 +394,14 @@ impl Subject {
                 return base;
             }
         }
-        // The window's buckets before this one, since the subject existed; empty ones are 0.
-        let first_bucket = self.first_ms.div_euclid(s.bucket_ms);
-        let from = (b - s.baseline_buckets).max(first_bucket);
-        let n = (b - from).max(0) as usize;
-        let mut req = vec![0.0; n];
-        let mut cost = vec![0.0; n];
-        for (i, t) in &self.buckets {
-            if *i >= from && *i < b {
-                let k = (*i - from) as usize;
-                req[k] = t.requests as f64;
-                cost[k] = t.cost as f64;
-            }
-        }
+        // The window's active buckets before this one.
+        let from = b - s.baseline_buckets;
+        let (mut req, mut cost): (Vec<f64>, Vec<f64>) = self
+            .buckets
+            .iter()
+            .filter(|(i, _)| *i >= from && *i < b)
+            .map(|(_, t)| (t.requests as f64, t.cost as f64))
+            .unzip();
         let base = Baseline {
             requests: Stat::of(&mut req),
             cost: Stat::of(&mut cost),
@@ -395,10 +411,15 @@ impl Subject {
     }
 
     fn current(&self, b: i64) -> Tally {
-        match self.buckets.back() {
+        let at = self.buckets.partition_point(|(i, _)| *i < b);
+        match self.buckets.get(at) {
             Some((i, t)) if *i == b => *t,
             _ => Tally::default(),
         }
+    }
+
+    fn newest(&self) -> Option<i64> {
+        self.buckets.back().map(|(i, _)| *i)
     }
 
     /// Remembers `v` in dimension `d`; true when it is new (and there was room).
@@ -434,8 +455,13 @@ pub struct Detector {
     tx: mpsc::Sender<Anomaly>,
     /// Alarms dropped because the alert queue was full.
     pub dropped: AtomicU64,
-    /// Subjects not watched because `MAX_SUBJECTS` were.
+    /// Identities not watched because `MAX_IDENTITIES` were.
     pub untracked: AtomicU64,
+    /// First-sight alarms not raised because their subject had raised `MAX_FIRST_SIGHTS` in
+    /// the bucket.
+    pub suppressed: AtomicU64,
+    /// The bucket idle identities were last swept in.
+    swept: AtomicI64,
     /// Alarms raised, by kind and subject kind.
     pub raised: [[AtomicU64; 2]; 6],
     /// Webhook deliveries.
@@ -475,6 +501,8 @@ impl Detector {
             tx,
             dropped: AtomicU64::new(0),
             untracked: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+            swept: AtomicI64::new(i64::MIN),
             raised: Default::default(),
             deliveries: Default::default(),
         }
@@ -505,7 +533,14 @@ impl Detector {
             map.entry((SubjectKind::Credential, name))
                 .or_insert_with(|| Subject::new(created));
         }
+        let mut identities = 0;
         for (kind, name, first) in h.firsts {
+            if kind == SubjectKind::Identity {
+                if identities >= MAX_IDENTITIES {
+                    continue;
+                }
+                identities += 1;
+            }
             let e = map
                 .entry((kind, name))
                 .or_insert_with(|| Subject::new(first));
@@ -547,19 +582,28 @@ impl Detector {
         c.country.iso_code.map(str::to_string)
     }
 
-    /// Observes a finished request (called once, when its record is taken).
-    pub fn observe(&self, row: &UsageRow) {
-        if row.token_id.is_none() {
+    /// Observes a finished request (called once, when its record is taken). `cost` is what
+    /// it is charged: its priced cost, or its estimate when the provider reported no usage.
+    /// Only requests airlock forwarded count.
+    pub fn observe(&self, row: &UsageRow, cost: Option<i64>) {
+        let now = crate::state::now_ms().saturating_add(self.offset_ms.load(Ordering::Relaxed));
+        self.observe_at(row, cost, now);
+    }
+
+    fn observe_at(&self, row: &UsageRow, cost: Option<i64>, now: i64) {
+        if row.token_id.is_none() || row.attempts == 0 {
             return;
         }
-        let now = row
-            .ts
-            .saturating_add(self.offset_ms.load(Ordering::Relaxed));
         let ip = row.client_ip.as_deref();
         let obs = Obs {
             now,
-            cost: row.cost_nanos.unwrap_or(0).max(0),
-            model: row.model.as_deref(),
+            cost: cost.unwrap_or(0).max(0),
+            // A model is known once a provider accepted a request for it: names the provider
+            // refused cannot fill the set or raise alarms.
+            model: row
+                .model
+                .as_deref()
+                .filter(|_| (200..400).contains(&row.status)),
             range: ip.and_then(|ip| self.range(ip)),
             country: ip.and_then(|ip| self.country(ip)),
             hour: (now.div_euclid(3_600_000) % 24) as u32,
@@ -569,13 +613,17 @@ impl Detector {
             let Ok(mut map) = self.subjects.lock() else {
                 return;
             };
+            self.sweep(&mut map, now);
             for (kind, name) in [
                 (SubjectKind::Credential, row.credential.as_deref()),
                 (SubjectKind::Identity, row.subject.as_deref()),
             ] {
                 let Some(name) = name else { continue };
                 let key = (kind, name.to_string());
-                if !map.contains_key(&key) && map.len() >= MAX_SUBJECTS {
+                if kind == SubjectKind::Identity
+                    && !map.contains_key(&key)
+                    && map.len() >= MAX_IDENTITIES
+                {
                     self.untracked.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -599,7 +647,9 @@ impl Detector {
                         credential: row.credential.clone(),
                         identity: row.subject.clone(),
                         token_id: row.token_id.clone(),
-                        suspend: self.settings.suspend.contains(&(kind, k)),
+                        suspend_credential: kind == SubjectKind::Credential
+                            && self.settings.suspend_credential.contains(&k),
+                        revoke_token: self.settings.revoke_token.contains(&k),
                     });
                 }
             }
@@ -610,6 +660,21 @@ impl Detector {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Once per bucket: forgets identities idle for a whole window (credentials stay).
+    fn sweep(&self, map: &mut HashMap<(SubjectKind, String), Subject>, now: i64) {
+        let s = &self.settings;
+        let b = now.div_euclid(s.bucket_ms);
+        if self.swept.swap(b, Ordering::Relaxed) == b {
+            return;
+        }
+        map.retain(|(kind, _), subject| {
+            *kind == SubjectKind::Credential
+                || subject
+                    .newest()
+                    .is_some_and(|n| n >= b - s.baseline_buckets)
+        });
     }
 
     /// Counts one request against a subject; returns its alarms as (kind, observed value,
@@ -664,23 +729,30 @@ impl Detector {
             (Kind::NewIpRange, 1, o.range.clone()),
             (Kind::NewCountry, 2, o.country.clone()),
         ];
+        let mut sights = Vec::new();
         for (kind, d, v) in dims {
             let Some(v) = v else { continue };
             if subject.first_sight(d, &v) && learnt && s.watch.contains(&kind) {
-                out.push((kind, None, None, Some(v)));
+                sights.push((kind, v));
             }
         }
         let bit = 1u32 << o.hour;
         if subject.hours & bit == 0 {
             subject.hours |= bit;
             if learnt && s.watch.contains(&Kind::NewHour) {
-                out.push((
-                    Kind::NewHour,
-                    None,
-                    None,
-                    Some(format!("{:02}:00 UTC", o.hour)),
-                ));
+                sights.push((Kind::NewHour, format!("{:02}:00 UTC", o.hour)));
             }
+        }
+        for (kind, v) in sights {
+            if subject.sights.0 != b {
+                subject.sights = (b, 0);
+            }
+            if subject.sights.1 >= MAX_FIRST_SIGHTS {
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            subject.sights.1 += 1;
+            out.push((kind, None, None, Some(v)));
         }
         out
     }
@@ -731,6 +803,9 @@ pub async fn start(
                 .await
                 .map_err(|e| anyhow::anyhow!("[anomaly] webhook_secret {r}: {e}"))?
                 .secret;
+            if secret.len() < 32 {
+                anyhow::bail!("[anomaly] webhook_secret {r} holds {} bytes; use at least 32 random bytes (e.g. openssl rand -hex 32)", secret.len());
+            }
             Some(Webhook {
                 url: url
                     .parse()
@@ -743,7 +818,15 @@ pub async fn start(
         _ => None,
     };
     let since = crate::state::now_ms() - settings.baseline_buckets * settings.bucket_ms;
-    let stored = app.store.anomaly_history(since, settings.bucket_ms).await?;
+    // Without its history the detector still runs (it learns again), rather than keeping
+    // the gateway from starting.
+    let stored = match app.store.anomaly_history(since, settings.bucket_ms).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read usage history for anomaly detection: starting without a baseline");
+            Default::default()
+        }
+    };
     let kind = |identity: bool| {
         if identity {
             SubjectKind::Identity
@@ -793,12 +876,29 @@ async fn act(
     mut rx: mpsc::Receiver<Anomaly>,
     webhook: Option<std::sync::Arc<Webhook>>,
 ) {
+    // Deliveries in flight at most (each retried for minutes when the receiver is down);
+    // past it an alert's webhook is dropped and counted as failed (its audit record stays).
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
     while let Some(a) = rx.recv().await {
         let Some(app) = app.upgrade() else { return };
-        let action = if a.suspend {
-            suspend(&app, &a).await
-        } else {
+        let mut actions = Vec::new();
+        let mut acted = false;
+        if a.suspend_credential {
+            let (ok, what) = suspend_credential(&app, &a.subject).await;
+            acted |= ok;
+            actions.push(what);
+        }
+        if a.revoke_token {
+            if let Some(id) = &a.token_id {
+                let (ok, what) = revoke_token(&app, id).await;
+                acted |= ok;
+                actions.push(what);
+            }
+        }
+        let action = if actions.is_empty() {
             "alerted".to_string()
+        } else {
+            actions.join("; ")
         };
         tracing::warn!(
             kind = a.kind.name(),
@@ -812,10 +912,11 @@ async fn act(
         let rec = airlock_audit::Record {
             ts: now,
             actor_kind: "system".into(),
+            actor: a.token_id.clone(),
             action: "anomaly.detected".into(),
             target_kind: Some(a.subject_kind.name().into()),
             target: Some(a.subject.clone()),
-            outcome: if a.suspend { "suspended" } else { "alerted" }.into(),
+            outcome: if acted { "acted" } else { "alerted" }.into(),
             reason: Some(format!("{}; {action}", a.describe())),
             request_id: Some(a.request_id.clone()),
             client_ip: a.client_ip.clone(),
@@ -825,19 +926,27 @@ async fn act(
             ..Default::default()
         };
         app.recorder.write_nowait(None, Some(rec));
+        let counts = app.anomaly.get().map(|d| d.deliveries.clone());
         if let Some(hook) = &webhook {
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                tracing::error!("too many anomaly webhooks in flight: this alert is not sent (it is in the audit log)");
+                if let Some(c) = counts {
+                    c.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            };
             let body = serde_json::json!({
                 "type": "airlock.anomaly",
-                "id": format!("anom_{}", airlock_secrets::random_token(12)),
+                "id": format!("anom_{}", airlock_secrets::random_token(16)),
                 "created_ms": now,
                 "anomaly": &a,
                 "action": action,
             });
             let hook = hook.clone();
             let client = app.client.clone();
-            let counts = app.anomaly.get().map(|d| d.deliveries.clone());
             tokio::spawn(async move {
                 let ok = deliver(&client, &hook, body.to_string().into_bytes()).await;
+                drop(permit);
                 if let Some(c) = counts {
                     if ok {
                         c.delivered.fetch_add(1, Ordering::Relaxed);
@@ -850,47 +959,56 @@ async fn act(
     }
 }
 
-/// Suspends an alarm's subject; says what was done.
-async fn suspend(app: &crate::App, a: &Anomaly) -> String {
-    let now = crate::state::now_ms();
-    match a.subject_kind {
-        SubjectKind::Credential => {
-            match app.store.set_suspended(&a.subject, true).await {
-                Ok(true) => match app.reload_credentials().await {
-                    Ok(()) => format!(
-                        "credential {} suspended (airlock credential resume {} lifts it)",
-                        a.subject, a.subject
-                    ),
-                    Err(e) => {
-                        tracing::error!(error = %e, "suspended a credential but cannot reload credentials");
-                        format!("credential {} suspended in the database; the server could not reload it", a.subject)
-                    }
-                },
-                Ok(false) => format!("credential {} no longer exists", a.subject),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot suspend a credential after an anomaly");
+/// Suspends a credential after an alarm: the database, then memory (retried once, as a
+/// lockdown does); says whether it took effect and what was done.
+async fn suspend_credential(app: &crate::App, name: &str) -> (bool, String) {
+    match app.store.set_suspended(name, true).await {
+        Ok(true) => {
+            if app.reload_credentials().await.is_ok() || app.reload_credentials().await.is_ok() {
+                (
+                    true,
                     format!(
-                        "suspending credential {} failed: the database failed",
-                        a.subject
-                    )
-                }
-            }
-        }
-        SubjectKind::Identity => match app.store.revoke_tokens_of_subject(&a.subject, now).await {
-            Ok(n) => {
-                if let Err(e) = app.reload_revocations().await {
-                    tracing::error!(error = %e, "revoked an identity's tokens but cannot reload revocations");
-                }
-                format!("{n} live tokens of identity {} revoked", a.subject)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot revoke an identity's tokens after an anomaly");
-                format!(
-                    "revoking identity {}'s tokens failed: the database failed",
-                    a.subject
+                        "credential {name} suspended (airlock credential resume {name} lifts it)"
+                    ),
+                )
+            } else {
+                tracing::error!(credential = name, "suspended a credential in the database but cannot reload credentials: it serves until a reload or restart");
+                (
+                    false,
+                    format!("credential {name} suspended in the database, but this server could not reload it and it still serves until restarted"),
                 )
             }
-        },
+        }
+        Ok(false) => (false, format!("credential {name} no longer exists")),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot suspend a credential after an anomaly");
+            (
+                false,
+                format!("suspending credential {name} failed: the database failed"),
+            )
+        }
+    }
+}
+
+/// Revokes the token whose request raised an alarm.
+async fn revoke_token(app: &crate::App, id: &str) -> (bool, String) {
+    let _serial = app.revocation_lock.lock().await;
+    match app.store.revoke_token(id, crate::state::now_ms()).await {
+        Ok(_) => {
+            app.revoked.rcu(|cur| {
+                let mut next = HashSet::clone(cur);
+                next.insert(id.to_string());
+                next
+            });
+            (true, format!("token {id} revoked"))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot revoke a token after an anomaly");
+            (
+                false,
+                format!("revoking token {id} failed: the database failed"),
+            )
+        }
     }
 }
 
@@ -980,8 +1098,16 @@ mod tests {
             model: Some(model.into()),
             client_ip: Some(ip.into()),
             cost_nanos: Some(cost),
+            attempts: 1,
+            status: 200,
             ..Default::default()
         }
+    }
+
+    /// Observes a row at its own time.
+    fn see(d: &Detector, r: UsageRow) {
+        let (ts, cost) = (r.ts, r.cost_nanos);
+        d.observe_at(&r, cost, ts);
     }
 
     const H: i64 = 3_600_000;
@@ -1010,14 +1136,10 @@ mod tests {
         let mut t = start;
         for h in 0..7 * 24 {
             for i in 0..(2 + (h * 7 % 5)) {
-                d.observe(&row(
-                    t + i * 1000,
-                    "c",
-                    "svc",
-                    "10.0.0.7",
-                    "gpt-4o-mini",
-                    30_000,
-                ));
+                see(
+                    d,
+                    row(t + i * 1000, "c", "svc", "10.0.0.7", "gpt-4o-mini", 30_000),
+                );
             }
             t += H;
         }
@@ -1051,14 +1173,17 @@ mod tests {
         // The burst, from elsewhere: the first request is a new range, the rate alarm comes
         // as soon as the bucket passes the floor and the threshold, and only once.
         for i in 0..60 {
-            d.observe(&row(
-                t + i * 100,
-                "c",
-                "svc",
-                "198.51.100.9",
-                "gpt-4o-mini",
-                30_000,
-            ));
+            see(
+                &d,
+                row(
+                    t + i * 100,
+                    "c",
+                    "svc",
+                    "198.51.100.9",
+                    "gpt-4o-mini",
+                    30_000,
+                ),
+            );
         }
         let a = drain(&mut rx);
         let kinds: Vec<_> = a.iter().map(|a| (a.kind, a.subject_kind)).collect();
@@ -1082,11 +1207,11 @@ mod tests {
         // One request a day for a week, then 5 in one hour: far above a zero median, but
         // under the floor of 20.
         for day in 0..8 {
-            d.observe(&row(start + day * 24 * H, "c", "s", "10.0.0.1", "m", 10));
+            see(&d, row(start + day * 24 * H, "c", "s", "10.0.0.1", "m", 10));
         }
         let t = start + 8 * 24 * H;
         for i in 0..5 {
-            d.observe(&row(t + i, "c", "s", "10.0.0.1", "m", 10));
+            see(&d, row(t + i, "c", "s", "10.0.0.1", "m", 10));
         }
         assert!(drain(&mut rx)
             .iter()
@@ -1099,21 +1224,17 @@ mod tests {
         let start = 1_700_000_000_000 / H * H;
         // Learning: a brand-new subject with a big first hour says nothing.
         for i in 0..50 {
-            d.observe(&row(start + i, "c", "s", "10.0.0.1", "m", 100_000_000));
+            see(&d, row(start + i, "c", "s", "10.0.0.1", "m", 100_000_000));
         }
         assert!(drain(&mut rx).is_empty());
         let t = normal_week(&d, start + H);
         drain(&mut rx);
         // Ten requests at 0.1 USD each: few requests, but 1 USD against a tiny median.
         for i in 0..10 {
-            d.observe(&row(
-                t + i,
-                "c",
-                "svc",
-                "10.0.0.7",
-                "gpt-4o-mini",
-                100_000_000,
-            ));
+            see(
+                &d,
+                row(t + i, "c", "svc", "10.0.0.7", "gpt-4o-mini", 100_000_000),
+            );
         }
         let a = drain(&mut rx);
         let spend: Vec<_> = a
@@ -1128,28 +1249,23 @@ mod tests {
     #[test]
     fn first_sights_of_models_and_hours_after_learning() {
         let (d, mut rx) = detector(|s| {
-            s.suspend = [(SubjectKind::Credential, Kind::NewModel)]
-                .into_iter()
-                .collect()
+            s.suspend_credential = [Kind::NewModel].into_iter().collect();
+            s.revoke_token = [Kind::NewHour].into_iter().collect();
         });
         // Midnight UTC.
         let start = 1_700_000_000_000 / (24 * H) * (24 * H);
         // Nine to five for eight days.
         for day in 0..8 {
             for h in 9..17 {
-                d.observe(&row(
-                    start + day * 24 * H + h * H,
-                    "c",
-                    "s",
-                    "10.0.0.1",
-                    "m",
-                    1,
-                ));
+                see(
+                    &d,
+                    row(start + day * 24 * H + h * H, "c", "s", "10.0.0.1", "m", 1),
+                );
             }
         }
         assert!(drain(&mut rx).is_empty());
         let night = start + 9 * 24 * H + 3 * H;
-        d.observe(&row(night, "c", "s", "10.0.0.1", "other", 1));
+        see(&d, row(night, "c", "s", "10.0.0.1", "other", 1));
         let a = drain(&mut rx);
         let got: HashSet<_> = a.iter().map(|a| (a.kind, a.subject_kind)).collect();
         assert!(got.contains(&(Kind::NewModel, SubjectKind::Credential)));
@@ -1158,16 +1274,17 @@ mod tests {
             .iter()
             .find(|a| a.kind == Kind::NewModel && a.subject_kind == SubjectKind::Credential)
             .unwrap();
-        assert!(m.suspend);
+        assert!(m.suspend_credential && !m.revoke_token);
+        // An alarm about an identity never suspends a credential.
         assert!(a.iter().any(|a| a.kind == Kind::NewModel
             && a.subject_kind == SubjectKind::Identity
-            && !a.suspend));
+            && !a.suspend_credential));
         assert_eq!(m.value.as_deref(), Some("other"));
         let h = a.iter().find(|a| a.kind == Kind::NewHour).unwrap();
-        assert!(!h.suspend);
+        assert!(!h.suspend_credential && h.revoke_token);
         assert_eq!(h.value.as_deref(), Some("03:00 UTC"));
         // Seen once, known after.
-        d.observe(&row(night + 1, "c", "s", "10.0.0.1", "other", 1));
+        see(&d, row(night + 1, "c", "s", "10.0.0.1", "other", 1));
         assert!(drain(&mut rx).is_empty());
     }
 
@@ -1181,7 +1298,7 @@ mod tests {
         });
         let t = start + 30 * 24 * H;
         for i in 0..25 {
-            d.observe(&row(t + i, "old", "someone", "10.0.0.1", "m", 1));
+            see(&d, row(t + i, "old", "someone", "10.0.0.1", "m", 1));
         }
         let a = drain(&mut rx);
         assert!(a
@@ -1216,7 +1333,7 @@ mod tests {
         // known range and model are not new.
         let t = start + 7 * 24 * H;
         for i in 0..30 {
-            d.observe(&row(t + i, "c", "x", "10.0.0.2", "m", 0));
+            see(&d, row(t + i, "c", "x", "10.0.0.2", "m", 0));
         }
         let a = drain(&mut rx);
         assert!(
@@ -1224,6 +1341,74 @@ mod tests {
                 && matches!(a.kind, Kind::RateSpike | Kind::NewIpRange | Kind::NewModel)),
             "{a:?}"
         );
+    }
+
+    #[test]
+    fn a_bursty_user_is_its_own_normal() {
+        // Two busy hours a day, 30 requests each, idle otherwise: not a spike every day.
+        let (d, mut rx) = detector(|_| {});
+        let start = 1_700_000_000_000 / (24 * H) * (24 * H);
+        for day in 0..10 {
+            for h in [10, 15] {
+                for i in 0..30 {
+                    see(
+                        &d,
+                        row(
+                            start + day * 24 * H + h * H + i,
+                            "c",
+                            "s",
+                            "10.0.0.1",
+                            "m",
+                            1,
+                        ),
+                    );
+                }
+            }
+        }
+        let a = drain(&mut rx);
+        assert!(!a.iter().any(|a| a.kind == Kind::RateSpike), "{a:?}");
+        // Ten times the usual hour is.
+        let t = start + 10 * 24 * H + 10 * H;
+        for i in 0..300 {
+            see(&d, row(t + i, "c", "s", "10.0.0.1", "m", 1));
+        }
+        assert!(drain(&mut rx).iter().any(|a| a.kind == Kind::RateSpike));
+    }
+
+    #[test]
+    fn refusals_and_refused_models_neither_train_nor_trip() {
+        let (d, mut rx) = detector(|_| {});
+        let start = 1_700_000_000_000 / H * H;
+        let t = normal_week(&d, start);
+        drain(&mut rx);
+        // 500 requests airlock refused itself (a revoked token, scope, budget): nothing.
+        for i in 0..500 {
+            let mut r = row(t + i, "c", "svc", "203.0.113.5", "gpt-4o-mini", 0);
+            r.attempts = 0;
+            r.status = 401;
+            see(&d, r);
+        }
+        assert!(drain(&mut rx).is_empty());
+        // Made-up model names the provider refused: no new_model alarms, and at most
+        // MAX_FIRST_SIGHTS first sights per subject and bucket whatever comes.
+        for i in 0..30 {
+            let mut r = row(t + i, "c", "svc", "10.0.0.7", &format!("bogus-{i}"), 0);
+            r.status = 404;
+            see(&d, r);
+        }
+        assert!(drain(&mut rx).iter().all(|a| a.kind != Kind::NewModel));
+        for i in 0..30 {
+            see(
+                &d,
+                row(t + H + i, "c", "svc", "10.0.0.7", &format!("real-{i}"), 0),
+            );
+        }
+        let sights = drain(&mut rx)
+            .iter()
+            .filter(|a| a.kind == Kind::NewModel && a.subject_kind == SubjectKind::Credential)
+            .count();
+        assert_eq!(sights, MAX_FIRST_SIGHTS as usize);
+        assert!(d.suppressed.load(Ordering::Relaxed) >= 20);
     }
 
     #[test]

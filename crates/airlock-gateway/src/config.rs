@@ -182,12 +182,13 @@ pub struct AnomalyConfig {
     /// Prefix length of an IPv6 client range.
     pub ipv6_prefix: u8,
     /// What to watch: `rate_spike`, `spend_spike`, `new_model`, `new_ip_range`,
-    /// `new_country`, `new_hour`.
-    pub watch: Vec<String>,
-    /// Which of them suspend the credential (until `airlock credential resume`).
+    /// `new_country`, `new_hour` (default: all; `new_country` only with `geoip`).
+    pub watch: Option<Vec<String>>,
+    /// Which kinds suspend the credential an alarm is about (until `airlock credential
+    /// resume`). Any token allowed to use the credential can trip them.
     pub suspend_credential: Vec<String>,
-    /// Which of them revoke every live token of the identity.
-    pub suspend_identity: Vec<String>,
+    /// Which kinds revoke the token whose request raised the alarm.
+    pub revoke_token: Vec<String>,
     /// A MaxMind GeoIP2 / GeoLite2 Country or City file, for `new_country`.
     pub geoip: Option<PathBuf>,
     /// Where alerts are POSTed (https, or http to this machine).
@@ -212,12 +213,9 @@ impl Default for AnomalyConfig {
             learning_hours: 24.0,
             ipv4_prefix: 24,
             ipv6_prefix: 48,
-            watch: crate::anomaly::Kind::ALL
-                .iter()
-                .map(|k| k.name().to_string())
-                .collect(),
+            watch: None,
             suspend_credential: Vec::new(),
-            suspend_identity: Vec::new(),
+            revoke_token: Vec::new(),
             geoip: None,
             webhook_url: None,
             webhook_secret: None,
@@ -241,15 +239,20 @@ impl AnomalyConfig {
             return Err("[anomaly] baseline_days must be between 1 and 90".into());
         }
         let baseline_buckets = i64::from(self.baseline_days) * 86_400_000 / bucket_ms;
-        if baseline_buckets > 100_000 {
-            return Err("[anomaly] baseline_days / bucket gives more than 100000 buckets; use a longer bucket".into());
+        if baseline_buckets > 10_000 {
+            return Err("[anomaly] baseline_days / bucket gives more than 10000 buckets; use a longer bucket".into());
         }
         if !(self.z_threshold.is_finite() && self.z_threshold > 0.0) {
             return Err("[anomaly] z_threshold must be a positive number".into());
         }
-        let non_negative = |v: f64| v.is_finite() && v >= 0.0;
-        if !non_negative(self.min_spend_usd) || !non_negative(self.learning_hours) {
-            return Err("[anomaly] min_spend_usd and learning_hours must be 0 or more".into());
+        let within = |v: f64, max: f64| v.is_finite() && (0.0..=max).contains(&v);
+        if !within(self.min_spend_usd, 1e6) || !within(self.learning_hours, 24.0 * 90.0) {
+            return Err(
+                "[anomaly] min_spend_usd must be 0 to 1000000 and learning_hours 0 to 2160".into(),
+            );
+        }
+        if self.min_requests < 1 {
+            return Err("[anomaly] min_requests must be at least 1".into());
         }
         if self.ipv4_prefix > 32 || self.ipv6_prefix > 128 {
             return Err("[anomaly] ipv4_prefix is at most 32, ipv6_prefix at most 128".into());
@@ -266,36 +269,34 @@ impl AnomalyConfig {
                 })
                 .collect::<Result<std::collections::HashSet<_>, _>>()
         };
-        let watch = kinds(&self.watch, "watch")?;
-        let mut suspend = std::collections::HashSet::new();
-        for (list, what, subject) in [
-            (
-                &self.suspend_credential,
-                "suspend_credential",
-                crate::anomaly::SubjectKind::Credential,
-            ),
-            (
-                &self.suspend_identity,
-                "suspend_identity",
-                crate::anomaly::SubjectKind::Identity,
-            ),
-        ] {
-            for k in kinds(list, what)? {
-                if !watch.contains(&k) {
-                    return Err(format!(
-                        "[anomaly] {what} names `{}`, which is not watched",
-                        k.name()
-                    ));
+        let watch = match &self.watch {
+            Some(list) => {
+                let w = kinds(list, "watch")?;
+                if w.contains(&Kind::NewCountry) && self.geoip.is_none() {
+                    return Err("[anomaly] watch names new_country, which needs geoip = \"/path/GeoLite2-Country.mmdb\"".into());
                 }
-                suspend.insert((subject, k));
+                w
             }
-        }
-        if watch.contains(&Kind::NewCountry) && self.geoip.is_none() && !self.watch_is_default() {
-            return Err("[anomaly] watch names new_country, which needs geoip = \"/path/GeoLite2-Country.mmdb\"".into());
-        }
+            None => Kind::ALL.into_iter().collect(),
+        };
+        let checked = |list: &[String], what: &str| {
+            let set = kinds(list, what)?;
+            match set.iter().find(|k| !watch.contains(k)) {
+                Some(k) => Err(format!(
+                    "[anomaly] {what} names `{}`, which is not watched",
+                    k.name()
+                )),
+                None => Ok(set),
+            }
+        };
+        let suspend_credential = checked(&self.suspend_credential, "suspend_credential")?;
+        let revoke_token = checked(&self.revoke_token, "revoke_token")?;
         match (&self.webhook_url, &self.webhook_secret) {
             (Some(url), Some(secret)) => {
-                crate::oidc::check_url("[anomaly] webhook_url", url)?;
+                // The URL is not repeated: a chat webhook's URL is itself a secret.
+                crate::oidc::check_url("[anomaly] webhook_url", url).map_err(|_| {
+                    "[anomaly] webhook_url must be an https URL without a query (plain http only to this machine)".to_string()
+                })?;
                 airlock_secrets::SecretRef::parse(secret)
                     .map_err(|e| format!("[anomaly] webhook_secret: {e}"))?;
             }
@@ -324,12 +325,9 @@ impl AnomalyConfig {
             v4_prefix: self.ipv4_prefix,
             v6_prefix: self.ipv6_prefix,
             watch,
-            suspend,
+            suspend_credential,
+            revoke_token,
         })
-    }
-
-    fn watch_is_default(&self) -> bool {
-        self.watch.len() == crate::anomaly::Kind::ALL.len()
     }
 }
 

@@ -327,11 +327,13 @@ async fn run(
         .filter(|c| !c.suspended && c.provider.dialect() == dialect && c.serves(&model))
         .collect();
     if matching.is_empty() {
-        if set
-            .all
-            .iter()
-            .any(|c| c.suspended && c.provider.dialect() == dialect && c.serves(&model))
-        {
+        // Said only to a token that one of them would serve (its environment, its scope).
+        if set.all.iter().any(|c| {
+            c.suspended
+                && c.provider.dialect() == dialect
+                && c.serves(&model)
+                && policy::authorize(&app.verifier.load(), &token, c, &model, now).is_ok()
+        }) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "credential_suspended",
@@ -398,6 +400,7 @@ async fn run(
             .clamp(1, 128);
         per_choice.saturating_mul(choices)
     };
+    ctx.rec().estimate = Some((input_est, output_est));
     // Budgets first (they may drop candidate credentials), then rate limits on what is left.
     if !app.budgets.is_empty() {
         reserve(

@@ -209,12 +209,21 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
              airlock_anomaly_webhook_deliveries_total{{outcome=\"delivered\"}} {}\n\
              airlock_anomaly_webhook_deliveries_total{{outcome=\"failed\"}} {}\n\
              # TYPE airlock_anomalies_dropped_total counter\nairlock_anomalies_dropped_total {}\n\
-             # TYPE airlock_anomaly_untracked_total counter\nairlock_anomaly_untracked_total {}\n",
+             # TYPE airlock_anomaly_untracked_total counter\nairlock_anomaly_untracked_total {}\n\
+             # TYPE airlock_anomalies_suppressed_total counter\nairlock_anomalies_suppressed_total {}\n",
             g(&d.deliveries.delivered),
             g(&d.deliveries.failed),
             g(&d.dropped),
             g(&d.untracked),
+            g(&d.suppressed),
         );
+        if d.test_clock {
+            let _ = write!(
+                body,
+                "# TYPE airlock_anomaly_test_clock_offset_seconds gauge\nairlock_anomaly_test_clock_offset_seconds {}\n",
+                d.offset() / 1000
+            );
+        }
     }
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -981,6 +981,8 @@ pub struct Record {
     pub trace: Option<crate::otel::TraceCtx>,
     /// The prompt for its span (only with `[otel] capture_prompts`).
     pub prompt: Option<String>,
+    /// The request's estimated (input, output) tokens at most.
+    pub estimate: Option<(i64, i64)>,
 }
 
 impl Record {
@@ -1008,6 +1010,7 @@ impl Record {
             rate: Vec::new(),
             trace: None,
             prompt: None,
+            estimate: None,
         }
     }
 
@@ -1103,7 +1106,21 @@ impl Record {
         let row = std::mem::take(&mut self.row);
         self.recorder.count(&row, self.started.elapsed());
         if let Some(d) = self.recorder.shared.anomaly.get() {
-            d.observe(&row);
+            // What the request is charged: its cost, or (like a budget) its whole estimate when
+            // the provider may have billed it without saying how much.
+            let charged = if billed_unknown {
+                match (row.model.as_deref(), self.estimate) {
+                    (Some(m), Some((i, o))) => self
+                        .recorder
+                        .prices()
+                        .rate(m)
+                        .map(|r| crate::budget::estimate(r, i, o)),
+                    _ => None,
+                }
+            } else {
+                row.cost_nanos
+            };
+            d.observe(&row, charged);
         }
         if let (Some(t), Some(tc)) = (self.recorder.shared.otel.get(), &self.trace) {
             t.record(

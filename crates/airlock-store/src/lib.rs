@@ -1382,15 +1382,16 @@ impl Store {
     }
 
     /// What the anomaly detector learns at start: for credentials (`credential`) and identities
-    /// (`subject`) of requests with a valid token, the first use ever, request and spend
-    /// tallies per `bucket_ms` since `since_ms`, and the distinct (model, client address, hour
-    /// of day) they were used with since `since_ms`.
+    /// (`subject`) of forwarded requests with a valid token since `since_ms`, the first use,
+    /// request and spend tallies per `bucket_ms`, and the distinct (model the provider
+    /// accepted, client address, hour of day) they were used with (at most 500 000 of those).
     pub async fn anomaly_history(&self, since_ms: i64, bucket_ms: i64) -> Result<AnomalyHistory> {
         let mut h = AnomalyHistory::default();
         for col in ["credential", "subject"] {
             let firsts = sqlx::query(&format!(
-                "SELECT {col} AS k, MIN(ts) AS first FROM usage WHERE {col} IS NOT NULL AND token_id IS NOT NULL GROUP BY {col}"
+                "SELECT {col} AS k, MIN(ts) AS first FROM usage WHERE ts >= ? AND {col} IS NOT NULL AND token_id IS NOT NULL AND attempts > 0 GROUP BY {col}"
             ))
+            .bind(since_ms)
             .fetch_all(&self.pool)
             .await
             .map_err(db("read usage history"))?;
@@ -1399,8 +1400,9 @@ impl Store {
                     .push((col == "subject", r.get("k"), r.get("first")));
             }
             let tallies = sqlx::query(&format!(
-                "SELECT {col} AS k, ts / ?1 AS b, COUNT(*) AS n, COALESCE(SUM(cost_nanos), 0) AS c
-                 FROM usage WHERE ts >= ?2 AND {col} IS NOT NULL AND token_id IS NOT NULL
+                "SELECT {col} AS k, ts / ?1 AS b, COUNT(*) AS n,
+                        CAST(MIN(TOTAL(cost_nanos), 9.0e18) AS INTEGER) AS c
+                 FROM usage WHERE ts >= ?2 AND {col} IS NOT NULL AND token_id IS NOT NULL AND attempts > 0
                  GROUP BY {col}, b"
             ))
             .bind(bucket_ms)
@@ -1418,9 +1420,10 @@ impl Store {
                 ));
             }
             let seen = sqlx::query(&format!(
-                "SELECT {col} AS k, model, client_ip, (ts / 3600000) % 24 AS h
-                 FROM usage WHERE ts >= ? AND {col} IS NOT NULL AND token_id IS NOT NULL
-                 GROUP BY {col}, model, client_ip, h"
+                "SELECT {col} AS k, CASE WHEN status < 400 THEN model END AS model, client_ip,
+                        (ts / 3600000) % 24 AS h
+                 FROM usage WHERE ts >= ? AND {col} IS NOT NULL AND token_id IS NOT NULL AND attempts > 0
+                 GROUP BY {col}, 2, client_ip, h LIMIT 500000"
             ))
             .bind(since_ms)
             .fetch_all(&self.pool)

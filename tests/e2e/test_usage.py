@@ -154,6 +154,49 @@ def test_identity_budgets_and_unpriced_models(airlock):
     assert out.choices[0].message.content
 
 
+def test_projects_are_a_dimension_for_usage_budgets_and_rate_limits(airlock):
+    import openai
+    since = str(int(time.time() * 1000) - 1000)
+    alpha, beta = f"alpha-{rand(6)}", f"beta-{rand(6)}"
+    a1 = airlock.mint("--env", "prod", "--model", "*", "--project", alpha)
+    a2 = airlock.mint("--env", "prod", "--model", "*", "--project", alpha, "--subject", f"other-{rand(4)}")
+    b1 = airlock.mint("--env", "prod", "--model", "*", "--project", beta)
+    assert a1["project"] == alpha
+    spent = {alpha: [0, 0], beta: [0, 0]}
+    for tok, proj in [(a1, alpha), (a2, alpha), (a2, alpha), (b1, beta)]:
+        r = airlock.openai(tok["token"]).chat.completions.create(model="gpt-4o-mini", messages=MSG)
+        spent[proj][0] += 1
+        spent[proj][1] += r.usage.prompt_tokens * 150 + r.usage.completion_tokens * 600
+    rows = {r["project"]: r for r in usage(airlock, "--by", "project", "--since", since)["rows"]}
+    for proj, (n, cost) in spent.items():
+        assert rows[proj]["requests"] == n and rows[proj]["cost_nanos"] == cost, rows[proj]
+    # A budget on the project holds every token of it, whoever it was minted for.
+    assert airlock.cli("budget", "set", "--project", alpha, "--usd", "0.00005", "--period", "day").returncode == 0
+    with pytest.raises(openai.RateLimitError) as e:
+        airlock.openai(a2["token"]).chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert f"budget of project `{alpha}`" in str(e.value)
+    assert airlock.openai(b1["token"]).chat.completions.create(model="gpt-4o-mini", messages=MSG).choices
+    # A rate limit on the project: one request a minute between its tokens.
+    r = airlock.cli("rate-limit", "set", "--project", beta, "--rpm", "1")
+    assert r.returncode == 0, r.stderr
+    b2 = airlock.mint("--env", "prod", "--model", "*", "--project", beta)
+    assert airlock.openai(b1["token"]).chat.completions.create(model="gpt-4o-mini", messages=MSG).choices
+    with pytest.raises(openai.RateLimitError) as e:
+        airlock.openai(b2["token"]).chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert "project" in str(e.value)
+    # Service accounts stamp their project on every token they mint; asking for another is refused.
+    sa = airlock.cli_json("service-account", "create", f"proj-{rand(4)}", "--env", "prod", "--project", alpha)
+    import httpx
+    h = {"authorization": f"Bearer {sa['key']}"}
+    ok = httpx.post(airlock.url + "/v1/token", json={}, headers=h)
+    assert ok.status_code in (200, 201) and ok.json()["project"] == alpha, ok.text
+    no = httpx.post(airlock.url + "/v1/token", json={"project": beta}, headers=h)
+    assert no.status_code == 403 and "outside your scope" in no.text, no.text
+    airlock.captured.extend([ok.content, no.content])
+    assert airlock.cli("token", "mint", "--project", "bad project").returncode == 2
+    assert airlock.cli("budget", "set", "--project", "x", "--token", "y", "--usd", "1").returncode == 2
+
+
 def test_rate_limits_hold_under_concurrency_with_headers(airlock):
     import concurrent.futures
     import httpx

@@ -1118,6 +1118,8 @@ struct Mint {
     subject: Option<String>,
     /// A total spend cap on the token itself, US dollars.
     budget_usd: Option<f64>,
+    /// The project its use is accounted to.
+    project: Option<String>,
 }
 
 async fn mint_token(
@@ -1163,6 +1165,7 @@ async fn mint_token(
         models: split_list(m.models),
         credentials: split_list(m.credentials),
         ttl,
+        project: m.project,
     };
     let budget = match m.budget_usd.map(usd_to_nanos) {
         None => None,
@@ -1211,6 +1214,8 @@ struct NewServiceAccount {
     #[serde(default)]
     credentials: Vec<String>,
     max_ttl: Option<String>,
+    /// The project its tokens are accounted to.
+    project: Option<String>,
 }
 
 /// `service-account create`: the key is shown once; only its keyed hash is stored.
@@ -1237,7 +1242,12 @@ async fn create_service_account(
         crate::identity::split_list(n.models),
         crate::identity::split_list(n.credentials),
         max_ttl,
-    ) {
+    )
+    .and_then(|mut s| {
+        s.project = n.project;
+        s.check(app.cfg.max_ttl().unwrap_or(airlock_token::MAX_TTL))?;
+        Ok(s)
+    }) {
         Ok(s) => s,
         Err(e) => return bad(e),
     };
@@ -1643,7 +1653,7 @@ async fn set_rate_limit(
 ) -> Response {
     let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
     if crate::budget::Kind::parse(&b.kind).is_none() {
-        return bad("kind: token, identity or credential".into());
+        return bad("kind: token, identity, credential or project".into());
     }
     if b.key.is_empty() || b.key.len() > 256 || airlock_secrets::looks_like_key(&b.key) {
         return bad("key: the token id, identity (subject) or credential name".into());
@@ -1714,7 +1724,7 @@ async fn set_budget(
 ) -> Response {
     let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
     if crate::budget::Kind::parse(&b.kind).is_none() {
-        return bad("kind: token, identity or credential".into());
+        return bad("kind: token, identity, credential or project".into());
     }
     if crate::budget::Period::parse(&b.period).is_none() {
         return bad("period: day, month or total".into());

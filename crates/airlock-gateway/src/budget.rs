@@ -29,15 +29,18 @@ pub enum Kind {
     Identity,
     /// A credential name.
     Credential,
+    /// A project (of the token).
+    Project,
 }
 
 impl Kind {
-    /// Parses `token`, `identity`, `credential`.
+    /// Parses `token`, `identity`, `credential`, `project`.
     pub fn parse(s: &str) -> Option<Kind> {
         Some(match s {
             "token" => Kind::Token,
             "identity" => Kind::Identity,
             "credential" => Kind::Credential,
+            "project" => Kind::Project,
             _ => return None,
         })
     }
@@ -47,6 +50,7 @@ impl Kind {
             Kind::Token => UsageDimension::Token,
             Kind::Identity => UsageDimension::Identity,
             Kind::Credential => UsageDimension::Credential,
+            Kind::Project => UsageDimension::Project,
         }
     }
 }
@@ -279,6 +283,7 @@ impl Budgets {
                                     Kind::Token => "token",
                                     Kind::Identity => "identity",
                                     Kind::Credential => "credential",
+                                    Kind::Project => "project",
                                 },
                                 usd(e.limit),
                                 match e.period {
@@ -365,37 +370,14 @@ impl Reservation {
         self.estimate
     }
 
-    /// Releases the reservation and charges the real cost to the token's and identity's
-    /// budgets and to the credential that served (when one did).
-    pub fn settle(
-        mut self,
-        cost: Option<i64>,
-        token: &str,
-        identity: &str,
-        credential: Option<&str>,
-    ) {
-        self.settle_ref(cost, token, identity, credential);
-    }
-
-    fn settle_ref(
-        &mut self,
-        cost: Option<i64>,
-        token: &str,
-        identity: &str,
-        credential: Option<&str>,
-    ) {
-        if self.settled {
-            return;
-        }
+    /// Releases the reservation and charges the real cost to each of `to` (the token, its
+    /// identity and project, the credential that served).
+    pub fn settle(mut self, cost: Option<i64>, to: &[(Kind, &str)]) {
         self.settled = true;
-        let mut charges = Vec::new();
-        if let Some(c) = cost.filter(|c| *c > 0) {
-            charges.push(((Kind::Token, token.to_string()), c));
-            charges.push(((Kind::Identity, identity.to_string()), c));
-            if let Some(cr) = credential {
-                charges.push(((Kind::Credential, cr.to_string()), c));
-            }
-        }
+        let charges: Vec<_> = match cost.filter(|c| *c > 0) {
+            Some(c) => to.iter().map(|(k, n)| ((*k, n.to_string()), c)).collect(),
+            None => Vec::new(),
+        };
         self.budgets.settle(&self.held, &charges);
     }
 }
@@ -481,7 +463,7 @@ mod tests {
             b.reserve(&subj, 600).is_err(),
             "600 + 600 > 1000 while the first is in flight"
         );
-        r1.settle(Some(100), "t", "alice", None);
+        r1.settle(Some(100), &[(Kind::Token, "t"), (Kind::Identity, "alice")]);
         let r2 = b
             .reserve(&subj, 600)
             .ok()

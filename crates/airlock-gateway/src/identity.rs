@@ -40,6 +40,9 @@ pub struct Scope {
     pub credentials: Vec<String>,
     /// Longest lifetime of its tokens, seconds.
     pub max_ttl_secs: u64,
+    /// The project every token it mints is accounted to (none: the asker may name one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 impl Scope {
@@ -63,6 +66,7 @@ impl Scope {
             max_ttl_secs: max_ttl
                 .unwrap_or(app_max_ttl.min(Duration::from_secs(3600)))
                 .as_secs(),
+            project: None,
         };
         s.check(app_max_ttl)?;
         Ok(s)
@@ -89,6 +93,15 @@ impl Scope {
             .find(|c| !crate::admin::valid_name(c))
         {
             return Err(format!("`{c}` is not a credential name"));
+        }
+        if let Some(p) = self
+            .project
+            .as_deref()
+            .filter(|p| !crate::admin::valid_name(p))
+        {
+            return Err(format!(
+                "project `{p}` must be 1-64 characters of letters, digits and -_."
+            ));
         }
         if self.max_ttl_secs == 0 || Duration::from_secs(self.max_ttl_secs) > app_max_ttl {
             return Err(format!(
@@ -156,6 +169,8 @@ pub struct Ask {
     pub credentials: Vec<String>,
     /// Lifetime.
     pub ttl: Option<Duration>,
+    /// Project.
+    pub project: Option<String>,
 }
 
 /// Who the token is for and where it came from.
@@ -199,6 +214,8 @@ pub struct Issued {
     pub row: TokenRow,
     /// Things the caller should know (no credential can serve it yet, …).
     pub warnings: Vec<String>,
+    /// The project it is accounted to.
+    pub project: Option<String>,
 }
 
 impl Issued {
@@ -213,6 +230,7 @@ impl Issued {
             "subject": self.row.subject,
             "models": self.row.models,
             "credentials": self.row.credentials,
+            "project": self.project,
             "warnings": self.warnings,
         })
     }
@@ -331,12 +349,27 @@ pub async fn issue(
             Some(_) => {}
         }
     }
+    let project = match (ask.project, bound.and_then(|b| b.project.clone())) {
+        (Some(p), Some(b)) if p != b => {
+            return Err(OutOfScope(format!(
+                "project `{p}` is outside your scope (only `{b}`)"
+            )))
+        }
+        (_, Some(b)) => Some(b),
+        (Some(p), None) if !crate::admin::valid_name(&p) => {
+            return Err(Invalid(format!(
+                "project `{p}` must be 1-64 characters of letters, digits and -_."
+            )))
+        }
+        (p, None) => p,
+    };
     let opts = MintOptions {
         subject: origin.subject,
         env: env.clone(),
         models: models.clone(),
         credentials: credentials.clone(),
         ttl,
+        project: project.clone(),
     };
     let minted = match airlock_token::mint(app.verifier.load().keys(), &opts, SystemTime::now()) {
         Ok(t) => t,
@@ -371,6 +404,7 @@ pub async fn issue(
         minted,
         row,
         warnings,
+        project,
     })
 }
 
@@ -445,6 +479,7 @@ struct TokenAsk {
     credentials: Vec<String>,
     env: Option<String>,
     ttl: Option<String>,
+    project: Option<String>,
 }
 
 fn client_meta(req: &Request<Body>) -> (Option<String>, Option<String>) {
@@ -628,6 +663,7 @@ pub async fn mint_for_service_account(app: Arc<App>, req: Request<Body>) -> Resp
         models: split_list(ask.models),
         credentials: split_list(ask.credentials),
         ttl,
+        project: ask.project,
     };
     match issue(&app, Some(&scope), asked, origin).await {
         Ok(issued) => {

@@ -77,6 +77,9 @@ pub struct PolicyGrant {
     /// Longest token lifetime (default 15m).
     #[serde(default = "default_max_ttl")]
     pub max_ttl: String,
+    /// The project the tokens are accounted to.
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 fn default_max_ttl() -> String {
@@ -275,6 +278,11 @@ impl TrustPolicy {
             self.grant.credentials.clone(),
             Some(max_ttl),
         )
+        .and_then(|mut s| {
+            s.project = self.grant.project.clone();
+            s.check(app_max_ttl)?;
+            Ok(s)
+        })
         .map_err(|err| e(format!("grant: {err}")))?;
         if self.subject_claim.is_empty() || self.subject_claim.len() > 64 {
             return Err(e("subject_claim must be a claim name".into()));
@@ -846,7 +854,8 @@ async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted,
         let detail = (!private.is_empty()).then(|| format!("{d} ({})", private.join("; ")));
         return Err(attributed(error, d, detail));
     };
-    // scope: space-separated `model:GLOB`, `credential:NAME`, `env:ENV` (RFC 6749 §3.3).
+    // scope: space-separated `model:GLOB`, `credential:NAME`, `env:ENV`, `project:NAME`
+    // (RFC 6749 §3.3).
     let mut ask = Ask::default();
     if let Some(scope) = get("scope") {
         for item in scope.split_ascii_whitespace() {
@@ -854,11 +863,12 @@ async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted,
                 Some(("model", m)) => ask.models.push(m.to_string()),
                 Some(("credential", c)) => ask.credentials.push(c.to_string()),
                 Some(("env", e)) => ask.env = Some(e.to_string()),
+                Some(("project", p)) => ask.project = Some(p.to_string()),
                 _ => {
                     return Err(attributed(
                         "invalid_scope",
                         format!(
-                            "scope item `{}` is not model:GLOB, credential:NAME or env:ENV",
+                            "scope item `{}` is not model:GLOB, credential:NAME, env:ENV or project:NAME",
                             short(item)
                         ),
                         None,

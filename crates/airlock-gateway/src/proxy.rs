@@ -273,6 +273,7 @@ async fn run(
         r.row.token_id = Some(token.id.clone());
         r.row.subject = Some(token.subject.clone());
         r.row.env = Some(token.env.clone());
+        r.row.project.clone_from(&token.project);
     }
     // The body is read first so that the connection stays usable after a refusal.
     let bytes = read_body(app, &parts.headers, body).await?;
@@ -446,10 +447,7 @@ fn admit(
             r.message,
         )
     };
-    let (hold, info) = match app.rate_limits.admit(
-        &[(Kind::Token, &token.id), (Kind::Identity, &token.subject)],
-        tokens,
-    ) {
+    let (hold, info) = match app.rate_limits.admit(&token_subjects(token), tokens) {
         Ok(x) => x,
         Err(r) => return Err(limited(r, ctx)),
     };
@@ -486,6 +484,19 @@ fn admit(
     Ok(())
 }
 
+/// What a token's budgets and rate limits may be set on: the token, its identity, its project.
+fn token_subjects(token: &Verified) -> Vec<(crate::budget::Kind, &str)> {
+    use crate::budget::Kind;
+    let mut v = vec![
+        (Kind::Token, token.id.as_str()),
+        (Kind::Identity, token.subject.as_str()),
+    ];
+    if let Some(p) = &token.project {
+        v.push((Kind::Project, p.as_str()));
+    }
+    v
+}
+
 fn quota(msg: String) -> ApiError {
     ApiError::new(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", msg)
 }
@@ -504,8 +515,8 @@ fn reserve(
 ) -> Result<(), ApiError> {
     use crate::budget::Kind;
     let b = &app.budgets;
-    let budgeted = b.has(Kind::Token, &token.id)
-        || b.has(Kind::Identity, &token.subject)
+    let subjects = token_subjects(token);
+    let budgeted = subjects.iter().any(|(k, n)| b.has(*k, n))
         || allowed
             .iter()
             .any(|a| b.has(Kind::Credential, &a.credential().name));
@@ -518,17 +529,12 @@ fn reserve(
         )));
     };
     let est = crate::budget::estimate(rate, input_est, output_est);
-    let main = b
-        .reserve(
-            &[(Kind::Token, &token.id), (Kind::Identity, &token.subject)],
-            est,
-        )
-        .map_err(|r| {
-            quota(format!(
-                "{}; ask for a larger budget or a new token",
-                r.what
-            ))
-        })?;
+    let main = b.reserve(&subjects, est).map_err(|r| {
+        quota(format!(
+            "{}; ask for a larger budget or a new token",
+            r.what
+        ))
+    })?;
     let mut held = vec![main];
     let mut last = None;
     allowed.retain(|a| {

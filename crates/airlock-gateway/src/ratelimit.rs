@@ -144,7 +144,10 @@ impl RateLimits {
                     if tat - now > WINDOW_NS {
                         let wait = tat - now - WINDOW_NS;
                         if worst.as_ref().is_none_or(|(w, _)| wait > *w) {
-                            worst = Some((wait, format!("{rpm} requests per minute")));
+                            worst = Some((
+                                wait,
+                                format!("{rpm} requests per minute on {}", whose(*kind, key)),
+                            ));
                         }
                     }
                 }
@@ -165,7 +168,10 @@ impl RateLimits {
                     if tat - now > WINDOW_NS {
                         let wait = tat - now - WINDOW_NS;
                         if worst.as_ref().is_none_or(|(w, _)| wait > *w) {
-                            worst = Some((wait, format!("{tpm} tokens per minute")));
+                            worst = Some((
+                                wait,
+                                format!("{tpm} tokens per minute on {}", whose(*kind, key)),
+                            ));
                         }
                     }
                 }
@@ -183,7 +189,7 @@ impl RateLimits {
             }
             return Err(Refused {
                 message: format!(
-                    "rate limit of {what} reached; retry in {:.1}s",
+                    "the rate limit of {what} is reached; retry in {:.1}s",
                     wait as f64 / 1e9
                 ),
                 info,
@@ -340,6 +346,17 @@ pub fn describe(r: &RateLimitRow) -> serde_json::Value {
     serde_json::json!({
         "id": r.id, "kind": r.kind, "key": r.key, "rpm": r.rpm, "tpm": r.tpm, "created_at": r.created_at,
     })
+}
+
+/// Names what a limit is on, for refusals: `project \`x\``; a token is "this token" (its id
+/// says nothing to the client) and an identity is named (it is the caller's own).
+fn whose(kind: Kind, key: &str) -> String {
+    match kind {
+        Kind::Token => "this token".into(),
+        Kind::Identity => format!("identity `{key}`"),
+        Kind::Credential => format!("credential `{key}`"),
+        Kind::Project => format!("project `{key}`"),
+    }
 }
 
 #[cfg(test)]

@@ -1087,12 +1087,18 @@ impl Record {
             } else {
                 self.row.cost_nanos
             };
-            main.settle(
-                cost,
-                self.row.token_id.as_deref().unwrap_or_default(),
-                self.row.subject.as_deref().unwrap_or_default(),
-                self.row.credential.as_deref(),
-            );
+            use crate::budget::Kind;
+            let r = &self.row;
+            let to: Vec<(Kind, &str)> = [
+                (Kind::Token, r.token_id.as_deref()),
+                (Kind::Identity, r.subject.as_deref()),
+                (Kind::Project, r.project.as_deref()),
+                (Kind::Credential, r.credential.as_deref()),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+            main.settle(cost, &to);
         }
         drop(held);
         let used = match (self.row.input_tokens, self.row.output_tokens) {

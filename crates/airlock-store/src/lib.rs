@@ -340,6 +340,8 @@ pub struct UsageRow {
     pub client_ip: Option<String>,
     /// Cost in nano-dollars, when the model has a price.
     pub cost_nanos: Option<i64>,
+    /// The project the token is accounted to.
+    pub project: Option<String>,
 }
 
 /// What usage can be grouped by.
@@ -355,6 +357,8 @@ pub enum UsageDimension {
     Model,
     /// Environment.
     Env,
+    /// The token's project.
+    Project,
 }
 
 impl UsageDimension {
@@ -366,6 +370,7 @@ impl UsageDimension {
             "credential" => Self::Credential,
             "model" => Self::Model,
             "env" => Self::Env,
+            "project" => Self::Project,
             _ => return None,
         })
     }
@@ -378,6 +383,7 @@ impl UsageDimension {
             Self::Credential => "credential",
             Self::Model => "model",
             Self::Env => "env",
+            Self::Project => "project",
         }
     }
 
@@ -388,6 +394,7 @@ impl UsageDimension {
             Self::Credential => "credential",
             Self::Model => "model",
             Self::Env => "env",
+            Self::Project => "project",
         }
     }
 }
@@ -631,7 +638,7 @@ impl BatchWriter {
                 .prepare_cached(
                     "INSERT INTO usage (ts, request_id, token_id, subject, env, credential, provider, endpoint, model,
                        status, outcome, input_tokens, output_tokens, cached_tokens, latency_ms, ttfb_ms, stream,
-                                              attempts, client_ip, cost_nanos) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                       attempts, client_ip, cost_nanos, project) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 )
                 .map_err(wdb("record usage"))?;
             let mut used = tx
@@ -663,7 +670,8 @@ impl BatchWriter {
                         u.stream,
                         u.attempts,
                         u.client_ip,
-                        u.cost_nanos
+                        u.cost_nanos,
+                        u.project
                     ])
                     .map_err(wdb("record usage"))?;
                 if let (Some(c), true) = (&u.credential, u.status < 500 && u.outcome != "refused") {
@@ -1853,6 +1861,7 @@ impl Store {
                 attempts: r.get("attempts"),
                 client_ip: r.get("client_ip"),
                 cost_nanos: r.get("cost_nanos"),
+                project: r.get("project"),
             })
             .collect())
     }

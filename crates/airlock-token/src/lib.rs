@@ -91,6 +91,8 @@ pub struct MintOptions {
     pub credentials: Vec<String>,
     /// Lifetime, at most [`MAX_TTL`].
     pub ttl: Duration,
+    /// The project its use is accounted to (usage, budgets, rate limits), if any.
+    pub project: Option<String>,
 }
 
 /// A freshly minted token. `Debug` leaves out the token itself.
@@ -210,6 +212,12 @@ pub fn mint(keys: &KeyRing, o: &MintOptions, now: SystemTime) -> Result<Minted, 
     for c in &o.credentials {
         b = b
             .fact(builder::fact("credential", &[builder::string(c)]))
+            .map_err(lang)?;
+    }
+    if let Some(p) = &o.project {
+        validate_name("project", p)?;
+        b = b
+            .fact(builder::fact("project", &[builder::string(p)]))
             .map_err(lang)?;
     }
     let mut code = String::from(
@@ -483,6 +491,8 @@ pub struct Verified {
     pub expires_at: u64,
     /// Number of blocks; > 1 means attenuated.
     pub blocks: usize,
+    /// The project its use is accounted to.
+    pub project: Option<String>,
     model_globs: Vec<glob::Glob>,
     narrowing: Narrowing,
 }
@@ -607,6 +617,12 @@ impl Verifier {
         let env = one(&mut az, "env");
         let mut models = one(&mut az, "model");
         let mut credentials = one(&mut az, "credential");
+        let mut project = one(&mut az, "project");
+        if project.len() > 1 {
+            return Err(TokenError::Malformed(
+                "token carries more than one project".into(),
+            ));
+        }
         let expires: Vec<(SystemTime,)> = az
             .query("q($x) <- expires($x)")
             .map_err(|_| TokenError::Malformed("token has no expiry".into()))?;
@@ -636,6 +652,7 @@ impl Verifier {
             credentials,
             expires_at,
             blocks: biscuit.block_count(),
+            project: project.pop(),
             model_globs,
             narrowing,
         })

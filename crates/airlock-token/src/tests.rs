@@ -14,6 +14,7 @@ fn opts(models: &[&str]) -> MintOptions {
         models: models.iter().map(|s| s.to_string()).collect(),
         credentials: vec![],
         ttl: Duration::from_secs(600),
+        project: None,
     }
 }
 

@@ -422,6 +422,7 @@ pub async fn run_with_token(r: RunArgs) -> Result<(), Failure> {
                 .map(|c| format!("credential:{c}")),
         );
         scope.extend(r.scope.env.iter().map(|e| format!("env:{e}")));
+        scope.extend(r.scope.project.iter().map(|p| format!("project:{p}")));
         let mut form = vec![
             ("grant_type", airlock_gateway::oidc::GRANT_TYPE.to_string()),
             ("subject_token", jwt.to_string()),
@@ -492,7 +493,7 @@ pub async fn run_with_token(r: RunArgs) -> Result<(), Failure> {
             exchange(jwt).await?
         }
         TokenSource::ServiceAccount(key) => {
-            let body = json!({"models": r.scope.models, "credentials": r.scope.credentials, "env": r.scope.env, "ttl": ttl});
+            let body = json!({"models": r.scope.models, "credentials": r.scope.credentials, "env": r.scope.env, "ttl": ttl, "project": r.scope.project});
             let v = public_call(
                 &client,
                 Method::POST,
@@ -517,7 +518,7 @@ pub async fn run_with_token(r: RunArgs) -> Result<(), Failure> {
                 .call(
                     Method::POST,
                     "/tokens",
-                                        Some(json!({"models": r.scope.models, "credentials": r.scope.credentials, "env": r.scope.env, "ttl": ttl.clone().unwrap_or_else(|| "15m".into()), "subject": subject})),
+                                        Some(json!({"models": r.scope.models, "credentials": r.scope.credentials, "env": r.scope.env, "ttl": ttl.clone().unwrap_or_else(|| "15m".into()), "subject": subject, "project": r.scope.project})),
                 )
                 .await?;
             (s(&v, "token").to_string(), s(&v, "id").to_string())
@@ -578,11 +579,12 @@ pub async fn service_account(c: ServiceAccountCmd, json: bool) -> Result<(), Fai
             models,
             credentials,
             max_ttl,
+            project,
         } => {
             let v = admin
                 .post(
                     "/service-accounts",
-                    json!({"name": name, "env": env, "models": models, "credentials": credentials, "max_ttl": max_ttl}),
+                    json!({"name": name, "env": env, "models": models, "credentials": credentials, "max_ttl": max_ttl, "project": project}),
                 )
                 .await?;
             if !json {
@@ -1608,13 +1610,14 @@ pub async fn token(t: TokenCmd, json: bool) -> Result<(), Failure> {
                     models,
                     credentials,
                     env,
+                    project,
                 },
             ttl,
             subject,
             budget_usd,
         } => {
             let admin = Admin::from_env()?;
-            let mut body = json!({"models": models, "credentials": credentials, "env": env, "ttl": ttl, "subject": subject});
+            let mut body = json!({"models": models, "credentials": credentials, "env": env, "ttl": ttl, "subject": subject, "project": project});
             if let Some(b) = budget_usd {
                 body["budget_usd"] = json!(b);
             }

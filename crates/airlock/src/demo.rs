@@ -98,6 +98,7 @@ pub async fn run(listen: &str, json: bool) -> Result<(), Failure> {
             models: vec!["*".into()],
             credentials: vec![],
             ttl: Duration::from_secs(8 * 3600),
+            project: None,
         },
         std::time::SystemTime::now(),
     )

@@ -289,6 +289,9 @@ struct TokenScope {
     /// Environment (default: the only one there is).
     #[arg(long)]
     env: Option<String>,
+    /// The project its use is accounted to (usage --by project, budgets, rate limits).
+    #[arg(long)]
+    project: Option<String>,
 }
 
 #[derive(Args)]
@@ -365,6 +368,9 @@ enum ServiceAccountCmd {
         /// Longest lifetime of its tokens (default: the server's maximum).
         #[arg(long)]
         max_ttl: Option<String>,
+        /// The project all its tokens are accounted to.
+        #[arg(long)]
+        project: Option<String>,
     },
     /// List service accounts with their scope and last use (never the keys).
     List,
@@ -388,17 +394,21 @@ struct LimitTarget {
     /// A credential name.
     #[arg(long)]
     credential: Option<String>,
+    /// A project (tokens minted with --project).
+    #[arg(long)]
+    project: Option<String>,
 }
 
 impl LimitTarget {
-    /// (`token`|`identity`|`credential`, key).
+    /// (`token`|`identity`|`credential`|`project`, key).
     fn kind_key(self) -> Result<(&'static str, String), Failure> {
-        match (self.token, self.identity, self.credential) {
-            (Some(t), None, None) => Ok(("token", t)),
-            (None, Some(i), None) => Ok(("identity", i)),
-            (None, None, Some(c)) => Ok(("credential", c)),
+        match (self.token, self.identity, self.credential, self.project) {
+            (Some(t), None, None, None) => Ok(("token", t)),
+            (None, Some(i), None, None) => Ok(("identity", i)),
+            (None, None, Some(c), None) => Ok(("credential", c)),
+            (None, None, None, Some(p)) => Ok(("project", p)),
             _ => Err(Failure::usage(
-                "give exactly one of --token ID, --identity SUBJECT, --credential NAME",
+                "give exactly one of --token ID, --identity SUBJECT, --credential NAME, --project NAME",
             )),
         }
     }

@@ -697,6 +697,9 @@ async fn add_credential(State(app): State<Arc<App>>, Json(a): Json<AddCredential
     {
         return store_err(e);
     }
+    if let Some(d) = app.anomaly.get() {
+        d.credential_added(&row.name, row.created_at);
+    }
     if let Err(e) = app.reload_credentials().await {
         return store_err(e);
     }

@@ -165,6 +165,8 @@ impl Default for Settings {
 /// `airlock_anomaly_untracked_total` counts them. Identities idle for a whole window are
 /// forgotten.
 const MAX_IDENTITIES: usize = 50_000;
+/// Idle identities whose first sight is remembered, at most.
+const MAX_DORMANT: usize = 1_000_000;
 /// Values remembered per dimension and subject; past it, no new-value alarms for that one.
 const MAX_SEEN: usize = 256;
 /// First-sight alarms per subject and bucket at most.
@@ -175,6 +177,9 @@ const MAX_FIRST_SIGHTS: u32 = 10;
 pub struct Anomaly {
     /// What was anomalous.
     pub kind: Kind,
+    /// Spikes: the current bucket, or today.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
     /// Credential or identity.
     pub subject_kind: SubjectKind,
     /// Its name.
@@ -231,14 +236,30 @@ impl Anomaly {
                 } else {
                     "USD"
                 };
+                let when = if self.window == Some(Window::Day) {
+                    let day = self.at_ms.div_euclid(DAY_MS) * DAY_MS;
+                    format!(
+                        "today (UTC, from {}), against whole days:",
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH
+                                + std::time::Duration::from_millis(day.max(0) as u64)
+                        )
+                    )
+                } else {
+                    format!(
+                        "in the bucket from {}, against busy buckets:",
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH
+                                + std::time::Duration::from_millis(
+                                    self.bucket_start_ms.max(0) as u64
+                                )
+                        )
+                    )
+                };
                 format!(
-                    "{} {} in the bucket from {} against a median of {} (MAD {}, z {})",
+                    "{} {} {when} a median of {} (MAD {}, z {})",
                     fmt_num(self.observed.unwrap_or(0.0)),
                     unit,
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH
-                            + std::time::Duration::from_millis(self.bucket_start_ms.max(0) as u64)
-                    ),
                     fmt_num(self.median.unwrap_or(0.0)),
                     fmt_num(self.mad.unwrap_or(0.0)),
                     self.z.map(fmt_num).unwrap_or_else(|| "unbounded".into())
@@ -327,9 +348,19 @@ struct Tally {
 
 #[derive(Clone, Copy)]
 struct Baseline {
+    /// Busy buckets of the window, leaving out the last day.
     requests: Stat,
     cost: Stat,
+    /// How many whole days the daily statistics hold.
+    whole_days: usize,
+    /// Whole UTC days of the window since the subject exists, idle ones as zero.
+    day_requests: Stat,
+    day_cost: Stat,
+    /// Today's tally before the current bucket.
+    today: Tally,
 }
+
+const DAY_MS: i64 = 86_400_000;
 
 struct Subject {
     /// Since when the subject exists (credential creation, first use of an identity).
@@ -338,8 +369,8 @@ struct Subject {
     buckets: VecDeque<(i64, Tally)>,
     /// The baseline of a bucket, computed once when the bucket starts.
     baseline: Option<(i64, Baseline)>,
-    /// The bucket each spike kind last alarmed in.
-    alarmed: [i64; 2],
+    /// The bucket each spike kind last alarmed in, then the day each daily kind did.
+    alarmed: [i64; 4],
     seen: [HashSet<String>; 3],
     hours: u32,
     /// First-sight alarms raised in a bucket: (bucket, count).
@@ -352,7 +383,7 @@ impl Subject {
             first_ms,
             buckets: VecDeque::new(),
             baseline: None,
-            alarmed: [i64::MIN; 2],
+            alarmed: [i64::MIN; 4],
             seen: Default::default(),
             hours: 0,
             sights: (i64::MIN, 0),
@@ -394,17 +425,43 @@ impl Subject {
                 return base;
             }
         }
-        // The window's active buckets before this one.
+        // Busy buckets of the window, except the last day's: what happens today cannot raise
+        // the bar it is measured against.
+        let guard = (DAY_MS + s.bucket_ms - 1) / s.bucket_ms;
         let from = b - s.baseline_buckets;
         let (mut req, mut cost): (Vec<f64>, Vec<f64>) = self
             .buckets
             .iter()
-            .filter(|(i, _)| *i >= from && *i < b)
+            .filter(|(i, _)| *i >= from && *i < b - guard)
             .map(|(_, t)| (t.requests as f64, t.cost as f64))
             .unzip();
+        // Whole days since the subject exists (at most the window's), idle ones as zero:
+        // running all day at a busy bucket's pace shows here.
+        let today = (b * s.bucket_ms).div_euclid(DAY_MS);
+        let days = (s.baseline_buckets * s.bucket_ms / DAY_MS).max(1);
+        // Its first day is partial: whole days only.
+        let first_day = self.first_ms.div_euclid(DAY_MS) + 1;
+        let day0 = (today - days).max(first_day);
+        let n = (today - day0).max(0) as usize;
+        let (mut day_req, mut day_cost) = (vec![0.0; n], vec![0.0; n]);
+        let mut now = Tally::default();
+        for (i, t) in &self.buckets {
+            let d = (*i * s.bucket_ms).div_euclid(DAY_MS);
+            if d >= day0 && d < today {
+                day_req[(d - day0) as usize] += t.requests as f64;
+                day_cost[(d - day0) as usize] += t.cost as f64;
+            } else if d == today && *i < b {
+                now.requests += t.requests;
+                now.cost = now.cost.saturating_add(t.cost);
+            }
+        }
         let base = Baseline {
             requests: Stat::of(&mut req),
             cost: Stat::of(&mut cost),
+            whole_days: n,
+            day_requests: Stat::of(&mut day_req),
+            day_cost: Stat::of(&mut day_cost),
+            today: now,
         };
         self.baseline = Some((b, base));
         base
@@ -443,6 +500,25 @@ struct Obs<'a> {
     hour: u32,
 }
 
+/// Which tally a spike is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Window {
+    /// The current bucket against busy buckets.
+    Bucket,
+    /// Today (UTC) against whole days.
+    Day,
+}
+
+/// (kind, window of a spike, observed value, baseline, new value).
+type Alarm = (
+    Kind,
+    Option<Window>,
+    Option<f64>,
+    Option<Stat>,
+    Option<String>,
+);
+
 /// The detector.
 pub struct Detector {
     settings: Settings,
@@ -462,6 +538,8 @@ pub struct Detector {
     pub suppressed: AtomicU64,
     /// The bucket idle identities were last swept in.
     swept: AtomicI64,
+    /// Identities not watched now, with when they were first seen.
+    dormant: Mutex<HashMap<String, i64>>,
     /// Alarms raised, by kind and subject kind.
     pub raised: [[AtomicU64; 2]; 6],
     /// Webhook deliveries.
@@ -469,7 +547,13 @@ pub struct Detector {
 }
 
 /// A subject seen with a model, a client address and an hour of the day.
-pub type Seen = (SubjectKind, String, Option<String>, Option<String>, u32);
+pub type Seen = (
+    SubjectKind,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<u32>,
+);
 
 /// What the detector learns from the usage table at start.
 #[derive(Default)]
@@ -503,6 +587,7 @@ impl Detector {
             untracked: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
             swept: AtomicI64::new(i64::MIN),
+            dormant: Mutex::new(HashMap::new()),
             raised: Default::default(),
             deliveries: Default::default(),
         }
@@ -523,6 +608,14 @@ impl Detector {
         self.offset_ms.load(Ordering::SeqCst)
     }
 
+    /// A credential added while serving: its age counts from its creation.
+    pub fn credential_added(&self, name: &str, created_ms: i64) {
+        if let Ok(mut map) = self.subjects.lock() {
+            map.entry((SubjectKind::Credential, name.to_string()))
+                .or_insert_with(|| Subject::new(created_ms));
+        }
+    }
+
     /// Loads what the usage table says about the subjects (at start, before serving).
     pub fn learn(&self, h: History) {
         let s = &self.settings;
@@ -533,24 +626,42 @@ impl Detector {
             map.entry((SubjectKind::Credential, name))
                 .or_insert_with(|| Subject::new(created));
         }
-        let mut identities = 0;
+        // Identities start dormant with their first sight; those with history in the window
+        // are watched (up to the cap).
+        let mut dormant = self.dormant.lock().unwrap_or_else(|e| e.into_inner());
         for (kind, name, first) in h.firsts {
-            if kind == SubjectKind::Identity {
+            match kind {
+                SubjectKind::Identity => {
+                    let e = dormant.entry(name).or_insert(first);
+                    *e = (*e).min(first);
+                }
+                SubjectKind::Credential => {
+                    let e = map
+                        .entry((kind, name))
+                        .or_insert_with(|| Subject::new(first));
+                    e.first_ms = e.first_ms.min(first);
+                }
+            }
+        }
+        let mut identities = map
+            .keys()
+            .filter(|(k, _)| *k == SubjectKind::Identity)
+            .count();
+        for (kind, name, b, requests, cost) in h.tallies {
+            let key = (kind, name);
+            if kind == SubjectKind::Identity && !map.contains_key(&key) {
                 if identities >= MAX_IDENTITIES {
                     continue;
                 }
                 identities += 1;
+                let first = dormant.remove(&key.1).unwrap_or(b * s.bucket_ms);
+                map.insert(key.clone(), Subject::new(first));
             }
-            let e = map
-                .entry((kind, name))
-                .or_insert_with(|| Subject::new(first));
-            e.first_ms = e.first_ms.min(first);
-        }
-        for (kind, name, b, requests, cost) in h.tallies {
-            if let Some(e) = map.get_mut(&(kind, name)) {
+            if let Some(e) = map.get_mut(&key) {
                 e.add(b, requests, cost, s.baseline_buckets);
             }
         }
+        drop(dormant);
         for (kind, name, model, ip, hour) in h.seen {
             let range = ip.as_deref().and_then(|ip| self.range(ip));
             let country = ip.as_deref().and_then(|ip| self.country(ip));
@@ -564,7 +675,9 @@ impl Detector {
                 if let Some(c) = country {
                     e.first_sight(2, &c);
                 }
-                e.hours |= 1 << (hour % 24);
+                if let Some(h) = hour {
+                    e.hours |= 1 << (h % 24);
+                }
             }
         }
     }
@@ -627,10 +740,22 @@ impl Detector {
                     self.untracked.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                let subject = map.entry(key).or_insert_with(|| Subject::new(now));
-                for (k, observed, stat, value) in self.check(subject, &obs) {
+                let subject = map.entry(key).or_insert_with(|| {
+                    let first = match kind {
+                        SubjectKind::Identity => self
+                            .dormant
+                            .lock()
+                            .ok()
+                            .and_then(|mut d| d.remove(name))
+                            .unwrap_or(now),
+                        SubjectKind::Credential => now,
+                    };
+                    Subject::new(first)
+                });
+                for (k, window, observed, stat, value) in self.check(subject, &obs) {
                     alarms.push(Anomaly {
                         kind: k,
+                        window,
                         subject_kind: kind,
                         subject: name.to_string(),
                         at_ms: now,
@@ -649,7 +774,10 @@ impl Detector {
                         token_id: row.token_id.clone(),
                         suspend_credential: kind == SubjectKind::Credential
                             && self.settings.suspend_credential.contains(&k),
-                        revoke_token: self.settings.revoke_token.contains(&k),
+                        // A first sight is the request itself; an identity's spike is that
+                        // identity's. A credential's spike is everyone's: no one token is it.
+                        revoke_token: self.settings.revoke_token.contains(&k)
+                            && (kind == SubjectKind::Identity || window.is_none()),
                     });
                 }
             }
@@ -669,58 +797,100 @@ impl Detector {
         if self.swept.swap(b, Ordering::Relaxed) == b {
             return;
         }
-        map.retain(|(kind, _), subject| {
-            *kind == SubjectKind::Credential
+        let mut gone = Vec::new();
+        map.retain(|(kind, name), subject| {
+            let keep = *kind == SubjectKind::Credential
                 || subject
                     .newest()
-                    .is_some_and(|n| n >= b - s.baseline_buckets)
+                    .is_some_and(|n| n >= b - s.baseline_buckets);
+            if !keep {
+                gone.push((name.clone(), subject.first_ms));
+            }
+            keep
         });
+        // An idle identity keeps when it was first seen: when it comes back it is no
+        // newcomer (no learning period), and its empty history makes a burst a spike.
+        if let Ok(mut dormant) = self.dormant.lock() {
+            for (name, first) in gone {
+                if dormant.len() < MAX_DORMANT {
+                    dormant.insert(name, first);
+                }
+            }
+        }
     }
 
-    /// Counts one request against a subject; returns its alarms as (kind, observed value,
-    /// baseline, new value).
-    #[allow(clippy::type_complexity)]
-    fn check(
-        &self,
-        subject: &mut Subject,
-        o: &Obs<'_>,
-    ) -> Vec<(Kind, Option<f64>, Option<Stat>, Option<String>)> {
+    /// Counts one request against a subject; returns its alarms.
+    fn check(&self, subject: &mut Subject, o: &Obs<'_>) -> Vec<Alarm> {
         let s = &self.settings;
         let b = o.now.div_euclid(s.bucket_ms);
         let base = subject.baseline(b, s);
         subject.add(b, 1, o.cost, s.baseline_buckets);
         let mut out = Vec::new();
         let learnt = o.now.saturating_sub(subject.first_ms) >= s.learning_ms;
-        if learnt {
+        // Spikes are judged against history older than a day (see `baseline`), so a new
+        // subject learns a day longer for them; days against at least three whole days.
+        let spikes_learnt =
+            o.now.saturating_sub(subject.first_ms) >= s.learning_ms.saturating_add(DAY_MS);
+        let days_learnt = base.whole_days >= 3;
+        if learnt && spikes_learnt {
             let t = subject.current(b);
+            let day = o.now.div_euclid(DAY_MS);
+            let d_req = base.today.requests + t.requests;
+            let d_cost = base.today.cost.saturating_add(t.cost);
             let spikes = [
                 (
                     Kind::RateSpike,
+                    Window::Bucket,
                     t.requests as f64,
                     base.requests,
                     t.requests >= s.min_requests,
                     1.0,
+                    b,
                 ),
                 (
                     Kind::SpendSpike,
+                    Window::Bucket,
                     t.cost as f64,
                     base.cost,
                     t.cost >= s.min_spend_nanos,
                     1e-9,
+                    b,
+                ),
+                (
+                    Kind::RateSpike,
+                    Window::Day,
+                    d_req as f64,
+                    base.day_requests,
+                    d_req >= s.min_requests,
+                    1.0,
+                    day,
+                ),
+                (
+                    Kind::SpendSpike,
+                    Window::Day,
+                    d_cost as f64,
+                    base.day_cost,
+                    d_cost >= s.min_spend_nanos,
+                    1e-9,
+                    day,
                 ),
             ];
-            for (i, (kind, x, stat, over_floor, unit)) in spikes.into_iter().enumerate() {
-                if !s.watch.contains(&kind) || !over_floor || subject.alarmed[i] == b {
+            for (i, (kind, window, x, stat, over_floor, unit, at)) in spikes.into_iter().enumerate()
+            {
+                if !s.watch.contains(&kind) || !over_floor || subject.alarmed[i] == at {
+                    continue;
+                }
+                if window == Window::Day && !days_learnt {
                     continue;
                 }
                 if stat.z(x).is_none_or(|z| z >= s.z_threshold) {
-                    subject.alarmed[i] = b;
+                    subject.alarmed[i] = at;
                     let scaled = Stat {
                         median: stat.median * unit,
                         mad: stat.mad * unit,
                         mean_ad: stat.mean_ad * unit,
                     };
-                    out.push((kind, Some(x * unit), Some(scaled), None));
+                    out.push((kind, Some(window), Some(x * unit), Some(scaled), None));
                 }
             }
         }
@@ -732,27 +902,36 @@ impl Detector {
         let mut sights = Vec::new();
         for (kind, d, v) in dims {
             let Some(v) = v else { continue };
-            if subject.first_sight(d, &v) && learnt && s.watch.contains(&kind) {
-                sights.push((kind, v));
+            if !subject.seen[d].contains(&v) && subject.seen[d].len() < MAX_SEEN {
+                sights.push((kind, Some(d), v));
             }
         }
         let bit = 1u32 << o.hour;
         if subject.hours & bit == 0 {
-            subject.hours |= bit;
-            if learnt && s.watch.contains(&Kind::NewHour) {
-                sights.push((Kind::NewHour, format!("{:02}:00 UTC", o.hour)));
-            }
+            sights.push((Kind::NewHour, None, format!("{:02}:00 UTC", o.hour)));
         }
-        for (kind, v) in sights {
-            if subject.sights.0 != b {
-                subject.sights = (b, 0);
+        for (kind, d, v) in sights {
+            let alarm = learnt && s.watch.contains(&kind);
+            if alarm {
+                if subject.sights.0 != b {
+                    subject.sights = (b, 0);
+                }
+                if subject.sights.1 >= MAX_FIRST_SIGHTS {
+                    // Not remembered either: it alarms when the subject next has room.
+                    self.suppressed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                subject.sights.1 += 1;
             }
-            if subject.sights.1 >= MAX_FIRST_SIGHTS {
-                self.suppressed.fetch_add(1, Ordering::Relaxed);
-                continue;
+            match d {
+                Some(d) => {
+                    subject.first_sight(d, &v);
+                }
+                None => subject.hours |= bit,
             }
-            subject.sights.1 += 1;
-            out.push((kind, None, None, Some(v)));
+            if alarm {
+                out.push((kind, None, None, None, Some(v)));
+            }
         }
         out
     }
@@ -827,6 +1006,9 @@ pub async fn start(
             Default::default()
         }
     };
+    if stored.truncated {
+        tracing::warn!("the usage history holds more distinct values than anomaly detection reads at start: some known values will be reported as new");
+    }
     let kind = |identity: bool| {
         if identity {
             SubjectKind::Identity
@@ -855,7 +1037,7 @@ pub async fn start(
         seen: stored
             .seen
             .into_iter()
-            .map(|(i, n, m, ip, h)| (kind(i), n, m, ip, h.rem_euclid(24) as u32))
+            .map(|(i, n, m, ip, h)| (kind(i), n, m, ip, h.map(|h| h.rem_euclid(24) as u32)))
             .collect(),
     };
     let (tx, rx) = mpsc::channel(4096);
@@ -961,7 +1143,7 @@ async fn act(
 
 /// Suspends a credential after an alarm: the database, then memory (retried once, as a
 /// lockdown does); says whether it took effect and what was done.
-async fn suspend_credential(app: &crate::App, name: &str) -> (bool, String) {
+async fn suspend_credential(app: &std::sync::Arc<crate::App>, name: &str) -> (bool, String) {
     match app.store.set_suspended(name, true).await {
         Ok(true) => {
             if app.reload_credentials().await.is_ok() || app.reload_credentials().await.is_ok() {
@@ -972,10 +1154,27 @@ async fn suspend_credential(app: &crate::App, name: &str) -> (bool, String) {
                     ),
                 )
             } else {
-                tracing::error!(credential = name, "suspended a credential in the database but cannot reload credentials: it serves until a reload or restart");
+                tracing::error!(credential = name, "suspended a credential in the database but cannot reload credentials: retrying in the background");
+                // Keep trying: the database says suspended, memory must follow.
+                let weak = std::sync::Arc::downgrade(app);
+                {
+                    tokio::spawn(async move {
+                        for wait in [1u64, 2, 5, 10, 30, 60, 120, 300] {
+                            tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+                            let Some(app) = weak.upgrade() else { return };
+                            if app.reload_credentials().await.is_ok() {
+                                tracing::warn!(
+                                    "credentials reloaded: the anomaly's suspension is in effect"
+                                );
+                                return;
+                            }
+                        }
+                        tracing::error!("credentials still cannot be reloaded: a suspended credential keeps serving until a restart");
+                    });
+                }
                 (
                     false,
-                    format!("credential {name} suspended in the database, but this server could not reload it and it still serves until restarted"),
+                    format!("credential {name} suspended in the database; this server could not reload it yet and keeps trying"),
                 )
             }
         }
@@ -994,7 +1193,8 @@ async fn suspend_credential(app: &crate::App, name: &str) -> (bool, String) {
 async fn revoke_token(app: &crate::App, id: &str) -> (bool, String) {
     let _serial = app.revocation_lock.lock().await;
     match app.store.revoke_token(id, crate::state::now_ms()).await {
-        Ok(_) => {
+        Ok(false) => (false, format!("token {id} is not in this server's records")),
+        Ok(true) => {
             app.revoked.rcu(|cur| {
                 let mut next = HashSet::clone(cur);
                 next.insert(id.to_string());
@@ -1191,7 +1391,11 @@ mod tests {
         assert!(kinds.contains(&(Kind::NewIpRange, SubjectKind::Identity)));
         let rate: Vec<_> = a
             .iter()
-            .filter(|a| a.kind == Kind::RateSpike && a.subject_kind == SubjectKind::Credential)
+            .filter(|a| {
+                a.kind == Kind::RateSpike
+                    && a.subject_kind == SubjectKind::Credential
+                    && a.window == Some(Window::Bucket)
+            })
             .collect();
         assert_eq!(rate.len(), 1, "{kinds:?}");
         assert_eq!(rate[0].observed, Some(20.0), "alarms at the floor");
@@ -1241,7 +1445,10 @@ mod tests {
             .iter()
             .filter(|a| a.kind == Kind::SpendSpike && a.subject_kind == SubjectKind::Credential)
             .collect();
-        assert_eq!(spend.len(), 1, "{a:?}");
+        // The bucket, and the day it belongs to.
+        assert_eq!(spend.len(), 2, "{a:?}");
+        assert_eq!(spend[0].window, Some(Window::Bucket));
+        assert_eq!(spend[1].window, Some(Window::Day));
         assert!(spend[0].observed.unwrap() >= 0.5);
         assert!(!a.iter().any(|a| a.kind == Kind::RateSpike));
     }
@@ -1326,7 +1533,7 @@ mod tests {
             "c".into(),
             Some("m".into()),
             Some("10.0.0.1".into()),
-            0,
+            Some(0),
         ));
         d.learn(h);
         // 30 requests in an hour is normal for this key (40 an hour): no rate alarm, and the
@@ -1409,6 +1616,65 @@ mod tests {
             .count();
         assert_eq!(sights, MAX_FIRST_SIGHTS as usize);
         assert!(d.suppressed.load(Ordering::Relaxed) >= 20);
+    }
+
+    #[test]
+    fn today_cannot_raise_its_own_bar_and_idle_time_counts() {
+        // A dormant credential (created a month ago, never used): seeding a few quiet buckets
+        // under the floor does not make a large one normal.
+        let (d, mut rx) = detector(|_| {});
+        let start = 1_700_000_000_000 / (24 * H) * (24 * H);
+        d.learn(History {
+            credentials: vec![("old".into(), start)],
+            ..Default::default()
+        });
+        let t = start + 30 * 24 * H;
+        for (h, n) in [(0, 1), (1, 19), (2, 19), (3, 19)] {
+            for i in 0..n {
+                see(&d, row(t + h * H + i, "old", "x", "10.0.0.1", "m", 1));
+            }
+        }
+        for i in 0..60 {
+            see(&d, row(t + 4 * H + i, "old", "x", "10.0.0.1", "m", 1));
+        }
+        let a = drain(&mut rx);
+        assert!(
+            a.iter().any(|a| a.kind == Kind::RateSpike
+                && a.subject_kind == SubjectKind::Credential
+                && a.window == Some(Window::Bucket)),
+            "{a:?}"
+        );
+        // Running all day at an ordinary busy hour's pace is a daily spike.
+        let (d, mut rx) = detector(|_| {});
+        for day in 0..8 {
+            for i in 0..30 {
+                see(
+                    &d,
+                    row(
+                        start + day * 24 * H + 10 * H + i,
+                        "c",
+                        "s",
+                        "10.0.0.1",
+                        "m",
+                        1,
+                    ),
+                );
+            }
+        }
+        let day8 = start + 8 * 24 * H;
+        for h in 0..24 {
+            for i in 0..30 {
+                see(&d, row(day8 + h * H + i, "c", "s", "10.0.0.1", "m", 1));
+            }
+        }
+        let a = drain(&mut rx);
+        assert!(
+            !a.iter().any(|a| a.window == Some(Window::Bucket)),
+            "each hour is ordinary: {a:?}"
+        );
+        assert!(a
+            .iter()
+            .any(|a| a.kind == Kind::RateSpike && a.window == Some(Window::Day)));
     }
 
     #[test]

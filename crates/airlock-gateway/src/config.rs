@@ -291,6 +291,14 @@ impl AnomalyConfig {
         };
         let suspend_credential = checked(&self.suspend_credential, "suspend_credential")?;
         let revoke_token = checked(&self.revoke_token, "revoke_token")?;
+        if self.geoip.is_none()
+            && (suspend_credential.contains(&Kind::NewCountry)
+                || revoke_token.contains(&Kind::NewCountry))
+        {
+            return Err(
+                "[anomaly] new_country needs geoip = \"/path/GeoLite2-Country.mmdb\"".into(),
+            );
+        }
         match (&self.webhook_url, &self.webhook_secret) {
             (Some(url), Some(secret)) => {
                 // The URL is not repeated: a chat webhook's URL is itself a secret.

@@ -198,6 +198,19 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
             prompts = app.cfg.otel.capture_prompts,
             "exporting traces over OTLP/HTTP"
         );
+        let loopback = endpoint
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(str::to_string))
+            .is_some_and(|h| {
+                h == "localhost"
+                    || h.trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+        if endpoint.starts_with("http://") && !loopback {
+            tracing::warn!("[otel] endpoint is plain http to another machine: spans (identities, client addresses, prompts if captured) travel unencrypted; prefer https");
+        }
         app.recorder.trace_with(t);
     }
     if let Some(d) = anomaly::start(&app, test_clock).await? {

@@ -1074,19 +1074,31 @@ impl Record {
                 self.row.output_tokens,
             );
         }
-        // A request the provider may have billed without telling us (a stream without usage,
-        // a client that left, a timeout) is charged its whole reservation, never nothing.
-        let billed_unknown = self.row.attempts > 0
-            && self.row.input_tokens.is_none()
-            && self.row.output_tokens.is_none()
-            && !(400..500).contains(&self.row.status);
+        // What the request is charged. One the provider may have billed without telling us
+        // all of it is charged its whole estimate, never less: no usage at all (a stream
+        // without usage, a client that left before the answer, a timeout), or usage cut short
+        // (a client that left mid-stream, a stream gone silent: the provider bills what it
+        // generated, not what arrived).
+        let reached = self.row.attempts > 0 && !(400..499).contains(&self.row.status);
+        let no_usage = self.row.input_tokens.is_none() && self.row.output_tokens.is_none();
+        let cut = matches!(
+            self.row.outcome.as_str(),
+            "client_disconnected" | "stream_idle_timeout"
+        );
         let mut held = std::mem::take(&mut self.budget).into_iter();
-        if let Some(main) = held.next() {
-            let cost = if billed_unknown {
-                Some(main.estimate())
-            } else {
-                self.row.cost_nanos
-            };
+        let main = held.next();
+        let estimate = main.as_ref().map(|m| m.estimate()).or_else(|| {
+            let m = self.row.model.as_deref()?;
+            let (i, o) = self.estimate?;
+            let rate = self.recorder.prices().rate(m)?;
+            Some(crate::budget::estimate(rate, i, o))
+        });
+        let charged = match (reached && (no_usage || cut), estimate) {
+            (true, Some(est)) => Some(est.max(self.row.cost_nanos.unwrap_or(0))),
+            _ => self.row.cost_nanos,
+        };
+        self.row.charged_nanos = charged;
+        if let Some(main) = main {
             use crate::budget::Kind;
             let r = &self.row;
             let to: Vec<(Kind, &str)> = [
@@ -1098,11 +1110,11 @@ impl Record {
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
             .collect();
-            main.settle(cost, &to);
+            main.settle(charged, &to);
         }
         drop(held);
         let used = match (self.row.input_tokens, self.row.output_tokens) {
-            (None, None) if billed_unknown => None,
+            _ if reached && (no_usage || cut) => None,
             (None, None) => Some(0),
             (i, o) => Some(i.unwrap_or(0).saturating_add(o.unwrap_or(0))),
         };
@@ -1112,23 +1124,15 @@ impl Record {
         let row = std::mem::take(&mut self.row);
         self.recorder.count(&row, self.started.elapsed());
         if let Some(d) = self.recorder.shared.anomaly.get() {
-            // What the request is charged: its cost, or (like a budget) its whole estimate when
-            // the provider may have billed it without saying how much.
-            let charged = if billed_unknown {
-                match (row.model.as_deref(), self.estimate) {
-                    (Some(m), Some((i, o))) => self
-                        .recorder
-                        .prices()
-                        .rate(m)
-                        .map(|r| crate::budget::estimate(r, i, o)),
-                    _ => None,
-                }
-            } else {
-                row.cost_nanos
-            };
             d.observe(&row, charged);
         }
-        if let (Some(t), Some(tc)) = (self.recorder.shared.otel.get(), &self.trace) {
+        // Spans for requests with a verified token only: anonymous noise must not crowd out
+        // real spans, nor attach itself to anyone's trace.
+        if let (Some(t), Some(tc), Some(_)) = (
+            self.recorder.shared.otel.get(),
+            &self.trace,
+            row.token_id.as_ref(),
+        ) {
             t.record(
                 &row,
                 tc,

@@ -282,8 +282,8 @@ pub struct TrustPolicyRow {
     pub created_by: String,
 }
 
-/// A credential or identity (`true` first) seen with a model, a client address and an hour.
-pub type SeenWith = (bool, String, Option<String>, Option<String>, i64);
+/// A credential or identity (`true` first) seen with a model, a client address or an hour.
+pub type SeenWith = (bool, String, Option<String>, Option<String>, Option<i64>);
 
 /// What the usage table says about each credential and identity (`true` in the first field
 /// means identity), for the anomaly detector's start.
@@ -293,8 +293,10 @@ pub struct AnomalyHistory {
     pub firsts: Vec<(bool, String, i64)>,
     /// (identity?, name, bucket index, requests, nano-dollars).
     pub tallies: Vec<(bool, String, i64, i64, i64)>,
-    /// (identity?, name, model, client address, hour of day).
+    /// (identity?, name, model, client address, hour of day): one of the three each.
     pub seen: Vec<SeenWith>,
+    /// A list hit its limit: some values seen are missing.
+    pub truncated: bool,
 }
 
 /// One finished request.
@@ -342,6 +344,9 @@ pub struct UsageRow {
     pub cost_nanos: Option<i64>,
     /// The project the token is accounted to.
     pub project: Option<String>,
+    /// What budgets and anomaly detection charged: the cost, or the whole estimate when the
+    /// provider may have billed more than it reported.
+    pub charged_nanos: Option<i64>,
 }
 
 /// What usage can be grouped by.
@@ -638,7 +643,7 @@ impl BatchWriter {
                 .prepare_cached(
                     "INSERT INTO usage (ts, request_id, token_id, subject, env, credential, provider, endpoint, model,
                        status, outcome, input_tokens, output_tokens, cached_tokens, latency_ms, ttfb_ms, stream,
-                       attempts, client_ip, cost_nanos, project) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                       attempts, client_ip, cost_nanos, project, charged_nanos) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 )
                 .map_err(wdb("record usage"))?;
             let mut used = tx
@@ -671,7 +676,8 @@ impl BatchWriter {
                         u.attempts,
                         u.client_ip,
                         u.cost_nanos,
-                        u.project
+                        u.project,
+                        u.charged_nanos
                     ])
                     .map_err(wdb("record usage"))?;
                 if let (Some(c), true) = (&u.credential, u.status < 500 && u.outcome != "refused") {
@@ -1389,62 +1395,67 @@ impl Store {
         Ok(r.rows_affected() > 0)
     }
 
-    /// What the anomaly detector learns at start: for credentials (`credential`) and identities
-    /// (`subject`) of forwarded requests with a valid token since `since_ms`, the first use,
-    /// request and spend tallies per `bucket_ms`, and the distinct (model the provider
-    /// accepted, client address, hour of day) they were used with (at most 500 000 of those).
+    /// What the anomaly detector learns at start: each identity's first token; for credentials
+    /// (`credential`) and identities (`subject`) of forwarded requests with a valid token
+    /// since `since_ms`, request and charged spend tallies per `bucket_ms`, and the distinct
+    /// models the provider accepted, client addresses and hours of the day they were used
+    /// with (at most a million of each).
     pub async fn anomaly_history(&self, since_ms: i64, bucket_ms: i64) -> Result<AnomalyHistory> {
         let mut h = AnomalyHistory::default();
+        let read = db("read usage history");
+        // An identity exists since its first token (whether or not it used it since).
+        for r in sqlx::query(
+            "SELECT subject AS k, MIN(created_at) AS first FROM tokens GROUP BY subject LIMIT 1000000",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(read)?
+        {
+            h.firsts.push((true, r.get("k"), r.get("first")));
+        }
         for col in ["credential", "subject"] {
-            let firsts = sqlx::query(&format!(
-                "SELECT {col} AS k, MIN(ts) AS first FROM usage WHERE ts >= ? AND {col} IS NOT NULL AND token_id IS NOT NULL AND attempts > 0 GROUP BY {col}"
-            ))
-            .bind(since_ms)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("read usage history"))?;
-            for r in firsts {
-                h.firsts
-                    .push((col == "subject", r.get("k"), r.get("first")));
-            }
+            let identity = col == "subject";
+            let live =
+                format!("ts >= ?1 AND {col} IS NOT NULL AND token_id IS NOT NULL AND attempts > 0");
             let tallies = sqlx::query(&format!(
-                "SELECT {col} AS k, ts / ?1 AS b, COUNT(*) AS n,
-                        CAST(MIN(TOTAL(cost_nanos), 9.0e18) AS INTEGER) AS c
-                 FROM usage WHERE ts >= ?2 AND {col} IS NOT NULL AND token_id IS NOT NULL AND attempts > 0
-                 GROUP BY {col}, b"
+                "SELECT {col} AS k, ts / ?2 AS b, COUNT(*) AS n,
+                        CAST(MIN(TOTAL(COALESCE(charged_nanos, cost_nanos)), 9.0e18) AS INTEGER) AS c
+                 FROM usage WHERE {live} GROUP BY {col}, b"
             ))
-            .bind(bucket_ms)
             .bind(since_ms)
+            .bind(bucket_ms)
             .fetch_all(&self.pool)
             .await
             .map_err(db("read usage history"))?;
             for r in tallies {
-                h.tallies.push((
-                    col == "subject",
-                    r.get("k"),
-                    r.get("b"),
-                    r.get("n"),
-                    r.get("c"),
-                ));
+                h.tallies
+                    .push((identity, r.get("k"), r.get("b"), r.get("n"), r.get("c")));
             }
-            let seen = sqlx::query(&format!(
-                "SELECT {col} AS k, CASE WHEN status < 400 THEN model END AS model, client_ip,
-                        (ts / 3600000) % 24 AS h
-                 FROM usage WHERE ts >= ? AND {col} IS NOT NULL AND token_id IS NOT NULL AND attempts > 0
-                 GROUP BY {col}, 2, client_ip, h LIMIT 500000"
-            ))
-            .bind(since_ms)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("read usage history"))?;
-            for r in seen {
-                h.seen.push((
-                    col == "subject",
-                    r.get("k"),
-                    r.get("model"),
-                    r.get("client_ip"),
-                    r.get("h"),
-                ));
+            // What each was seen with, one dimension at a time (models the provider accepted).
+            for (what, expr) in [
+                ("model", "CASE WHEN status < 400 THEN model END"),
+                ("ip", "client_ip"),
+                ("hour", "CAST((ts / 3600000) % 24 AS TEXT)"),
+            ] {
+                let rows = sqlx::query(&format!(
+                    "SELECT DISTINCT {col} AS k, {expr} AS v FROM usage WHERE {live} AND {expr} IS NOT NULL LIMIT 1000000"
+                ))
+                .bind(since_ms)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("read usage history"))?;
+                if rows.len() >= 1_000_000 {
+                    h.truncated = true;
+                }
+                for r in rows {
+                    let v: String = r.get("v");
+                    let k: String = r.get("k");
+                    h.seen.push(match what {
+                        "model" => (identity, k, Some(v), None, None),
+                        "ip" => (identity, k, None, Some(v), None),
+                        _ => (identity, k, None, None, v.parse().ok()),
+                    });
+                }
             }
         }
         Ok(h)
@@ -1862,6 +1873,7 @@ impl Store {
                 client_ip: r.get("client_ip"),
                 cost_nanos: r.get("cost_nanos"),
                 project: r.get("project"),
+                charged_nanos: r.get("charged_nanos"),
             })
             .collect())
     }

@@ -192,7 +192,12 @@ def test_projects_are_a_dimension_for_usage_budgets_and_rate_limits(airlock):
     assert ok.status_code in (200, 201) and ok.json()["project"] == alpha, ok.text
     no = httpx.post(airlock.url + "/v1/token", json={"project": beta}, headers=h)
     assert no.status_code == 403 and "outside your scope" in no.text, no.text
-    airlock.captured.extend([ok.content, no.content])
+    # One without a project cannot put its tokens into somebody else's.
+    plain = airlock.cli_json("service-account", "create", f"noproj-{rand(4)}", "--env", "prod")
+    other = httpx.post(airlock.url + "/v1/token", json={"project": alpha},
+                       headers={"authorization": f"Bearer {plain['key']}"})
+    assert other.status_code == 403 and "names no project" in other.text, other.text
+    airlock.captured.extend([ok.content, no.content, other.content])
     assert airlock.cli("token", "mint", "--project", "bad project").returncode == 2
     assert airlock.cli("budget", "set", "--project", "x", "--token", "y", "--usd", "1").returncode == 2
 

@@ -1658,6 +1658,12 @@ async fn set_rate_limit(
     if crate::budget::Kind::parse(&b.kind).is_none() {
         return bad("kind: token, identity, credential or project".into());
     }
+    if b.kind == "project" && !valid_name(&b.key) {
+        return bad(format!(
+            "project `{}` must be 1-64 characters of letters, digits and -_.",
+            b.key
+        ));
+    }
     if b.key.is_empty() || b.key.len() > 256 || airlock_secrets::looks_like_key(&b.key) {
         return bad("key: the token id, identity (subject) or credential name".into());
     }
@@ -1728,6 +1734,12 @@ async fn set_budget(
     let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
     if crate::budget::Kind::parse(&b.kind).is_none() {
         return bad("kind: token, identity, credential or project".into());
+    }
+    if b.kind == "project" && !valid_name(&b.key) {
+        return bad(format!(
+            "project `{}` must be 1-64 characters of letters, digits and -_.",
+            b.key
+        ));
     }
     if crate::budget::Period::parse(&b.period).is_none() {
         return bad("period: day, month or total".into());

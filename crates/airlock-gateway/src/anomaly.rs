@@ -139,8 +139,10 @@ pub struct Settings {
     pub watch: HashSet<Kind>,
     /// Kinds that suspend the credential an alarm is about.
     pub suspend_credential: HashSet<Kind>,
-    /// Kinds that revoke the token whose request raised the alarm.
+    /// First-sight kinds that revoke the token whose request raised the alarm.
     pub revoke_token: HashSet<Kind>,
+    /// A spike kind alarms at most once per this long per subject (buckets).
+    pub cooldown_ms: i64,
 }
 
 impl Default for Settings {
@@ -157,6 +159,7 @@ impl Default for Settings {
             watch: Kind::ALL.into_iter().collect(),
             suspend_credential: HashSet::new(),
             revoke_token: HashSet::new(),
+            cooldown_ms: 3_600_000,
         }
     }
 }
@@ -351,8 +354,8 @@ struct Baseline {
     /// Busy buckets of the window, leaving out the last day.
     requests: Stat,
     cost: Stat,
-    /// How many whole days the daily statistics hold.
-    whole_days: usize,
+    /// How many of those whole days had traffic.
+    active_days: usize,
     /// Whole UTC days of the window since the subject exists, idle ones as zero.
     day_requests: Stat,
     day_cost: Stat,
@@ -375,6 +378,9 @@ struct Subject {
     hours: u32,
     /// First-sight alarms raised in a bucket: (bucket, count).
     sights: (i64, u32),
+    /// First sights alarm from this time on (after learning; again after a long absence,
+    /// whose first sights were forgotten).
+    sights_from: i64,
 }
 
 impl Subject {
@@ -387,6 +393,7 @@ impl Subject {
             seen: Default::default(),
             hours: 0,
             sights: (i64::MIN, 0),
+            sights_from: i64::MIN,
         }
     }
 
@@ -441,7 +448,8 @@ impl Subject {
         let days = (s.baseline_buckets * s.bucket_ms / DAY_MS).max(1);
         // Its first day is partial: whole days only.
         let first_day = self.first_ms.div_euclid(DAY_MS) + 1;
-        let day0 = (today - days).max(first_day);
+        // The oldest day of the window is being trimmed: whole days only.
+        let day0 = (today - days + 1).max(first_day);
         let n = (today - day0).max(0) as usize;
         let (mut day_req, mut day_cost) = (vec![0.0; n], vec![0.0; n]);
         let mut now = Tally::default();
@@ -455,10 +463,11 @@ impl Subject {
                 now.cost = now.cost.saturating_add(t.cost);
             }
         }
+        let active_days = day_req.iter().filter(|v| **v > 0.0).count();
         let base = Baseline {
             requests: Stat::of(&mut req),
             cost: Stat::of(&mut cost),
-            whole_days: n,
+            active_days,
             day_requests: Stat::of(&mut day_req),
             day_cost: Stat::of(&mut day_cost),
             today: now,
@@ -741,16 +750,19 @@ impl Detector {
                     continue;
                 }
                 let subject = map.entry(key).or_insert_with(|| {
-                    let first = match kind {
-                        SubjectKind::Identity => self
-                            .dormant
-                            .lock()
-                            .ok()
-                            .and_then(|mut d| d.remove(name))
-                            .unwrap_or(now),
-                        SubjectKind::Credential => now,
+                    let back = match kind {
+                        SubjectKind::Identity => {
+                            self.dormant.lock().ok().and_then(|mut d| d.remove(name))
+                        }
+                        SubjectKind::Credential => None,
                     };
-                    Subject::new(first)
+                    let mut s = Subject::new(back.unwrap_or(now));
+                    if back.is_some() {
+                        // Back after a long absence: not a newcomer for spikes, but what it
+                        // was seen with is forgotten, so first sights learn again.
+                        s.sights_from = now.saturating_add(self.settings.learning_ms);
+                    }
+                    s
                 });
                 for (k, window, observed, stat, value) in self.check(subject, &obs) {
                     alarms.push(Anomaly {
@@ -774,10 +786,9 @@ impl Detector {
                         token_id: row.token_id.clone(),
                         suspend_credential: kind == SubjectKind::Credential
                             && self.settings.suspend_credential.contains(&k),
-                        // A first sight is the request itself; an identity's spike is that
-                        // identity's. A credential's spike is everyone's: no one token is it.
-                        revoke_token: self.settings.revoke_token.contains(&k)
-                            && (kind == SubjectKind::Identity || window.is_none()),
+                        // Only first sights: there the request itself is the anomaly. A spike
+                        // is many requests, often of many tokens; none of them is it.
+                        revoke_token: self.settings.revoke_token.contains(&k) && window.is_none(),
                     });
                 }
             }
@@ -828,10 +839,13 @@ impl Detector {
         let mut out = Vec::new();
         let learnt = o.now.saturating_sub(subject.first_ms) >= s.learning_ms;
         // Spikes are judged against history older than a day (see `baseline`), so a new
-        // subject learns a day longer for them; days against at least three whole days.
+        // subject learns a day longer for them. Days are judged only for subjects busy on
+        // most days (at least four whole days with traffic): a weekly job or a weekend-only
+        // key has no daily norm to break.
         let spikes_learnt =
             o.now.saturating_sub(subject.first_ms) >= s.learning_ms.saturating_add(DAY_MS);
-        let days_learnt = base.whole_days >= 3;
+        let days_learnt = base.active_days >= 4;
+        let cooldown = (s.cooldown_ms / s.bucket_ms).max(1);
         if learnt && spikes_learnt {
             let t = subject.current(b);
             let day = o.now.div_euclid(DAY_MS);
@@ -877,7 +891,13 @@ impl Detector {
             ];
             for (i, (kind, window, x, stat, over_floor, unit, at)) in spikes.into_iter().enumerate()
             {
-                if !s.watch.contains(&kind) || !over_floor || subject.alarmed[i] == at {
+                // Once a day for days; for buckets, once per cooldown (a new level is one
+                // alarm an hour, not one a bucket, until the baseline has caught up).
+                let quiet = match window {
+                    Window::Day => subject.alarmed[i] == at,
+                    Window::Bucket => at.saturating_sub(subject.alarmed[i]) < cooldown,
+                };
+                if !s.watch.contains(&kind) || !over_floor || quiet {
                     continue;
                 }
                 if window == Window::Day && !days_learnt {
@@ -911,7 +931,7 @@ impl Detector {
             sights.push((Kind::NewHour, None, format!("{:02}:00 UTC", o.hour)));
         }
         for (kind, d, v) in sights {
-            let alarm = learnt && s.watch.contains(&kind);
+            let alarm = learnt && o.now >= subject.sights_from && s.watch.contains(&kind);
             if alarm {
                 if subject.sights.0 != b {
                     subject.sights = (b, 0);
@@ -1675,6 +1695,52 @@ mod tests {
         assert!(a
             .iter()
             .any(|a| a.kind == Kind::RateSpike && a.window == Some(Window::Day)));
+    }
+
+    #[test]
+    fn a_weekly_job_and_a_returning_user_are_not_anomalies() {
+        let (d, mut rx) = detector(|s| s.baseline_buckets = 8 * 24);
+        let start = 1_700_000_000_000 / (24 * H) * (24 * H);
+        // 200 requests once a week, a few hours later or earlier each time.
+        for week in 0..6 {
+            let at = start + week * 7 * 24 * H + (3 + (week % 3) * 2) * H;
+            for i in 0..200 {
+                see(
+                    &d,
+                    row(at + i * 1000, "batch", "sa:nightly", "10.0.0.1", "m", 1),
+                );
+            }
+        }
+        let a = drain(&mut rx);
+        assert!(
+            !a.iter()
+                .any(|a| matches!(a.kind, Kind::RateSpike | Kind::SpendSpike)),
+            "{a:?}"
+        );
+        // An identity back after two weeks away (forgotten meanwhile): spikes are judged at
+        // once, first sights learn again before they alarm.
+        let (d, mut rx) = detector(|_| {});
+        for h in 0..48 {
+            see(&d, row(start + h * H, "c", "alice", "10.0.0.1", "m", 1));
+        }
+        let back = start + 16 * 24 * H;
+        see(&d, row(back, "c", "bob", "10.0.0.1", "m", 1)); // moves the sweep along
+        see(&d, row(back + 1, "c", "alice", "192.0.2.1", "other", 1));
+        let a = drain(&mut rx);
+        assert!(
+            !a.iter()
+                .any(|a| a.subject_kind == SubjectKind::Identity && a.subject == "alice"),
+            "{a:?}"
+        );
+        for i in 0..30 {
+            see(
+                &d,
+                row(back + 10 + i, "c", "alice", "192.0.2.1", "other", 1),
+            );
+        }
+        assert!(drain(&mut rx).iter().any(|a| a.subject == "alice"
+            && a.kind == Kind::RateSpike
+            && a.window == Some(Window::Bucket)));
     }
 
     #[test]

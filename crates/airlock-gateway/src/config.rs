@@ -182,13 +182,16 @@ pub struct AnomalyConfig {
     /// Prefix length of an IPv6 client range.
     pub ipv6_prefix: u8,
     /// What to watch: `rate_spike`, `spend_spike`, `new_model`, `new_ip_range`,
-    /// `new_country`, `new_hour` (default: all; `new_country` only with `geoip`).
+    /// `new_country`, `new_hour` (default: all but `new_hour`; `new_country` only with
+    /// `geoip`).
     pub watch: Option<Vec<String>>,
     /// Which kinds suspend the credential an alarm is about (until `airlock credential
     /// resume`). Any token allowed to use the credential can trip them.
     pub suspend_credential: Vec<String>,
-    /// Which kinds revoke the token whose request raised the alarm.
+    /// Which first-sight kinds revoke the token whose request raised the alarm.
     pub revoke_token: Vec<String>,
+    /// A spike of one kind alarms at most once per this long per subject (`1h`).
+    pub cooldown: String,
     /// A MaxMind GeoIP2 / GeoLite2 Country or City file, for `new_country`.
     pub geoip: Option<PathBuf>,
     /// Where alerts are POSTed (https, or http to this machine).
@@ -206,7 +209,7 @@ impl Default for AnomalyConfig {
         AnomalyConfig {
             enabled: true,
             bucket: "5m".into(),
-            baseline_days: 7,
+            baseline_days: 8,
             z_threshold: 3.5,
             min_requests: 20,
             min_spend_usd: 1.0,
@@ -216,6 +219,7 @@ impl Default for AnomalyConfig {
             watch: None,
             suspend_credential: Vec::new(),
             revoke_token: Vec::new(),
+            cooldown: "1h".into(),
             geoip: None,
             webhook_url: None,
             webhook_secret: None,
@@ -232,12 +236,19 @@ impl AnomalyConfig {
         let bucket = humantime::parse_duration(&self.bucket)
             .map_err(|e| format!("[anomaly] bucket = {:?}: {e}", self.bucket))?;
         let bucket_ms = bucket.as_millis() as i64;
-        if !(60_000..=86_400_000).contains(&bucket_ms) {
-            return Err("[anomaly] bucket must be between 1m and 24h".into());
+        if !(60_000..=86_400_000).contains(&bucket_ms) || 86_400_000 % bucket_ms != 0 {
+            return Err(
+                "[anomaly] bucket must be between 1m and 24h and divide a day (5m, 15m, 1h, …)"
+                    .into(),
+            );
         }
-        if !(1..=90).contains(&self.baseline_days) {
-            return Err("[anomaly] baseline_days must be between 1 and 90".into());
+        if !(3..=90).contains(&self.baseline_days) {
+            return Err("[anomaly] baseline_days must be between 3 and 90".into());
         }
+        let cooldown_ms = humantime::parse_duration(&self.cooldown)
+            .map_err(|e| format!("[anomaly] cooldown = {:?}: {e}", self.cooldown))?
+            .as_millis()
+            .min(i64::MAX as u128) as i64;
         let baseline_buckets = i64::from(self.baseline_days) * 86_400_000 / bucket_ms;
         if baseline_buckets > 10_000 {
             return Err("[anomaly] baseline_days / bucket gives more than 10000 buckets; use a longer bucket".into());
@@ -277,7 +288,11 @@ impl AnomalyConfig {
                 }
                 w
             }
-            None => Kind::ALL.into_iter().collect(),
+            // new_hour is noisy (people's hours, jobs that drift): asked for, not default.
+            None => Kind::ALL
+                .into_iter()
+                .filter(|k| *k != Kind::NewHour)
+                .collect(),
         };
         let checked = |list: &[String], what: &str| {
             let set = kinds(list, what)?;
@@ -291,6 +306,15 @@ impl AnomalyConfig {
         };
         let suspend_credential = checked(&self.suspend_credential, "suspend_credential")?;
         let revoke_token = checked(&self.revoke_token, "revoke_token")?;
+        if let Some(k) = revoke_token
+            .iter()
+            .find(|k| matches!(k, Kind::RateSpike | Kind::SpendSpike))
+        {
+            return Err(format!(
+                "[anomaly] revoke_token names `{}`: only first sights (new_model, new_ip_range, new_country, new_hour) are one request of one token",
+                k.name()
+            ));
+        }
         if self.geoip.is_none()
             && (suspend_credential.contains(&Kind::NewCountry)
                 || revoke_token.contains(&Kind::NewCountry))
@@ -335,6 +359,7 @@ impl AnomalyConfig {
             watch,
             suspend_credential,
             revoke_token,
+            cooldown_ms,
         })
     }
 }

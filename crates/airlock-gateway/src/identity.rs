@@ -356,6 +356,13 @@ pub async fn issue(
             )))
         }
         (_, Some(b)) => Some(b),
+        // A bounded minter names no project its grant does not: it could put its use on
+        // another team's budget.
+        (Some(p), None) if bound.is_some() => {
+            return Err(OutOfScope(format!(
+                "project `{p}` is outside your scope (it names no project)"
+            )))
+        }
         (Some(p), None) if !crate::admin::valid_name(&p) => {
             return Err(Invalid(format!(
                 "project `{p}` must be 1-64 characters of letters, digits and -_."

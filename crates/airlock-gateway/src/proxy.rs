@@ -401,7 +401,13 @@ async fn run(
             .clamp(1, 128);
         per_choice.saturating_mul(choices)
     };
-    ctx.rec().estimate = Some((input_est, output_est));
+    // What a request is charged when the provider may have billed it without saying how much:
+    // its input and at most the default output (the caller's max_tokens is not trusted for a
+    // charge: a client could name a huge one and leave, to burn a shared budget for free).
+    ctx.rec().estimate = Some((
+        input_est,
+        output_est.min(app.cfg.budgets.default_max_output_tokens.max(1)),
+    ));
     // Budgets first (they may drop candidate credentials), then rate limits on what is left.
     if !app.budgets.is_empty() {
         reserve(
@@ -694,6 +700,8 @@ async fn forward(
                 continue;
             }
         };
+        // From here the provider may bill it (until it answers an error or cannot be reached).
+        ctx.rec().maybe_billed = true;
         let resp = match tokio::time::timeout(upstream_limit, app.client.request(req)).await {
             Err(_) => {
                 tracing::warn!(credential = %c.name, "provider timed out");
@@ -709,6 +717,7 @@ async fn forward(
                 continue;
             }
             Ok(Err(e)) => {
+                ctx.rec().maybe_billed = false;
                 tracing::warn!(credential = %c.name, error = %e, "provider unreachable");
                 last_err = Some(ApiError::new(
                     StatusCode::BAD_GATEWAY,
@@ -724,6 +733,8 @@ async fn forward(
             Ok(Ok(resp)) => resp,
         };
         let status = resp.status();
+        // Providers bill what they answer, not their errors.
+        ctx.rec().maybe_billed = status.as_u16() < 400;
         let credential_refused =
             status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
         let retryable = status == StatusCode::TOO_MANY_REQUESTS

@@ -981,8 +981,11 @@ pub struct Record {
     pub trace: Option<crate::otel::TraceCtx>,
     /// The prompt for its span (only with `[otel] capture_prompts`).
     pub prompt: Option<String>,
-    /// The request's estimated (input, output) tokens at most.
+    /// What the request is charged, in (input, output) tokens, when the provider may have
+    /// billed it without reporting usage.
     pub estimate: Option<(i64, i64)>,
+    /// Whether the provider may bill it: it was sent and not answered with an error.
+    pub maybe_billed: bool,
 }
 
 impl Record {
@@ -1011,6 +1014,7 @@ impl Record {
             trace: None,
             prompt: None,
             estimate: None,
+            maybe_billed: false,
         }
     }
 
@@ -1075,24 +1079,24 @@ impl Record {
             );
         }
         // What the request is charged. One the provider may have billed without telling us
-        // all of it is charged its whole estimate, never less: no usage at all (a stream
-        // without usage, a client that left before the answer, a timeout), or usage cut short
-        // (a client that left mid-stream, a stream gone silent: the provider bills what it
-        // generated, not what arrived).
-        let reached = self.row.attempts > 0 && !(400..499).contains(&self.row.status);
+        // all of it (it was sent, and not answered with an error) is charged at least its
+        // input and the default output: no usage at all (a stream without usage, a client
+        // that left before the answer, a timeout), or usage cut short (a client that left
+        // mid-stream, a stream gone silent: the provider bills what it generated).
         let no_usage = self.row.input_tokens.is_none() && self.row.output_tokens.is_none();
         let cut = matches!(
             self.row.outcome.as_str(),
             "client_disconnected" | "stream_idle_timeout"
         );
+        let reached = self.maybe_billed;
         let mut held = std::mem::take(&mut self.budget).into_iter();
         let main = held.next();
-        let estimate = main.as_ref().map(|m| m.estimate()).or_else(|| {
+        let estimate = (|| {
             let m = self.row.model.as_deref()?;
             let (i, o) = self.estimate?;
             let rate = self.recorder.prices().rate(m)?;
             Some(crate::budget::estimate(rate, i, o))
-        });
+        })();
         let charged = match (reached && (no_usage || cut), estimate) {
             (true, Some(est)) => Some(est.max(self.row.cost_nanos.unwrap_or(0))),
             _ => self.row.cost_nanos,

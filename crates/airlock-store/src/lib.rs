@@ -1978,7 +1978,7 @@ impl Store {
     pub async fn spent_since(&self, by: UsageDimension, key: &str, since_ms: i64) -> Result<i64> {
         let col = by.column();
         let sql = format!(
-            "SELECT COALESCE(SUM(cost_nanos), 0) AS c FROM usage WHERE {col} = ? AND ts >= ?"
+            "SELECT COALESCE(SUM(COALESCE(charged_nanos, cost_nanos)), 0) AS c FROM usage WHERE {col} = ? AND ts >= ?"
         );
         let r = sqlx::query(&sql)
             .bind(key)

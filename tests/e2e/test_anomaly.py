@@ -60,6 +60,14 @@ def test_normal_week_is_quiet_and_a_burst_from_a_new_range_alerts_and_suspends(a
     secret = rand(40)
     rx = Receiver()
     inst = None
+    # A MaxMind-format country file: this machine's usual loopback range is "NL", 127.1/16 "BR".
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+    geo = airlock.tmp / "countries.mmdb"
+    w = MMDBWriter(ip_version=4, database_type="GeoLite2-Country")
+    w.insert_network(IPSet(["127.0.0.0/16"]), {"country": {"iso_code": "NL"}})
+    w.insert_network(IPSet(["127.1.0.0/16"]), {"country": {"iso_code": "BR"}})
+    w.to_db_file(str(geo))
     try:
         inst = Instance(airlock, "anomaly", env={
             "AIRLOCK_TEST_CLOCK": "1",
@@ -70,6 +78,7 @@ baseline_days = 7
 min_requests = 15
 learning_hours = 24
 suspend_credential = ["rate_spike"]
+geoip = "{geo}"
 webhook_url = "http://127.0.0.1:{rx.port}/hook"
 webhook_secret = "env:ANOMALY_WEBHOOK_SECRET"
 """)
@@ -103,7 +112,7 @@ webhook_secret = "env:ANOMALY_WEBHOOK_SECRET"
         while time.time() < deadline:
             kinds = {(json.loads(b)["anomaly"]["kind"], json.loads(b)["anomaly"]["subject_kind"]) for _, b in rx.got
                      if json.loads(b)["anomaly"].get("window", "bucket") == "bucket"}
-            if {("new_ip_range", "credential"), ("rate_spike", "credential")} <= kinds:
+            if {("new_ip_range", "credential"), ("new_country", "credential"), ("rate_spike", "credential")} <= kinds:
                 break
             time.sleep(0.2)
         alerts = [json.loads(b) for _, b in rx.got]
@@ -118,6 +127,9 @@ webhook_secret = "env:ANOMALY_WEBHOOK_SECRET"
         assert spike["anomaly"]["observed"] == 15, spike
         assert spike["anomaly"]["median"] == 3 and spike["anomaly"]["suspend_credential"] is True
         assert "suspended" in spike["action"]
+        country = next(a for a in alerts if a["anomaly"]["kind"] == "new_country"
+                       and a["anomaly"]["subject_kind"] == "credential")
+        assert country["anomaly"]["value"] == "BR", country
         new_range = next(a for a in alerts if a["anomaly"]["kind"] == "new_ip_range")
         assert new_range["anomaly"]["value"] == "127.1.0.0/24"
         assert new_range["anomaly"]["client_ip"] == "127.1.0.9"

@@ -27,6 +27,11 @@ def test_canary_never_leaks(airlock):
         count = next(s.value for s in samples if s.name.endswith("_count"))
         assert count > 0 and buckets == sorted(buckets) and buckets[-1] == count, (name, samples)
     assert "airlock_secret_read_failures" in fams and "airlock_audit_queue_depth" in fams
+    # Budget use per budget: the suite's budgets, each with its limit and what it spent.
+    limits = {s.labels["budget"]: s.value for s in fams["airlock_budget_limit_nanodollars"].samples}
+    spent = {s.labels["budget"]: s.value for s in fams["airlock_budget_spent_nanodollars"].samples}
+    assert limits and set(limits) == set(spent) and all(b.startswith("bud_") for b in limits)
+    assert any(v > 0 for v in spent.values())
     assert value("airlock_anomalies") == 0, "the session's traffic is too young to raise anomalies"
 
     hits = []

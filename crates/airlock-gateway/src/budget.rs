@@ -158,6 +158,8 @@ pub struct Status {
     pub reserved_nanos: i64,
     /// Start of the current period (unix ms).
     pub period_start_ms: i64,
+    /// The cap, nano-dollars.
+    pub limit_nanos: i64,
 }
 
 /// A request's reservations; released (and its cost settled) exactly once, when the
@@ -352,6 +354,7 @@ impl Budgets {
                 spent_nanos: e.spent,
                 reserved_nanos: e.reserved,
                 period_start_ms: e.start,
+                limit_nanos: e.limit,
             })
             .collect()
     }

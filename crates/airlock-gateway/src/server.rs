@@ -179,6 +179,43 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             g(&c.secret_read_failures),
         );
     }
+    {
+        // Budget use, by budget id (ids only: names of identities and projects stay in the
+        // admin API). The busiest first, at most 1000 series.
+        use std::fmt::Write as _;
+        let mut st = app.budgets.status();
+        st.sort_by_key(|s| {
+            std::cmp::Reverse(
+                (s.spent_nanos.saturating_add(s.reserved_nanos) as i128 * 1_000_000)
+                    / i128::from(s.limit_nanos.max(1)),
+            )
+        });
+        st.truncate(1000);
+        body.push_str("# TYPE airlock_budget_spent_nanodollars gauge\n");
+        for s in &st {
+            let _ = writeln!(
+                body,
+                "airlock_budget_spent_nanodollars{{budget=\"{}\"}} {}",
+                s.id, s.spent_nanos
+            );
+        }
+        body.push_str("# TYPE airlock_budget_reserved_nanodollars gauge\n");
+        for s in &st {
+            let _ = writeln!(
+                body,
+                "airlock_budget_reserved_nanodollars{{budget=\"{}\"}} {}",
+                s.id, s.reserved_nanos
+            );
+        }
+        body.push_str("# TYPE airlock_budget_limit_nanodollars gauge\n");
+        for s in &st {
+            let _ = writeln!(
+                body,
+                "airlock_budget_limit_nanodollars{{budget=\"{}\"}} {}",
+                s.id, s.limit_nanos
+            );
+        }
+    }
     if let Some(t) = app.recorder.tracer() {
         use std::fmt::Write as _;
         let _ = write!(

@@ -277,6 +277,42 @@ def test_what_the_provider_did_not_report_is_charged_in_full(airlock):
     assert 0 < b["spent_nanos"] <= 100_000 and b["reserved_nanos"] == 0, b
 
 
+def test_token_counting_is_free_and_a_client_that_leaves_is_charged_a_bounded_amount(airlock):
+    import httpx
+    # count_tokens reports no usage and the provider does not bill it: it spends nothing.
+    t = airlock.mint("--env", "prod", "--model", "claude-*", "--budget-usd", "0.001")
+    an = airlock.anthropic(t["token"])
+    words = [{"role": "user", "content": "word " * 300}]
+    for _ in range(10):
+        assert an.messages.count_tokens(model="claude-haiku-4-5", messages=words).input_tokens > 0
+    b = next(x for x in airlock.cli_json("budget", "list")["budgets"] if x["key"] == t["id"])
+    assert b["spent_nanos"] == 0 and b["reserved_nanos"] == 0, b
+    # A client that asks for the world and hangs up mid-stream is charged its input and the
+    # default output (4096 tokens), not its own max_tokens.
+    from test_audit import Instance
+    inst = Instance(airlock, "cut", toml_extra='[pricing."slow-*"]\ninput = 1.0\noutput = 1.0')
+    try:
+        t2 = json.loads(inst.cli("token", "mint", "--env", "prod", "--model", "slow-*",
+                                 "--budget-usd", "5", "--json").stdout)
+        body = {"model": "slow-model", "max_tokens": 1_000_000, "stream": True,
+                "messages": [{"role": "user", "content": "tell me everything"}]}
+        with httpx.stream("POST", inst.url + "/v1/chat/completions", json=body, timeout=30,
+                          headers={"authorization": f"Bearer {t2['token']}"}) as r:
+            assert r.status_code == 200
+            next(r.iter_raw())
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            b = next(x for x in json.loads(inst.cli("budget", "list", "--json").stdout)["budgets"]
+                     if x["key"] == t2["id"])
+            if b["reserved_nanos"] == 0:
+                break
+            time.sleep(0.2)
+        # 1000 nano-dollars a token: 4096 output tokens and a few dozen input.
+        assert 4096 * 1000 < b["spent_nanos"] < 4096 * 1000 + 100_000, b
+    finally:
+        inst.stop()
+
+
 def test_absurd_limits_and_counts_are_clean_answers(airlock):
     import httpx
     t = airlock.mint("--env", "prod", "--model", "gpt-4o-mini,text-embedding-3-small")

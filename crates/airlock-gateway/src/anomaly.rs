@@ -374,6 +374,8 @@ struct Subject {
     baseline: Option<(i64, Baseline)>,
     /// The bucket each spike kind last alarmed in, then the day each daily kind did.
     alarmed: [i64; 4],
+    /// The values they alarmed at.
+    alarmed_value: [f64; 4],
     seen: [HashSet<String>; 3],
     hours: u32,
     /// First-sight alarms raised in a bucket: (bucket, count).
@@ -390,6 +392,7 @@ impl Subject {
             buckets: VecDeque::new(),
             baseline: None,
             alarmed: [i64::MIN; 4],
+            alarmed_value: [0.0; 4],
             seen: Default::default(),
             hours: 0,
             sights: (i64::MIN, 0),
@@ -519,13 +522,14 @@ pub enum Window {
     Day,
 }
 
-/// (kind, window of a spike, observed value, baseline, new value).
+/// (kind, window of a spike, observed value, baseline, new value, whether its policy may act).
 type Alarm = (
     Kind,
     Option<Window>,
     Option<f64>,
     Option<Stat>,
     Option<String>,
+    bool,
 );
 
 /// The detector.
@@ -764,7 +768,7 @@ impl Detector {
                     }
                     s
                 });
-                for (k, window, observed, stat, value) in self.check(subject, &obs) {
+                for (k, window, observed, stat, value, acting) in self.check(subject, &obs) {
                     alarms.push(Anomaly {
                         kind: k,
                         window,
@@ -784,11 +788,14 @@ impl Detector {
                         credential: row.credential.clone(),
                         identity: row.subject.clone(),
                         token_id: row.token_id.clone(),
-                        suspend_credential: kind == SubjectKind::Credential
+                        suspend_credential: acting
+                            && kind == SubjectKind::Credential
                             && self.settings.suspend_credential.contains(&k),
                         // Only first sights: there the request itself is the anomaly. A spike
                         // is many requests, often of many tokens; none of them is it.
-                        revoke_token: self.settings.revoke_token.contains(&k) && window.is_none(),
+                        revoke_token: acting
+                            && self.settings.revoke_token.contains(&k)
+                            && window.is_none(),
                     });
                 }
             }
@@ -893,10 +900,12 @@ impl Detector {
             {
                 // Once a day for days; for buckets, once per cooldown (a new level is one
                 // alarm an hour, not one a bucket, until the baseline has caught up).
-                let quiet = match window {
-                    Window::Day => subject.alarmed[i] == at,
-                    Window::Bucket => at.saturating_sub(subject.alarmed[i]) < cooldown,
-                };
+                // Once per bucket and day; within the cooldown a later bucket alarms again only
+                // at twice the last alarm's size (a decoy does not hide the real thing).
+                let quiet = subject.alarmed[i] == at
+                    || (window == Window::Bucket
+                        && at.saturating_sub(subject.alarmed[i]) < cooldown
+                        && x < 2.0 * subject.alarmed_value[i]);
                 if !s.watch.contains(&kind) || !over_floor || quiet {
                     continue;
                 }
@@ -910,7 +919,8 @@ impl Detector {
                         mad: stat.mad * unit,
                         mean_ad: stat.mean_ad * unit,
                     };
-                    out.push((kind, Some(window), Some(x * unit), Some(scaled), None));
+                    subject.alarmed_value[i] = x;
+                    out.push((kind, Some(window), Some(x * unit), Some(scaled), None, true));
                 }
             }
         }
@@ -930,8 +940,11 @@ impl Detector {
         if subject.hours & bit == 0 {
             sights.push((Kind::NewHour, None, format!("{:02}:00 UTC", o.hour)));
         }
+        // An identity back after a long absence relearns what it is seen with: its first
+        // sights alarm (someone may be using a forgotten key), but act on nothing until then.
+        let acting = o.now >= subject.sights_from;
         for (kind, d, v) in sights {
-            let alarm = learnt && o.now >= subject.sights_from && s.watch.contains(&kind);
+            let alarm = learnt && s.watch.contains(&kind);
             if alarm {
                 if subject.sights.0 != b {
                     subject.sights = (b, 0);
@@ -950,7 +963,7 @@ impl Detector {
                 None => subject.hours |= bit,
             }
             if alarm {
-                out.push((kind, None, None, None, Some(v)));
+                out.push((kind, None, None, None, Some(v), acting));
             }
         }
         out
@@ -1719,19 +1732,21 @@ mod tests {
         );
         // An identity back after two weeks away (forgotten meanwhile): spikes are judged at
         // once, first sights learn again before they alarm.
-        let (d, mut rx) = detector(|_| {});
+        let (d, mut rx) = detector(|s| s.revoke_token = [Kind::NewIpRange].into_iter().collect());
         for h in 0..48 {
             see(&d, row(start + h * H, "c", "alice", "10.0.0.1", "m", 1));
         }
         let back = start + 16 * 24 * H;
         see(&d, row(back, "c", "bob", "10.0.0.1", "m", 1)); // moves the sweep along
         see(&d, row(back + 1, "c", "alice", "192.0.2.1", "other", 1));
+        // Her own first sights are reported, but act on nothing while she relearns.
         let a = drain(&mut rx);
-        assert!(
-            !a.iter()
-                .any(|a| a.subject_kind == SubjectKind::Identity && a.subject == "alice"),
-            "{a:?}"
-        );
+        let hers: Vec<_> = a
+            .iter()
+            .filter(|a| a.subject_kind == SubjectKind::Identity && a.subject == "alice")
+            .collect();
+        assert!(hers.iter().any(|a| a.kind == Kind::NewIpRange), "{a:?}");
+        assert!(hers.iter().all(|a| !a.revoke_token), "{a:?}");
         for i in 0..30 {
             see(
                 &d,
@@ -1741,6 +1756,38 @@ mod tests {
         assert!(drain(&mut rx).iter().any(|a| a.subject == "alice"
             && a.kind == Kind::RateSpike
             && a.window == Some(Window::Bucket)));
+    }
+
+    #[test]
+    fn a_decoy_does_not_hide_a_bigger_spike_in_the_cooldown() {
+        let (d, mut rx) = detector(|s| s.cooldown_ms = 6 * H);
+        let start = 1_700_000_000_000 / H * H;
+        let t = normal_week(&d, start);
+        drain(&mut rx);
+        let burst = |at: i64, n: i64| {
+            for i in 0..n {
+                see(&d, row(at + i, "c", "svc", "10.0.0.7", "gpt-4o-mini", 1));
+            }
+        };
+        let credential_bucket_spikes = |a: Vec<Anomaly>| {
+            a.into_iter()
+                .filter(|a| {
+                    a.kind == Kind::RateSpike
+                        && a.subject_kind == SubjectKind::Credential
+                        && a.window == Some(Window::Bucket)
+                })
+                .count()
+        };
+        burst(t, 20);
+        assert_eq!(credential_bucket_spikes(drain(&mut rx)), 1, "the decoy");
+        burst(t + H, 30);
+        assert_eq!(credential_bucket_spikes(drain(&mut rx)), 0, "cooling down");
+        burst(t + 2 * H, 45);
+        assert_eq!(
+            credential_bucket_spikes(drain(&mut rx)),
+            1,
+            "twice the decoy"
+        );
     }
 
     #[test]

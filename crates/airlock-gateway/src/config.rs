@@ -242,8 +242,11 @@ impl AnomalyConfig {
                     .into(),
             );
         }
-        if !(3..=90).contains(&self.baseline_days) {
-            return Err("[anomaly] baseline_days must be between 3 and 90".into());
+        if !(5..=90).contains(&self.baseline_days) {
+            return Err(
+                "[anomaly] baseline_days must be between 5 and 90 (the daily check needs four whole days)"
+                    .into(),
+            );
         }
         let cooldown_ms = humantime::parse_duration(&self.cooldown)
             .map_err(|e| format!("[anomaly] cooldown = {:?}: {e}", self.cooldown))?

@@ -401,13 +401,12 @@ async fn run(
             .clamp(1, 128);
         per_choice.saturating_mul(choices)
     };
-    // What a request is charged when the provider may have billed it without saying how much:
-    // its input and at most the default output (the caller's max_tokens is not trusted for a
-    // charge: a client could name a huge one and leave, to burn a shared budget for free).
-    ctx.rec().estimate = Some((
-        input_est,
-        output_est.min(app.cfg.budgets.default_max_output_tokens.max(1)),
-    ));
+    // What a request is charged when the provider may have billed it without saying how much.
+    {
+        let r = ctx.rec();
+        r.estimate = Some((input_est, output_est));
+        r.output_cap = app.cfg.budgets.default_max_output_tokens.max(1);
+    }
     // Budgets first (they may drop candidate credentials), then rate limits on what is left.
     if !app.budgets.is_empty() {
         reserve(
@@ -700,10 +699,18 @@ async fn forward(
                 continue;
             }
         };
-        // From here the provider may bill it (until it answers an error or cannot be reached).
-        ctx.rec().maybe_billed = true;
+        // From here the provider may bill it (until it answers an error or cannot be
+        // reached); an earlier attempt that may have been billed stays so. Token counting is
+        // free.
+        {
+            let billable = ctx.ep.is_inference();
+            let r = ctx.rec();
+            r.maybe_billed = r.billed_before || billable;
+        }
         let resp = match tokio::time::timeout(upstream_limit, app.client.request(req)).await {
             Err(_) => {
+                let r = ctx.rec();
+                r.billed_before = r.maybe_billed;
                 tracing::warn!(credential = %c.name, "provider timed out");
                 last_err = Some(ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -717,7 +724,13 @@ async fn forward(
                 continue;
             }
             Ok(Err(e)) => {
-                ctx.rec().maybe_billed = false;
+                // Not connected: not sent. Failed after connecting: it may have been.
+                let r = ctx.rec();
+                if e.is_connect() {
+                    r.maybe_billed = r.billed_before;
+                } else {
+                    r.billed_before = r.maybe_billed;
+                }
                 tracing::warn!(credential = %c.name, error = %e, "provider unreachable");
                 last_err = Some(ApiError::new(
                     StatusCode::BAD_GATEWAY,
@@ -734,7 +747,11 @@ async fn forward(
         };
         let status = resp.status();
         // Providers bill what they answer, not their errors.
-        ctx.rec().maybe_billed = status.as_u16() < 400;
+        {
+            let billable = status.as_u16() < 400 && ctx.ep.is_inference();
+            let r = ctx.rec();
+            r.maybe_billed = r.billed_before || billable;
+        }
         let credential_refused =
             status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
         let retryable = status == StatusCode::TOO_MANY_REQUESTS

@@ -981,11 +981,14 @@ pub struct Record {
     pub trace: Option<crate::otel::TraceCtx>,
     /// The prompt for its span (only with `[otel] capture_prompts`).
     pub prompt: Option<String>,
-    /// What the request is charged, in (input, output) tokens, when the provider may have
-    /// billed it without reporting usage.
+    /// Its estimated (input, output) tokens at most.
     pub estimate: Option<(i64, i64)>,
+    /// The output a request cut short by its client is charged at most.
+    pub output_cap: i64,
     /// Whether the provider may bill it: it was sent and not answered with an error.
     pub maybe_billed: bool,
+    /// An earlier attempt may have been billed (it timed out, or failed after being sent).
+    pub billed_before: bool,
 }
 
 impl Record {
@@ -1014,7 +1017,9 @@ impl Record {
             trace: None,
             prompt: None,
             estimate: None,
+            output_cap: i64::MAX,
             maybe_billed: false,
+            billed_before: false,
         }
     }
 
@@ -1078,28 +1083,36 @@ impl Record {
                 self.row.output_tokens,
             );
         }
-        // What the request is charged. One the provider may have billed without telling us
-        // all of it (it was sent, and not answered with an error) is charged at least its
-        // input and the default output: no usage at all (a stream without usage, a client
-        // that left before the answer, a timeout), or usage cut short (a client that left
-        // mid-stream, a stream gone silent: the provider bills what it generated).
+        // What the request is charged, when the provider may have billed it (it was sent, and
+        // not answered with an error) without reporting all of it:
+        // - cut short by the client or the stream (the client left, the stream went silent or
+        //   broke): at least its input and the default output. Not its own max_tokens: a
+        //   client could name a huge one and leave, to burn a shared budget for nothing. The
+        //   provider may generate past that; that excess is not charged (see the README);
+        // - no usage otherwise (an OpenAI stream without include_usage, a timeout): its whole
+        //   estimate, as reserved, so the budget's bound holds.
         let no_usage = self.row.input_tokens.is_none() && self.row.output_tokens.is_none();
         let cut = matches!(
             self.row.outcome.as_str(),
-            "client_disconnected" | "stream_idle_timeout"
+            "client_disconnected" | "stream_idle_timeout" | "upstream_error"
         );
         let reached = self.maybe_billed;
         let mut held = std::mem::take(&mut self.budget).into_iter();
         let main = held.next();
-        let estimate = (|| {
+        let estimate = |cap: i64| {
             let m = self.row.model.as_deref()?;
             let (i, o) = self.estimate?;
             let rate = self.recorder.prices().rate(m)?;
-            Some(crate::budget::estimate(rate, i, o))
-        })();
-        let charged = match (reached && (no_usage || cut), estimate) {
-            (true, Some(est)) => Some(est.max(self.row.cost_nanos.unwrap_or(0))),
-            _ => self.row.cost_nanos,
+            Some(crate::budget::estimate(rate, i, o.min(cap)))
+        };
+        let floor = match (reached, cut, no_usage) {
+            (true, true, _) => estimate(self.output_cap),
+            (true, false, true) => estimate(i64::MAX),
+            _ => None,
+        };
+        let charged = match floor {
+            Some(f) => Some(f.max(self.row.cost_nanos.unwrap_or(0))),
+            None => self.row.cost_nanos,
         };
         self.row.charged_nanos = charged;
         if let Some(main) = main {
@@ -1118,7 +1131,7 @@ impl Record {
         }
         drop(held);
         let used = match (self.row.input_tokens, self.row.output_tokens) {
-            _ if reached && (no_usage || cut) => None,
+            _ if floor.is_some() => None,
             (None, None) => Some(0),
             (i, o) => Some(i.unwrap_or(0).saturating_add(o.unwrap_or(0))),
         };

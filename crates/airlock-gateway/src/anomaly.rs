@@ -902,10 +902,16 @@ impl Detector {
                 // alarm an hour, not one a bucket, until the baseline has caught up).
                 // Once per bucket and day; within the cooldown a later bucket alarms again only
                 // at twice the last alarm's size (a decoy does not hide the real thing).
-                let quiet = subject.alarmed[i] == at
-                    || (window == Window::Bucket
-                        && at.saturating_sub(subject.alarmed[i]) < cooldown
-                        && x < 2.0 * subject.alarmed_value[i]);
+                // A bucket alarms once; a later bucket within the cooldown, and the same day,
+                // alarm again only at twice the last alarm's size (a decoy hides nothing).
+                let twice = x >= 2.0 * subject.alarmed_value[i];
+                let quiet = match window {
+                    Window::Day => subject.alarmed[i] == at && !twice,
+                    Window::Bucket => {
+                        subject.alarmed[i] == at
+                            || (at.saturating_sub(subject.alarmed[i]) < cooldown && !twice)
+                    }
+                };
                 if !s.watch.contains(&kind) || !over_floor || quiet {
                     continue;
                 }

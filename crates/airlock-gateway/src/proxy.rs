@@ -406,6 +406,11 @@ async fn run(
         let r = ctx.rec();
         r.estimate = Some((input_est, output_est));
         r.output_cap = app.cfg.budgets.default_max_output_tokens.max(1);
+        r.choices = probe
+            .n
+            .unwrap_or(1)
+            .max(probe.best_of.unwrap_or(1))
+            .clamp(1, 128);
     }
     // Budgets first (they may drop candidate credentials), then rate limits on what is left.
     if !app.budgets.is_empty() {
@@ -702,11 +707,16 @@ async fn forward(
         // From here the provider may bill it (until it answers an error or cannot be
         // reached); an earlier attempt that may have been billed stays so. Token counting is
         // free.
-        {
+        let billed_earlier = {
             let billable = ctx.ep.is_inference();
             let r = ctx.rec();
             r.maybe_billed = r.billed_before || billable;
-        }
+            if billable {
+                r.billed_credential.replace(c.name.clone())
+            } else {
+                r.billed_credential.clone()
+            }
+        };
         let resp = match tokio::time::timeout(upstream_limit, app.client.request(req)).await {
             Err(_) => {
                 let r = ctx.rec();
@@ -728,6 +738,7 @@ async fn forward(
                 let r = ctx.rec();
                 if e.is_connect() {
                     r.maybe_billed = r.billed_before;
+                    r.billed_credential = billed_earlier;
                 } else {
                     r.billed_before = r.maybe_billed;
                 }
@@ -751,6 +762,9 @@ async fn forward(
             let billable = status.as_u16() < 400 && ctx.ep.is_inference();
             let r = ctx.rec();
             r.maybe_billed = r.billed_before || billable;
+            if !billable {
+                r.billed_credential = billed_earlier;
+            }
         }
         let credential_refused =
             status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;

@@ -983,8 +983,14 @@ pub struct Record {
     pub prompt: Option<String>,
     /// Its estimated (input, output) tokens at most.
     pub estimate: Option<(i64, i64)>,
-    /// The output a request cut short by its client is charged at most.
+    /// The output a request cut short by its client is charged at least, per choice.
     pub output_cap: i64,
+    /// The choices it asked for (`n`, `best_of`).
+    pub choices: i64,
+    /// The SSE events of its streamed answer, when it streamed.
+    pub streamed_events: Option<i64>,
+    /// The credential of the last attempt the provider may have billed.
+    pub billed_credential: Option<String>,
     /// Whether the provider may bill it: it was sent and not answered with an error.
     pub maybe_billed: bool,
     /// An earlier attempt may have been billed (it timed out, or failed after being sent).
@@ -1018,6 +1024,9 @@ impl Record {
             prompt: None,
             estimate: None,
             output_cap: i64::MAX,
+            choices: 1,
+            streamed_events: None,
+            billed_credential: None,
             maybe_billed: false,
             billed_before: false,
         }
@@ -1084,13 +1093,14 @@ impl Record {
             );
         }
         // What the request is charged, when the provider may have billed it (it was sent, and
-        // not answered with an error) without reporting all of it:
-        // - cut short by the client or the stream (the client left, the stream went silent or
-        //   broke): at least its input and the default output. Not its own max_tokens: a
-        //   client could name a huge one and leave, to burn a shared budget for nothing. The
-        //   provider may generate past that; that excess is not charged (see the README);
-        // - no usage otherwise (an OpenAI stream without include_usage, a timeout): its whole
-        //   estimate, as reserved, so the budget's bound holds.
+        // not answered with an error) without reporting all of it. Input: the estimate. Output:
+        // - a stream that ended without usage (OpenAI without include_usage): what it carried,
+        //   about a token an event, so a short answer to a huge max_tokens costs what it was;
+        // - cut short by the client or a broken stream: what arrived, and at least the default
+        //   output per choice (the provider goes on generating; not the client's own
+        //   max_tokens, or asking for the world and hanging up would burn shared budgets);
+        // - no answer at all (a timeout): its whole estimate, as reserved;
+        // never more than the estimate.
         let no_usage = self.row.input_tokens.is_none() && self.row.output_tokens.is_none();
         let cut = matches!(
             self.row.outcome.as_str(),
@@ -1099,17 +1109,19 @@ impl Record {
         let reached = self.maybe_billed;
         let mut held = std::mem::take(&mut self.budget).into_iter();
         let main = held.next();
-        let estimate = |cap: i64| {
+        let per_choice = self.output_cap.saturating_mul(self.choices.max(1));
+        let output = match (cut, self.streamed_events) {
+            (true, ev) => Some(ev.unwrap_or(0).max(per_choice)),
+            (false, Some(ev)) if no_usage => Some(ev),
+            (false, None) if no_usage => Some(i64::MAX),
+            _ => None,
+        };
+        let floor = output.filter(|_| reached).and_then(|out| {
             let m = self.row.model.as_deref()?;
             let (i, o) = self.estimate?;
             let rate = self.recorder.prices().rate(m)?;
-            Some(crate::budget::estimate(rate, i, o.min(cap)))
-        };
-        let floor = match (reached, cut, no_usage) {
-            (true, true, _) => estimate(self.output_cap),
-            (true, false, true) => estimate(i64::MAX),
-            _ => None,
-        };
+            Some(crate::budget::estimate(rate, i, o.min(out)))
+        });
         let charged = match floor {
             Some(f) => Some(f.max(self.row.cost_nanos.unwrap_or(0))),
             None => self.row.cost_nanos,
@@ -1118,11 +1130,16 @@ impl Record {
         if let Some(main) = main {
             use crate::budget::Kind;
             let r = &self.row;
+            // A charge beyond what was reported belongs to the credential that was sent it.
+            let credential = match (&floor, &self.billed_credential) {
+                (Some(_), Some(c)) => Some(c.as_str()),
+                _ => r.credential.as_deref(),
+            };
             let to: Vec<(Kind, &str)> = [
                 (Kind::Token, r.token_id.as_deref()),
                 (Kind::Identity, r.subject.as_deref()),
                 (Kind::Project, r.project.as_deref()),
-                (Kind::Credential, r.credential.as_deref()),
+                (Kind::Credential, credential),
             ]
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -1377,6 +1394,8 @@ pub struct Observer {
     searched: usize,
     usage: Usage,
     tail_only: bool,
+    /// Complete SSE events seen (a streamed token or a few each).
+    events: i64,
 }
 
 impl Observer {
@@ -1388,6 +1407,7 @@ impl Observer {
             searched: 0,
             usage: Usage::default(),
             tail_only: false,
+            events: 0,
         }
     }
 
@@ -1411,6 +1431,7 @@ impl Observer {
             find_event_end(&self.buf[start..], self.searched.saturating_sub(start))
         {
             let event = &self.buf[start..start + end.0];
+            self.events += 1;
             if memchr::memmem::find(event, b"\"usage\"").is_some() {
                 scan_usage(event, &mut self.usage);
             }
@@ -1498,6 +1519,9 @@ impl<B> ObservedBody<B> {
         let ack = self.record.as_mut().and_then(|r| {
             self.observer.end();
             r.apply(&self.observer.usage);
+            if self.observer.sse {
+                r.streamed_events = Some(self.observer.events);
+            }
             r.finish(self.status, outcome);
             r.send_acked_noted(NOTE_STREAM_CUT)
         });
@@ -1510,6 +1534,9 @@ impl<B> ObservedBody<B> {
             if !r.sent {
                 self.observer.end();
                 r.apply(&self.observer.usage);
+                if self.observer.sse {
+                    r.streamed_events = Some(self.observer.events);
+                }
                 r.finish(self.status, outcome);
                 r.add_reason(reason);
             }

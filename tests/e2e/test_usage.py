@@ -260,9 +260,9 @@ def test_token_rate_limits_use_the_estimate_and_credit_back(airlock):
 
 
 def test_what_the_provider_did_not_report_is_charged_in_full(airlock):
-    """A stream without include_usage reports no tokens: it is charged its input estimate and
-    what it carried (about a token an event), never less than it really used and never more
-    than it reserved, so budgets cannot be slipped past by not asking for usage."""
+    """A stream without include_usage reports no tokens (and a reasoning model's hidden tokens
+    never show in it): it is charged its whole reservation, never less than it really used, so
+    budgets cannot be slipped past by not asking for usage."""
     import httpx
     body = {"model": "gpt-4o-mini", "max_tokens": 50, "stream": True,
             "messages": [{"role": "user", "content": "a few words"}]}
@@ -285,11 +285,13 @@ def test_what_the_provider_did_not_report_is_charged_in_full(airlock):
             r.read()
             codes.append(r.status_code)
     n = codes.count(200)
-    assert 429 in codes and n >= 2, codes
+    assert 429 in codes and n >= 1, codes
     b = next(x for x in airlock.cli_json("budget", "list")["budgets"] if x["key"] == t["id"])
     assert b["reserved_nanos"] == 0 and b["spent_nanos"] <= 100_000, b
-    reservation = ((len(json.dumps(body)) + 2) // 3) * 150 + 50 * 600
-    assert n * real_cost <= b["spent_nanos"] <= n * reservation, (n, real_cost, b)
+    # Each is charged its whole max_tokens of output (50 x 600) and its input estimate, far
+    # more than the few tokens it really had.
+    per = b["spent_nanos"] / n
+    assert b["spent_nanos"] % n == 0 and 50 * 600 < per < 50 * 600 + 10_000 and per > real_cost, (n, real_cost, b)
 
 
 def test_token_counting_is_free_and_a_client_that_leaves_is_charged_a_bounded_amount(airlock):

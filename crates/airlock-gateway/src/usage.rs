@@ -1094,12 +1094,13 @@ impl Record {
         }
         // What the request is charged, when the provider may have billed it (it was sent, and
         // not answered with an error) without reporting all of it. Input: the estimate. Output:
-        // - a stream that ended without usage (OpenAI without include_usage): what it carried,
-        //   about a token an event, so a short answer to a huge max_tokens costs what it was;
-        // - cut short by the client or a broken stream: what arrived, and at least the default
-        //   output per choice (the provider goes on generating; not the client's own
-        //   max_tokens, or asking for the world and hanging up would burn shared budgets);
-        // - no answer at all (a timeout): its whole estimate, as reserved;
+        // - cut short by the client or a broken stream: what arrived (SSE events, about a
+        //   token each), and at least the default output per choice (the provider goes on
+        //   generating; not the client's own max_tokens, or asking for the world and hanging
+        //   up would burn shared budgets);
+        // - no usage otherwise (an OpenAI stream without include_usage, whose reasoning tokens
+        //   never show; a stream gone silent while the model thinks; a timeout): the whole
+        //   estimate, as reserved, so a budget's bound holds;
         // never more than the estimate.
         let no_usage = self.row.input_tokens.is_none() && self.row.output_tokens.is_none();
         let cut = matches!(
@@ -1110,11 +1111,16 @@ impl Record {
         let mut held = std::mem::take(&mut self.budget).into_iter();
         let main = held.next();
         let per_choice = self.output_cap.saturating_mul(self.choices.max(1));
-        let output = match (cut, self.streamed_events) {
-            (true, ev) => Some(ev.unwrap_or(0).max(per_choice)),
-            (false, Some(ev)) if no_usage => Some(ev),
-            (false, None) if no_usage => Some(i64::MAX),
-            _ => None,
+        let client_cut = matches!(
+            self.row.outcome.as_str(),
+            "client_disconnected" | "upstream_error"
+        );
+        let output = if client_cut {
+            Some(self.streamed_events.unwrap_or(0).max(per_choice))
+        } else if cut || no_usage {
+            Some(i64::MAX)
+        } else {
+            None
         };
         let floor = output.filter(|_| reached).and_then(|out| {
             let m = self.row.model.as_deref()?;

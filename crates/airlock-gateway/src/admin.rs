@@ -1655,14 +1655,8 @@ async fn set_rate_limit(
     Json(b): Json<NewRateLimit>,
 ) -> Response {
     let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
-    if crate::budget::Kind::parse(&b.kind).is_none() {
-        return bad("kind: token, identity, credential or project".into());
-    }
-    if b.kind == "project" && !valid_name(&b.key) {
-        return bad(format!(
-            "project `{}` must be 1-64 characters of letters, digits and -_.",
-            b.key
-        ));
+    if let Err(e) = check_target(&b.kind, &b.key) {
+        return bad(e);
     }
     if b.key.is_empty() || b.key.len() > 256 || airlock_secrets::looks_like_key(&b.key) {
         return bad("key: the token id, identity (subject) or credential name".into());
@@ -1687,6 +1681,19 @@ async fn set_rate_limit(
         return store_err(e);
     }
     (StatusCode::CREATED, Json(crate::ratelimit::describe(&row))).into_response()
+}
+
+/// What a budget or rate limit is set on: a known kind, and for a project a valid name.
+fn check_target(kind: &str, key: &str) -> Result<(), String> {
+    if crate::budget::Kind::parse(kind).is_none() {
+        return Err("kind: token, identity, credential or project".into());
+    }
+    if kind == "project" && !valid_name(key) {
+        return Err(format!(
+            "project `{key}` must be 1-64 characters of letters, digits and -_."
+        ));
+    }
+    Ok(())
 }
 
 async fn list_rate_limits(State(app): State<Arc<App>>) -> Response {
@@ -1732,14 +1739,8 @@ async fn set_budget(
     Json(b): Json<NewBudget>,
 ) -> Response {
     let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
-    if crate::budget::Kind::parse(&b.kind).is_none() {
-        return bad("kind: token, identity, credential or project".into());
-    }
-    if b.kind == "project" && !valid_name(&b.key) {
-        return bad(format!(
-            "project `{}` must be 1-64 characters of letters, digits and -_.",
-            b.key
-        ));
+    if let Err(e) = check_target(&b.kind, &b.key) {
+        return bad(e);
     }
     if crate::budget::Period::parse(&b.period).is_none() {
         return bad("period: day, month or total".into());

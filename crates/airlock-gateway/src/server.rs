@@ -191,29 +191,22 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             )
         });
         st.truncate(1000);
-        body.push_str("# TYPE airlock_budget_spent_nanodollars gauge\n");
-        for s in &st {
-            let _ = writeln!(
-                body,
-                "airlock_budget_spent_nanodollars{{budget=\"{}\"}} {}",
-                s.id, s.spent_nanos
-            );
-        }
-        body.push_str("# TYPE airlock_budget_reserved_nanodollars gauge\n");
-        for s in &st {
-            let _ = writeln!(
-                body,
-                "airlock_budget_reserved_nanodollars{{budget=\"{}\"}} {}",
-                s.id, s.reserved_nanos
-            );
-        }
-        body.push_str("# TYPE airlock_budget_limit_nanodollars gauge\n");
-        for s in &st {
-            let _ = writeln!(
-                body,
-                "airlock_budget_limit_nanodollars{{budget=\"{}\"}} {}",
-                s.id, s.limit_nanos
-            );
+        type Pick = fn(&crate::budget::Status) -> i64;
+        let families: [(&str, Pick); 3] = [
+            ("spent", |s| s.spent_nanos),
+            ("reserved", |s| s.reserved_nanos),
+            ("limit", |s| s.limit_nanos),
+        ];
+        for (what, value) in families {
+            let _ = writeln!(body, "# TYPE airlock_budget_{what}_nanodollars gauge");
+            for s in &st {
+                let _ = writeln!(
+                    body,
+                    "airlock_budget_{what}_nanodollars{{budget=\"{}\"}} {}",
+                    s.id,
+                    value(s)
+                );
+            }
         }
     }
     if let Some(t) = app.recorder.tracer() {

@@ -19,6 +19,21 @@ def usage(airlock, *args):
     return json.loads(r.stdout)
 
 
+def post_concurrently(airlock, token, body, n, workers=12):
+    """n chat completions with `token`, `workers` at a time; the responses, in order."""
+    import concurrent.futures
+    import httpx
+
+    def one(_):
+        r = httpx.post(airlock.url + "/v1/chat/completions", json=body, timeout=30,
+                       headers={"authorization": f"Bearer {token}"})
+        airlock.captured.append(r.content)
+        return r
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as ex:
+        return list(ex.map(one, range(n)))
+
+
 def test_costs_add_up_exactly_per_dimension(airlock):
     since = str(int(time.time() * 1000) - 1000)
     subject = f"usage-{rand(8)}"
@@ -84,23 +99,13 @@ def test_costs_add_up_exactly_per_dimension(airlock):
 
 
 def test_a_budget_holds_under_concurrency(airlock):
-    import concurrent.futures
-    import httpx
     limit = 100_000  # nano-dollars: 0.0001 USD
     t = airlock.mint("--env", "prod", "--model", "gpt-4o-mini,claude-haiku-4-5", "--budget-usd", "0.0001",
                      "--subject", f"budget-{rand(6)}")
     assert t["budget_usd"] == "0.000100000"
     body = {"model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "a few words"}]}
     # Reserved per request: ceil(len(body)/3) input tokens x 150 + 50 x 600 nanos: two fit, three do not.
-
-    def one(_):
-        r = httpx.post(airlock.url + "/v1/chat/completions", json=body, timeout=30,
-                       headers={"authorization": f"Bearer {t['token']}"})
-        airlock.captured.append(r.content)
-        return r
-
-    with concurrent.futures.ThreadPoolExecutor(12) as ex:
-        results = list(ex.map(one, range(36)))
+    results = post_concurrently(airlock, t["token"], body, 36)
     ok = [r for r in results if r.status_code == 200]
     refused = [r for r in results if r.status_code == 429]
     assert len(ok) + len(refused) == len(results), [r.status_code for r in results]
@@ -116,7 +121,7 @@ def test_a_budget_holds_under_concurrency(airlock):
     # Requests one at a time until refused: then what is left is less than one reservation
     # (under 40_000 nanos for this body), so the budget was used, not refused early.
     for _ in range(10):
-        if one(0).status_code == 429:
+        if post_concurrently(airlock, t["token"], body, 1)[0].status_code == 429:
             break
     final = next(r for r in usage(airlock, "--by", "token", "--since", "1h")["rows"] if r["token"] == t["id"])
     assert limit - 40_000 < final["cost_nanos"] <= limit, final
@@ -203,21 +208,11 @@ def test_projects_are_a_dimension_for_usage_budgets_and_rate_limits(airlock):
 
 
 def test_rate_limits_hold_under_concurrency_with_headers(airlock):
-    import concurrent.futures
-    import httpx
     t = airlock.mint("--env", "prod", "--model", "gpt-4o-mini")
     r = airlock.cli("rate-limit", "set", "--token", t["id"], "--rpm", "5")
     assert r.returncode == 0, r.stderr
     body = {"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
-
-    def one(_):
-        r = httpx.post(airlock.url + "/v1/chat/completions", json=body, timeout=30,
-                       headers={"authorization": f"Bearer {t['token']}"})
-        airlock.captured.append(r.content)
-        return r
-
-    with concurrent.futures.ThreadPoolExecutor(12) as ex:
-        results = list(ex.map(one, range(12)))
+    results = post_concurrently(airlock, t["token"], body, 12)
     ok = [r for r in results if r.status_code == 200]
     limited = [r for r in results if r.status_code == 429]
     # GCRA at 5 per minute: a burst of exactly one minute's allowance, then refusals.

@@ -606,11 +606,6 @@ impl Detector {
         }
     }
 
-    /// The settings.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     /// Moves the detector's clock forward (tests: a week of traffic without waiting a week).
     pub fn advance(&self, ms: i64) -> i64 {
         self.offset_ms.fetch_add(ms, Ordering::SeqCst) + ms

@@ -167,7 +167,6 @@ pub struct Status {
 pub struct Reservation {
     budgets: Arc<Budgets>,
     held: Vec<((Kind, String), i64)>,
-    estimate: i64,
     settled: bool,
 }
 
@@ -313,7 +312,6 @@ impl Budgets {
         Ok(Reservation {
             budgets: self.clone(),
             held,
-            estimate,
             settled: false,
         })
     }
@@ -368,11 +366,6 @@ pub fn usd(nanos: i64) -> String {
 }
 
 impl Reservation {
-    /// What was reserved.
-    pub fn estimate(&self) -> i64 {
-        self.estimate
-    }
-
     /// Releases the reservation and charges the real cost to each of `to` (the token, its
     /// identity and project, the credential that served).
     pub fn settle(mut self, cost: Option<i64>, to: &[(Kind, &str)]) {

@@ -1103,26 +1103,18 @@ impl Record {
         //   estimate, as reserved, so a budget's bound holds;
         // never more than the estimate.
         let no_usage = self.row.input_tokens.is_none() && self.row.output_tokens.is_none();
-        let cut = matches!(
-            self.row.outcome.as_str(),
-            "client_disconnected" | "stream_idle_timeout" | "upstream_error"
-        );
-        let reached = self.maybe_billed;
+        let per_choice = self.output_cap.saturating_mul(self.choices.max(1));
+        let output = match self.row.outcome.as_str() {
+            "client_disconnected" | "upstream_error" => {
+                Some(self.streamed_events.unwrap_or(0).max(per_choice))
+            }
+            "stream_idle_timeout" => Some(i64::MAX),
+            _ if no_usage => Some(i64::MAX),
+            _ => None,
+        };
         let mut held = std::mem::take(&mut self.budget).into_iter();
         let main = held.next();
-        let per_choice = self.output_cap.saturating_mul(self.choices.max(1));
-        let client_cut = matches!(
-            self.row.outcome.as_str(),
-            "client_disconnected" | "upstream_error"
-        );
-        let output = if client_cut {
-            Some(self.streamed_events.unwrap_or(0).max(per_choice))
-        } else if cut || no_usage {
-            Some(i64::MAX)
-        } else {
-            None
-        };
-        let floor = output.filter(|_| reached).and_then(|out| {
+        let floor = output.filter(|_| self.maybe_billed).and_then(|out| {
             let m = self.row.model.as_deref()?;
             let (i, o) = self.estimate?;
             let rate = self.recorder.prices().rate(m)?;

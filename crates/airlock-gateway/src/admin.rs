@@ -4,9 +4,9 @@
 //! hash of the secret is stored and it is compared in constant time.
 
 use crate::credentials::Credential;
-use crate::dialect::{ApiError, Dialect};
-use crate::providers::ProviderKind;
 use crate::state::{now_ms, App};
+use airlock_providers::adapter::ProviderKind;
+use airlock_providers::dialect::{ApiError, Dialect};
 use airlock_secrets::{Secret, SecretRef};
 use airlock_store::{CredentialRow, StoreError};
 use axum::body::Body;
@@ -167,7 +167,8 @@ fn guarded(
             };
             // A change whose record cannot be written is not made (fail-closed).
             if !app.recorder.healthy() && !app.recorder.fail_open() {
-                return crate::usage::audit_unavailable().render(crate::dialect::Dialect::OpenAi);
+                return crate::usage::audit_unavailable()
+                    .render(airlock_providers::dialect::Dialect::OpenAi);
             }
             // The change and its record run to the end even when the caller hangs up: a
             // dropped connection must not leave a change made but not recorded.
@@ -1928,7 +1929,8 @@ async fn audit_checkpoints(
 /// Signs the chain head now and returns the checkpoint (an export then ends on a signature).
 async fn sign_checkpoint(State(app): State<Arc<App>>) -> Response {
     if !app.recorder.sign_now().await {
-        return crate::usage::audit_unavailable().render(crate::dialect::Dialect::OpenAi);
+        return crate::usage::audit_unavailable()
+            .render(airlock_providers::dialect::Dialect::OpenAi);
     }
     match app.store.last_checkpoint().await {
         Ok(cp) => Json(serde_json::json!({ "checkpoint": cp })).into_response(),

@@ -7,8 +7,8 @@
 //! the store and version, never the value) and a changed key's fingerprint is written to the
 //! inventory.
 
-use crate::providers::ProviderKind;
 use crate::state::{now_ms, App};
+use airlock_providers::adapter::ProviderKind;
 use airlock_secrets::{ResolveError, Secret, SecretRef};
 use airlock_secretstore::{Fetch, SecretCell};
 use airlock_store::CredentialRow;

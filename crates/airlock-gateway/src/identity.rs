@@ -8,8 +8,8 @@
 //! checked against its [`Scope`] before anything is signed. A request that names nothing gets
 //! the whole scope; a request may only narrow it.
 
-use crate::dialect::{ApiError, Dialect};
 use crate::state::{now_ms, App};
+use airlock_providers::dialect::{ApiError, Dialect};
 use airlock_secrets::Secret;
 use airlock_store::{ServiceAccountRow, TokenRow};
 use airlock_token::glob::Glob;

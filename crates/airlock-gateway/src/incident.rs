@@ -1,8 +1,8 @@
 //! Incident mode: `lockdown` (every issued token refused at once, chosen credentials
 //! suspended, in one audited act) and `report` (the blast radius since a time).
 
-use crate::dialect::ApiError;
 use crate::state::{now_ms, App};
+use airlock_providers::dialect::ApiError;
 use airlock_store::SeenColumn;
 use airlock_token::{KeyRing, Verifier};
 use http::StatusCode;

@@ -7,12 +7,10 @@ pub mod budget;
 
 pub mod config;
 pub mod credentials;
-pub mod dialect;
 pub mod histogram;
 pub mod identity;
 
 pub mod incident;
-pub mod mock;
 pub mod oidc;
 pub mod otel;
 
@@ -20,7 +18,6 @@ pub mod policy;
 pub mod pricing;
 pub mod ratelimit;
 
-pub mod providers;
 pub mod proxy;
 pub mod rotation;
 pub mod server;

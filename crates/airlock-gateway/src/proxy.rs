@@ -2,12 +2,13 @@
 //! (policy) → call the provider, falling back in priority order → stream the answer back,
 //! recording usage when it ends. Errors reach the client in its own dialect.
 
-use crate::dialect::{ApiError, Dialect};
 use crate::policy::{self, Authorized};
-use crate::providers::{Endpoint, ProviderKind};
 use crate::state::{now_ms, App};
-use crate::usage::{audit_unavailable, ObservedBody, Observer, Record};
+use crate::usage::{audit_unavailable, ObservedBody, Record};
 use crate::RequestId;
+use airlock_providers::adapter::{Endpoint, ProviderKind};
+use airlock_providers::dialect::{ApiError, Dialect};
+use airlock_providers::usage::Observer;
 use airlock_secrets::Secret;
 use airlock_store::UsageRow;
 use airlock_token::{TokenError, Verified};

@@ -11,10 +11,10 @@
 //! Connections are served by hyper directly (not `axum::serve`) so header-read timeouts and
 //! graceful shutdown are set here.
 
-use crate::dialect::{ApiError, Dialect};
-use crate::providers::Endpoint;
 use crate::state::App;
 use crate::RequestId;
+use airlock_providers::adapter::Endpoint;
+use airlock_providers::dialect::{ApiError, Dialect};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::response::{IntoResponse, Response};

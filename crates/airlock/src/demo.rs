@@ -24,7 +24,7 @@ pub async fn run(listen: &str, json: bool) -> Result<(), Failure> {
     let (ml, maddr) = airlock_gateway::server::bind("127.0.0.1:0")
         .await
         .map_err(|e| Failure::usage(e.to_string()))?;
-    let mock = airlock_gateway::mock::router(airlock_gateway::mock::MockOptions {
+    let mock = airlock_providers::mock::router(airlock_providers::mock::MockOptions {
         expect_keys: vec![Secret::new(key)],
         fail_status: None,
         chunk_delay: Duration::from_millis(30),

@@ -777,7 +777,7 @@ async fn mock(m: MockArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::usage(format!("{}: {e}", f.display())))?,
         (k, None) => k.unwrap_or_default(),
     };
-    let opts = airlock_gateway::mock::MockOptions {
+    let opts = airlock_providers::mock::MockOptions {
         expect_keys: keys
             .split([',', '\n'])
             .map(str::trim)
@@ -795,7 +795,7 @@ async fn mock(m: MockArgs) -> Result<(), Failure> {
     eprintln!("mock provider listening on http://{addr}");
     airlock_gateway::server::serve(
         listener,
-        airlock_gateway::mock::router(opts),
+        airlock_providers::mock::router(opts),
         std::time::Duration::from_secs(30),
         shutdown_signal(),
     )

@@ -1200,7 +1200,7 @@ async fn mint_token(
                         "the token's budget could not be stored, so the token was revoked; try again",
                     );
                 }
-                v["budget_usd"] = crate::budget::usd(limit).into();
+                v["budget_usd"] = airlock_spend::budget::usd(limit).into();
             }
             (StatusCode::CREATED, Json(v)).into_response()
         }
@@ -1681,12 +1681,16 @@ async fn set_rate_limit(
     if let Err(e) = app.rate_limits.reload(&app.store).await {
         return store_err(e);
     }
-    (StatusCode::CREATED, Json(crate::ratelimit::describe(&row))).into_response()
+    (
+        StatusCode::CREATED,
+        Json(airlock_spend::ratelimit::describe(&row)),
+    )
+        .into_response()
 }
 
 /// What a budget or rate limit is set on: a known kind, and for a project a valid name.
 fn check_target(kind: &str, key: &str) -> Result<(), String> {
-    if crate::budget::Kind::parse(kind).is_none() {
+    if airlock_spend::budget::Kind::parse(kind).is_none() {
         return Err("kind: token, identity, credential or project".into());
     }
     if kind == "project" && !valid_name(key) {
@@ -1700,7 +1704,7 @@ fn check_target(kind: &str, key: &str) -> Result<(), String> {
 async fn list_rate_limits(State(app): State<Arc<App>>) -> Response {
     match app.store.list_rate_limits().await {
         Ok(rows) => Json(serde_json::json!({
-            "rate_limits": rows.iter().map(crate::ratelimit::describe).collect::<Vec<_>>()
+            "rate_limits": rows.iter().map(airlock_spend::ratelimit::describe).collect::<Vec<_>>()
         }))
         .into_response(),
         Err(e) => store_err(e),
@@ -1743,7 +1747,7 @@ async fn set_budget(
     if let Err(e) = check_target(&b.kind, &b.key) {
         return bad(e);
     }
-    if crate::budget::Period::parse(&b.period).is_none() {
+    if airlock_spend::budget::Period::parse(&b.period).is_none() {
         return bad("period: day, month or total".into());
     }
     if b.key.is_empty() || b.key.len() > 256 || airlock_secrets::looks_like_key(&b.key) {
@@ -1771,7 +1775,7 @@ async fn set_budget(
     let status = app.budgets.status();
     (
         StatusCode::CREATED,
-        Json(crate::budget::describe(
+        Json(airlock_spend::budget::describe(
             &row,
             status.iter().find(|s| s.id == row.id),
         )),
@@ -1785,7 +1789,7 @@ async fn list_budgets(State(app): State<Arc<App>>) -> Response {
             let status = app.budgets.status();
             let list: Vec<serde_json::Value> = rows
                 .iter()
-                .map(|r| crate::budget::describe(r, status.iter().find(|s| s.id == r.id)))
+                .map(|r| airlock_spend::budget::describe(r, status.iter().find(|s| s.id == r.id)))
                 .collect();
             Json(serde_json::json!({ "budgets": list })).into_response()
         }

@@ -231,8 +231,8 @@ impl Default for AnomalyConfig {
 
 impl AnomalyConfig {
     /// The detector's settings, checked.
-    pub fn settings(&self) -> Result<crate::anomaly::Settings, String> {
-        use crate::anomaly::Kind;
+    pub fn settings(&self) -> Result<airlock_spend::anomaly::Settings, String> {
+        use airlock_spend::anomaly::Kind;
         let bucket = humantime::parse_duration(&self.bucket)
             .map_err(|e| format!("[anomaly] bucket = {:?}: {e}", self.bucket))?;
         let bucket_ms = bucket.as_millis() as i64;
@@ -350,7 +350,7 @@ impl AnomalyConfig {
                     .into(),
             );
         }
-        Ok(crate::anomaly::Settings {
+        Ok(airlock_spend::anomaly::Settings {
             bucket_ms,
             baseline_buckets,
             z_threshold: self.z_threshold,
@@ -776,13 +776,13 @@ impl Config {
     }
 
     /// The price list: `[pricing]` first, then the shipped table.
-    pub fn prices(&self) -> Result<crate::pricing::Prices, String> {
+    pub fn prices(&self) -> Result<airlock_spend::pricing::Prices, String> {
         let overrides: Vec<(String, f64, Option<f64>, f64)> = self
             .pricing
             .iter()
             .map(|(k, p)| (k.clone(), p.input, p.cached_input, p.output))
             .collect();
-        crate::pricing::Prices::load(&overrides)
+        airlock_spend::pricing::Prices::load(&overrides)
     }
 
     /// The database URL.

@@ -2,8 +2,7 @@
 //! by `airlock demo` and the tests. See ARCHITECTURE.md for the request path.
 
 pub mod admin;
-pub mod anomaly;
-pub mod budget;
+pub mod alarms;
 
 pub mod config;
 pub mod credentials;
@@ -15,8 +14,6 @@ pub mod oidc;
 pub mod otel;
 
 pub mod policy;
-pub mod pricing;
-pub mod ratelimit;
 
 pub mod proxy;
 pub mod rotation;
@@ -143,8 +140,8 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         &|name| std::env::var(name).ok().filter(|v| !v.is_empty()),
     )
     .map_err(anyhow::Error::msg)?;
-    let budgets = Arc::new(budget::Budgets::load(&store).await?);
-    let rate_limits = Arc::new(ratelimit::RateLimits::default());
+    let budgets = Arc::new(airlock_spend::budget::Budgets::load(&store).await?);
+    let rate_limits = Arc::new(airlock_spend::ratelimit::RateLimits::default());
     rate_limits.reload(&store).await?;
     let app = Arc::new(App {
         ref_policy,
@@ -210,7 +207,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         }
         app.recorder.trace_with(t);
     }
-    if let Some(d) = anomaly::start(&app, test_clock).await? {
+    if let Some(d) = alarms::start(&app, test_clock).await? {
         app.recorder.watch(d.clone());
         let _ = app.anomaly.set(d);
     }

@@ -131,7 +131,7 @@ struct Probe<'a> {
 struct Ctx {
     ep: Endpoint,
     /// The `x-ratelimit-*` state to send, when a rate limit applies.
-    rate: Option<crate::ratelimit::Info>,
+    rate: Option<airlock_spend::ratelimit::Info>,
     record: Option<Record>,
 }
 
@@ -206,7 +206,7 @@ pub async fn handle(app: Arc<App>, ep: Endpoint, req: Request<Body>) -> Response
         }
     };
     if let Some(info) = rate {
-        crate::ratelimit::headers(&info, resp.headers_mut());
+        airlock_spend::ratelimit::headers(&info, resp.headers_mut());
     }
     resp
 }
@@ -447,9 +447,9 @@ fn admit(
     tokens: i64,
     allowed: &mut Vec<Authorized>,
 ) -> Result<(), ApiError> {
-    use crate::budget::Kind;
+    use airlock_spend::budget::Kind;
     let counters = app.recorder.counters.clone();
-    let limited = |r: crate::ratelimit::Refused, ctx: &mut Ctx| {
+    let limited = |r: airlock_spend::ratelimit::Refused, ctx: &mut Ctx| {
         counters.rate_limited.fetch_add(1, Ordering::Relaxed);
         ctx.rate = Some(r.info);
         ApiError::new(
@@ -462,7 +462,7 @@ fn admit(
         Ok(x) => x,
         Err(r) => return Err(limited(r, ctx)),
     };
-    let mut holds: Vec<crate::ratelimit::Hold> = hold.into_iter().collect();
+    let mut holds: Vec<airlock_spend::ratelimit::Hold> = hold.into_iter().collect();
     let mut shown = info;
     let mut last = None;
     while let Some(first) = allowed.first() {
@@ -496,8 +496,8 @@ fn admit(
 }
 
 /// What a token's budgets and rate limits may be set on: the token, its identity, its project.
-fn token_subjects(token: &Verified) -> Vec<(crate::budget::Kind, &str)> {
-    use crate::budget::Kind;
+fn token_subjects(token: &Verified) -> Vec<(airlock_spend::budget::Kind, &str)> {
+    use airlock_spend::budget::Kind;
     let mut v = vec![
         (Kind::Token, token.id.as_str()),
         (Kind::Identity, token.subject.as_str()),
@@ -524,7 +524,7 @@ fn reserve(
     output_est: i64,
     allowed: &mut Vec<Authorized>,
 ) -> Result<(), ApiError> {
-    use crate::budget::Kind;
+    use airlock_spend::budget::Kind;
     let b = &app.budgets;
     let subjects = token_subjects(token);
     let budgeted = subjects.iter().any(|(k, n)| b.has(*k, n))
@@ -539,7 +539,7 @@ fn reserve(
             "model `{model}` has no price, so its spend cannot be held to the budget that applies; an operator can add it under [pricing]"
         )));
     };
-    let est = crate::budget::estimate(rate, input_est, output_est);
+    let est = airlock_spend::budget::estimate(rate, input_est, output_est);
     let main = b.reserve(&subjects, est).map_err(|r| {
         quota(format!(
             "{}; ask for a larger budget or a new token",

@@ -191,7 +191,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             )
         });
         st.truncate(1000);
-        type Pick = fn(&crate::budget::Status) -> i64;
+        type Pick = fn(&airlock_spend::budget::Status) -> i64;
         let families: [(&str, Pick); 3] = [
             ("spent", |s| s.spent_nanos),
             ("reserved", |s| s.reserved_nanos),
@@ -223,7 +223,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     if let Some(d) = app.anomaly.get() {
         use std::fmt::Write as _;
         body.push_str("# TYPE airlock_anomalies_total counter\n");
-        for k in crate::anomaly::Kind::ALL {
+        for k in airlock_spend::anomaly::Kind::ALL {
             for (i, s) in ["credential", "identity"].iter().enumerate() {
                 let _ = writeln!(
                     body,

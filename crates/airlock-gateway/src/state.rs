@@ -54,16 +54,16 @@ pub struct App {
     /// OIDC issuers' signing keys.
     pub jwks: crate::oidc::JwksCache,
     /// Spend caps and their reservations.
-    pub budgets: Arc<crate::budget::Budgets>,
+    pub budgets: Arc<airlock_spend::budget::Budgets>,
     /// Requests and tokens per minute.
-    pub rate_limits: Arc<crate::ratelimit::RateLimits>,
+    pub rate_limits: Arc<airlock_spend::ratelimit::RateLimits>,
     /// Serialises trust policy reloads.
     pub trust_lock: tokio::sync::Mutex<()>,
     /// Held for the server's life: one server per state directory (a second one would append
     /// to the same audit log).
     pub state_lock: std::fs::File,
     /// The anomaly detector (absent with `[anomaly] enabled = false`).
-    pub anomaly: std::sync::OnceLock<Arc<crate::anomaly::Detector>>,
+    pub anomaly: std::sync::OnceLock<Arc<airlock_spend::anomaly::Detector>>,
 }
 
 /// Builds the provider client.

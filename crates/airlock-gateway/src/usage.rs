@@ -113,7 +113,7 @@ pub struct AuditSettings {
     /// after an operator looked at them). Recorded in the log.
     pub accept_unsigned_tail: bool,
     /// Prices by model pattern: (pattern, dollars per million input, per million output).
-    pub pricing: crate::pricing::Prices,
+    pub pricing: airlock_spend::pricing::Prices,
 }
 
 struct Msg {
@@ -160,11 +160,11 @@ struct Shared {
     overflow: Arc<tokio::sync::Semaphore>,
     /// Set by the writer: false after a failed write, true after a good one.
     healthy: AtomicBool,
-    pricing: crate::pricing::Prices,
+    pricing: airlock_spend::pricing::Prices,
     anonymous_per_sec: u32,
     anonymous_window: Mutex<(Instant, u32)>,
     /// Sees every finished request.
-    anomaly: std::sync::OnceLock<Arc<crate::anomaly::Detector>>,
+    anomaly: std::sync::OnceLock<Arc<airlock_spend::anomaly::Detector>>,
     /// Exports a span per finished request.
     otel: std::sync::OnceLock<Arc<crate::otel::Tracer>>,
 }
@@ -355,7 +355,7 @@ impl Recorder {
     }
 
     /// Hands every finished request to the anomaly detector from now on.
-    pub fn watch(&self, detector: Arc<crate::anomaly::Detector>) {
+    pub fn watch(&self, detector: Arc<airlock_spend::anomaly::Detector>) {
         let _ = self.shared.anomaly.set(detector);
     }
 
@@ -370,7 +370,7 @@ impl Recorder {
     }
 
     /// The price list.
-    pub fn prices(&self) -> &crate::pricing::Prices {
+    pub fn prices(&self) -> &airlock_spend::pricing::Prices {
         &self.shared.pricing
     }
 
@@ -975,9 +975,9 @@ pub struct Record {
     sent: bool,
     capped: bool,
     /// Budget reservations: the first charges the real cost, the rest are released.
-    budget: Vec<crate::budget::Reservation>,
+    budget: Vec<airlock_spend::budget::Reservation>,
     /// Rate-limit holds: the unused part of the token estimate is credited back.
-    rate: Vec<crate::ratelimit::Hold>,
+    rate: Vec<airlock_spend::ratelimit::Hold>,
     /// The request's trace, when traces are on.
     pub trace: Option<crate::otel::TraceCtx>,
     /// The prompt for its span (only with `[otel] capture_prompts`).
@@ -1000,12 +1000,12 @@ pub struct Record {
 
 impl Record {
     /// Holds the request's rate-limit admissions until its tokens are known.
-    pub fn hold_rate(&mut self, holds: Vec<crate::ratelimit::Hold>) {
+    pub fn hold_rate(&mut self, holds: Vec<airlock_spend::ratelimit::Hold>) {
         self.rate = holds;
     }
 
     /// Holds the request's budget reservations until its cost is known.
-    pub fn hold(&mut self, reservations: Vec<crate::budget::Reservation>) {
+    pub fn hold(&mut self, reservations: Vec<airlock_spend::budget::Reservation>) {
         self.budget = reservations;
     }
 
@@ -1119,7 +1119,7 @@ impl Record {
             let m = self.row.model.as_deref()?;
             let (i, o) = self.estimate?;
             let rate = self.recorder.prices().rate(m)?;
-            Some(crate::budget::estimate(rate, i, o.min(out)))
+            Some(airlock_spend::budget::estimate(rate, i, o.min(out)))
         });
         let charged = match floor {
             Some(f) => Some(f.max(self.row.cost_nanos.unwrap_or(0))),
@@ -1127,7 +1127,7 @@ impl Record {
         };
         self.row.charged_nanos = charged;
         if let Some(main) = main {
-            use crate::budget::Kind;
+            use airlock_spend::budget::Kind;
             let r = &self.row;
             // A charge beyond what was reported belongs to the credential that was sent it.
             let credential = match (&floor, &self.billed_credential) {

@@ -15,7 +15,7 @@
 //! State lives in memory, loaded at start (and when budgets change) from the usage rows of the
 //! current period; one airlock per database (as the audit log requires).
 
-use crate::state::now_ms;
+use crate::clock::{Clock, SystemClock};
 use airlock_store::{BudgetRow, Store, UsageDimension};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -141,10 +141,16 @@ impl Entry {
 }
 
 /// Every budget's spend and reservations.
-#[derive(Default)]
 pub struct Budgets {
     entries: Mutex<HashMap<(Kind, String), Vec<Entry>>>,
     reload: tokio::sync::Mutex<()>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets::with_clock(Arc::new(SystemClock))
+    }
 }
 
 /// One budget's state, for listing.
@@ -177,6 +183,15 @@ pub struct Refused {
 }
 
 impl Budgets {
+    /// No budgets yet, periods read on `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Budgets {
+            entries: Mutex::default(),
+            reload: tokio::sync::Mutex::default(),
+            clock,
+        }
+    }
+
     /// Loads every budget with its spend in the current period.
     pub async fn load(store: &Store) -> Result<Budgets, airlock_store::StoreError> {
         let b = Budgets::default();
@@ -188,7 +203,7 @@ impl Budgets {
     pub async fn reload(&self, store: &Store) -> Result<(), airlock_store::StoreError> {
         let _one = self.reload.lock().await;
         let rows = store.list_budgets().await?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         // Budgets that stay keep their in-memory spend (charges settled but not yet written
         // would be lost by a re-read); only new ones are read from the usage rows.
         let known: HashMap<String, (i64, i64, i64)> = self
@@ -261,7 +276,7 @@ impl Budgets {
         subjects: &[(Kind, &str)],
         estimate: i64,
     ) -> Result<Reservation, Refused> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut map = self
             .entries
             .lock()
@@ -317,7 +332,7 @@ impl Budgets {
     }
 
     fn settle(&self, held: &[((Kind, String), i64)], charges: &[((Kind, String), i64)]) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut map = self
             .entries
             .lock()
@@ -469,5 +484,38 @@ mod tests {
         assert_eq!((s.spent_nanos, s.reserved_nanos), (100, 0));
         // A key without a budget is not limited.
         assert!(b.reserve(&[(Kind::Token, "other")], 1 << 40).is_ok());
+    }
+
+    #[test]
+    fn a_daily_budget_starts_again_at_midnight_utc_by_the_injected_clock() {
+        // 2026-02-14T23:59:00Z
+        let day_end = 1_771_113_600_000;
+        let clock = Arc::new(crate::ManualClock::at(day_end - 60_000));
+        let b = Arc::new(Budgets::with_clock(clock.clone()));
+        let (start, end) = Period::Day.bounds(clock.now_ms());
+        if let Ok(mut m) = b.entries.lock() {
+            m.insert(
+                (Kind::Identity, "alice".into()),
+                vec![Entry {
+                    id: "b1".into(),
+                    limit: 1000,
+                    period: Period::Day,
+                    start,
+                    end,
+                    spent: 0,
+                    reserved: 0,
+                }],
+            );
+        }
+        let who = [(Kind::Identity, "alice")];
+        let r = b.reserve(&who, 900).ok().unwrap_or_else(|| panic!("fits"));
+        r.settle(Some(900), &who);
+        assert!(b.reserve(&who, 200).is_err(), "900 + 200 > 1000 today");
+        clock.advance(60_000);
+        let r = b.reserve(&who, 200);
+        assert!(r.is_ok(), "a new UTC day starts from zero");
+        drop(r);
+        assert_eq!(b.status()[0].period_start_ms, day_end);
+        assert_eq!(b.status()[0].spent_nanos, 0);
     }
 }

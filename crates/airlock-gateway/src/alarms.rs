@@ -1,0 +1,333 @@
+//! What happens when the anomaly detector raises an alarm: it is audited, the credential is
+//! suspended or the token revoked as `[anomaly]` says, and the alert is posted to the webhook,
+//! signed. The detector itself (`airlock_spend::anomaly`) only observes and sends alarms here.
+
+use airlock_spend::anomaly::{Anomaly, Detector, History, SubjectKind};
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
+
+/// Where alerts go, and how they are signed.
+pub struct Webhook {
+    url: http::Uri,
+    secret: airlock_secrets::Secret,
+    attempts: u32,
+    timeout: std::time::Duration,
+}
+
+/// Builds the detector from `[anomaly]` and the usage table, and starts the task that acts on
+/// its alarms. `None` when `enabled = false`.
+pub async fn start(
+    app: &std::sync::Arc<crate::App>,
+    test_clock: bool,
+) -> anyhow::Result<Option<std::sync::Arc<Detector>>> {
+    let cfg = &app.cfg.anomaly;
+    if !cfg.enabled {
+        return Ok(None);
+    }
+    let settings = cfg.settings().map_err(anyhow::Error::msg)?;
+    let geo = match &cfg.geoip {
+        Some(p) => Some(
+            airlock_spend::anomaly::open_geoip(p)
+                .map_err(|e| anyhow::anyhow!("[anomaly] geoip = {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let webhook = match (&cfg.webhook_url, &cfg.webhook_secret) {
+        (Some(url), Some(secret)) => {
+            let r = airlock_secrets::SecretRef::parse(secret)
+                .map_err(|e| anyhow::anyhow!("[anomaly] webhook_secret: {e}"))?;
+            let secret = app
+                .secrets
+                .resolve(&r, "anomaly-webhook")
+                .await
+                .map_err(|e| anyhow::anyhow!("[anomaly] webhook_secret {r}: {e}"))?
+                .secret;
+            if secret.len() < 32 {
+                anyhow::bail!("[anomaly] webhook_secret {r} holds {} bytes; use at least 32 random bytes (e.g. openssl rand -hex 32)", secret.len());
+            }
+            Some(Webhook {
+                url: url
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("[anomaly] webhook_url is not a URL"))?,
+                secret,
+                attempts: cfg.webhook_attempts,
+                timeout: std::time::Duration::from_secs_f64(cfg.webhook_timeout_secs),
+            })
+        }
+        _ => None,
+    };
+    let since = crate::state::now_ms() - settings.baseline_buckets * settings.bucket_ms;
+    // Without its history the detector still runs (it learns again), rather than keeping
+    // the gateway from starting.
+    let stored = match app.store.anomaly_history(since, settings.bucket_ms).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read usage history for anomaly detection: starting without a baseline");
+            Default::default()
+        }
+    };
+    if stored.truncated {
+        tracing::warn!("the usage history holds more distinct values than anomaly detection reads at start: some known values will be reported as new");
+    }
+    let kind = |identity: bool| {
+        if identity {
+            SubjectKind::Identity
+        } else {
+            SubjectKind::Credential
+        }
+    };
+    let history = History {
+        credentials: app
+            .store
+            .list_credentials()
+            .await?
+            .into_iter()
+            .map(|c| (c.name, c.created_at))
+            .collect(),
+        firsts: stored
+            .firsts
+            .into_iter()
+            .map(|(i, n, t)| (kind(i), n, t))
+            .collect(),
+        tallies: stored
+            .tallies
+            .into_iter()
+            .map(|(i, n, b, r, c)| (kind(i), n, b, r.max(0) as u64, c))
+            .collect(),
+        seen: stored
+            .seen
+            .into_iter()
+            .map(|(i, n, m, ip, h)| (kind(i), n, m, ip, h.map(|h| h.rem_euclid(24) as u32)))
+            .collect(),
+    };
+    let (tx, rx) = mpsc::channel(4096);
+    let d = std::sync::Arc::new(Detector::new(
+        settings,
+        geo,
+        test_clock,
+        tx,
+        std::sync::Arc::new(airlock_spend::SystemClock),
+    ));
+    d.learn(history);
+    tokio::spawn(act(
+        std::sync::Arc::downgrade(app),
+        rx,
+        webhook.map(std::sync::Arc::new),
+    ));
+    Ok(Some(d))
+}
+
+/// Acts on alarms, in order: suspends (when the policy says so), audits, then hands the alert
+/// to its webhook delivery (retried in a task of its own, so a slow receiver delays nothing).
+async fn act(
+    app: std::sync::Weak<crate::App>,
+    mut rx: mpsc::Receiver<Anomaly>,
+    webhook: Option<std::sync::Arc<Webhook>>,
+) {
+    // Deliveries in flight at most (each retried for minutes when the receiver is down);
+    // past it an alert's webhook is dropped and counted as failed (its audit record stays).
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    while let Some(a) = rx.recv().await {
+        let Some(app) = app.upgrade() else { return };
+        let mut actions = Vec::new();
+        let mut acted = false;
+        if a.suspend_credential {
+            let (ok, what) = suspend_credential(&app, &a.subject).await;
+            acted |= ok;
+            actions.push(what);
+        }
+        if a.revoke_token {
+            if let Some(id) = &a.token_id {
+                let (ok, what) = revoke_token(&app, id).await;
+                acted |= ok;
+                actions.push(what);
+            }
+        }
+        let action = if actions.is_empty() {
+            "alerted".to_string()
+        } else {
+            actions.join("; ")
+        };
+        tracing::warn!(
+            kind = a.kind.name(),
+            subject_kind = a.subject_kind.name(),
+            subject = %a.subject,
+            action = %action,
+            "anomaly: {}",
+            a.describe()
+        );
+        let now = crate::state::now_ms();
+        let rec = airlock_audit::Record {
+            ts: now,
+            actor_kind: "system".into(),
+            actor: a.token_id.clone(),
+            action: "anomaly.detected".into(),
+            target_kind: Some(a.subject_kind.name().into()),
+            target: Some(a.subject.clone()),
+            outcome: if acted { "acted" } else { "alerted" }.into(),
+            reason: Some(format!("{}; {action}", a.describe())),
+            request_id: Some(a.request_id.clone()),
+            client_ip: a.client_ip.clone(),
+            credential: a.credential.clone(),
+            model: a.model.clone(),
+            subject: a.identity.clone(),
+            ..Default::default()
+        };
+        app.recorder.write_nowait(None, Some(rec));
+        let counts = app.anomaly.get().map(|d| d.deliveries.clone());
+        if let Some(hook) = &webhook {
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                tracing::error!("too many anomaly webhooks in flight: this alert is not sent (it is in the audit log)");
+                if let Some(c) = counts {
+                    c.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            };
+            let body = serde_json::json!({
+                "type": "airlock.anomaly",
+                "id": format!("anom_{}", airlock_secrets::random_token(16)),
+                "created_ms": now,
+                "anomaly": &a,
+                "action": action,
+            });
+            let hook = hook.clone();
+            let client = app.client.clone();
+            tokio::spawn(async move {
+                let ok = deliver(&client, &hook, body.to_string().into_bytes()).await;
+                drop(permit);
+                if let Some(c) = counts {
+                    if ok {
+                        c.delivered.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        c.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Suspends a credential after an alarm: the database, then memory (retried once, as a
+/// lockdown does); says whether it took effect and what was done.
+async fn suspend_credential(app: &std::sync::Arc<crate::App>, name: &str) -> (bool, String) {
+    match app.store.set_suspended(name, true).await {
+        Ok(true) => {
+            if app.reload_credentials().await.is_ok() || app.reload_credentials().await.is_ok() {
+                (
+                    true,
+                    format!(
+                        "credential {name} suspended (airlock credential resume {name} lifts it)"
+                    ),
+                )
+            } else {
+                tracing::error!(credential = name, "suspended a credential in the database but cannot reload credentials: retrying in the background");
+                // Keep trying: the database says suspended, memory must follow.
+                let weak = std::sync::Arc::downgrade(app);
+                {
+                    tokio::spawn(async move {
+                        for wait in [1u64, 2, 5, 10, 30, 60, 120, 300] {
+                            tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+                            let Some(app) = weak.upgrade() else { return };
+                            if app.reload_credentials().await.is_ok() {
+                                tracing::warn!(
+                                    "credentials reloaded: the anomaly's suspension is in effect"
+                                );
+                                return;
+                            }
+                        }
+                        tracing::error!("credentials still cannot be reloaded: a suspended credential keeps serving until a restart");
+                    });
+                }
+                (
+                    false,
+                    format!("credential {name} suspended in the database; this server could not reload it yet and keeps trying"),
+                )
+            }
+        }
+        Ok(false) => (false, format!("credential {name} no longer exists")),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot suspend a credential after an anomaly");
+            (
+                false,
+                format!("suspending credential {name} failed: the database failed"),
+            )
+        }
+    }
+}
+
+/// Revokes the token whose request raised an alarm.
+async fn revoke_token(app: &crate::App, id: &str) -> (bool, String) {
+    let _serial = app.revocation_lock.lock().await;
+    match app.store.revoke_token(id, crate::state::now_ms()).await {
+        Ok(false) => (false, format!("token {id} is not in this server's records")),
+        Ok(true) => {
+            app.revoked.rcu(|cur| {
+                let mut next = HashSet::clone(cur);
+                next.insert(id.to_string());
+                next
+            });
+            (true, format!("token {id} revoked"))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot revoke a token after an anomaly");
+            (
+                false,
+                format!("revoking token {id} failed: the database failed"),
+            )
+        }
+    }
+}
+
+/// POSTs an alert: JSON, signed with `x-airlock-signature: t=<unix seconds>,v1=<hex
+/// HMAC-SHA256(secret, "<t>.<body>")>` (the time is signed too, so a receiver can refuse old
+/// replays). Retried with exponential backoff (1 s, 2 s, 4 s, …) on connection errors, 408, 429
+/// and 5xx, up to `webhook_attempts` times. Returns whether a 2xx came back.
+pub async fn deliver(client: &crate::state::HttpClient, hook: &Webhook, body: Vec<u8>) -> bool {
+    let body = bytes::Bytes::from(body);
+    for attempt in 0..hook.attempts {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(1 << (attempt - 1).min(6))).await;
+        }
+        let t = crate::state::now_ms() / 1000;
+        let mut signed = format!("{t}.").into_bytes();
+        signed.extend_from_slice(&body);
+        let sig = hook.secret.sign_hmac_sha256(&signed);
+        let req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(hook.url.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::USER_AGENT, "airlock-anomaly-webhook")
+            .header("x-airlock-event", "anomaly")
+            .header("x-airlock-signature", format!("t={t},v1={sig}"))
+            .body(http_body_util::Full::new(body.clone()));
+        let Ok(req) = req else { return false };
+        match tokio::time::timeout(hook.timeout, client.request(req)).await {
+            Ok(Ok(resp)) => {
+                let s = resp.status();
+                if s.is_success() {
+                    return true;
+                }
+                if !(s.is_server_error()
+                    || s == http::StatusCode::TOO_MANY_REQUESTS
+                    || s == http::StatusCode::REQUEST_TIMEOUT)
+                {
+                    tracing::error!(
+                        status = s.as_u16(),
+                        "the anomaly webhook refused an alert; not retried"
+                    );
+                    return false;
+                }
+                tracing::warn!(
+                    status = s.as_u16(),
+                    attempt,
+                    "the anomaly webhook failed; retrying"
+                );
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, attempt, "cannot reach the anomaly webhook"),
+            Err(_) => tracing::warn!(attempt, "the anomaly webhook did not answer in time"),
+        }
+    }
+    tracing::error!("an anomaly alert could not be delivered to the webhook");
+    false
+}

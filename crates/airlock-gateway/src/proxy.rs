@@ -10,6 +10,7 @@ use airlock_providers::adapter::{Endpoint, ProviderKind};
 use airlock_providers::dialect::{ApiError, Dialect};
 use airlock_providers::usage::Observer;
 use airlock_secrets::Secret;
+use airlock_spend::charge::Estimate;
 use airlock_store::UsageRow;
 use airlock_token::{TokenError, Verified};
 use axum::body::Body;
@@ -403,16 +404,16 @@ async fn run(
         per_choice.saturating_mul(choices)
     };
     // What a request is charged when the provider may have billed it without saying how much.
-    {
-        let r = ctx.rec();
-        r.estimate = Some((input_est, output_est));
-        r.output_cap = app.cfg.budgets.default_max_output_tokens.max(1);
-        r.choices = probe
+    ctx.rec().charge().estimated(Estimate {
+        input: input_est,
+        output: output_est,
+        default_output: app.cfg.budgets.default_max_output_tokens.max(1),
+        choices: probe
             .n
             .unwrap_or(1)
             .max(probe.best_of.unwrap_or(1))
-            .clamp(1, 128);
-    }
+            .clamp(1, 128),
+    });
     // Budgets first (they may drop candidate credentials), then rate limits on what is left.
     if !app.budgets.is_empty() {
         reserve(
@@ -491,7 +492,7 @@ fn admit(
     if shown.requests.is_some() || shown.tokens.is_some() {
         ctx.rate = Some(shown);
     }
-    ctx.rec().hold_rate(holds);
+    ctx.rec().charge().hold_rates(holds);
     Ok(())
 }
 
@@ -567,7 +568,7 @@ fn reserve(
     if allowed.is_empty() {
         return Err(quota(last.unwrap_or_else(|| "over budget".into())));
     }
-    ctx.rec().hold(held);
+    ctx.rec().charge().hold_budgets(held);
     Ok(())
 }
 
@@ -708,20 +709,11 @@ async fn forward(
         // From here the provider may bill it (until it answers an error or cannot be
         // reached); an earlier attempt that may have been billed stays so. Token counting is
         // free.
-        let billed_earlier = {
-            let billable = ctx.ep.is_inference();
-            let r = ctx.rec();
-            r.maybe_billed = r.billed_before || billable;
-            if billable {
-                r.billed_credential.replace(c.name.clone())
-            } else {
-                r.billed_credential.clone()
-            }
-        };
+        let billable = ctx.ep.is_inference();
+        ctx.rec().charge().sending(&c.name, billable);
         let resp = match tokio::time::timeout(upstream_limit, app.client.request(req)).await {
             Err(_) => {
-                let r = ctx.rec();
-                r.billed_before = r.maybe_billed;
+                ctx.rec().charge().lost();
                 tracing::warn!(credential = %c.name, "provider timed out");
                 last_err = Some(ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -736,12 +728,10 @@ async fn forward(
             }
             Ok(Err(e)) => {
                 // Not connected: not sent. Failed after connecting: it may have been.
-                let r = ctx.rec();
                 if e.is_connect() {
-                    r.maybe_billed = r.billed_before;
-                    r.billed_credential = billed_earlier;
+                    ctx.rec().charge().not_sent();
                 } else {
-                    r.billed_before = r.maybe_billed;
+                    ctx.rec().charge().lost();
                 }
                 tracing::warn!(credential = %c.name, error = %e, "provider unreachable");
                 last_err = Some(ApiError::new(
@@ -759,14 +749,7 @@ async fn forward(
         };
         let status = resp.status();
         // Providers bill what they answer, not their errors.
-        {
-            let billable = status.as_u16() < 400 && ctx.ep.is_inference();
-            let r = ctx.rec();
-            r.maybe_billed = r.billed_before || billable;
-            if !billable {
-                r.billed_credential = billed_earlier;
-            }
-        }
+        ctx.rec().charge().answered(status.as_u16() < 400);
         let credential_refused =
             status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
         let retryable = status == StatusCode::TOO_MANY_REQUESTS

@@ -17,6 +17,7 @@
 
 use airlock_audit::{AuditKey, Record as AuditRecord};
 use airlock_providers::usage::{scan_usage, Observer, Usage};
+use airlock_spend::charge::{Charge, Ending, Payers, Tokens};
 use airlock_store::{BatchWriter, Store, UsageRow};
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -974,39 +975,20 @@ pub struct Record {
     recorder: Recorder,
     sent: bool,
     capped: bool,
-    /// Budget reservations: the first charges the real cost, the rest are released.
-    budget: Vec<airlock_spend::budget::Reservation>,
-    /// Rate-limit holds: the unused part of the token estimate is credited back.
-    rate: Vec<airlock_spend::ratelimit::Hold>,
+    /// What it is charged: reservations, attempts, settlement.
+    charge: Charge,
     /// The request's trace, when traces are on.
     pub trace: Option<crate::otel::TraceCtx>,
     /// The prompt for its span (only with `[otel] capture_prompts`).
     pub prompt: Option<String>,
-    /// Its estimated (input, output) tokens at most.
-    pub estimate: Option<(i64, i64)>,
-    /// The output a request cut short by its client is charged at least, per choice.
-    pub output_cap: i64,
-    /// The choices it asked for (`n`, `best_of`).
-    pub choices: i64,
     /// The SSE events of its streamed answer, when it streamed.
     pub streamed_events: Option<i64>,
-    /// The credential of the last attempt the provider may have billed.
-    pub billed_credential: Option<String>,
-    /// Whether the provider may bill it: it was sent and not answered with an error.
-    pub maybe_billed: bool,
-    /// An earlier attempt may have been billed (it timed out, or failed after being sent).
-    pub billed_before: bool,
 }
 
 impl Record {
-    /// Holds the request's rate-limit admissions until its tokens are known.
-    pub fn hold_rate(&mut self, holds: Vec<airlock_spend::ratelimit::Hold>) {
-        self.rate = holds;
-    }
-
-    /// Holds the request's budget reservations until its cost is known.
-    pub fn hold(&mut self, reservations: Vec<airlock_spend::budget::Reservation>) {
-        self.budget = reservations;
+    /// The request's charge, changed only through its transitions.
+    pub fn charge(&mut self) -> &mut Charge {
+        &mut self.charge
     }
 
     /// Starts a record for a request.
@@ -1019,17 +1001,10 @@ impl Record {
             recorder,
             sent: false,
             capped: false,
-            budget: Vec::new(),
-            rate: Vec::new(),
+            charge: Charge::new(),
             trace: None,
             prompt: None,
-            estimate: None,
-            output_cap: i64::MAX,
-            choices: 1,
             streamed_events: None,
-            billed_credential: None,
-            maybe_billed: false,
-            billed_before: false,
         }
     }
 
@@ -1085,75 +1060,35 @@ impl Record {
     fn take(&mut self) -> (Option<UsageRow>, Option<AuditRecord>) {
         self.sent = true;
         self.row.latency_ms = self.started.elapsed().as_millis() as i64;
-        if let Some(m) = self.row.model.as_deref() {
-            self.row.cost_nanos = self.recorder.prices().cost_nanos(
-                m,
-                self.row.input_tokens,
-                self.row.cached_tokens,
-                self.row.output_tokens,
-            );
+        let ending = match self.row.outcome.as_str() {
+            "client_disconnected" | "upstream_error" => Ending::Cut {
+                events: self.streamed_events.unwrap_or(0),
+            },
+            "stream_idle_timeout" => Ending::Silent,
+            _ => Ending::Finished,
+        };
+        let r = &self.row;
+        let settled = self.charge.settle(
+            ending,
+            r.model.as_deref(),
+            Tokens {
+                input: r.input_tokens,
+                cached: r.cached_tokens,
+                output: r.output_tokens,
+            },
+            self.recorder.prices(),
+            Payers {
+                token: r.token_id.as_deref(),
+                identity: r.subject.as_deref(),
+                project: r.project.as_deref(),
+                credential: r.credential.as_deref(),
+            },
+        );
+        if r.model.is_some() {
+            self.row.cost_nanos = settled.cost_nanos;
         }
-        // What the request is charged, when the provider may have billed it (it was sent, and
-        // not answered with an error) without reporting all of it. Input: the estimate. Output:
-        // - cut short by the client or a broken stream: what arrived (SSE events, about a
-        //   token each), and at least the default output per choice (the provider goes on
-        //   generating; not the client's own max_tokens, or asking for the world and hanging
-        //   up would burn shared budgets);
-        // - no usage otherwise (an OpenAI stream without include_usage, whose reasoning tokens
-        //   never show; a stream gone silent while the model thinks; a timeout): the whole
-        //   estimate, as reserved, so a budget's bound holds;
-        // never more than the estimate.
-        let no_usage = self.row.input_tokens.is_none() && self.row.output_tokens.is_none();
-        let per_choice = self.output_cap.saturating_mul(self.choices.max(1));
-        let output = match self.row.outcome.as_str() {
-            "client_disconnected" | "upstream_error" => {
-                Some(self.streamed_events.unwrap_or(0).max(per_choice))
-            }
-            "stream_idle_timeout" => Some(i64::MAX),
-            _ if no_usage => Some(i64::MAX),
-            _ => None,
-        };
-        let mut held = std::mem::take(&mut self.budget).into_iter();
-        let main = held.next();
-        let floor = output.filter(|_| self.maybe_billed).and_then(|out| {
-            let m = self.row.model.as_deref()?;
-            let (i, o) = self.estimate?;
-            let rate = self.recorder.prices().rate(m)?;
-            Some(airlock_spend::budget::estimate(rate, i, o.min(out)))
-        });
-        let charged = match floor {
-            Some(f) => Some(f.max(self.row.cost_nanos.unwrap_or(0))),
-            None => self.row.cost_nanos,
-        };
+        let charged = settled.charged_nanos;
         self.row.charged_nanos = charged;
-        if let Some(main) = main {
-            use airlock_spend::budget::Kind;
-            let r = &self.row;
-            // A charge beyond what was reported belongs to the credential that was sent it.
-            let credential = match (&floor, &self.billed_credential) {
-                (Some(_), Some(c)) => Some(c.as_str()),
-                _ => r.credential.as_deref(),
-            };
-            let to: Vec<(Kind, &str)> = [
-                (Kind::Token, r.token_id.as_deref()),
-                (Kind::Identity, r.subject.as_deref()),
-                (Kind::Project, r.project.as_deref()),
-                (Kind::Credential, credential),
-            ]
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .collect();
-            main.settle(charged, &to);
-        }
-        drop(held);
-        let used = match (self.row.input_tokens, self.row.output_tokens) {
-            _ if floor.is_some() => None,
-            (None, None) => Some(0),
-            (i, o) => Some(i.unwrap_or(0).saturating_add(o.unwrap_or(0))),
-        };
-        for h in std::mem::take(&mut self.rate) {
-            h.settle(used);
-        }
         let row = std::mem::take(&mut self.row);
         self.recorder.count(&row, self.started.elapsed());
         if let Some(d) = self.recorder.shared.anomaly.get() {

@@ -257,6 +257,22 @@ impl Budgets {
         Ok(())
     }
 
+    /// Sets one budget with nothing spent (tests).
+    #[cfg(test)]
+    pub(crate) fn insert(&self, kind: Kind, key: &str, limit: i64) {
+        if let Ok(mut m) = self.entries.lock() {
+            m.entry((kind, key.to_string())).or_default().push(Entry {
+                id: format!("b-{key}"),
+                limit,
+                period: Period::Total,
+                start: 0,
+                end: i64::MAX,
+                spent: 0,
+                reserved: 0,
+            });
+        }
+    }
+
     /// Whether any budget exists (the hot path skips everything when none does).
     pub fn is_empty(&self) -> bool {
         self.entries.lock().map(|e| e.is_empty()).unwrap_or(false)

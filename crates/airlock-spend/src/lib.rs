@@ -6,6 +6,7 @@
 
 pub mod anomaly;
 pub mod budget;
+pub mod charge;
 pub mod clock;
 pub mod pricing;
 pub mod ratelimit;

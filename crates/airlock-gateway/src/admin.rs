@@ -4,7 +4,8 @@
 //! hash of the secret is stored and it is compared in constant time.
 
 use crate::credentials::Credential;
-use crate::state::{now_ms, App};
+use crate::state::App;
+use crate::util::{now_ms, valid_name, without_values};
 use airlock_providers::adapter::ProviderKind;
 use airlock_providers::dialect::{ApiError, Dialect};
 use airlock_secrets::{Secret, SecretRef};
@@ -79,7 +80,7 @@ fn err(status: StatusCode, code: &'static str, msg: impl Into<String>) -> Respon
 
 async fn caller(app: &App, headers: &http::HeaderMap) -> Result<Caller, Response> {
     let unauth = |m: &str| err(StatusCode::UNAUTHORIZED, "invalid_admin_key", m);
-    let presented = crate::proxy::presented_token(headers)
+    let presented = crate::util::presented_token(headers)
         .ok_or_else(|| unauth("admin API needs an admin key: Authorization: Bearer alk_admin_… (set AIRLOCK_ADMIN_TOKEN for the CLI)"))?;
     let rest = presented
         .strip_prefix(ADMIN_KEY_PREFIX)
@@ -484,37 +485,6 @@ async fn rejections_as_json(resp: Response) -> Response {
     err(status, "invalid_request", msg)
 }
 
-/// A deserializer's message with the values it quotes left out: they are the caller's input,
-/// which may be a secret (`{"candidates": "sk-…"}`), and the message is also audited. Short
-/// backticked names (field names) stay, so the message still says what was wrong.
-pub(crate) fn without_values(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find(['"', '`']) {
-        let q = rest.as_bytes()[i] as char;
-        out.push_str(&rest[..=i]);
-        let after = &rest[i + 1..];
-        match after.find(q) {
-            Some(j) => {
-                let inner = &after[..j];
-                if q == '`' && inner.len() <= 32 && !airlock_secrets::looks_like_key(inner) {
-                    out.push_str(inner);
-                } else {
-                    out.push('…');
-                }
-                out.push(q);
-                rest = &after[j + 1..];
-            }
-            None => {
-                out.push('…');
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
-    out.chars().take(300).collect()
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -550,15 +520,6 @@ fn store_err(e: StoreError) -> Response {
             )
         }
     }
-}
-
-pub(crate) fn valid_name(s: &str) -> bool {
-    // A key pasted where a name belongs would be stored and audited: refused.
-    !airlock_secrets::looks_like_key(s)
-        && !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 #[derive(Deserialize)]
@@ -976,13 +937,13 @@ async fn revoke_admin_key(State(app): State<Arc<App>>, Path(id): Path<String>) -
             // owner or admin are usually handed to applications and stay.)
             let mut tokens = 0;
             if matches!(app.store.admin_key(&id).await, Ok(Some(k)) if k.role == "developer") {
-                let serial = app.revocation_lock.lock().await;
+                let serial = app.tokens.serial().await;
                 tokens = match app.store.revoke_tokens_minted_by(&id, now_ms()).await {
                     Ok(n) => n,
                     Err(e) => return store_err(e),
                 };
                 drop(serial);
-                if let Err(e) = app.reload_revocations().await {
+                if let Err(e) = app.tokens.reload_revocations().await {
                     return store_err(e);
                 }
             }
@@ -1193,7 +1154,7 @@ async fn mint_token(
                 let stored = app.store.insert_budget(&row).await;
                 if stored.is_err() || app.budgets.reload(&app.store).await.is_err() {
                     let _ = app.store.revoke_token(&issued.minted.id, now_ms()).await;
-                    let _ = app.reload_revocations().await;
+                    let _ = app.tokens.reload_revocations().await;
                     return err(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "store_unavailable",
@@ -1293,7 +1254,7 @@ async fn list_service_accounts(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn revoke_service_account(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    let serial = app.revocation_lock.lock().await;
+    let serial = app.tokens.serial().await;
     match app.store.revoke_service_account(&id, now_ms()).await {
         // What a leaked key minted goes with it.
         Ok(Some(id)) => {
@@ -1306,7 +1267,7 @@ async fn revoke_service_account(State(app): State<Arc<App>>, Path(id): Path<Stri
                 Err(e) => return store_err(e),
             };
             drop(serial);
-            if let Err(e) = app.reload_revocations().await {
+            if let Err(e) = app.tokens.reload_revocations().await {
                 return store_err(e);
             }
             Json(serde_json::json!({ "revoked": id, "id": id, "tokens_revoked": tokens }))
@@ -1386,7 +1347,7 @@ async fn remove_trust_policy(State(app): State<Arc<App>>, Path(name): Path<Strin
             }
             // Tokens the policy granted end with it.
             let tokens = {
-                let _serial = app.revocation_lock.lock().await;
+                let _serial = app.tokens.serial().await;
                 match app
                     .store
                     .revoke_tokens_minted_by(&format!("trust:{name}"), now_ms())
@@ -1396,7 +1357,7 @@ async fn remove_trust_policy(State(app): State<Arc<App>>, Path(name): Path<Strin
                     Err(e) => return store_err(e),
                 }
             };
-            if let Err(e) = app.reload_revocations().await {
+            if let Err(e) = app.tokens.reload_revocations().await {
                 return store_err(e);
             }
             Json(serde_json::json!({ "removed": name, "name": name, "tokens_revoked": tokens }))
@@ -1432,15 +1393,11 @@ async fn list_tokens(State(app): State<Arc<App>>, Query(q): Query<ListTokens>) -
 async fn revoke_token(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
     // Held across the write and the in-memory update so a periodic reload cannot read the
     // database before the write and then replace the set after the insert.
-    let _serial = app.revocation_lock.lock().await;
+    let _serial = app.tokens.serial().await;
     match app.store.revoke_token(&id, now_ms()).await {
         Ok(true) => {
             // Takes effect at once: the in-memory set is what the hot path checks.
-            app.revoked.rcu(|cur| {
-                let mut next = std::collections::HashSet::clone(cur);
-                next.insert(id.clone());
-                next
-            });
+            app.tokens.mark_revoked(&id);
             tracing::info!(token_id = %id, "token revoked");
             Json(serde_json::json!({ "revoked": id })).into_response()
         }

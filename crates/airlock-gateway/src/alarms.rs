@@ -3,7 +3,6 @@
 //! signed. The detector itself (`airlock_spend::anomaly`) only observes and sends alarms here.
 
 use airlock_spend::anomaly::{Anomaly, Detector, History, SubjectKind};
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 
@@ -57,7 +56,7 @@ pub async fn start(
         }
         _ => None,
     };
-    let since = crate::state::now_ms() - settings.baseline_buckets * settings.bucket_ms;
+    let since = crate::util::now_ms() - settings.baseline_buckets * settings.bucket_ms;
     // Without its history the detector still runs (it learns again), rather than keeping
     // the gateway from starting.
     let stored = match app.store.anomaly_history(since, settings.bucket_ms).await {
@@ -157,7 +156,7 @@ async fn act(
             "anomaly: {}",
             a.describe()
         );
-        let now = crate::state::now_ms();
+        let now = crate::util::now_ms();
         let rec = airlock_audit::Record {
             ts: now,
             actor_kind: "system".into(),
@@ -258,15 +257,11 @@ async fn suspend_credential(app: &std::sync::Arc<crate::App>, name: &str) -> (bo
 
 /// Revokes the token whose request raised an alarm.
 async fn revoke_token(app: &crate::App, id: &str) -> (bool, String) {
-    let _serial = app.revocation_lock.lock().await;
-    match app.store.revoke_token(id, crate::state::now_ms()).await {
+    let _serial = app.tokens.serial().await;
+    match app.store.revoke_token(id, crate::util::now_ms()).await {
         Ok(false) => (false, format!("token {id} is not in this server's records")),
         Ok(true) => {
-            app.revoked.rcu(|cur| {
-                let mut next = HashSet::clone(cur);
-                next.insert(id.to_string());
-                next
-            });
+            app.tokens.mark_revoked(id);
             (true, format!("token {id} revoked"))
         }
         Err(e) => {
@@ -283,13 +278,13 @@ async fn revoke_token(app: &crate::App, id: &str) -> (bool, String) {
 /// HMAC-SHA256(secret, "<t>.<body>")>` (the time is signed too, so a receiver can refuse old
 /// replays). Retried with exponential backoff (1 s, 2 s, 4 s, …) on connection errors, 408, 429
 /// and 5xx, up to `webhook_attempts` times. Returns whether a 2xx came back.
-pub async fn deliver(client: &crate::state::HttpClient, hook: &Webhook, body: Vec<u8>) -> bool {
+pub async fn deliver(client: &crate::util::HttpClient, hook: &Webhook, body: Vec<u8>) -> bool {
     let body = bytes::Bytes::from(body);
     for attempt in 0..hook.attempts {
         if attempt > 0 {
             tokio::time::sleep(std::time::Duration::from_secs(1 << (attempt - 1).min(6))).await;
         }
-        let t = crate::state::now_ms() / 1000;
+        let t = crate::util::now_ms() / 1000;
         let mut signed = format!("{t}.").into_bytes();
         signed.extend_from_slice(&body);
         let sig = hook.secret.sign_hmac_sha256(&signed);

@@ -7,7 +7,8 @@
 //! the store and version, never the value) and a changed key's fingerprint is written to the
 //! inventory.
 
-use crate::state::{now_ms, App};
+use crate::state::App;
+use crate::util::now_ms;
 use airlock_providers::adapter::ProviderKind;
 use airlock_secrets::{ResolveError, Secret, SecretRef};
 use airlock_secretstore::{Fetch, SecretCell};

@@ -8,7 +8,8 @@
 //! checked against its [`Scope`] before anything is signed. A request that names nothing gets
 //! the whole scope; a request may only narrow it.
 
-use crate::state::{now_ms, App};
+use crate::state::App;
+use crate::util::now_ms;
 use airlock_providers::dialect::{ApiError, Dialect};
 use airlock_secrets::Secret;
 use airlock_store::{ServiceAccountRow, TokenRow};
@@ -74,7 +75,7 @@ impl Scope {
 
     /// Validates names, patterns and the lifetime.
     pub fn check(&self, app_max_ttl: Duration) -> Result<(), String> {
-        if !crate::admin::valid_name(&self.env) {
+        if !crate::util::valid_name(&self.env) {
             return Err(format!(
                 "environment `{}` must be 1-64 characters of letters, digits and -_.",
                 self.env
@@ -90,14 +91,14 @@ impl Scope {
         if let Some(c) = self
             .credentials
             .iter()
-            .find(|c| !crate::admin::valid_name(c))
+            .find(|c| !crate::util::valid_name(c))
         {
             return Err(format!("`{c}` is not a credential name"));
         }
         if let Some(p) = self
             .project
             .as_deref()
-            .filter(|p| !crate::admin::valid_name(p))
+            .filter(|p| !crate::util::valid_name(p))
         {
             return Err(format!(
                 "project `{p}` must be 1-64 characters of letters, digits and -_."
@@ -363,7 +364,7 @@ pub async fn issue(
                 "project `{p}` is outside your scope (it names no project)"
             )))
         }
-        (Some(p), None) if !crate::admin::valid_name(&p) => {
+        (Some(p), None) if !crate::util::valid_name(&p) => {
             return Err(Invalid(format!(
                 "project `{p}` must be 1-64 characters of letters, digits and -_."
             )))
@@ -378,11 +379,12 @@ pub async fn issue(
         ttl,
         project: project.clone(),
     };
-    let minted = match airlock_token::mint(app.verifier.load().keys(), &opts, SystemTime::now()) {
-        Ok(t) => t,
-        Err(TokenError::Invalid(e)) => return Err(Invalid(e)),
-        Err(e) => return Err(IssueError::Failed(e.to_string())),
-    };
+    let minted =
+        match airlock_token::mint(app.tokens.verifier.load().keys(), &opts, SystemTime::now()) {
+            Ok(t) => t,
+            Err(TokenError::Invalid(e)) => return Err(Invalid(e)),
+            Err(e) => return Err(IssueError::Failed(e.to_string())),
+        };
     let row = TokenRow {
         id: minted.id.clone(),
         subject: opts.subject.clone(),
@@ -446,7 +448,7 @@ pub async fn create_service_account(
 /// Checks a presented service-account key; the account when it is valid and active.
 async fn service_account(app: &App, headers: &HeaderMap) -> Result<ServiceAccountRow, ApiError> {
     let unauth = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_service_account", m);
-    let presented = crate::proxy::presented_token(headers).ok_or_else(|| {
+    let presented = crate::util::presented_token(headers).ok_or_else(|| {
         unauth("POST /v1/token needs a service-account key: Authorization: Bearer alk_sa_…")
     })?;
     let rest = presented
@@ -544,7 +546,7 @@ pub async fn audit_event(app: &App, e: Event) -> bool {
             "failed"
         }
         .into(),
-        reason: e.reason.map(|r| crate::admin::without_values(&r)),
+        reason: e.reason.map(|r| crate::util::without_values(&r)),
         request_id: e.meta.0,
         client_ip: e.meta.1,
         status: Some(i64::from(e.status.as_u16())),
@@ -678,7 +680,7 @@ pub async fn mint_for_service_account(app: Arc<App>, req: Request<Body>) -> Resp
             if !matches!(app.store.service_account(&sa.id).await, Ok(Some(r)) if r.revoked_at.is_none())
             {
                 let _ = app.store.revoke_token(&issued.minted.id, now_ms()).await;
-                let _ = app.reload_revocations().await;
+                let _ = app.tokens.reload_revocations().await;
                 let msg = "service account has been revoked".to_string();
                 let r = ApiError::new(
                     StatusCode::UNAUTHORIZED,
@@ -726,7 +728,7 @@ pub async fn mint_for_service_account(app: Arc<App>, req: Request<Body>) -> Resp
 /// able to end its parent.
 pub async fn revoke_self(app: Arc<App>, req: Request<Body>) -> Response {
     let meta = client_meta(&req);
-    let v = match crate::proxy::authenticate(&app, req.headers()) {
+    let v = match app.tokens.authenticate(req.headers()) {
         Ok(v) => v,
         Err(e) if e.code == "token_revoked" => {
             return Json(serde_json::json!({ "revoked": true })).into_response();
@@ -773,7 +775,7 @@ pub async fn revoke_self(app: Arc<App>, req: Request<Body>) -> Response {
     // Revoking is the safe direction: it is done even when the audit log is failing (the
     // answer then says the record is missing).
     {
-        let _serial = app.revocation_lock.lock().await;
+        let _serial = app.tokens.serial().await;
         if let Err(e) = app.store.revoke_token(&v.id, now_ms()).await {
             tracing::error!(error = %e, "cannot revoke a token");
             return ApiError::new(
@@ -783,11 +785,7 @@ pub async fn revoke_self(app: Arc<App>, req: Request<Body>) -> Response {
             )
             .render(Dialect::OpenAi);
         }
-        app.revoked.rcu(|cur| {
-            let mut next = std::collections::HashSet::clone(cur);
-            next.insert(v.id.clone());
-            next
-        });
+        app.tokens.mark_revoked(&v.id);
     }
     if !audit_event(&app, event(StatusCode::OK, None)).await {
         // Revoked (the safe direction), but its record is missing: say so.

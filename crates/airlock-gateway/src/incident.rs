@@ -1,7 +1,8 @@
 //! Incident mode: `lockdown` (every issued token refused at once, chosen credentials
 //! suspended, in one audited act) and `report` (the blast radius since a time).
 
-use crate::state::{now_ms, App};
+use crate::state::App;
+use crate::util::now_ms;
 use airlock_providers::dialect::ApiError;
 use airlock_store::SeenColumn;
 use airlock_token::{KeyRing, Verifier};
@@ -72,9 +73,9 @@ pub async fn lockdown(app: &Arc<App>, req: Lockdown) -> Result<Value, ApiError> 
         }
         suspend.extend(matched.into_iter().map(str::to_string));
     }
-    let _serial = app.revocation_lock.lock().await;
+    let _serial = app.tokens.serial().await;
     let keys_dir = app.cfg.keys_dir();
-    let Some(mut id) = app.verifier.load().keys().newest_id().checked_add(1) else {
+    let Some(mut id) = app.tokens.verifier.load().keys().newest_id().checked_add(1) else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "no_key_id_left",
@@ -98,7 +99,7 @@ pub async fn lockdown(app: &Arc<App>, req: Lockdown) -> Result<Value, ApiError> 
         .await
         .map_err(store_failed)?;
     // From here no token of an earlier generation verifies, and no verification is cached.
-    app.verifier.store(Arc::new(Verifier::new(
+    app.tokens.verifier.store(Arc::new(Verifier::new(
         Arc::new(ring),
         app.cfg.tokens.cache_capacity,
     )));

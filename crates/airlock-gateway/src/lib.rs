@@ -19,7 +19,9 @@ pub mod proxy;
 pub mod rotation;
 pub mod server;
 pub mod state;
+pub mod tokens;
 pub mod usage;
+pub mod util;
 
 use airlock_secrets::HmacKey;
 use airlock_store::Store;
@@ -115,7 +117,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         tracing::warn!("audit.checkpoint_file is not set: a rewrite of the whole database would only be caught by a copy of the checkpoints kept elsewhere");
     }
     let (recorder, writer) = usage::Recorder::start(store.clone(), settings).await?;
-    let client = state::http_client(Duration::from_millis(
+    let client = util::http_client(Duration::from_millis(
         cfg.limits.upstream_connect_timeout_ms,
     ))?;
     let verifier = Verifier::new(keys, cfg.tokens.cache_capacity);
@@ -148,13 +150,11 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         secrets,
         cache_policy,
         cfg,
+        tokens: Arc::new(tokens::Tokens::new(store.clone(), verifier)),
         store,
-        verifier: ArcSwap::from_pointee(verifier),
         hmac: Arc::new(hmac),
         reload_lock: Default::default(),
         creds: ArcSwap::from_pointee(credentials::CredentialSet::default()),
-        revoked: ArcSwap::from_pointee(Default::default()),
-        revocation_lock: Default::default(),
         client,
         recorder,
         model_lists: Default::default(),
@@ -171,7 +171,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         .await
         .map_err(|e| anyhow::anyhow!("trust policies: {e}"))?;
     app.reload_credentials().await?;
-    app.reload_revocations().await?;
+    app.tokens.reload_revocations().await?;
     // A hook for tests only: lets the owner move the anomaly detector's clock (a simulated
     // week of traffic without waiting a week). Never set it in production.
     let test_clock = std::env::var("AIRLOCK_TEST_CLOCK").as_deref() == Ok("1");
@@ -229,7 +229,7 @@ fn spawn_revocation_refresh(app: std::sync::Weak<App>) {
         loop {
             tick.tick().await;
             let Some(app) = app.upgrade() else { return };
-            if let Err(e) = app.reload_revocations().await {
+            if let Err(e) = app.tokens.reload_revocations().await {
                 tracing::warn!(error = %e, "cannot refresh the revocation list; keeping the last one");
             }
         }

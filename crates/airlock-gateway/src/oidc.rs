@@ -170,7 +170,7 @@ impl TrustPolicy {
     pub fn compile(self, source: &'static str, app_max_ttl: Duration) -> Result<Compiled, String> {
         let name = self.name.clone();
         let e = |m: String| format!("trust policy `{name}`: {m}");
-        if !crate::admin::valid_name(&self.name) {
+        if !crate::util::valid_name(&self.name) {
             return Err(format!(
                 "trust policy name `{}`: use 1-64 letters, digits, '-', '_' or '.'",
                 self.name
@@ -903,9 +903,9 @@ async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted,
             // The policy was removed while this exchange ran; its sweep may have missed this.
             let _ = app
                 .store
-                .revoke_token(&issued.minted.id, crate::state::now_ms())
+                .revoke_token(&issued.minted.id, crate::util::now_ms())
                 .await;
-            let _ = app.reload_revocations().await;
+            let _ = app.tokens.reload_revocations().await;
             Err(attributed(
                 "invalid_request",
                 "no trust policy admits this identity".into(),
@@ -1009,7 +1009,7 @@ pub async fn exchange(app: Arc<App>, req: Request<Body>) -> Response {
             if !ok {
                 let _ = app
                     .store
-                    .revoke_token(&g.issued.minted.id, crate::state::now_ms())
+                    .revoke_token(&g.issued.minted.id, crate::util::now_ms())
                     .await;
                 return oauth_json(
                     StatusCode::SERVICE_UNAVAILABLE,

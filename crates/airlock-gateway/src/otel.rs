@@ -115,7 +115,7 @@ impl Tracer {
         service_name: &str,
         capture_prompts: bool,
         timeout: Duration,
-        client: crate::state::HttpClient,
+        client: crate::util::HttpClient,
     ) -> Result<Arc<Self>, String> {
         let url: http::Uri = format!("{}/v1/traces", endpoint.trim_end_matches('/'))
             .parse()
@@ -282,7 +282,7 @@ async fn export(
     url: http::Uri,
     service: String,
     timeout: Duration,
-    client: crate::state::HttpClient,
+    client: crate::util::HttpClient,
     counts: Arc<Counts>,
 ) {
     let resource = json!({"attributes": [

@@ -3,8 +3,9 @@
 //! recording usage when it ends. Errors reach the client in its own dialect.
 
 use crate::policy::{self, Authorized};
-use crate::state::{now_ms, App};
+use crate::state::App;
 use crate::usage::{audit_unavailable, ObservedBody, Record};
+use crate::util::{now_ms, presented_token};
 use crate::RequestId;
 use airlock_providers::adapter::{Endpoint, ProviderKind};
 use airlock_providers::dialect::{ApiError, Dialect};
@@ -53,68 +54,6 @@ const RETURN_PREFIX: &[&str] = &["x-ratelimit-", "anthropic-ratelimit-"];
 
 fn listed(name: &str, exact: &[&str], prefixes: &[&str]) -> bool {
     exact.contains(&name) || prefixes.iter().any(|p| name.starts_with(p))
-}
-
-/// The token presented by the client, as each SDK sends it.
-pub fn presented_token(h: &HeaderMap) -> Option<&str> {
-    if let Some(v) = h
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let v = v.trim();
-        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-            return Some(v[7..].trim());
-        }
-    }
-    h.get("x-api-key")
-        .or_else(|| h.get("api-key"))
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-}
-
-fn token_error(e: &TokenError) -> ApiError {
-    if e.is_authentication() {
-        let code = match e {
-            TokenError::Expired(_) => "token_expired",
-            TokenError::Revoked(_) => "token_revoked",
-            _ => "invalid_token",
-        };
-        ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
-    } else {
-        ApiError::new(StatusCode::FORBIDDEN, "not_allowed", e.to_string())
-    }
-}
-
-/// Authenticates the client: verified, unexpired, unrevoked token.
-pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Arc<Verified>, ApiError> {
-    authenticate_identified(app, headers).map_err(|(e, _)| e)
-}
-
-/// As [`authenticate`], and on refusal the token's identity when its signature verified (a
-/// revoked token still says whose it was: exactly what an incident review needs).
-fn authenticate_identified(
-    app: &App,
-    headers: &HeaderMap,
-) -> Result<Arc<Verified>, (ApiError, Option<Arc<Verified>>)> {
-    let Some(tok) = presented_token(headers) else {
-        return Err((
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing_token",
-                "no token: pass your airlock token as the SDK's api_key (sent as Authorization: Bearer or x-api-key)",
-            ),
-            None,
-        ));
-    };
-    let v = app
-        .verifier
-        .load()
-        .verify(tok, SystemTime::now())
-        .map_err(|e| (token_error(&e), None))?;
-    if app.is_revoked(&v.id) {
-        return Err((token_error(&TokenError::Revoked(v.id.clone())), Some(v)));
-    }
-    Ok(v)
 }
 
 #[derive(Deserialize)]
@@ -257,7 +196,7 @@ async fn run(
     parts: http::request::Parts,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let token = match authenticate_identified(app, &parts.headers) {
+    let token = match app.tokens.authenticate_identified(&parts.headers) {
         Ok(t) => t,
         Err((e, known)) => {
             if let Some(t) = known {
@@ -335,7 +274,7 @@ async fn run(
             c.suspended
                 && c.provider.dialect() == dialect
                 && c.serves(&model)
-                && policy::authorize(&app.verifier.load(), &token, c, &model, now).is_ok()
+                && policy::authorize(&app.tokens.verifier.load(), &token, c, &model, now).is_ok()
         }) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -357,7 +296,7 @@ async fn run(
     let mut allowed: Vec<Authorized> = Vec::with_capacity(matching.len());
     let mut denial: Option<TokenError> = None;
     for c in matching {
-        match policy::authorize(&app.verifier.load(), &token, c, &model, now) {
+        match policy::authorize(&app.tokens.verifier.load(), &token, c, &model, now) {
             Ok(a) => allowed.push(a),
             Err(e) => {
                 // Keep the most useful reason: a scope refusal beats an environment mismatch.
@@ -376,7 +315,7 @@ async fn run(
     }
     if allowed.is_empty() {
         let e = denial.unwrap_or_else(|| TokenError::Denied("not allowed".into()));
-        return Err(token_error(&e));
+        return Err(crate::tokens::token_error(&e));
     }
     // What a request may use, for budgets and token rate limits: input from the body's
     // length (one token per 3 bytes), output from the largest limit it sets (or the default),
@@ -927,7 +866,7 @@ async fn record_models_refusal(app: &Arc<App>, parts: &http::request::Parts, e: 
         ..Default::default()
     };
     let mut r = Record::start(app.recorder.clone(), row);
-    if let Ok(t) = app.verifier.load().verify(
+    if let Ok(t) = app.tokens.verifier.load().verify(
         presented_token(&parts.headers).unwrap_or_default(),
         SystemTime::now(),
     ) {
@@ -1008,7 +947,7 @@ struct Asker {
 }
 
 async fn list_models(app: &Arc<App>, req: &http::request::Parts) -> Result<Vec<String>, ApiError> {
-    let token = authenticate(app, &req.headers)?;
+    let token = app.tokens.authenticate(&req.headers)?;
     let asker = Asker {
         token: token.clone(),
         request_id: req
@@ -1038,7 +977,9 @@ async fn list_models(app: &Arc<App>, req: &http::request::Parts) -> Result<Vec<S
             .collect();
         names.extend(upstream_models(app, c, &asker).await?);
         for m in names {
-            if c.serves(&m) && policy::authorize(&app.verifier.load(), &token, c, &m, now).is_ok() {
+            if c.serves(&m)
+                && policy::authorize(&app.tokens.verifier.load(), &token, c, &m, now).is_ok()
+            {
                 out.insert(m);
             }
         }

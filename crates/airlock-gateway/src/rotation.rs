@@ -11,7 +11,8 @@
 //! the provider refuses is not promoted (the old key keeps serving) and raises an alert.
 
 use crate::credentials::Credential;
-use crate::state::{now_ms, App};
+use crate::state::App;
+use crate::util::now_ms;
 use airlock_providers::dialect::ApiError;
 use airlock_secrets::{ResolveError, Secret, SecretRef};
 use airlock_store::RotationRow;

@@ -3,19 +3,13 @@
 use crate::config::Config;
 use crate::credentials::CredentialSet;
 use crate::usage::Recorder;
+use crate::util::HttpClient;
 use airlock_secrets::HmacKey;
 use airlock_store::Store;
-use airlock_token::Verifier;
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// The HTTP client used for providers and secret stores (rustls with the platform's roots;
-/// HTTP/1.1 and h2).
-pub type HttpClient = airlock_secretstore::HttpClient;
+use std::time::Instant;
 
 /// Everything a handler needs.
 pub struct App {
@@ -23,8 +17,8 @@ pub struct App {
     pub cfg: Config,
     /// Database.
     pub store: Store,
-    /// Token verifier (with its cache); replaced whole by an incident lockdown.
-    pub verifier: ArcSwap<Verifier>,
+    /// The verifier and the revocation set.
+    pub tokens: Arc<crate::tokens::Tokens>,
     /// HMAC key for fingerprints and stored key hashes.
     pub hmac: Arc<HmacKey>,
     /// Where `file:` references may point.
@@ -35,12 +29,8 @@ pub struct App {
     pub cache_policy: airlock_secretstore::CachePolicy,
     /// Credentials, swapped whole when they change.
     pub creds: ArcSwap<CredentialSet>,
-    /// Ids of revoked tokens.
-    pub revoked: ArcSwap<HashSet<String>>,
     /// Serialises credential reloads.
     pub reload_lock: tokio::sync::Mutex<()>,
-    /// Serializes changes to `revoked` (revocations and reloads).
-    pub revocation_lock: tokio::sync::Mutex<()>,
     /// Provider client.
     pub client: HttpClient,
     /// Usage recorder.
@@ -66,32 +56,6 @@ pub struct App {
     pub anomaly: std::sync::OnceLock<Arc<airlock_spend::anomaly::Detector>>,
 }
 
-/// Builds the provider client.
-pub fn http_client(connect_timeout: Duration) -> anyhow::Result<HttpClient> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()?
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(https))
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl App {
     /// Reloads credentials from the store (one reload at a time, so an older read never
     /// replaces a newer set).
@@ -107,14 +71,6 @@ impl App {
         Ok(())
     }
 
-    /// Reloads the revocation list from the store.
-    pub async fn reload_revocations(&self) -> Result<(), airlock_store::StoreError> {
-        let _serial = self.revocation_lock.lock().await;
-        let ids = self.store.revoked_token_ids(now_ms() / 1000).await?;
-        self.revoked.store(Arc::new(ids.into_iter().collect()));
-        Ok(())
-    }
-
     /// Rebuilds the trust policy list (after a change through the API).
     pub async fn reload_trust(&self) -> Result<(), String> {
         // One reload at a time, so an older read never replaces a newer list.
@@ -124,10 +80,5 @@ impl App {
         // changed policy never inherits another's keys and the cache can stay.
         self.trust.store(Arc::new(list));
         Ok(())
-    }
-
-    /// Whether a token id is revoked.
-    pub fn is_revoked(&self, id: &str) -> bool {
-        self.revoked.load().contains(id)
     }
 }

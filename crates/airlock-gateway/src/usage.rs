@@ -267,7 +267,7 @@ impl Recorder {
         };
         if let Some(n) = accepted_tail {
             let rec = AuditRecord {
-                ts: crate::state::now_ms(),
+                ts: crate::util::now_ms(),
                 actor_kind: "system".into(),
                 action: "audit.tail_accepted".into(),
                 outcome: "ok".into(),
@@ -840,7 +840,7 @@ fn flush(
         chain
             .settings
             .key
-            .checkpoint(seq, crate::state::now_ms(), &head)
+            .checkpoint(seq, crate::util::now_ms(), &head)
     });
     // Every batch signs its head, so no record is ever stored unsigned.
     let head_sig = match &cp {
@@ -849,7 +849,7 @@ fn flush(
             chain
                 .settings
                 .key
-                .checkpoint(seq, crate::state::now_ms(), &head)
+                .checkpoint(seq, crate::util::now_ms(), &head)
         }),
     };
     let ok = match db.write_batch(&usage, &sealed, cp.as_ref(), head_sig.as_ref()) {
@@ -1164,7 +1164,7 @@ impl Record {
     pub async fn commit_stream_start(&self) -> Durable {
         let row = &self.row;
         let rec = AuditRecord {
-            ts: crate::state::now_ms(),
+            ts: crate::util::now_ms(),
             actor_kind: "token".into(),
             actor: row.token_id.clone(),
             subject: row.subject.clone(),

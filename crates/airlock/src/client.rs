@@ -13,7 +13,7 @@ use std::time::Duration;
 pub(crate) struct Admin {
     url: String,
     token: String,
-    client: airlock_gateway::state::HttpClient,
+    client: airlock_gateway::util::HttpClient,
 }
 
 impl Admin {
@@ -24,7 +24,7 @@ impl Admin {
                 "AIRLOCK_ADMIN_TOKEN is not set: export the admin key that `airlock init` printed",
             )
         })?;
-        let client = airlock_gateway::state::http_client(Duration::from_secs(5))
+        let client = airlock_gateway::util::http_client(Duration::from_secs(5))
             .map_err(|e| Failure::usage(e.to_string()))?;
         Ok(Admin {
             url: url.trim_end_matches('/').to_string(),
@@ -287,7 +287,7 @@ async fn rotate_all(
 /// One call to a public (non-admin) endpoint; the answer's JSON, or a failure carrying the
 /// server's message (OAuth `error_description` or the API's `error.message`).
 async fn public_call(
-    client: &airlock_gateway::state::HttpClient,
+    client: &airlock_gateway::util::HttpClient,
     method: Method,
     uri: &str,
     bearer: Option<&str>,
@@ -406,7 +406,7 @@ pub async fn run_with_token(r: RunArgs) -> Result<(), Failure> {
             "--subject is for admin keys; a workload's token is named after its identity",
         ));
     }
-    let client = airlock_gateway::state::http_client(Duration::from_secs(5))
+    let client = airlock_gateway::util::http_client(Duration::from_secs(5))
         .map_err(|e| Failure::usage(e.to_string()))?;
     let program = r.cmd[0].clone();
     // Unasked, a bounded identity gets its scope's default (at most its maximum); an admin

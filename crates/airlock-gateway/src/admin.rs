@@ -585,7 +585,7 @@ async fn add_credential(State(app): State<Arc<App>>, Json(a): Json<AddCredential
                 Ok(r) => r,
                 Err(e) => return bad(e.to_string()),
             };
-            match app.secrets.resolve(&reference, &a.name).await {
+            match app.creds.secrets.resolve(&reference, &a.name).await {
                 Ok(r) => (reference, r.secret, r.version, None),
                 Err(e) => {
                     let (status, code) = if e.is_definite() {
@@ -606,7 +606,7 @@ async fn add_credential(State(app): State<Arc<App>>, Json(a): Json<AddCredential
                 Ok(s) => s,
                 Err(e) => return bad(e.to_string()),
             };
-            match app.secrets.seal(&a.name, &secret).await {
+            match app.creds.secrets.seal(&a.name, &secret).await {
                 Ok(row) => (
                     SecretRef::Sealed(row.id.clone()),
                     secret,
@@ -662,7 +662,7 @@ async fn add_credential(State(app): State<Arc<App>>, Json(a): Json<AddCredential
     if let Some(d) = app.anomaly.get() {
         d.credential_added(&row.name, row.created_at);
     }
-    if let Err(e) = app.reload_credentials().await {
+    if let Err(e) = app.creds.reload().await {
         return store_err(e);
     }
     tracing::info!(credential = %row.name, provider = %row.provider, env = %row.env, "credential added");
@@ -747,7 +747,7 @@ async fn show_credential(
 async fn remove_credential(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
     match app.store.delete_credential(&name).await {
         Ok(true) => {
-            if let Err(e) = app.reload_credentials().await {
+            if let Err(e) = app.creds.reload().await {
                 return store_err(e);
             }
             tracing::info!(credential = %name, "credential removed");
@@ -782,7 +782,7 @@ async fn verify_credential(
             format!("no credential named `{name}`"),
         );
     };
-    Json(crate::proxy::verify(&app, &c).await).into_response()
+    Json(crate::upstream::verify(&app.creds, &app.client, &c).await).into_response()
 }
 
 async fn incident_lockdown(
@@ -1009,6 +1009,7 @@ async fn rotate_credential(
 /// its provider accepts it.
 async fn doctor(State(app): State<Arc<App>>) -> Response {
     let mut checks: Vec<serde_json::Value> = app
+        .creds
         .secrets
         .checks()
         .await
@@ -1021,7 +1022,7 @@ async fn doctor(State(app): State<Arc<App>>) -> Response {
     let reads = creds.all.iter().map(|c| {
         let app = app.clone();
         async move {
-            let v = crate::proxy::verify(&app, c).await;
+            let v = crate::upstream::verify(&app.creds, &app.client, c).await;
             let mut detail = v["detail"].as_str().unwrap_or_default().to_string();
             if let Some(fp) = v["fingerprint"].as_str() {
                 detail.push_str(&format!(
@@ -1049,7 +1050,7 @@ async fn doctor(State(app): State<Arc<App>>) -> Response {
 
 /// `kek rotate`: a new KEK version, every sealed data key rewrapped under it.
 async fn rotate_kek(State(app): State<Arc<App>>) -> Response {
-    match app.secrets.rotate_kek().await {
+    match app.creds.secrets.rotate_kek().await {
         Ok(report) => {
             tracing::info!(kek = %report.kek, rewrapped = report.rewrapped, failed = report.failed.len(), "KEK rotated");
             let status = if report.failed.is_empty() {
@@ -1137,7 +1138,7 @@ async fn mint_token(
         Some(Ok(n)) => Some(n),
         Some(Err(e)) => return bad(format!("budget_usd: {e}")),
     };
-    match issue(&app, bound, ask, origin).await {
+    match issue(&app.issuer, bound, ask, origin).await {
         Ok(issued) => {
             let mut v = issued.json();
             if let Some(limit) = budget {
@@ -1230,7 +1231,7 @@ async fn create_service_account(
             Some(_) => {}
         }
     }
-    match crate::identity::create_service_account(&app, &n.name, &scope, &c.key_id).await {
+    match crate::identity::create_service_account(&app.issuer, &n.name, &scope, &c.key_id).await {
         Ok((row, key)) => (
             StatusCode::CREATED,
             Json(serde_json::json!({
@@ -1315,21 +1316,27 @@ async fn add_trust_policy(
     if let Err(e) = app.store.insert_trust_policy(&row).await {
         return store_err(e);
     }
-    if let Err(e) = app.reload_trust().await {
+    if let Err(e) = app.trust.reload().await {
         tracing::error!(error = %e, "cannot reload trust policies");
     }
     (StatusCode::CREATED, Json(compiled.listing())).into_response()
 }
 
 async fn list_trust_policies(State(app): State<Arc<App>>) -> Response {
-    let list: Vec<serde_json::Value> = app.trust.load().iter().map(|c| c.listing()).collect();
+    let list: Vec<serde_json::Value> = app
+        .trust
+        .policies
+        .load()
+        .iter()
+        .map(|c| c.listing())
+        .collect();
     Json(serde_json::json!({ "trust_policies": list })).into_response()
 }
 
 async fn remove_trust_policy(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
     match app.store.delete_trust_policy(&name).await {
         Ok(true) => {
-            if let Err(e) = app.reload_trust().await {
+            if let Err(e) = app.trust.reload().await {
                 tracing::error!(error = %e, "cannot reload trust policies");
                 return err(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -1422,7 +1429,7 @@ async fn resume_credential(State(app): State<Arc<App>>, Path(name): Path<String>
 async fn set_suspended(app: &Arc<App>, name: String, suspended: bool) -> Response {
     match app.store.set_suspended(&name, suspended).await {
         Ok(true) => {
-            if let Err(e) = app.reload_credentials().await {
+            if let Err(e) = app.creds.reload().await {
                 return store_err(e);
             }
             tracing::warn!(credential = %name, suspended, "credential suspension changed");

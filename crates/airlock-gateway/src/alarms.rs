@@ -37,6 +37,7 @@ pub async fn start(
             let r = airlock_secrets::SecretRef::parse(secret)
                 .map_err(|e| anyhow::anyhow!("[anomaly] webhook_secret: {e}"))?;
             let secret = app
+                .creds
                 .secrets
                 .resolve(&r, "anomaly-webhook")
                 .await
@@ -212,7 +213,7 @@ async fn act(
 async fn suspend_credential(app: &std::sync::Arc<crate::App>, name: &str) -> (bool, String) {
     match app.store.set_suspended(name, true).await {
         Ok(true) => {
-            if app.reload_credentials().await.is_ok() || app.reload_credentials().await.is_ok() {
+            if app.creds.reload().await.is_ok() || app.creds.reload().await.is_ok() {
                 (
                     true,
                     format!(
@@ -228,7 +229,7 @@ async fn suspend_credential(app: &std::sync::Arc<crate::App>, name: &str) -> (bo
                         for wait in [1u64, 2, 5, 10, 30, 60, 120, 300] {
                             tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
                             let Some(app) = weak.upgrade() else { return };
-                            if app.reload_credentials().await.is_ok() {
+                            if app.creds.reload().await.is_ok() {
                                 tracing::warn!(
                                     "credentials reloaded: the anomaly's suspension is in effect"
                                 );

@@ -52,7 +52,7 @@ pub struct Config {
     pub otel: OtelConfig,
     /// Token exchange (`POST /v1/token/exchange`) timing.
     #[serde(default)]
-    pub oidc: OidcConfig,
+    pub oidc: crate::oidc::OidcConfig,
     /// Trust policies: which workload identity tokens are exchanged for which airlock tokens
     /// (`[[trust]]` tables; more can be added through the admin API).
     #[serde(default)]
@@ -364,32 +364,6 @@ impl AnomalyConfig {
             revoke_token,
             cooldown_ms,
         })
-    }
-}
-
-/// `[oidc]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OidcConfig {
-    /// Clock skew allowed on `exp`, `nbf` and `iat`, seconds.
-    pub leeway_secs: u64,
-    /// How long an issuer's keys are used before they are fetched again.
-    pub jwks_cache_secs: u64,
-    /// The shortest gap between two fetches of one issuer's keys (a token naming an unknown
-    /// `kid` triggers a fetch, so this bounds what forged tokens can make airlock do).
-    pub jwks_min_refetch_secs: u64,
-    /// Timeout of each discovery or JWKS request.
-    pub fetch_timeout_secs: f64,
-}
-
-impl Default for OidcConfig {
-    fn default() -> Self {
-        OidcConfig {
-            leeway_secs: 60,
-            jwks_cache_secs: 3600,
-            jwks_min_refetch_secs: 10,
-            fetch_timeout_secs: 5.0,
-        }
     }
 }
 

@@ -7,15 +7,81 @@
 //! the store and version, never the value) and a changed key's fingerprint is written to the
 //! inventory.
 
-use crate::state::App;
+use crate::usage::Recorder;
 use crate::util::now_ms;
 use airlock_providers::adapter::ProviderKind;
+use airlock_secrets::HmacKey;
 use airlock_secrets::{ResolveError, Secret, SecretRef};
+use airlock_secretstore::{CachePolicy, Stores};
 use airlock_secretstore::{Fetch, SecretCell};
-use airlock_store::CredentialRow;
+use airlock_store::{CredentialRow, Store};
 use airlock_token::glob::Glob;
+use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The credentials in force and what reading their keys needs: the secret stores, the cache's
+/// timing, the HMAC key for fingerprints, the store for the inventory and the audit writer.
+pub struct Credentials {
+    set: ArcSwap<CredentialSet>,
+    /// One reload at a time, so an older read never replaces a newer set.
+    reload_lock: tokio::sync::Mutex<()>,
+    /// The database (credential rows, the inventory's fingerprints).
+    pub store: Store,
+    /// HMAC key for fingerprints.
+    pub hmac: Arc<HmacKey>,
+    /// The secret stores (Vault, AWS, commands, sealed secrets).
+    pub secrets: Stores,
+    /// The secret cache's timing.
+    pub cache_policy: CachePolicy,
+    /// Where reads are audited.
+    pub recorder: Recorder,
+}
+
+impl Credentials {
+    /// No credentials until the first `reload`.
+    pub fn new(
+        store: Store,
+        hmac: Arc<HmacKey>,
+        secrets: Stores,
+        cache_policy: CachePolicy,
+        recorder: Recorder,
+    ) -> Self {
+        Credentials {
+            set: ArcSwap::from_pointee(CredentialSet::default()),
+            reload_lock: tokio::sync::Mutex::new(()),
+            store,
+            hmac,
+            secrets,
+            cache_policy,
+            recorder,
+        }
+    }
+
+    /// The set in force now.
+    pub fn load(&self) -> arc_swap::Guard<Arc<CredentialSet>> {
+        self.set.load()
+    }
+
+    /// The set in force now, owned.
+    pub fn load_full(&self) -> Arc<CredentialSet> {
+        self.set.load_full()
+    }
+
+    /// Reloads credentials from the store (one reload at a time, so an older read never
+    /// replaces a newer set); cached keys of unchanged references are kept.
+    pub async fn reload(&self) -> Result<(), airlock_store::StoreError> {
+        let _one = self.reload_lock.lock().await;
+        let rows = self.store.list_credentials().await?;
+        let old = self.set.load_full();
+        self.set.store(Arc::new(CredentialSet::from_rows(
+            &rows,
+            Some(&old),
+            &self.hmac,
+        )));
+        Ok(())
+    }
+}
 
 /// A usable credential.
 pub struct Credential {
@@ -121,7 +187,11 @@ impl Credential {
 
     /// The key, from memory when it is usable; a read from the store is audited under
     /// `request_id`.
-    pub async fn secret(&self, app: &App, request_id: &str) -> Result<Arc<Secret>, ResolveError> {
+    pub async fn secret(
+        &self,
+        app: &Credentials,
+        request_id: &str,
+    ) -> Result<Arc<Secret>, ResolveError> {
         let (got, fetch) = self
             .cell
             .get(&app.secrets, &self.reference, &self.name, &app.cache_policy)
@@ -134,7 +204,7 @@ impl Credential {
 
     /// Reads the key from its store now, bypassing the cache (`credential verify`,
     /// `doctor`); the read is audited and its result kept.
-    pub async fn read_now(&self, app: &App, why: &str) -> Fetch {
+    pub async fn read_now(&self, app: &Credentials, why: &str) -> Fetch {
         let f = self
             .cell
             .read_now(&app.secrets, &self.reference, &self.name, &app.cache_policy)
@@ -144,7 +214,7 @@ impl Credential {
     }
 
     /// The background refresher's step for this credential.
-    async fn refresh(&self, app: &App) {
+    async fn refresh(&self, app: &Credentials) {
         if let Some(f) = self
             .cell
             .refresh(&app.secrets, &self.reference, &self.name, &app.cache_policy)
@@ -178,7 +248,7 @@ impl Credential {
     }
 
     /// Audits one read and records a changed fingerprint or version in the inventory.
-    fn report(&self, app: &App, f: &Fetch, request_id: Option<&str>, why: &str) {
+    fn report(&self, app: &Credentials, f: &Fetch, request_id: Option<&str>, why: &str) {
         let store = self.reference.store();
         let (outcome, reason) = match &f.result {
             Ok(_) if f.candidate => {
@@ -272,8 +342,12 @@ impl Credential {
 }
 
 /// Re-reads keys ahead of their TTL, notices changed files, drops keys older than
-/// `max_stale`; runs until the app is dropped.
-pub fn spawn_refresher(app: std::sync::Weak<App>) {
+/// `max_stale`; hands each credential with a candidate key waiting to `candidate` (the
+/// automatic rotation); runs until the credentials are dropped.
+pub fn spawn_refresher(
+    app: std::sync::Weak<Credentials>,
+    candidate: impl Fn(Arc<Credential>) + Send + 'static,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -281,7 +355,7 @@ pub fn spawn_refresher(app: std::sync::Weak<App>) {
             tick.tick().await;
             let Some(a) = app.upgrade() else { return };
             let now = Instant::now();
-            for c in a.creds.load().all.iter().filter(|c| !c.suspended) {
+            for c in a.load().all.iter().filter(|c| !c.suspended) {
                 if c.cell.expire(&c.reference, &a.cache_policy, now) {
                     tracing::error!(credential = %c.name, "no good read of the key within max_stale: requests needing it are refused until its store answers");
                     a.recorder.write_nowait(
@@ -307,7 +381,7 @@ pub fn spawn_refresher(app: std::sync::Weak<App>) {
                     tokio::spawn(async move { c2.refresh(&a2).await });
                 }
                 if c.cell.candidate().is_some() {
-                    tokio::spawn(crate::rotation::auto_rotate(a.clone(), c.clone()));
+                    candidate(c.clone());
                 }
             }
         }

@@ -8,7 +8,9 @@
 //! checked against its [`Scope`] before anything is signed. A request that names nothing gets
 //! the whole scope; a request may only narrow it.
 
-use crate::state::App;
+use crate::credentials::Credentials;
+use crate::tokens::Tokens;
+use crate::usage::Recorder;
 use crate::util::now_ms;
 use airlock_providers::dialect::{ApiError, Dialect};
 use airlock_secrets::Secret;
@@ -23,6 +25,26 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+/// What minting needs: the root keys (through the verifier), the credentials (a token may
+/// only name credentials of its environment), the store (token, service-account and admin-key
+/// rows), the HMAC key (stored key hashes), the audit writer and the server's longest TTL.
+pub struct Issuer {
+    /// The database.
+    pub store: airlock_store::Store,
+    /// The verifier (its key ring signs) and the revocations.
+    pub tokens: Arc<Tokens>,
+    /// The credentials in force.
+    pub creds: Arc<Credentials>,
+    /// HMAC key for stored key hashes.
+    pub hmac: Arc<airlock_secrets::HmacKey>,
+    /// The audit writer.
+    pub recorder: Recorder,
+    /// The longest lifetime the server mints.
+    pub max_ttl: Duration,
+    /// The lifetime of a token minted without one.
+    pub default_ttl: Duration,
+}
 
 /// Prefix of service-account keys.
 pub const SERVICE_ACCOUNT_PREFIX: &str = "alk_sa_";
@@ -239,22 +261,18 @@ impl Issued {
 
 /// Issues a token for `ask`, within `bound` when the caller is bounded, and records it.
 pub async fn issue(
-    app: &App,
+    app: &Issuer,
     bound: Option<&Scope>,
     ask: Ask,
     origin: Origin,
 ) -> Result<Issued, IssueError> {
     use IssueError::{Invalid, OutOfScope};
-    let server_max = app.cfg.max_ttl().unwrap_or(airlock_token::MAX_TTL);
+    let server_max = app.max_ttl;
     let mut max_ttl = server_max;
     if let Some(b) = bound {
         max_ttl = max_ttl.min(Duration::from_secs(b.max_ttl_secs));
     }
-    let default_ttl = app
-        .cfg
-        .default_ttl()
-        .unwrap_or(airlock_token::DEFAULT_TTL)
-        .min(max_ttl);
+    let default_ttl = app.default_ttl.min(max_ttl);
     let ttl = ask.ttl.unwrap_or(default_ttl);
     if ttl > max_ttl {
         let whose = if bound.is_some() && max_ttl < server_max {
@@ -421,7 +439,7 @@ pub async fn issue(
 
 /// Creates a service account; returns its row and the key (shown once).
 pub async fn create_service_account(
-    app: &App,
+    app: &Issuer,
     name: &str,
     scope: &Scope,
     created_by: &str,
@@ -446,7 +464,7 @@ pub async fn create_service_account(
 }
 
 /// Checks a presented service-account key; the account when it is valid and active.
-async fn service_account(app: &App, headers: &HeaderMap) -> Result<ServiceAccountRow, ApiError> {
+async fn service_account(app: &Issuer, headers: &HeaderMap) -> Result<ServiceAccountRow, ApiError> {
     let unauth = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_service_account", m);
     let presented = crate::util::presented_token(headers).ok_or_else(|| {
         unauth("POST /v1/token needs a service-account key: Authorization: Bearer alk_sa_…")
@@ -525,7 +543,7 @@ pub struct Event {
 /// Writes an identity event; false when a change's record could not be written and the
 /// server is fail-closed (the caller must then not hand out what it made). Refusals without
 /// a known actor are rate-limited like other anonymous refusals.
-pub async fn audit_event(app: &App, e: Event) -> bool {
+pub async fn audit_event(app: &Issuer, e: Event) -> bool {
     let ok = e.status.is_success();
     if e.actor.is_none() && !app.recorder.anonymous_allowed() {
         return true;
@@ -573,7 +591,7 @@ fn audit_unavailable() -> Response {
 }
 
 /// `POST /v1/token`: a service account mints a token within its own scope.
-pub async fn mint_for_service_account(app: Arc<App>, req: Request<Body>) -> Response {
+pub async fn mint_for_service_account(app: Arc<Issuer>, req: Request<Body>) -> Response {
     let meta = client_meta(&req);
     let headers = req.headers().clone();
     let sa = match service_account(&app, &headers).await {
@@ -599,7 +617,7 @@ pub async fn mint_for_service_account(app: Arc<App>, req: Request<Body>) -> Resp
         }
     };
     let body = axum::body::to_bytes(req.into_body(), 64 * 1024).await;
-    let refuse = |app: Arc<App>, sa: ServiceAccountRow, meta, resp: Response, reason: String| async move {
+    let refuse = |app: Arc<Issuer>, sa: ServiceAccountRow, meta, resp: Response, reason: String| async move {
         let ok = audit_event(
             &app,
             Event {
@@ -726,7 +744,7 @@ pub async fn mint_for_service_account(app: Arc<App>, req: Request<Body>) -> Resp
 /// `POST /v1/token/revoke`: a token revokes itself (`airlock run` does this when its command
 /// ends). Only an unattenuated token may: a narrowed copy handed to someone else must not be
 /// able to end its parent.
-pub async fn revoke_self(app: Arc<App>, req: Request<Body>) -> Response {
+pub async fn revoke_self(app: Arc<Issuer>, req: Request<Body>) -> Response {
     let meta = client_meta(&req);
     let v = match app.tokens.authenticate(req.headers()) {
         Ok(v) => v,

@@ -103,9 +103,9 @@ pub async fn lockdown(app: &Arc<App>, req: Lockdown) -> Result<Value, ApiError> 
         Arc::new(ring),
         app.cfg.tokens.cache_capacity,
     )));
-    if app.reload_credentials().await.is_err() {
+    if app.creds.reload().await.is_err() {
         // The suspension is in the database; memory must follow before this answers.
-        if let Err(e) = app.reload_credentials().await {
+        if let Err(e) = app.creds.reload().await {
             tracing::error!(error = %e, "cannot reload credentials after a lockdown");
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

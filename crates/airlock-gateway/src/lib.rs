@@ -20,6 +20,7 @@ pub mod rotation;
 pub mod server;
 pub mod state;
 pub mod tokens;
+pub mod upstream;
 pub mod usage;
 pub mod util;
 
@@ -27,7 +28,6 @@ use airlock_secrets::HmacKey;
 use airlock_store::Store;
 use airlock_token::{KeyRing, Verifier};
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use config::Config;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -122,6 +122,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
     ))?;
     let verifier = Verifier::new(keys, cfg.tokens.cache_capacity);
     let ref_policy = cfg.reference_policy();
+    let hmac = Arc::new(hmac);
     let cache_policy = cfg.secrets.cache_policy().map_err(anyhow::Error::msg)?;
     let secrets = airlock_secretstore::Stores::new(
         airlock_secretstore::Settings {
@@ -145,32 +146,52 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
     let budgets = Arc::new(airlock_spend::budget::Budgets::load(&store).await?);
     let rate_limits = Arc::new(airlock_spend::ratelimit::RateLimits::default());
     rate_limits.reload(&store).await?;
-    let app = Arc::new(App {
-        ref_policy,
+    let tokens = Arc::new(tokens::Tokens::new(store.clone(), verifier));
+    let creds = Arc::new(credentials::Credentials::new(
+        store.clone(),
+        hmac.clone(),
         secrets,
         cache_policy,
+        recorder.clone(),
+    ));
+    let issuer = Arc::new(identity::Issuer {
+        store: store.clone(),
+        tokens: tokens.clone(),
+        creds: creds.clone(),
+        hmac: hmac.clone(),
+        recorder: recorder.clone(),
+        max_ttl: cfg.max_ttl().unwrap_or(airlock_token::MAX_TTL),
+        default_ttl: cfg.default_ttl().unwrap_or(airlock_token::DEFAULT_TTL),
+    });
+    let trust = Arc::new(oidc::Trust::new(
+        issuer.clone(),
+        cfg.oidc.clone(),
+        cfg.trust.clone(),
+        client.clone(),
+    ));
+    let app = Arc::new(App {
+        issuer: issuer.clone(),
+        ref_policy,
         cfg,
-        tokens: Arc::new(tokens::Tokens::new(store.clone(), verifier)),
+        tokens,
+        hmac: hmac.clone(),
+        creds,
         store,
-        hmac: Arc::new(hmac),
-        reload_lock: Default::default(),
-        creds: ArcSwap::from_pointee(credentials::CredentialSet::default()),
         client,
         recorder,
         model_lists: Default::default(),
         started: Instant::now(),
-        trust: ArcSwap::from_pointee(Vec::new()),
+        trust,
         budgets,
         rate_limits,
-        jwks: Default::default(),
-        trust_lock: Default::default(),
         state_lock,
         anomaly: Default::default(),
     });
-    app.reload_trust()
+    app.trust
+        .reload()
         .await
         .map_err(|e| anyhow::anyhow!("trust policies: {e}"))?;
-    app.reload_credentials().await?;
+    app.creds.reload().await?;
     app.tokens.reload_revocations().await?;
     // A hook for tests only: lets the owner move the anomaly detector's clock (a simulated
     // week of traffic without waiting a week). Never set it in production.
@@ -212,7 +233,14 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         let _ = app.anomaly.set(d);
     }
     spawn_revocation_refresh(Arc::downgrade(&app));
-    credentials::spawn_refresher(Arc::downgrade(&app));
+    {
+        let rotate = Arc::downgrade(&app);
+        credentials::spawn_refresher(Arc::downgrade(&app.creds), move |c| {
+            if let Some(a) = rotate.upgrade() {
+                tokio::spawn(rotation::auto_rotate(a, c));
+            }
+        });
+    }
     Ok((app, writer))
 }
 

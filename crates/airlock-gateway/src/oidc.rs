@@ -13,7 +13,6 @@
 //! Every exchange is an audit record (`token.exchange`), granted or refused with the reason.
 
 use crate::identity::{self, Ask, Event, IssueError, Origin, Scope};
-use crate::state::App;
 use airlock_token::glob::Glob;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -28,6 +27,81 @@ use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// `[oidc]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, seconds.
+    pub leeway_secs: u64,
+    /// How long an issuer's keys are used before they are fetched again.
+    pub jwks_cache_secs: u64,
+    /// The shortest gap between two fetches of one issuer's keys (a token naming an unknown
+    /// `kid` triggers a fetch, so this bounds what forged tokens can make airlock do).
+    pub jwks_min_refetch_secs: u64,
+    /// Timeout of each discovery or JWKS request.
+    pub fetch_timeout_secs: f64,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        OidcConfig {
+            leeway_secs: 60,
+            jwks_cache_secs: 3600,
+            jwks_min_refetch_secs: 10,
+            fetch_timeout_secs: 5.0,
+        }
+    }
+}
+
+/// Token exchange: the trust policies in force (the configuration's, then the API's), the
+/// issuers' signing keys, and the issuer that mints what a policy grants.
+pub struct Trust {
+    /// Mints the granted tokens and audits each exchange.
+    pub issuer: Arc<identity::Issuer>,
+    /// `[oidc]`.
+    pub settings: OidcConfig,
+    /// The configuration's `[[trust]]` policies.
+    pub configured: Vec<TrustPolicy>,
+    /// The client for discovery and JWKS requests.
+    pub client: crate::util::HttpClient,
+    /// The compiled policies in force.
+    pub policies: arc_swap::ArcSwap<Vec<Arc<Compiled>>>,
+    /// Issuers' signing keys.
+    pub jwks: JwksCache,
+    /// One reload at a time, so an older read never replaces a newer list.
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl Trust {
+    /// No policies until the first `reload`.
+    pub fn new(
+        issuer: Arc<identity::Issuer>,
+        settings: OidcConfig,
+        configured: Vec<TrustPolicy>,
+        client: crate::util::HttpClient,
+    ) -> Self {
+        Trust {
+            issuer,
+            settings,
+            configured,
+            client,
+            policies: arc_swap::ArcSwap::from_pointee(Vec::new()),
+            jwks: JwksCache::default(),
+            reload_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Rebuilds the policy list (at start and after a change through the API).
+    pub async fn reload(&self) -> Result<(), String> {
+        let _one = self.reload_lock.lock().await;
+        let list = load_policies(self).await?;
+        // Keys are cached per source (a policy's jwks_url or its issuer's discovery), so a
+        // changed policy never inherits another's keys and the cache can stay.
+        self.policies.store(Arc::new(list));
+        Ok(())
+    }
+}
 
 /// RFC 8693 grant type.
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -380,8 +454,8 @@ pub struct JwksCache {
 /// Why a fetch failed: the detail goes to the audit log, the caller gets a generic answer.
 struct FetchError(String);
 
-async fn get_json(app: &App, url: &str) -> Result<serde_json::Value, FetchError> {
-    let timeout = Duration::from_secs_f64(app.cfg.oidc.fetch_timeout_secs);
+async fn get_json(app: &Trust, url: &str) -> Result<serde_json::Value, FetchError> {
+    let timeout = Duration::from_secs_f64(app.settings.fetch_timeout_secs);
     let req = Request::get(url)
         .header("accept", "application/json")
         .body(http_body_util::Full::new(Bytes::new()))
@@ -418,7 +492,7 @@ impl JwksCache {
 
     async fn fetch(
         &self,
-        app: &App,
+        app: &Trust,
         p: &TrustPolicy,
         source: &str,
     ) -> Result<Arc<KeySet>, FetchError> {
@@ -473,13 +547,13 @@ impl JwksCache {
     /// the issuer.
     async fn keys(
         &self,
-        app: &App,
+        app: &Trust,
         p: &TrustPolicy,
         kid: Option<&str>,
     ) -> Result<Arc<KeySet>, FetchError> {
         let source = key_source(p);
-        let max_age = Duration::from_secs(app.cfg.oidc.jwks_cache_secs);
-        let min_gap = Duration::from_secs(app.cfg.oidc.jwks_min_refetch_secs);
+        let max_age = Duration::from_secs(app.settings.jwks_cache_secs);
+        let min_gap = Duration::from_secs(app.settings.jwks_min_refetch_secs);
         let usable = |s: &KeySet| {
             s.fetched.elapsed() < max_age
                 && match kid {
@@ -652,7 +726,7 @@ fn check_signature(
     }
 }
 
-async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted, Refusal> {
+async fn exchange_inner(app: &Trust, form: &[(String, String)]) -> Result<Granted, Refusal> {
     let mut seen = std::collections::HashSet::new();
     for (k, _) in form {
         if !seen.insert(k.as_str()) {
@@ -710,7 +784,7 @@ async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted,
     })?;
     let iss = peek_issuer(jwt)
         .ok_or_else(|| refuse("invalid_request", "subject_token has no iss claim"))?;
-    let all = app.trust.load_full();
+    let all = app.policies.load_full();
     let for_issuer: Vec<&Arc<Compiled>> = all.iter().filter(|c| c.policy.issuer == iss).collect();
     if for_issuer.is_empty() {
         return Err(refuse(
@@ -733,7 +807,7 @@ async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted,
     }
     // Verify against each key source the candidates name, in policy order; the policies of the
     // source whose keys verify are the only ones that may admit the token.
-    let leeway = app.cfg.oidc.leeway_secs;
+    let leeway = app.settings.leeway_secs;
     let mut verified: Option<Claims> = None;
     let mut verified_sources: Vec<String> = Vec::new();
     let mut failure: Option<jsonwebtoken::errors::Error> = None;
@@ -898,14 +972,15 @@ async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted,
         minted_by: format!("trust:{}", policy.policy.name),
         claims: Some(serde_json::Value::Object(recorded)),
     };
-    match identity::issue(app, Some(&policy.scope), ask, origin).await {
-        Ok(issued) if !app.trust.load().iter().any(|c| Arc::ptr_eq(c, policy)) => {
+    match identity::issue(&app.issuer, Some(&policy.scope), ask, origin).await {
+        Ok(issued) if !app.policies.load().iter().any(|c| Arc::ptr_eq(c, policy)) => {
             // The policy was removed while this exchange ran; its sweep may have missed this.
             let _ = app
+                .issuer
                 .store
                 .revoke_token(&issued.minted.id, crate::util::now_ms())
                 .await;
-            let _ = app.tokens.reload_revocations().await;
+            let _ = app.issuer.tokens.reload_revocations().await;
             Err(attributed(
                 "invalid_request",
                 "no trust policy admits this identity".into(),
@@ -945,7 +1020,7 @@ async fn exchange_inner(app: &App, form: &[(String, String)]) -> Result<Granted,
 }
 
 /// `POST /v1/token/exchange`.
-pub async fn exchange(app: Arc<App>, req: Request<Body>) -> Response {
+pub async fn exchange(app: Arc<Trust>, req: Request<Body>) -> Response {
     let meta = (
         req.extensions()
             .get::<crate::RequestId>()
@@ -976,7 +1051,7 @@ pub async fn exchange(app: Arc<App>, req: Request<Body>) -> Response {
             },
         }
     };
-    let c = &app.recorder.counters;
+    let c = &app.issuer.recorder.counters;
     match &result {
         Ok(_) => c
             .exchanges_granted
@@ -993,7 +1068,7 @@ pub async fn exchange(app: Arc<App>, req: Request<Body>) -> Response {
                 .expires_at
                 .saturating_sub(jsonwebtoken::get_current_timestamp());
             let ok = identity::audit_event(
-                &app,
+                &app.issuer,
                 Event {
                     action: "token.exchange",
                     actor_kind: "workload",
@@ -1008,6 +1083,7 @@ pub async fn exchange(app: Arc<App>, req: Request<Body>) -> Response {
             .await;
             if !ok {
                 let _ = app
+                    .issuer
                     .store
                     .revoke_token(&g.issued.minted.id, crate::util::now_ms())
                     .await;
@@ -1035,7 +1111,7 @@ pub async fn exchange(app: Arc<App>, req: Request<Body>) -> Response {
                 None => (None, None),
             };
             identity::audit_event(
-                &app,
+                &app.issuer,
                 Event {
                     action: "token.exchange",
                     actor_kind: if actor.is_some() {
@@ -1066,19 +1142,20 @@ pub async fn exchange(app: Arc<App>, req: Request<Body>) -> Response {
 
 /// Builds the active policy list: the configuration's, then the API's (oldest first). An API
 /// policy that no longer passes the checks (the server's limits changed) is skipped, loudly.
-pub async fn load_policies(app: &App) -> Result<Vec<Arc<Compiled>>, String> {
-    let max = app.cfg.max_ttl().unwrap_or(airlock_token::MAX_TTL);
+pub async fn load_policies(app: &Trust) -> Result<Vec<Arc<Compiled>>, String> {
+    let max = app.issuer.max_ttl;
     let mut out = Vec::new();
-    for p in &app.cfg.trust {
+    for p in &app.configured {
         out.push(Arc::new(p.clone().compile("config", max)?));
     }
     let rows = app
+        .issuer
         .store
         .list_trust_policies()
         .await
         .map_err(|e| e.to_string())?;
     for r in rows {
-        if app.cfg.trust.iter().any(|t| t.name == r.name) {
+        if app.configured.iter().any(|t| t.name == r.name) {
             tracing::error!(policy = %r.name, "trust policy added through the API skipped: the configuration defines one with the same name (remove it with `airlock trust remove`)");
             continue;
         }

@@ -610,7 +610,7 @@ async fn forward(
                 .fetch_add(1, Ordering::Relaxed);
         }
         let request_id = ctx.rec().row.request_id.clone();
-        let secret = match c.secret(app, &request_id).await {
+        let secret = match c.secret(&app.creds, &request_id).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(credential = %c.name, error = %e, "secret unavailable");
@@ -987,62 +987,6 @@ async fn list_models(app: &Arc<App>, req: &http::request::Parts) -> Result<Vec<S
     Ok(out.into_iter().collect())
 }
 
-/// The provider's cheapest authenticated call: list models.
-pub(crate) fn models_request(
-    c: &crate::credentials::Credential,
-    secret: &airlock_secrets::Secret,
-) -> Option<Request<Full<Bytes>>> {
-    let url = c.provider.url(&c.base_url, Endpoint::Models);
-    let mut b = Request::builder().method(Method::GET).uri(url);
-    if let (Some(h), Some((n, v))) = (b.headers_mut(), c.provider.auth_header(secret)) {
-        h.insert(n, v);
-        if c.provider == ProviderKind::Anthropic {
-            h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
-        }
-    }
-    b.body(Full::new(Bytes::new())).ok()
-}
-
-/// `credential verify`: the key read from its store now, then the provider asked to list
-/// models with it. `status` is `ok`, `refused` (the provider said 401/403), `unreachable`
-/// (no answer, or an answer that says nothing about the key) or `unreadable` (the store).
-pub async fn verify(app: &Arc<App>, c: &crate::credentials::Credential) -> serde_json::Value {
-    let f = c.read_now(app, "verify read").await;
-    let mut out = serde_json::json!({
-        "credential": c.name,
-        "provider": c.provider.as_str(),
-        "env": c.env,
-        "store": c.reference().store(),
-        "reference": c.reference().to_string(),
-    });
-    // The key in service is what is checked; a newer one in the store is a candidate that
-    // the refresher tests and promotes by itself.
-    let secret = match (&f.result, c.cell().current()) {
-        (Err(e), _) => {
-            out["status"] = "unreadable".into();
-            out["detail"] = e.to_string().into();
-            return out;
-        }
-        (Ok(_), Some((s, v))) => {
-            out["version"] = v.into();
-            s
-        }
-        (Ok(s), None) => s.clone(),
-    };
-    if f.candidate {
-        out["store_has_newer"] = f.version.clone().unwrap_or_default().into();
-    }
-    out["fingerprint"] = secret.fingerprint(&app.hmac).into();
-    out["last4"] = secret.last4().into();
-    let p = crate::rotation::probe(app, c, &secret).await;
-    out["status"] = p.status.into();
-    out["detail"] = p.detail.into();
-    if let Some(code) = p.http_status {
-        out["http_status"] = code.into();
-    }
-    out
-}
-
 /// The provider's model list for a credential, cached for 5 minutes. A call upstream uses the
 /// credential's key, so it is audited like an inference request (I5): the list is not returned
 /// before its record is durable.
@@ -1058,11 +1002,11 @@ async fn upstream_models(
             }
         }
     }
-    let Ok(secret) = c.secret(app, &asker.request_id).await else {
+    let Ok(secret) = c.secret(&app.creds, &asker.request_id).await else {
         return Ok(Vec::new());
     };
     let key = secret.fingerprint(&app.hmac);
-    let Some(req) = models_request(c, &secret) else {
+    let Some(req) = crate::upstream::models_request(c, &secret) else {
         return Ok(Vec::new());
     };
     #[derive(Deserialize)]

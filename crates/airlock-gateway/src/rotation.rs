@@ -12,65 +12,14 @@
 
 use crate::credentials::Credential;
 use crate::state::App;
+use crate::upstream::Probe;
 use crate::util::now_ms;
 use airlock_providers::dialect::ApiError;
 use airlock_secrets::{ResolveError, Secret, SecretRef};
 use airlock_store::RotationRow;
 use http::StatusCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// What the provider said to a key.
-pub struct Probe {
-    /// `ok`, `refused` or `unreachable`.
-    pub status: &'static str,
-    /// In words.
-    pub detail: String,
-    /// The provider's status code, when it answered.
-    pub http_status: Option<u16>,
-}
-
-/// The provider's cheapest authenticated call (list models) with `secret`.
-pub async fn probe(app: &App, c: &Credential, secret: &Secret) -> Probe {
-    let Some(req) = crate::proxy::models_request(c, secret) else {
-        return Probe {
-            status: "unreachable",
-            detail: "the credential's base URL is unusable".into(),
-            http_status: None,
-        };
-    };
-    match tokio::time::timeout(Duration::from_secs(10), app.client.request(req)).await {
-        Ok(Ok(resp)) => {
-            let code = resp.status().as_u16();
-            let (status, detail) = match code {
-                200..=299 => ("ok", format!("the provider accepted the key (HTTP {code})")),
-                401 | 403 => (
-                    "refused",
-                    format!("the provider refused the key (HTTP {code})"),
-                ),
-                _ => (
-                    "unreachable",
-                    format!("the provider answered HTTP {code}, which says nothing about the key"),
-                ),
-            };
-            Probe {
-                status,
-                detail,
-                http_status: Some(code),
-            }
-        }
-        Ok(Err(_)) => Probe {
-            status: "unreachable",
-            detail: "the provider cannot be reached".into(),
-            http_status: None,
-        },
-        Err(_) => Probe {
-            status: "unreachable",
-            detail: "the provider did not answer within 10s".into(),
-            http_status: None,
-        },
-    }
-}
+use std::time::Instant;
 
 /// Where a rotation's new key comes from.
 pub enum NewKey {
@@ -190,13 +139,13 @@ pub async fn rotate(
             (fp.unwrap_or_default(), String::new(), v, None)
         }
         None => {
-            let s = c.secret(app, "rotation").await.map_err(unreadable)?;
+            let s = c.secret(&app.creds, "rotation").await.map_err(unreadable)?;
             (s.fingerprint(&app.hmac), s.last4(), c.version(), Some(s))
         }
     };
     let (staged, new_version, promotion) = match (new, c.reference()) {
         (NewKey::Value(s), SecretRef::Sealed(_)) => {
-            let row = app.secrets.seal(name, &s).await.map_err(|e| {
+            let row = app.creds.secrets.seal(name, &s).await.map_err(|e| {
                 api(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "kek_unavailable",
@@ -226,6 +175,7 @@ pub async fn rotate(
         }
         (NewKey::Store, r) => {
             let (res, from_pending) = app
+                .creds
                 .secrets
                 .read_newest(r, name)
                 .await
@@ -331,7 +281,7 @@ async fn finish(
     staged: Arc<Secret>,
     promotion: Promotion,
 ) -> Result<(), ApiError> {
-    let p = probe(app, c, &staged).await;
+    let p = crate::upstream::probe(&app.client, c, &staged).await;
     row.tested_at = Some(now_ms());
     if p.status != "ok" {
         row.state = "failed".into();
@@ -353,6 +303,7 @@ async fn finish(
             aws_labels_moved = true;
             let old = row.old_version.clone();
             if let Err(e) = app
+                .creds
                 .secrets
                 .promote_aws_version(&id, &new, old.as_deref())
                 .await
@@ -406,9 +357,9 @@ async fn finish(
     } else {
         // A new reference (sealed, pinned version): the credential is rebuilt from the
         // database; its new cell starts with the promoted key.
-        let mut reloaded = app.reload_credentials().await;
+        let mut reloaded = app.creds.reload().await;
         if reloaded.is_err() {
-            reloaded = app.reload_credentials().await;
+            reloaded = app.creds.reload().await;
         }
         match (reloaded, app.creds.load().get(name)) {
             (Ok(()), Some(n)) if *n.reference() == new_ref => {
@@ -460,7 +411,7 @@ pub async fn auto_rotate(app: Arc<App>, c: Arc<Credential>) {
         // The history cannot be read: test again later rather than risk putting back a key.
         if let Ok(mut st) = c.auto.lock() {
             st.testing = false;
-            st.next_test = Some(Instant::now() + app.cache_policy.ttl);
+            st.next_test = Some(Instant::now() + app.creds.cache_policy.ttl);
         }
         return;
     };
@@ -505,9 +456,9 @@ pub async fn auto_rotate(app: Arc<App>, c: Arc<Credential>) {
         started_at: now_ms(),
         ..Default::default()
     };
-    let p = probe(&app, &c, &candidate).await;
+    let p = crate::upstream::probe(&app.client, &c, &candidate).await;
     row.tested_at = Some(now_ms());
-    let retest = Instant::now() + app.cache_policy.ttl;
+    let retest = Instant::now() + app.creds.cache_policy.ttl;
     let first_alert = {
         let Ok(mut st) = c.auto.lock() else { return };
         st.testing = false;
@@ -702,8 +653,8 @@ pub async fn confirm_old(app: &Arc<App>, name: &str) -> Result<serde_json::Value
         .as_deref()
         .and_then(|r| SecretRef::parse(r).ok());
     let old_key = match (&old_ref, &row.old_version) {
-        (Some(r @ SecretRef::Sealed(_)), _) => app.secrets.resolve(r, name).await,
-        (Some(r), Some(v)) => app.secrets.read_version(r, name, v).await,
+        (Some(r @ SecretRef::Sealed(_)), _) => app.creds.secrets.resolve(r, name).await,
+        (Some(r), Some(v)) => app.creds.secrets.read_version(r, name, v).await,
         (Some(r), None) => Err(ResolveError::Invalid(format!(
             "{} keeps no earlier version of the key",
             r.store()
@@ -725,13 +676,13 @@ pub async fn confirm_old(app: &Arc<App>, name: &str) -> Result<serde_json::Value
             return Ok(out);
         }
     };
-    let p = probe(app, &c, &old_key).await;
+    let p = crate::upstream::probe(&app.client, &c, &old_key).await;
     drop(old_key);
     // Proof needs both answers from the same provider now: the key in service accepted (so
     // the refusal is about the old key, not the endpoint) and the old one refused as an
     // invalid key (401; a 403 can be a missing permission on a live key).
     let current = match c.cell().current() {
-        Some((s, _)) => probe(app, &c, &s).await,
+        Some((s, _)) => crate::upstream::probe(&app.client, &c, &s).await,
         None => Probe {
             status: "unreachable",
             detail: "the key in service is not loaded".into(),
@@ -776,7 +727,7 @@ pub async fn confirm_old(app: &Arc<App>, name: &str) -> Result<serde_json::Value
         save(app, &row).await?;
         step(app, &row, "credential.rotation.confirm", "ok", p.detail);
         if let Some(SecretRef::Sealed(id)) = &old_ref {
-            if let Err(e) = app.secrets.destroy_sealed(id).await {
+            if let Err(e) = app.creds.secrets.destroy_sealed(id).await {
                 tracing::warn!(error = %e, "cannot destroy the rotated-out sealed key");
             }
         }

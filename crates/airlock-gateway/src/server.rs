@@ -58,17 +58,19 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/v1/token",
             post(|State(app): State<Arc<App>>, req: Request<Body>| {
-                crate::identity::mint_for_service_account(app, req)
+                crate::identity::mint_for_service_account(app.issuer.clone(), req)
             }),
         )
         .route(
             "/v1/token/exchange",
-            post(|State(app): State<Arc<App>>, req: Request<Body>| crate::oidc::exchange(app, req)),
+            post(|State(app): State<Arc<App>>, req: Request<Body>| {
+                crate::oidc::exchange(app.trust.clone(), req)
+            }),
         )
         .route(
             "/v1/token/revoke",
             post(|State(app): State<Arc<App>>, req: Request<Body>| {
-                crate::identity::revoke_self(app, req)
+                crate::identity::revoke_self(app.issuer.clone(), req)
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))

@@ -1400,11 +1400,11 @@ async fn list_tokens(State(app): State<Arc<App>>, Query(q): Query<ListTokens>) -
 async fn revoke_token(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
     // Held across the write and the in-memory update so a periodic reload cannot read the
     // database before the write and then replace the set after the insert.
-    let _serial = app.tokens.serial().await;
+    let serial = app.tokens.serial().await;
     match app.store.revoke_token(&id, now_ms()).await {
         Ok(true) => {
             // Takes effect at once: the in-memory set is what the hot path checks.
-            app.tokens.mark_revoked(&id);
+            app.tokens.mark_revoked(&serial, &id);
             tracing::info!(token_id = %id, "token revoked");
             Json(serde_json::json!({ "revoked": id })).into_response()
         }

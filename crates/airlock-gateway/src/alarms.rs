@@ -258,11 +258,11 @@ async fn suspend_credential(app: &std::sync::Arc<crate::App>, name: &str) -> (bo
 
 /// Revokes the token whose request raised an alarm.
 async fn revoke_token(app: &crate::App, id: &str) -> (bool, String) {
-    let _serial = app.tokens.serial().await;
+    let serial = app.tokens.serial().await;
     match app.store.revoke_token(id, crate::util::now_ms()).await {
         Ok(false) => (false, format!("token {id} is not in this server's records")),
         Ok(true) => {
-            app.tokens.mark_revoked(id);
+            app.tokens.mark_revoked(&serial, id);
             (true, format!("token {id} revoked"))
         }
         Err(e) => {

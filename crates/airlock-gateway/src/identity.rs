@@ -793,7 +793,7 @@ pub async fn revoke_self(app: Arc<Issuer>, req: Request<Body>) -> Response {
     // Revoking is the safe direction: it is done even when the audit log is failing (the
     // answer then says the record is missing).
     {
-        let _serial = app.tokens.serial().await;
+        let serial = app.tokens.serial().await;
         if let Err(e) = app.store.revoke_token(&v.id, now_ms()).await {
             tracing::error!(error = %e, "cannot revoke a token");
             return ApiError::new(
@@ -803,7 +803,7 @@ pub async fn revoke_self(app: Arc<Issuer>, req: Request<Body>) -> Response {
             )
             .render(Dialect::OpenAi);
         }
-        app.tokens.mark_revoked(&v.id);
+        app.tokens.mark_revoked(&serial, &v.id);
     }
     if !audit_event(&app, event(StatusCode::OK, None)).await {
         // Revoked (the safe direction), but its record is missing: say so.

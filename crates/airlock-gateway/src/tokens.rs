@@ -48,8 +48,9 @@ impl Tokens {
         self.lock.lock().await
     }
 
-    /// Marks `id` revoked in memory at once (after the store recorded it, under `serial`).
-    pub fn mark_revoked(&self, id: &str) {
+    /// Marks `id` revoked in memory at once, after the store recorded it; the guard from
+    /// `serial` proves the change is serialised with reloads.
+    pub fn mark_revoked(&self, _serial: &tokio::sync::MutexGuard<'_, ()>, id: &str) {
         self.revoked.rcu(|cur| {
             let mut next = HashSet::clone(cur);
             next.insert(id.to_string());

@@ -7,6 +7,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Whether `s` may name a credential, an environment, a key or an account: 1 to 64 of
+/// `[A-Za-z0-9._-]`, and not shaped like a provider key.
 pub fn valid_name(s: &str) -> bool {
     // A key pasted where a name belongs would be stored and audited: refused.
     !airlock_secrets::looks_like_key(s)

@@ -111,6 +111,20 @@ impl RateLimits {
         Ok(())
     }
 
+    /// Sets one limit with nothing used (tests).
+    #[cfg(test)]
+    pub(crate) fn insert(&self, kind: Kind, key: &str, rpm: Option<i64>, tpm: Option<i64>) {
+        if let Ok(mut m) = self.map.lock() {
+            m.entry((kind, key.to_string())).or_default().push(Limiter {
+                id: format!("r-{key}"),
+                rpm,
+                tpm,
+                req_tat: 0,
+                tok_tat: 0,
+            });
+        }
+    }
+
     /// Whether any limit exists.
     pub fn is_empty(&self) -> bool {
         self.map.lock().map(|m| m.is_empty()).unwrap_or(false)

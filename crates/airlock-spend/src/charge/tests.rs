@@ -199,22 +199,92 @@ fn dropping_an_unsettled_charge_releases_its_reservation() {
     assert_eq!(budgets.status()[0].spent_nanos, 0);
 }
 
-/// One step of a request's way through its candidates.
-#[derive(Debug, Clone)]
-enum Step {
-    Send(u8, bool),
-    NotSent,
-    Lost,
+/// How one attempt at a provider ended, as the proxy's fallback loop sees it.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    /// No answer within the upstream timeout.
+    Timeout,
+    /// No connection.
+    ConnectError,
+    /// The connection broke after the request was sent.
+    Broken,
+    /// The provider answered, with a success status or not.
     Answered(bool),
 }
 
-fn step() -> impl Strategy<Value = Step> {
-    prop_oneof![
-        (0u8..3, any::<bool>()).prop_map(|(c, b)| Step::Send(c, b)),
-        Just(Step::NotSent),
-        Just(Step::Lost),
-        any::<bool>().prop_map(Step::Answered),
-    ]
+/// A request: whether its endpoint is billable, and its attempts in order (credential c0, c1…).
+#[derive(Debug, Clone)]
+struct Attempts {
+    billable: bool,
+    outcomes: Vec<Outcome>,
+}
+
+fn attempts() -> impl Strategy<Value = Attempts> {
+    let outcome = prop_oneof![
+        Just(Outcome::Timeout),
+        Just(Outcome::ConnectError),
+        Just(Outcome::Broken),
+        any::<bool>().prop_map(Outcome::Answered),
+    ];
+    (any::<bool>(), proptest::collection::vec(outcome, 0..6)).prop_map(
+        |(billable, mut outcomes)| {
+            // A success ends the loop.
+            if let Some(i) = outcomes
+                .iter()
+                .position(|o| matches!(o, Outcome::Answered(true)))
+            {
+                outcomes.truncate(i + 1);
+            }
+            Attempts { billable, outcomes }
+        },
+    )
+}
+
+/// The rules as the proxy applied them before `Charge` existed (flags on the request's record:
+/// `maybe_billed`, `billed_before`, `billed_credential`, restored from `billed_earlier`), kept
+/// here as the oracle: (whether the provider may bill it, the credential billed last).
+fn before_charge(a: &Attempts) -> (bool, Option<String>) {
+    let mut maybe_billed = false;
+    let mut billed_before = false;
+    let mut billed_credential: Option<String> = None;
+    for (i, o) in a.outcomes.iter().enumerate() {
+        let name = format!("c{i}");
+        maybe_billed = billed_before || a.billable;
+        let billed_earlier = if a.billable {
+            billed_credential.replace(name)
+        } else {
+            billed_credential.clone()
+        };
+        match o {
+            Outcome::Timeout | Outcome::Broken => billed_before = maybe_billed,
+            Outcome::ConnectError => {
+                maybe_billed = billed_before;
+                billed_credential = billed_earlier;
+            }
+            Outcome::Answered(ok) => {
+                let billable = *ok && a.billable;
+                maybe_billed = billed_before || billable;
+                if !billable {
+                    billed_credential = billed_earlier;
+                }
+            }
+        }
+    }
+    // The old record charged the floor to `billed_credential` only when it was billed.
+    (maybe_billed, billed_credential.filter(|_| maybe_billed))
+}
+
+fn run(a: &Attempts) -> Charge {
+    let mut c = estimated();
+    for (i, o) in a.outcomes.iter().enumerate() {
+        c.sending(&format!("c{i}"), a.billable);
+        match o {
+            Outcome::Timeout | Outcome::Broken => c.lost(),
+            Outcome::ConnectError => c.not_sent(),
+            Outcome::Answered(ok) => c.answered(*ok),
+        }
+    }
+    c
 }
 
 fn ending() -> impl Strategy<Value = Ending> {
@@ -242,76 +312,22 @@ fn tokens_within() -> impl Strategy<Value = Tokens> {
         })
 }
 
-/// What the rules say, written the simple way: whether the provider may bill the request, and
-/// which credential it bills last.
-fn model(steps: &[Step]) -> Option<String> {
-    let mut lost: Option<String> = None;
-    let mut sent: Option<(String, bool)> = None;
-    let mut answered: Option<Option<String>> = None;
-    for s in steps {
-        match s {
-            Step::Send(c, b) => {
-                sent = Some((format!("c{c}"), *b));
-                answered = None;
-            }
-            Step::NotSent => {
-                if answered.is_none() {
-                    sent = None;
-                }
-            }
-            Step::Lost => {
-                if answered.is_none() {
-                    if let Some((c, true)) = sent.take() {
-                        lost = Some(c);
-                    }
-                    sent = None;
-                }
-            }
-            Step::Answered(ok) => {
-                if answered.is_none() {
-                    if let Some((c, b)) = sent.take() {
-                        answered = Some((*ok && b).then_some(c));
-                    }
-                }
-            }
-        }
-    }
-    match (answered, sent) {
-        (Some(Some(c)), _) => Some(c),
-        (None, Some((c, true))) => Some(c),
-        _ => lost,
-    }
-}
-
-fn run(steps: &[Step]) -> Charge {
-    let mut c = estimated();
-    for s in steps {
-        match s {
-            Step::Send(n, b) => c.sending(&format!("c{n}"), *b),
-            Step::NotSent => c.not_sent(),
-            Step::Lost => c.lost(),
-            Step::Answered(ok) => c.answered(*ok),
-        }
-    }
-    c
-}
-
 proptest! {
     #[test]
-    fn billing_follows_the_last_attempt_that_may_bill(steps in proptest::collection::vec(step(), 0..12)) {
-        let c = run(&steps);
-        let expected = model(&steps);
-        prop_assert_eq!(c.maybe_billed(), expected.is_some());
-        prop_assert_eq!(c.billed_credential().map(str::to_string), expected);
+    fn billing_follows_the_rules_the_proxy_applied_before(a in attempts()) {
+        let c = run(&a);
+        let (billed, credential) = before_charge(&a);
+        prop_assert_eq!(c.maybe_billed(), billed);
+        prop_assert_eq!(c.billed_credential().map(str::to_string), credential);
     }
 
     #[test]
     fn the_charge_lies_between_the_real_cost_and_the_reservation(
-        steps in proptest::collection::vec(step(), 0..12),
+        a in attempts(),
         end in ending(),
         tokens in tokens_within(),
     ) {
-        let mut c = run(&steps);
+        let mut c = run(&a);
         let billed = c.maybe_billed();
         let last = c.billed_credential().map(str::to_string);
         let s = settle(&mut c, end, tokens);
@@ -337,6 +353,8 @@ proptest! {
         }
         if s.floored {
             prop_assert_eq!(s.credential, last);
+        } else {
+            prop_assert_eq!(s.credential.as_deref(), payers().credential);
         }
     }
 
@@ -347,18 +365,18 @@ proptest! {
     fn a_budget_is_never_passed_by_requests_within_their_estimate(
         limit in 0i64..(8 * RESERVED),
         requests in proptest::collection::vec(
-            (proptest::collection::vec(step(), 0..6), ending(), tokens_within(), any::<bool>()),
+            (attempts(), ending(), tokens_within(), any::<bool>()),
             1..24,
         ),
     ) {
         let budgets = Arc::new(Budgets::default());
         budgets.insert(Kind::Identity, "alice", limit);
         let mut open = Vec::new();
-        for (steps, end, tokens, settle_now) in requests {
+        for (a, end, tokens, settle_now) in requests {
             let Ok(r) = budgets.reserve(&[(Kind::Identity, "alice")], RESERVED) else {
                 continue;
             };
-            let mut c = run(&steps);
+            let mut c = run(&a);
             c.hold_budgets(vec![r]);
             if settle_now {
                 settle(&mut c, end, tokens);
@@ -374,5 +392,54 @@ proptest! {
         let st = &budgets.status()[0];
         prop_assert!(st.spent_nanos <= limit);
         prop_assert_eq!(st.reserved_nanos, 0);
+    }
+}
+
+/// The tokens-per-minute limit of `tpm` on token `tok`.
+fn rate_limited(tpm: i64) -> Arc<crate::ratelimit::RateLimits> {
+    let l = Arc::new(crate::ratelimit::RateLimits::default());
+    l.insert(Kind::Token, "tok", None, Some(tpm));
+    l
+}
+
+#[test]
+fn rate_limits_get_back_what_a_reported_answer_did_not_use() {
+    let limits = rate_limited(1000);
+    let who = [(Kind::Token, "tok")];
+    let (hold, _) = limits
+        .admit(&who, 600)
+        .ok()
+        .unwrap_or_else(|| panic!("fits"));
+    let mut c = estimated();
+    c.hold_rates(hold.into_iter().collect());
+    c.sending("a", true);
+    c.answered(true);
+    settle(&mut c, Ending::Finished, reported(50, 50));
+    assert!(
+        limits.admit(&who, 600).is_ok(),
+        "100 used of 600: 100 + 600 fits in 1000"
+    );
+}
+
+#[test]
+fn rate_limits_keep_the_whole_estimate_when_the_floor_applies() {
+    for end in [Ending::Silent, Ending::Cut { events: 3 }, Ending::Finished] {
+        let limits = rate_limited(1000);
+        let who = [(Kind::Token, "tok")];
+        let (hold, _) = limits
+            .admit(&who, 600)
+            .ok()
+            .unwrap_or_else(|| panic!("fits"));
+        let mut c = estimated();
+        c.hold_rates(hold.into_iter().collect());
+        c.sending("a", true);
+        c.answered(true);
+        // Nothing reported (Finished) or cut short: what was used is not known.
+        let s = settle(&mut c, end, Tokens::default());
+        assert!(s.floored, "{end:?}");
+        assert!(
+            limits.admit(&who, 600).is_err(),
+            "{end:?}: nothing is credited back, 600 + 600 > 1000"
+        );
     }
 }

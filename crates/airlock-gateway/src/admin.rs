@@ -770,7 +770,7 @@ async fn verify_credential(
     body: Option<Json<VerifyBody>>,
 ) -> Response {
     if body.is_some_and(|b| b.old) {
-        return match crate::rotation::confirm_old(&app, &name).await {
+        return match crate::rotation::confirm_old(&app.rotator, &name).await {
             Ok(v) => Json(v).into_response(),
             Err(e) => err(e.status, e.code, e.message),
         };
@@ -789,7 +789,7 @@ async fn incident_lockdown(
     State(app): State<Arc<App>>,
     Json(req): Json<crate::incident::Lockdown>,
 ) -> Response {
-    match crate::incident::lockdown(&app, req).await {
+    match crate::incident::lockdown(&app.responder, req).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => err(e.status, e.code, e.message),
     }
@@ -815,7 +815,7 @@ async fn incident_report(State(app): State<Arc<App>>, Query(q): Query<ReportQuer
     if until <= since {
         return bad("`until` must be after `since`".into());
     }
-    match crate::incident::report(&app, since, until).await {
+    match crate::incident::report(&app.responder, since, until).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => err(e.status, e.code, e.message),
     }
@@ -999,7 +999,7 @@ async fn rotate_credential(
     } else {
         "store"
     };
-    match crate::rotation::rotate(&app, &name, new, source).await {
+    match crate::rotation::rotate(&app.rotator, &name, new, source).await {
         Ok(row) => Json(row).into_response(),
         Err(e) => err(e.status, e.code, e.message),
     }

@@ -2,9 +2,27 @@
 //! suspended or the token revoked as `[anomaly]` says, and the alert is posted to the webhook,
 //! signed. The detector itself (`airlock_spend::anomaly`) only observes and sends alarms here.
 
-use airlock_spend::anomaly::{Anomaly, Detector, History, SubjectKind};
+use crate::credentials::Credentials;
+use crate::tokens::Tokens;
+use crate::usage::Recorder;
+use airlock_spend::anomaly::{Anomaly, Deliveries, Detector, History, SubjectKind};
 use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
+
+/// What acting on an alarm needs: the database and the credentials (to suspend one), the
+/// tokens (to revoke one), the audit writer and the client that posts the webhook.
+pub struct Reactor {
+    /// The database.
+    pub store: airlock_store::Store,
+    /// The credentials in force.
+    pub creds: std::sync::Arc<Credentials>,
+    /// The verifier and the revocations.
+    pub tokens: std::sync::Arc<Tokens>,
+    /// The audit writer.
+    pub recorder: Recorder,
+    /// The webhook's client.
+    pub client: crate::util::HttpClient,
+}
 
 /// Where alerts go, and how they are signed.
 pub struct Webhook {
@@ -17,10 +35,10 @@ pub struct Webhook {
 /// Builds the detector from `[anomaly]` and the usage table, and starts the task that acts on
 /// its alarms. `None` when `enabled = false`.
 pub async fn start(
-    app: &std::sync::Arc<crate::App>,
+    app: &std::sync::Arc<Reactor>,
+    cfg: &crate::config::AnomalyConfig,
     test_clock: bool,
 ) -> anyhow::Result<Option<std::sync::Arc<Detector>>> {
-    let cfg = &app.cfg.anomaly;
     if !cfg.enabled {
         return Ok(None);
     }
@@ -110,10 +128,13 @@ pub async fn start(
         std::sync::Arc::new(airlock_spend::SystemClock),
     ));
     d.learn(history);
+    // The task ends with the server (a strong handle would keep itself alive: the recorder
+    // it holds holds the detector, the alarms' only sender).
     tokio::spawn(act(
         std::sync::Arc::downgrade(app),
         rx,
         webhook.map(std::sync::Arc::new),
+        d.deliveries.clone(),
     ));
     Ok(Some(d))
 }
@@ -121,9 +142,10 @@ pub async fn start(
 /// Acts on alarms, in order: suspends (when the policy says so), audits, then hands the alert
 /// to its webhook delivery (retried in a task of its own, so a slow receiver delays nothing).
 async fn act(
-    app: std::sync::Weak<crate::App>,
+    app: std::sync::Weak<Reactor>,
     mut rx: mpsc::Receiver<Anomaly>,
     webhook: Option<std::sync::Arc<Webhook>>,
+    deliveries: std::sync::Arc<Deliveries>,
 ) {
     // Deliveries in flight at most (each retried for minutes when the receiver is down);
     // past it an alert's webhook is dropped and counted as failed (its audit record stays).
@@ -175,7 +197,7 @@ async fn act(
             ..Default::default()
         };
         app.recorder.write_nowait(None, Some(rec));
-        let counts = app.anomaly.get().map(|d| d.deliveries.clone());
+        let counts = Some(deliveries.clone());
         if let Some(hook) = &webhook {
             let Ok(permit) = in_flight.clone().try_acquire_owned() else {
                 tracing::error!("too many anomaly webhooks in flight: this alert is not sent (it is in the audit log)");
@@ -210,7 +232,7 @@ async fn act(
 
 /// Suspends a credential after an alarm: the database, then memory (retried once, as a
 /// lockdown does); says whether it took effect and what was done.
-async fn suspend_credential(app: &std::sync::Arc<crate::App>, name: &str) -> (bool, String) {
+async fn suspend_credential(app: &std::sync::Arc<Reactor>, name: &str) -> (bool, String) {
     match app.store.set_suspended(name, true).await {
         Ok(true) => {
             if app.creds.reload().await.is_ok() || app.creds.reload().await.is_ok() {
@@ -257,7 +279,7 @@ async fn suspend_credential(app: &std::sync::Arc<crate::App>, name: &str) -> (bo
 }
 
 /// Revokes the token whose request raised an alarm.
-async fn revoke_token(app: &crate::App, id: &str) -> (bool, String) {
+async fn revoke_token(app: &Reactor, id: &str) -> (bool, String) {
     let serial = app.tokens.serial().await;
     match app.store.revoke_token(id, crate::util::now_ms()).await {
         Ok(false) => (false, format!("token {id} is not in this server's records")),

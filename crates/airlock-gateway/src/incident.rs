@@ -1,7 +1,9 @@
 //! Incident mode: `lockdown` (every issued token refused at once, chosen credentials
 //! suspended, in one audited act) and `report` (the blast radius since a time).
 
-use crate::state::App;
+use crate::credentials::Credentials;
+use crate::tokens::Tokens;
+use crate::usage::Recorder;
 use crate::util::now_ms;
 use airlock_providers::dialect::ApiError;
 use airlock_store::SeenColumn;
@@ -11,6 +13,24 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+
+/// What an incident lockdown and its report need: the database, the tokens in force (a
+/// lockdown replaces the verifier), the credentials (it suspends some), the audit writer, the
+/// key directory (where the new root key is written) and the verifier's cache size.
+pub struct Responder {
+    /// The database.
+    pub store: airlock_store::Store,
+    /// The verifier and the revocations.
+    pub tokens: Arc<Tokens>,
+    /// The credentials in force.
+    pub creds: Arc<Credentials>,
+    /// The audit writer.
+    pub recorder: Recorder,
+    /// The key directory.
+    pub keys_dir: std::path::PathBuf,
+    /// Verified tokens kept in the new verifier's cache.
+    pub cache_capacity: usize,
+}
 
 /// `POST /admin/v1/incident/lockdown`.
 #[derive(Debug, Deserialize)]
@@ -36,7 +56,7 @@ fn store_failed(e: impl std::fmt::Display) -> ApiError {
 /// before it is retired from verification, so every token issued so far is refused at once
 /// (this server) and after any restart (the generation is in the database). Admin keys are
 /// not tokens and keep working, so fresh tokens can be minted right after.
-pub async fn lockdown(app: &Arc<App>, req: Lockdown) -> Result<Value, ApiError> {
+pub async fn lockdown(app: &Arc<Responder>, req: Lockdown) -> Result<Value, ApiError> {
     let reason = req
         .reason
         .clone()
@@ -74,7 +94,7 @@ pub async fn lockdown(app: &Arc<App>, req: Lockdown) -> Result<Value, ApiError> 
         suspend.extend(matched.into_iter().map(str::to_string));
     }
     let _serial = app.tokens.serial().await;
-    let keys_dir = app.cfg.keys_dir();
+    let keys_dir = app.keys_dir.clone();
     let Some(mut id) = app.tokens.verifier.load().keys().newest_id().checked_add(1) else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -99,10 +119,9 @@ pub async fn lockdown(app: &Arc<App>, req: Lockdown) -> Result<Value, ApiError> 
         .await
         .map_err(store_failed)?;
     // From here no token of an earlier generation verifies, and no verification is cached.
-    app.tokens.verifier.store(Arc::new(Verifier::new(
-        Arc::new(ring),
-        app.cfg.tokens.cache_capacity,
-    )));
+    app.tokens
+        .verifier
+        .store(Arc::new(Verifier::new(Arc::new(ring), app.cache_capacity)));
     if app.creds.reload().await.is_err() {
         // The suspension is in the database; memory must follow before this answers.
         if let Err(e) = app.creds.reload().await {
@@ -152,7 +171,7 @@ pub async fn lockdown(app: &Arc<App>, req: Lockdown) -> Result<Value, ApiError> 
 /// (identities, tokens, client addresses, models), the volume and spend against its own
 /// baseline (the average of the seven windows of the same length before `since`), the
 /// identities and addresses never seen in the 30 days before, and its rotation state.
-pub async fn report(app: &Arc<App>, since: i64, until: i64) -> Result<Value, ApiError> {
+pub async fn report(app: &Arc<Responder>, since: i64, until: i64) -> Result<Value, ApiError> {
     let window = (until - since).max(1);
     let groups = app
         .store

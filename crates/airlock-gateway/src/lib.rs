@@ -169,7 +169,33 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         cfg.trust.clone(),
         client.clone(),
     ));
+    let rotator = Arc::new(rotation::Rotator {
+        store: store.clone(),
+        creds: creds.clone(),
+        hmac: hmac.clone(),
+        recorder: recorder.clone(),
+        client: client.clone(),
+        grace_secs: cfg.rotation.grace_secs,
+    });
+    let responder = Arc::new(incident::Responder {
+        store: store.clone(),
+        tokens: tokens.clone(),
+        creds: creds.clone(),
+        recorder: recorder.clone(),
+        keys_dir: cfg.keys_dir(),
+        cache_capacity: cfg.tokens.cache_capacity,
+    });
+    let reactor = Arc::new(alarms::Reactor {
+        store: store.clone(),
+        creds: creds.clone(),
+        tokens: tokens.clone(),
+        recorder: recorder.clone(),
+        client: client.clone(),
+    });
     let app = Arc::new(App {
+        reactor,
+        rotator,
+        responder,
         issuer: issuer.clone(),
         ref_policy,
         cfg,
@@ -228,13 +254,13 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         }
         app.recorder.trace_with(t);
     }
-    if let Some(d) = alarms::start(&app, test_clock).await? {
+    if let Some(d) = alarms::start(&app.reactor, &app.cfg.anomaly, test_clock).await? {
         app.recorder.watch(d.clone());
         let _ = app.anomaly.set(d);
     }
     spawn_revocation_refresh(Arc::downgrade(&app));
     {
-        let rotate = Arc::downgrade(&app);
+        let rotate = Arc::downgrade(&app.rotator);
         credentials::spawn_refresher(Arc::downgrade(&app.creds), move |c| {
             if let Some(a) = rotate.upgrade() {
                 tokio::spawn(rotation::auto_rotate(a, c));

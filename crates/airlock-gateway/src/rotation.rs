@@ -10,16 +10,36 @@
 //! version) is a candidate: it is tested and promoted the same way by itself, and a candidate
 //! the provider refuses is not promoted (the old key keeps serving) and raises an alert.
 
-use crate::credentials::Credential;
-use crate::state::App;
+use crate::credentials::{Credential, Credentials};
 use crate::upstream::Probe;
+use crate::usage::Recorder;
 use crate::util::now_ms;
+use crate::util::HttpClient;
 use airlock_providers::dialect::ApiError;
 use airlock_secrets::{ResolveError, Secret, SecretRef};
 use airlock_store::RotationRow;
 use http::StatusCode;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// What rotating a credential's key needs: the credentials (their keys and stores), the
+/// database (rotation rows, retired keys), the HMAC key, the audit writer, the client that asks
+/// the provider whether a key works, and how long an old key may still be seen after a
+/// promotion (`[rotation] grace_secs`).
+pub struct Rotator {
+    /// The database.
+    pub store: airlock_store::Store,
+    /// The credentials in force.
+    pub creds: Arc<Credentials>,
+    /// HMAC key for fingerprints.
+    pub hmac: Arc<airlock_secrets::HmacKey>,
+    /// The audit writer.
+    pub recorder: Recorder,
+    /// The provider client.
+    pub client: HttpClient,
+    /// Seconds an old key may still be used after its promotion.
+    pub grace_secs: u64,
+}
 
 /// Where a rotation's new key comes from.
 pub enum NewKey {
@@ -29,7 +49,7 @@ pub enum NewKey {
     Store,
 }
 
-fn step(app: &App, row: &RotationRow, action: &str, outcome: &str, reason: String) {
+fn step(app: &Rotator, row: &RotationRow, action: &str, outcome: &str, reason: String) {
     app.recorder.write_nowait(
         None,
         Some(airlock_audit::Record {
@@ -84,7 +104,7 @@ fn api(status: StatusCode, code: &'static str, msg: String) -> ApiError {
 
 /// The keys rotations of this credential (since it was added) took out of service.
 async fn retired(
-    app: &App,
+    app: &Rotator,
     c: &Credential,
 ) -> Result<std::collections::HashMap<String, i64>, ApiError> {
     // Every key ever retired under this name, also by a credential removed and added again:
@@ -104,7 +124,7 @@ fn store_error(e: airlock_store::StoreError) -> ApiError {
 /// `credential rotate NAME`: stage → test → promote. A failed test changes nothing and is
 /// returned as a rotation in state `failed`.
 pub async fn rotate(
-    app: &Arc<App>,
+    app: &Arc<Rotator>,
     name: &str,
     new: NewKey,
     source: &str,
@@ -262,7 +282,7 @@ fn store_error_or_conflict(e: airlock_store::StoreError) -> ApiError {
     }
 }
 
-async fn save(app: &App, row: &RotationRow) -> Result<(), ApiError> {
+async fn save(app: &Rotator, row: &RotationRow) -> Result<(), ApiError> {
     app.store.save_rotation(row).await.map_err(|e| {
         tracing::error!(error = %e, "cannot record a rotation");
         api(
@@ -275,7 +295,7 @@ async fn save(app: &App, row: &RotationRow) -> Result<(), ApiError> {
 
 /// Test, then promote (or record the failure).
 async fn finish(
-    app: &Arc<App>,
+    app: &Arc<Rotator>,
     c: &Arc<Credential>,
     row: &mut RotationRow,
     staged: Arc<Secret>,
@@ -388,7 +408,7 @@ async fn finish(
 
 /// What the background refresher does with a candidate key: test it and promote it, or keep
 /// the old key and alert (once per candidate; retested every refresh interval).
-pub async fn auto_rotate(app: Arc<App>, c: Arc<Credential>) {
+pub async fn auto_rotate(app: Arc<Rotator>, c: Arc<Credential>) {
     let Some((candidate, version)) = c.cell().candidate() else {
         return;
     };
@@ -569,7 +589,7 @@ pub async fn auto_rotate(app: Arc<App>, c: Arc<Credential>) {
 /// `credential verify NAME --old`: is the key the last rotation replaced dead? The provider
 /// must refuse it, and no request may have used it after the promotion (plus the grace for
 /// requests in flight). Both true: the rotation is confirmed and a sealed old key destroyed.
-pub async fn confirm_old(app: &Arc<App>, name: &str) -> Result<serde_json::Value, ApiError> {
+pub async fn confirm_old(app: &Arc<Rotator>, name: &str) -> Result<serde_json::Value, ApiError> {
     let Some(c) = app.creds.load().get(name).cloned() else {
         return Err(api(
             StatusCode::NOT_FOUND,
@@ -602,7 +622,7 @@ pub async fn confirm_old(app: &Arc<App>, name: &str) -> Result<serde_json::Value
             format!("`{name}` has no promoted rotation whose old key could be checked"),
         ));
     };
-    let grace = app.cfg.rotation.grace_secs;
+    let grace = app.grace_secs;
     let Some(old_fp) = row.old_fingerprint.clone().filter(|f| !f.is_empty()) else {
         return Err(api(
             StatusCode::CONFLICT,

@@ -23,6 +23,12 @@ pub struct App {
     pub ref_policy: airlock_secrets::ReferencePolicy,
     /// Mints tokens (admin keys, developers, service accounts, exchanges).
     pub issuer: Arc<crate::identity::Issuer>,
+    /// Acts on anomaly alarms.
+    pub reactor: Arc<crate::alarms::Reactor>,
+    /// Rotates credentials' keys.
+    pub rotator: Arc<crate::rotation::Rotator>,
+    /// Incident lockdown and report.
+    pub responder: Arc<crate::incident::Responder>,
     /// The credentials in force, their keys and the secret stores.
     pub creds: Arc<crate::credentials::Credentials>,
     /// Provider client.

@@ -431,3 +431,101 @@ impl CredentialSet {
         self.all.iter().find(|c| c.name == name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testkit::{key, Kit};
+    use std::sync::atomic::Ordering;
+
+    #[tokio::test]
+    async fn a_key_is_read_once_audited_and_inventoried_without_its_bytes() {
+        let kit = Kit::new("").await;
+        let k = key("cred");
+        let f = kit.key_file("openai", &k);
+        let reference = format!("file:{}", f.display());
+        kit.credential("c1", "prod", &reference, "http://127.0.0.1:9/v1")
+            .await;
+        let c = kit.app.creds.load().get("c1").cloned();
+        let c = c.unwrap_or_else(|| panic!("loaded"));
+        let one = c.secret(&kit.app.creds, "req-1").await;
+        let two = c.secret(&kit.app.creds, "req-2").await;
+        let (one, two) = (one.ok(), two.ok());
+        let fp = one.map(|s| s.fingerprint(&kit.app.hmac));
+        assert!(fp.is_some());
+        assert_eq!(fp, two.map(|s| s.fingerprint(&kit.app.hmac)));
+        let reads = kit.audit("secret.resolve").await;
+        assert_eq!(reads.len(), 1, "the second use is served from memory");
+        assert_eq!(reads[0].request_id.as_deref(), Some("req-1"));
+        assert_eq!(reads[0].outcome, "ok");
+        let text = serde_json::to_string(&reads).unwrap_or_default();
+        assert!(!text.contains(&k), "I1: no key bytes in the audit record");
+        // The inventory learns the key's fingerprint and last four (written in the background).
+        let mut row = None;
+        for _ in 0..100 {
+            row = kit.app.store.get_credential("c1").await.ok().flatten();
+            if row.as_ref().is_some_and(|r| r.fingerprint.is_some()) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let row = row.unwrap_or_else(|| panic!("row"));
+        assert_eq!(row.fingerprint, fp);
+        assert_eq!(row.last4.as_deref(), Some(&k[k.len() - 4..]));
+        kit.assert_nowhere(&k).await;
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_key_is_refused_audited_and_counted() {
+        let kit = Kit::new("").await;
+        let missing = kit.files.path().join("nothing-here");
+        let reference = format!("file:{}", missing.display());
+        kit.credential("gone", "prod", &reference, "http://127.0.0.1:9/v1")
+            .await;
+        let c = kit.app.creds.load().get("gone").cloned();
+        let c = c.unwrap_or_else(|| panic!("loaded"));
+        assert!(c.secret(&kit.app.creds, "req-1").await.is_err());
+        // (The background refresher may have tried again meanwhile: each try is recorded.)
+        let reads = kit.audit("secret.resolve").await;
+        assert!(!reads.is_empty());
+        assert!(reads
+            .iter()
+            .all(|r| r.outcome == "failed" && r.credential.as_deref() == Some("gone")));
+        let failures = &kit.app.recorder.counters.secret_read_failures;
+        assert_eq!(failures.load(Ordering::Relaxed), reads.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_the_cached_key_of_an_unchanged_reference() {
+        let kit = Kit::new("").await;
+        let f = kit.key_file("a", &key("a"));
+        kit.credential(
+            "a",
+            "prod",
+            &format!("file:{}", f.display()),
+            "http://127.0.0.1:9/v1",
+        )
+        .await;
+        let c = kit.app.creds.load().get("a").cloned();
+        let c = c.unwrap_or_else(|| panic!("loaded"));
+        assert!(c.secret(&kit.app.creds, "r1").await.is_ok());
+        // Another credential changes the set; `a` keeps its cell.
+        let g = kit.key_file("b", &key("b"));
+        kit.credential(
+            "b",
+            "prod",
+            &format!("file:{}", g.display()),
+            "http://127.0.0.1:9/v1",
+        )
+        .await;
+        let again = kit.app.creds.load().get("a").cloned();
+        let again = again.unwrap_or_else(|| panic!("still there"));
+        assert!(!std::sync::Arc::ptr_eq(&c, &again), "a new set");
+        assert!(again.secret(&kit.app.creds, "r2").await.is_ok());
+        let reads = kit.audit("secret.resolve").await;
+        let of_a: Vec<_> = reads
+            .iter()
+            .filter(|r| r.credential.as_deref() == Some("a"))
+            .collect();
+        assert_eq!(of_a.len(), 1, "not read again after the reload");
+    }
+}

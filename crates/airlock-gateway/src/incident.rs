@@ -272,3 +272,117 @@ pub async fn report(app: &Arc<Responder>, since: i64, until: i64) -> Result<Valu
         "credentials": out,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{key, Kit};
+    use http::HeaderMap;
+    use std::time::{Duration, SystemTime};
+
+    fn token(kit: &Kit) -> HeaderMap {
+        let opts = airlock_token::MintOptions {
+            subject: "alice".into(),
+            env: "prod".into(),
+            models: vec!["gpt-*".into()],
+            credentials: Vec::new(),
+            ttl: Duration::from_secs(600),
+            project: None,
+        };
+        let verifier = kit.app.tokens.verifier.load_full();
+        let minted = airlock_token::mint(verifier.keys(), &opts, SystemTime::now())
+            .unwrap_or_else(|e| panic!("mint: {e}"));
+        let mut h = HeaderMap::new();
+        let v = format!("Bearer {}", minted.token);
+        h.insert(
+            http::header::AUTHORIZATION,
+            v.parse().unwrap_or_else(|_| panic!("header")),
+        );
+        h
+    }
+
+    #[tokio::test]
+    async fn a_lockdown_refuses_every_earlier_token_and_suspends_what_it_names() {
+        let kit = Kit::new("").await;
+        for (name, env) in [("p1", "prod"), ("p2", "prod"), ("d1", "dev")] {
+            let f = kit.key_file(name, &key(name));
+            kit.credential(
+                name,
+                env,
+                &format!("file:{}", f.display()),
+                "http://127.0.0.1:9/v1",
+            )
+            .await;
+        }
+        let before = token(&kit);
+        assert!(kit.app.tokens.authenticate(&before).is_ok());
+        let out = lockdown(
+            &kit.app.responder,
+            Lockdown {
+                suspend: vec!["prod".into()],
+                reason: Some("vendor breach".into()),
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("lockdown: {}", e.message));
+        let refused = kit.app.tokens.authenticate(&before).err();
+        assert_eq!(refused.map(|e| e.status), Some(StatusCode::UNAUTHORIZED));
+        assert!(
+            kit.app.tokens.authenticate(&token(&kit)).is_ok(),
+            "new tokens work"
+        );
+        assert_eq!(out["suspended"], json!(["p1", "p2"]));
+        let set = kit.app.creds.load_full();
+        let suspended: Vec<_> = set
+            .all
+            .iter()
+            .filter(|c| c.suspended)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(suspended, ["p1", "p2"]);
+        let records = kit.audit("incident.lockdown").await;
+        assert_eq!(records.len(), 1);
+        assert!(records[0]
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("vendor breach"));
+    }
+
+    #[tokio::test]
+    async fn a_lockdown_naming_nothing_known_changes_nothing() {
+        let kit = Kit::new("").await;
+        let before = token(&kit);
+        let newest = kit.app.tokens.verifier.load().keys().newest_id();
+        let e = lockdown(
+            &kit.app.responder,
+            Lockdown {
+                suspend: vec!["staging".into()],
+                reason: None,
+            },
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("refused"));
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(kit.app.tokens.verifier.load().keys().newest_id(), newest);
+        assert!(kit.app.tokens.authenticate(&before).is_ok());
+        assert!(kit.audit("incident.lockdown").await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_reason_shaped_like_a_key_is_refused() {
+        let kit = Kit::new("").await;
+        let e = lockdown(
+            &kit.app.responder,
+            Lockdown {
+                suspend: Vec::new(),
+                reason: Some(key("leak")),
+            },
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("refused"));
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    }
+}

@@ -19,6 +19,8 @@ pub mod proxy;
 pub mod rotation;
 pub mod server;
 pub mod state;
+#[cfg(test)]
+mod testkit;
 pub mod tokens;
 pub mod upstream;
 pub mod usage;

@@ -766,3 +766,102 @@ pub async fn confirm_old(app: &Arc<Rotator>, name: &str) -> Result<serde_json::V
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{key, mock_provider, Kit};
+
+    async fn serving(kit: &Kit, name: &str) -> Option<String> {
+        let c = kit.app.creds.load().get(name).cloned()?;
+        let s = c.secret(&kit.app.creds, "t").await.ok()?;
+        Some(s.fingerprint(&kit.app.hmac))
+    }
+
+    #[tokio::test]
+    async fn a_key_the_provider_accepts_is_promoted_and_served_at_once() {
+        let kit = Kit::new("").await;
+        let (old, new) = (key("old"), key("new"));
+        let upstream = mock_provider(&[&old, &new]).await;
+        kit.sealed_credential("c", "prod", &old, &upstream).await;
+        let before = serving(&kit, "c").await;
+        let row = rotate(
+            &kit.app.rotator,
+            "c",
+            NewKey::Value(Secret::new(new.clone())),
+            "test",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("rotate: {}", e.message));
+        assert_eq!(row.state, "promoted");
+        let after = serving(&kit, "c").await;
+        assert_ne!(before, after);
+        assert_eq!(
+            after,
+            Some(Secret::new(new.clone()).fingerprint(&kit.app.hmac))
+        );
+        assert_eq!(row.new_fingerprint, after);
+        assert_eq!(row.old_fingerprint, before);
+        let steps: Vec<String> = kit
+            .audit("credential.rotation.promote")
+            .await
+            .into_iter()
+            .map(|r| r.outcome)
+            .collect();
+        assert_eq!(steps, ["ok"]);
+        kit.assert_nowhere(&old).await;
+        kit.assert_nowhere(&new).await;
+    }
+
+    #[tokio::test]
+    async fn a_key_the_provider_refuses_is_not_promoted_and_the_old_one_keeps_serving() {
+        let kit = Kit::new("").await;
+        let (old, bad) = (key("old"), key("bad"));
+        let upstream = mock_provider(&[&old]).await;
+        kit.sealed_credential("c", "prod", &old, &upstream).await;
+        let before = serving(&kit, "c").await;
+        let row = rotate(
+            &kit.app.rotator,
+            "c",
+            NewKey::Value(Secret::new(bad)),
+            "test",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("rotate: {}", e.message));
+        assert_eq!(row.state, "failed");
+        assert!(row
+            .reason
+            .unwrap_or_default()
+            .contains("the old key stays in service"));
+        assert_eq!(serving(&kit, "c").await, before, "the old key still serves");
+        let rows = kit.app.store.rotations("c", 10).await.unwrap_or_default();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].state, "failed");
+        let tests: Vec<String> = kit
+            .audit("credential.rotation.test")
+            .await
+            .into_iter()
+            .map(|r| r.outcome)
+            .collect();
+        assert_eq!(tests, ["failed"]);
+        kit.assert_nowhere(&old).await;
+        assert!(kit.audit("credential.rotation.promote").await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn rotating_an_unknown_credential_changes_nothing() {
+        let kit = Kit::new("").await;
+        let e = rotate(&kit.app.rotator, "nope", NewKey::Store, "test")
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("refused"));
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        assert!(kit
+            .app
+            .store
+            .rotations("nope", 10)
+            .await
+            .unwrap_or_default()
+            .is_empty());
+    }
+}

@@ -194,7 +194,20 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         recorder: recorder.clone(),
         client: client.clone(),
     });
+    let gateway = Arc::new(proxy::Gateway {
+        tokens: tokens.clone(),
+        creds: creds.clone(),
+        budgets: budgets.clone(),
+        rate_limits: rate_limits.clone(),
+        recorder: recorder.clone(),
+        hmac: hmac.clone(),
+        client: client.clone(),
+        limits: cfg.limits.clone(),
+        default_max_output_tokens: cfg.budgets.default_max_output_tokens,
+        model_lists: Default::default(),
+    });
     let app = Arc::new(App {
+        gateway,
         reactor,
         rotator,
         responder,
@@ -207,7 +220,6 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         store,
         client,
         recorder,
-        model_lists: Default::default(),
         started: Instant::now(),
         trust,
         budgets,

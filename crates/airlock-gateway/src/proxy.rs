@@ -2,8 +2,10 @@
 //! (policy) → call the provider, falling back in priority order → stream the answer back,
 //! recording usage when it ends. Errors reach the client in its own dialect.
 
+use crate::credentials::Credentials;
 use crate::policy::{self, Authorized};
-use crate::state::App;
+use crate::tokens::Tokens;
+use crate::usage::Recorder;
 use crate::usage::{audit_unavailable, ObservedBody, Record};
 use crate::util::{now_ms, presented_token};
 use crate::RequestId;
@@ -25,6 +27,33 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+/// What the data plane needs, and nothing else: the tokens in force, the credentials and their
+/// keys, the spend engine's budgets and rate limits, the audit writer, the provider client, and
+/// the limits it enforces.
+pub struct Gateway {
+    /// The verifier and the revocations.
+    pub tokens: Arc<Tokens>,
+    /// The credentials in force.
+    pub creds: Arc<Credentials>,
+    /// Spend caps.
+    pub budgets: Arc<airlock_spend::budget::Budgets>,
+    /// Requests and tokens per minute.
+    pub rate_limits: Arc<airlock_spend::ratelimit::RateLimits>,
+    /// The audit writer (and the metrics counters beside it).
+    pub recorder: Recorder,
+    /// HMAC key for the fingerprint of the key each request used.
+    pub hmac: Arc<airlock_secrets::HmacKey>,
+    /// The provider client.
+    pub client: crate::util::HttpClient,
+    /// Body size and time limits, upstream timeouts.
+    pub limits: crate::config::Limits,
+    /// Output reserved for a request that sets no limit of its own.
+    pub default_max_output_tokens: i64,
+    /// Upstream model lists per credential, for `/v1/models`.
+    pub model_lists:
+        std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Vec<String>)>>,
+}
 
 /// Request headers passed on to the provider. Everything else, in particular the client's
 /// `Authorization`, `x-api-key`, `api-key` and cookies, is dropped.
@@ -85,7 +114,7 @@ impl Ctx {
 }
 
 /// Entry point for every proxied endpoint.
-pub async fn handle(app: Arc<App>, ep: Endpoint, req: Request<Body>) -> Response {
+pub async fn handle(app: Arc<Gateway>, ep: Endpoint, req: Request<Body>) -> Response {
     let dialect = ep.dialect();
     let (parts, body) = req.into_parts();
     let request_id = parts
@@ -151,8 +180,13 @@ pub async fn handle(app: Arc<App>, ep: Endpoint, req: Request<Body>) -> Response
     resp
 }
 
-async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let max = app.cfg.limits.max_body_bytes;
+/// Step 2, read the body within `limits.max_body_bytes` and `limits.body_timeout_secs`.
+async fn read_body(
+    limits: &crate::config::Limits,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
+    let max = limits.max_body_bytes;
     let too_big = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -169,7 +203,7 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, 
             return Err(too_big());
         }
     }
-    let limit = Duration::from_secs(app.cfg.limits.body_timeout_secs);
+    let limit = Duration::from_secs(limits.body_timeout_secs);
     match tokio::time::timeout(limit, Limited::new(body, max).collect()).await {
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
@@ -190,34 +224,17 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, 
     }
 }
 
+/// The request path, one step after the other; each step is a function of its own below, in
+/// this order, and knows nothing of the others.
 async fn run(
-    app: &Arc<App>,
+    app: &Arc<Gateway>,
     ctx: &mut Ctx,
     parts: http::request::Parts,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let token = match app.tokens.authenticate_identified(&parts.headers) {
-        Ok(t) => t,
-        Err((e, known)) => {
-            if let Some(t) = known {
-                let r = ctx.rec();
-                r.cap_like_anonymous();
-                r.row.token_id = Some(t.id.clone());
-                r.row.subject = Some(t.subject.clone());
-                r.row.env = Some(t.env.clone());
-            }
-            return Err(e);
-        }
-    };
-    {
-        let r = ctx.rec();
-        r.row.token_id = Some(token.id.clone());
-        r.row.subject = Some(token.subject.clone());
-        r.row.env = Some(token.env.clone());
-        r.row.project.clone_from(&token.project);
-    }
+    let token = authenticate(app, ctx, &parts.headers)?;
     // The body is read first so that the connection stays usable after a refusal.
-    let bytes = read_body(app, &parts.headers, body).await?;
+    let bytes = read_body(&app.limits, &parts.headers, body).await?;
     if app.recorder.tracer().is_some_and(|t| t.capture_prompts) {
         ctx.rec().prompt = crate::otel::prompt_of(&bytes);
     }
@@ -226,7 +243,91 @@ async fn run(
         // record is the next write attempt, so service resumes as soon as the log is writable.
         return Err(audit_unavailable());
     }
-    let probe: Probe<'_> = serde_json::from_slice(&bytes).map_err(|e| {
+    let ask = parse(&bytes, ctx.ep, app.default_max_output_tokens)?;
+    {
+        let r = ctx.rec();
+        r.row.model = Some(ask.model.clone());
+        r.row.stream = ask.stream;
+    }
+    let mut allowed = route(
+        &app.creds.load(),
+        &app.tokens.verifier.load(),
+        &token,
+        ctx.ep,
+        &ask.model,
+        SystemTime::now(),
+    )?;
+    // What a request is charged when the provider may have billed it without saying how much.
+    ctx.rec().charge().estimated(ask.estimate);
+    let (input_est, output_est) = (ask.estimate.input, ask.estimate.output);
+    // Budgets first (they may drop candidate credentials), then rate limits on what is left.
+    if !app.budgets.is_empty() {
+        reserve(
+            app,
+            ctx,
+            &token,
+            &ask.model,
+            input_est,
+            output_est,
+            &mut allowed,
+        )?;
+    }
+    if !app.rate_limits.is_empty() {
+        admit(
+            app,
+            ctx,
+            &token,
+            input_est.saturating_add(output_est),
+            &mut allowed,
+        )?;
+    }
+    forward(app, ctx, &parts, bytes, allowed).await
+}
+
+/// Step 1, authenticate: a verified, unexpired, unrevoked token, whose identity goes on the
+/// request's record (a revoked token's too, counted like an anonymous refusal).
+fn authenticate(
+    app: &Gateway,
+    ctx: &mut Ctx,
+    headers: &HeaderMap,
+) -> Result<Arc<Verified>, ApiError> {
+    match app.tokens.authenticate_identified(headers) {
+        Ok(token) => {
+            let r = ctx.rec();
+            r.row.token_id = Some(token.id.clone());
+            r.row.subject = Some(token.subject.clone());
+            r.row.env = Some(token.env.clone());
+            r.row.project.clone_from(&token.project);
+            Ok(token)
+        }
+        Err((e, known)) => {
+            if let Some(t) = known {
+                let r = ctx.rec();
+                r.cap_like_anonymous();
+                r.row.token_id = Some(t.id.clone());
+                r.row.subject = Some(t.subject.clone());
+                r.row.env = Some(t.env.clone());
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What the body asks for, as far as airlock reads it.
+#[derive(Debug, PartialEq, Eq)]
+struct Ask {
+    model: String,
+    stream: bool,
+    /// What it may use (budgets, token rate limits, the charge's floor).
+    estimate: Estimate,
+}
+
+/// Step 3, parse: only `model`, `stream` and the output limits are read from the body. The
+/// estimate: input from the body's length (one token per 3 bytes), output from the largest
+/// limit it sets (or the default), times the choices it asks for; endpoints that produce no
+/// output reserve none.
+fn parse(bytes: &[u8], ep: Endpoint, default_output: i64) -> Result<Ask, ApiError> {
+    let probe: Probe<'_> = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::bad_request(format!(
             "request body must be a JSON object ({}) at line {} column {}",
             match e.classify() {
@@ -254,27 +355,63 @@ async fn run(
             "`model` looks like a key or token, not a model name; it was not recorded",
         ));
     }
-    let stream = probe.stream.unwrap_or(false);
-    {
-        let r = ctx.rec();
-        r.row.model = Some(model.clone());
-        r.row.stream = stream;
-    }
-    let dialect = ctx.ep.dialect();
-    let now = SystemTime::now();
-    let set = app.creds.load();
+    let choices = probe
+        .n
+        .unwrap_or(1)
+        .max(probe.best_of.unwrap_or(1))
+        .clamp(1, 128);
+    let output = if matches!(ep, Endpoint::Embeddings | Endpoint::CountTokens) {
+        0
+    } else {
+        [
+            probe.max_tokens,
+            probe.max_completion_tokens,
+            probe.max_output_tokens,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|m| *m > 0)
+        .max()
+        .unwrap_or(default_output)
+        .min(1 << 32)
+        .saturating_mul(choices)
+    };
+    Ok(Ask {
+        model,
+        stream: probe.stream.unwrap_or(false),
+        estimate: Estimate {
+            input: (bytes.len() as i64 + 2) / 3,
+            output,
+            default_output: default_output.max(1),
+            choices,
+        },
+    })
+}
+
+/// Steps 4 and 5, route and policy: the credentials that serve `model` in this dialect, by
+/// priority, each checked against the token (environment first, I4, then its scope). Only
+/// what passes is returned, as `Authorized` values.
+fn route(
+    set: &crate::credentials::CredentialSet,
+    verifier: &airlock_token::Verifier,
+    token: &Arc<Verified>,
+    ep: Endpoint,
+    model: &str,
+    now: SystemTime,
+) -> Result<Vec<Authorized>, ApiError> {
+    let dialect = ep.dialect();
     let matching: Vec<_> = set
         .all
         .iter()
-        .filter(|c| !c.suspended && c.provider.dialect() == dialect && c.serves(&model))
+        .filter(|c| !c.suspended && c.provider.dialect() == dialect && c.serves(model))
         .collect();
     if matching.is_empty() {
         // Said only to a token that one of them would serve (its environment, its scope).
         if set.all.iter().any(|c| {
             c.suspended
                 && c.provider.dialect() == dialect
-                && c.serves(&model)
-                && policy::authorize(&app.tokens.verifier.load(), &token, c, &model, now).is_ok()
+                && c.serves(model)
+                && policy::authorize(verifier, token, c, model, now).is_ok()
         }) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -289,14 +426,14 @@ async fn run(
             "model_not_found",
             format!(
                 "no credential on this airlock serves model `{model}` through {}",
-                ctx.ep.path()
+                ep.path()
             ),
         ));
     }
     let mut allowed: Vec<Authorized> = Vec::with_capacity(matching.len());
     let mut denial: Option<TokenError> = None;
     for c in matching {
-        match policy::authorize(&app.tokens.verifier.load(), &token, c, &model, now) {
+        match policy::authorize(verifier, token, c, model, now) {
             Ok(a) => allowed.push(a),
             Err(e) => {
                 // Keep the most useful reason: a scope refusal beats an environment mismatch.
@@ -317,71 +454,14 @@ async fn run(
         let e = denial.unwrap_or_else(|| TokenError::Denied("not allowed".into()));
         return Err(crate::tokens::token_error(&e));
     }
-    // What a request may use, for budgets and token rate limits: input from the body's
-    // length (one token per 3 bytes), output from the largest limit it sets (or the default),
-    // times the choices it asks for; endpoints that produce no output reserve none.
-    let input_est = (bytes.len() as i64 + 2) / 3;
-    let output_est = if matches!(ctx.ep, Endpoint::Embeddings | Endpoint::CountTokens) {
-        0
-    } else {
-        let per_choice = [
-            probe.max_tokens,
-            probe.max_completion_tokens,
-            probe.max_output_tokens,
-        ]
-        .into_iter()
-        .flatten()
-        .filter(|m| *m > 0)
-        .max()
-        .unwrap_or(app.cfg.budgets.default_max_output_tokens)
-        .min(1 << 32);
-        let choices = probe
-            .n
-            .unwrap_or(1)
-            .max(probe.best_of.unwrap_or(1))
-            .clamp(1, 128);
-        per_choice.saturating_mul(choices)
-    };
-    // What a request is charged when the provider may have billed it without saying how much.
-    ctx.rec().charge().estimated(Estimate {
-        input: input_est,
-        output: output_est,
-        default_output: app.cfg.budgets.default_max_output_tokens.max(1),
-        choices: probe
-            .n
-            .unwrap_or(1)
-            .max(probe.best_of.unwrap_or(1))
-            .clamp(1, 128),
-    });
-    // Budgets first (they may drop candidate credentials), then rate limits on what is left.
-    if !app.budgets.is_empty() {
-        reserve(
-            app,
-            ctx,
-            &token,
-            &model,
-            input_est,
-            output_est,
-            &mut allowed,
-        )?;
-    }
-    if !app.rate_limits.is_empty() {
-        admit(
-            app,
-            ctx,
-            &token,
-            input_est.saturating_add(output_est),
-            &mut allowed,
-        )?;
-    }
-    forward(app, ctx, &parts, bytes, allowed).await
+    Ok(allowed)
 }
 
 /// Admits the request under the token's, the identity's and the first candidate credential's
 /// rate limits (a credential whose limit is reached gives way to the next candidate; the
 /// fallbacks a request takes later are not counted again).
 fn admit(
-    app: &App,
+    app: &Gateway,
     ctx: &mut Ctx,
     token: &Verified,
     tokens: i64,
@@ -456,7 +536,7 @@ fn quota(msg: String) -> ApiError {
 /// candidate credentials' budgets (a credential whose budget cannot take it is dropped from
 /// the candidates); the reservations ride on the request's record, which settles them.
 fn reserve(
-    app: &App,
+    app: &Gateway,
     ctx: &mut Ctx,
     token: &Verified,
     model: &str,
@@ -574,14 +654,14 @@ fn upstream_request(
 }
 
 async fn forward(
-    app: &Arc<App>,
+    app: &Arc<Gateway>,
     ctx: &mut Ctx,
     parts: &http::request::Parts,
     body: Bytes,
     allowed: Vec<Authorized>,
 ) -> Result<Response, ApiError> {
     let n = allowed.len();
-    let upstream_limit = Duration::from_secs(app.cfg.limits.upstream_timeout_secs);
+    let upstream_limit = Duration::from_secs(app.limits.upstream_timeout_secs);
     let mut last_err: Option<ApiError> = None;
     // Credentials tried before the one in the record, and why each was left: the audit record
     // names every credential whose key a request used.
@@ -735,7 +815,7 @@ async fn forward(
 const MAX_RESPONSE_HOLD: usize = 64 * 1024 * 1024;
 
 async fn respond(
-    app: &App,
+    app: &Gateway,
     resp: http::Response<hyper::body::Incoming>,
     mut record: Record,
     key: &Secret,
@@ -766,7 +846,7 @@ async fn respond(
             drop(record);
             return audit_unavailable().render(dialect);
         }
-        let idle = Duration::from_secs(app.cfg.limits.stream_idle_timeout_secs);
+        let idle = Duration::from_secs(app.limits.stream_idle_timeout_secs);
         let observed = ObservedBody::new(body, Observer::new(true), record, idle, status.as_u16());
         return out
             .body(Body::new(observed))
@@ -776,7 +856,7 @@ async fn respond(
     let (limit, wait) = if status.is_success() {
         (
             MAX_RESPONSE_HOLD,
-            Duration::from_secs(app.cfg.limits.upstream_timeout_secs),
+            Duration::from_secs(app.limits.upstream_timeout_secs),
         )
     } else {
         (1 << 20, Duration::from_secs(30))
@@ -816,7 +896,7 @@ async fn respond(
 }
 
 /// `GET /v1/models`: the models this token may use, in the client's dialect.
-pub async fn models(app: Arc<App>, req: Request<Body>) -> Response {
+pub async fn models(app: Arc<Gateway>, req: Request<Body>) -> Response {
     let dialect = if req.headers().contains_key("anthropic-version") {
         Dialect::Anthropic
     } else {
@@ -847,7 +927,7 @@ pub async fn models(app: Arc<App>, req: Request<Body>) -> Response {
 }
 
 /// A refused model list is audited like any refused request.
-async fn record_models_refusal(app: &Arc<App>, parts: &http::request::Parts, e: &ApiError) {
+async fn record_models_refusal(app: &Arc<Gateway>, parts: &http::request::Parts, e: &ApiError) {
     let row = UsageRow {
         ts: now_ms(),
         request_id: parts
@@ -909,7 +989,7 @@ fn secret_unavailable(
 }
 
 /// `GET /v1/models/{id}`.
-pub async fn model_one(app: Arc<App>, id: String, req: Request<Body>) -> Response {
+pub async fn model_one(app: Arc<Gateway>, id: String, req: Request<Body>) -> Response {
     let parts = req.into_parts().0;
     match list_models(&app, &parts).await {
         Ok(ids) if ids.contains(&id) => axum::Json(
@@ -946,7 +1026,10 @@ struct Asker {
     client_ip: Option<String>,
 }
 
-async fn list_models(app: &Arc<App>, req: &http::request::Parts) -> Result<Vec<String>, ApiError> {
+async fn list_models(
+    app: &Arc<Gateway>,
+    req: &http::request::Parts,
+) -> Result<Vec<String>, ApiError> {
     let token = app.tokens.authenticate(&req.headers)?;
     let asker = Asker {
         token: token.clone(),
@@ -991,7 +1074,7 @@ async fn list_models(app: &Arc<App>, req: &http::request::Parts) -> Result<Vec<S
 /// credential's key, so it is audited like an inference request (I5): the list is not returned
 /// before its record is durable.
 async fn upstream_models(
-    app: &Arc<App>,
+    app: &Arc<Gateway>,
     c: &Arc<crate::credentials::Credential>,
     asker: &Asker,
 ) -> Result<Vec<String>, ApiError> {
@@ -1094,5 +1177,259 @@ mod tests {
         assert!(!listed("cookie", FORWARD, FORWARD_PREFIX));
         assert!(listed("x-stainless-lang", FORWARD, FORWARD_PREFIX));
         assert!(!listed("set-cookie", RETURN, RETURN_PREFIX));
+    }
+
+    // Step 3: parse.
+
+    #[test]
+    fn parse_reads_model_stream_and_estimate() {
+        let body = br#"{"model":"gpt-4o-mini","stream":true,"max_tokens":10,"max_completion_tokens":300,"n":2,"messages":[]}"#;
+        let ask = parse(body, Endpoint::ChatCompletions, 4096)
+            .unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(ask.model, "gpt-4o-mini");
+        assert!(ask.stream);
+        assert_eq!(
+            ask.estimate,
+            Estimate {
+                input: (body.len() as i64 + 2) / 3,
+                output: 600,
+                default_output: 4096,
+                choices: 2
+            },
+            "the largest limit it sets, times its choices"
+        );
+        let ask = parse(
+            br#"{"model":"m","best_of":500}"#,
+            Endpoint::Completions,
+            100,
+        )
+        .unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!((ask.estimate.output, ask.estimate.choices), (12_800, 128));
+        let ask = parse(
+            br#"{"model":"m","max_tokens":1e3}"#,
+            Endpoint::Embeddings,
+            100,
+        );
+        assert!(ask.is_err(), "a float where an integer belongs is a 400");
+        let ask = parse(
+            br#"{"model":"text-embedding-3-small","input":"x"}"#,
+            Endpoint::Embeddings,
+            100,
+        )
+        .unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(ask.estimate.output, 0, "embeddings produce no output");
+        let huge = format!(r#"{{"model":"m","max_tokens":{}}}"#, i64::MAX);
+        let ask = parse(huge.as_bytes(), Endpoint::Messages, 100)
+            .unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(ask.estimate.output, 1 << 32, "capped");
+    }
+
+    #[test]
+    fn parse_refuses_what_it_cannot_route_with_a_400() {
+        let key = format!("sk-proj-{}", airlock_secrets::random_token(24));
+        let key_model = format!(r#"{{"model":"{key}"}}"#);
+        let long = format!(r#"{{"model":"{}"}}"#, "m".repeat(257));
+        for (body, says) in [
+            (&b"not json"[..], "malformed JSON"),
+            (br#"{"model":5}"#, "wrong type"),
+            (br#"{"messages":[]}"#, "names no `model`"),
+            (br#"{"model":""}"#, "names no `model`"),
+            (br#"{"model":"a b"}"#, "at most 256 characters"),
+            (long.as_bytes(), "at most 256 characters"),
+            (key_model.as_bytes(), "looks like a key"),
+        ] {
+            let e = parse(body, Endpoint::ChatCompletions, 100)
+                .err()
+                .unwrap_or_else(|| panic!("refused: {}", String::from_utf8_lossy(body)));
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.contains(says), "{}: {}", says, e.message);
+            assert!(!e.message.contains(&key), "a key is never echoed");
+        }
+    }
+
+    // Step 2: read the body.
+
+    fn limits(max: usize, secs: u64) -> crate::config::Limits {
+        crate::config::Limits {
+            max_body_bytes: max,
+            body_timeout_secs: secs,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn read_body_enforces_size_and_time() {
+        let ok = read_body(&limits(10, 5), &HeaderMap::new(), Body::from("0123456789")).await;
+        assert_eq!(ok.ok().as_deref(), Some(&b"0123456789"[..]));
+        let big = read_body(&limits(10, 5), &HeaderMap::new(), Body::from("0123456789a")).await;
+        assert_eq!(
+            big.err().map(|e| e.status),
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
+        );
+        // A declared length over the limit is refused before anything is read.
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("11"));
+        let declared = read_body(&limits(10, 5), &h, Body::empty()).await;
+        assert_eq!(
+            declared.err().map(|e| e.status),
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
+        );
+        // A body that never ends is cut at the timeout.
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        let slow = Body::from_stream(tokio_stream_of(rx));
+        let t = read_body(&limits(10, 1), &HeaderMap::new(), slow).await;
+        assert_eq!(t.err().map(|e| e.status), Some(StatusCode::REQUEST_TIMEOUT));
+    }
+
+    fn tokio_stream_of(
+        mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
+    // Steps 1, 4 and 5 on a gateway built as serve builds it.
+
+    fn mint(kit: &crate::testkit::Kit, env: &str, models: &[&str]) -> HeaderMap {
+        let opts = airlock_token::MintOptions {
+            subject: "alice".into(),
+            env: env.into(),
+            models: models.iter().map(|m| m.to_string()).collect(),
+            credentials: Vec::new(),
+            ttl: Duration::from_secs(600),
+            project: None,
+        };
+        let v = kit.app.tokens.verifier.load_full();
+        let t = airlock_token::mint(v.keys(), &opts, SystemTime::now())
+            .unwrap_or_else(|e| panic!("mint: {e}"));
+        let mut h = HeaderMap::new();
+        let value = HeaderValue::from_str(&format!("Bearer {}", t.token));
+        h.insert(
+            http::header::AUTHORIZATION,
+            value.unwrap_or_else(|_| panic!("header")),
+        );
+        h
+    }
+
+    fn routed(
+        kit: &crate::testkit::Kit,
+        h: &HeaderMap,
+        model: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        let token = kit.app.tokens.authenticate(h)?;
+        route(
+            &kit.app.creds.load(),
+            &kit.app.tokens.verifier.load(),
+            &token,
+            Endpoint::ChatCompletions,
+            model,
+            SystemTime::now(),
+        )
+        .map(|a| a.iter().map(|a| a.credential().name.clone()).collect())
+    }
+
+    #[tokio::test]
+    async fn route_keeps_environments_apart_and_names_the_refusal() {
+        let kit = crate::testkit::Kit::new("").await;
+        for (name, env) in [("prod-a", "prod"), ("prod-b", "prod"), ("dev-a", "dev")] {
+            let f = kit.key_file(name, &crate::testkit::key(name));
+            kit.credential(
+                name,
+                env,
+                &format!("file:{}", f.display()),
+                "http://127.0.0.1:9/v1",
+            )
+            .await;
+        }
+        let prod = mint(&kit, "prod", &["gpt-*"]);
+        let served = routed(&kit, &prod, "gpt-4o").unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(served, ["prod-a", "prod-b"], "I4: never dev-a");
+        let narrow = mint(&kit, "dev", &["gpt-4o-mini"]);
+        let e = routed(&kit, &narrow, "gpt-4o").err();
+        assert_eq!(
+            e.map(|e| e.status),
+            Some(StatusCode::FORBIDDEN),
+            "out of scope"
+        );
+        let e = routed(&kit, &prod, "claude-x").err();
+        assert_eq!(e.map(|e| e.code), Some("model_not_found"));
+        // Suspended: said only to a token one of them would serve.
+        for name in ["prod-a", "prod-b", "dev-a"] {
+            let done = kit.app.store.set_suspended(name, true).await;
+            assert!(done.unwrap_or(false));
+        }
+        kit.app
+            .creds
+            .reload()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e = routed(&kit, &prod, "gpt-4o").err();
+        assert_eq!(e.map(|e| e.code), Some("credential_suspended"));
+        // A token none of them would serve is not told about them.
+        let eval = mint(&kit, "eval", &["gpt-*"]);
+        let e = routed(&kit, &eval, "gpt-4o").err();
+        assert_eq!(e.map(|e| e.code), Some("model_not_found"));
+    }
+
+    #[tokio::test]
+    async fn authenticate_records_who_even_when_revoked() {
+        let kit = crate::testkit::Kit::new("").await;
+        let h = mint(&kit, "prod", &["gpt-*"]);
+        let row = UsageRow::default();
+        let mut ctx = Ctx {
+            ep: Endpoint::ChatCompletions,
+            rate: None,
+            record: Some(Record::start(kit.app.recorder.clone(), row)),
+        };
+        let gw = kit.app.gateway.clone();
+        let t = authenticate(&gw, &mut ctx, &h).unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(ctx.rec().row.subject.as_deref(), Some("alice"));
+        let row = airlock_store::TokenRow {
+            id: t.id.clone(),
+            subject: t.subject.clone(),
+            env: t.env.clone(),
+            models: vec!["gpt-*".into()],
+            credentials: Vec::new(),
+            key_id: 1,
+            created_at: now_ms(),
+            expires_at: now_ms() + 600_000,
+            revoked_at: None,
+            minted_by: "test".into(),
+            claims: None,
+        };
+        kit.app
+            .store
+            .insert_token(&row)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        {
+            let serial = kit.app.tokens.serial().await;
+            assert!(kit
+                .app
+                .store
+                .revoke_token(&t.id, now_ms())
+                .await
+                .unwrap_or(false));
+            kit.app.tokens.mark_revoked(&serial, &t.id);
+        }
+        let mut ctx = Ctx {
+            ep: Endpoint::ChatCompletions,
+            rate: None,
+            record: Some(Record::start(kit.app.recorder.clone(), UsageRow::default())),
+        };
+        let e = authenticate(&gw, &mut ctx, &h).err();
+        assert_eq!(e.map(|e| e.code), Some("token_revoked"));
+        assert_eq!(
+            ctx.rec().row.token_id.as_deref(),
+            Some(t.id.as_str()),
+            "who it was"
+        );
+        let mut ctx = Ctx {
+            ep: Endpoint::ChatCompletions,
+            rate: None,
+            record: Some(Record::start(kit.app.recorder.clone(), UsageRow::default())),
+        };
+        let e = authenticate(&gw, &mut ctx, &HeaderMap::new()).err();
+        assert_eq!(e.map(|e| e.code), Some("missing_token"));
+        assert_eq!(ctx.rec().row.token_id, None);
     }
 }

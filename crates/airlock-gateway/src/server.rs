@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 fn proxied(ep: Endpoint) -> axum::routing::MethodRouter<Arc<App>> {
-    post(move |State(app): State<Arc<App>>, req: Request<Body>| crate::proxy::handle(app, ep, req))
+    post(move |State(app): State<Arc<App>>, req: Request<Body>| {
+        crate::proxy::handle(app.gateway.clone(), ep, req)
+    })
 }
 
 /// Builds the whole router.
@@ -45,13 +47,15 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/messages/count_tokens", proxied(Endpoint::CountTokens))
         .route(
             "/v1/models",
-            get(|State(app): State<Arc<App>>, req: Request<Body>| crate::proxy::models(app, req)),
+            get(|State(app): State<Arc<App>>, req: Request<Body>| {
+                crate::proxy::models(app.gateway.clone(), req)
+            }),
         )
         .route(
             "/v1/models/{id}",
             get(
                 |State(app): State<Arc<App>>, Path(id): Path<String>, req: Request<Body>| {
-                    crate::proxy::model_one(app, id, req)
+                    crate::proxy::model_one(app.gateway.clone(), id, req)
                 },
             ),
         )

@@ -5,8 +5,7 @@ use crate::usage::Recorder;
 use crate::util::HttpClient;
 use airlock_secrets::HmacKey;
 use airlock_store::Store;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Everything a handler needs.
@@ -35,8 +34,8 @@ pub struct App {
     pub client: HttpClient,
     /// Usage recorder.
     pub recorder: Recorder,
-    /// Upstream model lists per credential, for `/v1/models`.
-    pub model_lists: Mutex<HashMap<String, (Instant, Vec<String>)>>,
+    /// The data plane.
+    pub gateway: Arc<crate::proxy::Gateway>,
     /// When the server started.
     pub started: Instant,
     /// Token exchange: trust policies and issuers' keys.

@@ -1,0 +1,119 @@
+//! Service accounts: create, list, revoke (with what they minted).
+
+use super::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewServiceAccount {
+    name: String,
+    env: String,
+    #[serde(default)]
+    models: Vec<String>,
+    #[serde(default)]
+    credentials: Vec<String>,
+    max_ttl: Option<String>,
+    /// The project its tokens are accounted to.
+    project: Option<String>,
+}
+
+/// `service-account create`: the key is shown once; only its keyed hash is stored.
+pub(super) async fn create_service_account(
+    State(app): State<Arc<App>>,
+    axum::Extension(c): axum::Extension<Caller>,
+    Json(n): Json<NewServiceAccount>,
+) -> Response {
+    let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
+    if !valid_name(&n.name) {
+        return bad(format!(
+            "service account name `{}`: use 1-64 letters, digits, '-', '_' or '.'",
+            n.name
+        ));
+    }
+    let max_ttl = match n.max_ttl.as_deref().map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => return bad(format!("max_ttl: {e} (examples: 15m, 1h)")),
+    };
+    let scope = match crate::identity::Scope::new(
+        app.cfg.max_ttl().unwrap_or(airlock_token::MAX_TTL),
+        &n.env,
+        crate::identity::split_list(n.models),
+        crate::identity::split_list(n.credentials),
+        max_ttl,
+    )
+    .and_then(|mut s| {
+        s.project = n.project;
+        s.check(app.cfg.max_ttl().unwrap_or(airlock_token::MAX_TTL))?;
+        Ok(s)
+    }) {
+        Ok(s) => s,
+        Err(e) => return bad(e),
+    };
+    let set = app.creds.load();
+    let mut warnings = Vec::new();
+    for name in &scope.credentials {
+        match set.get(name) {
+            None => warnings.push(format!("no credential `{name}` exists yet")),
+            Some(cr) if cr.env != scope.env => {
+                return bad(format!(
+                "credential `{name}` is in environment `{}`, not `{}`; environments never cross",
+                cr.env, scope.env
+            ))
+            }
+            Some(_) => {}
+        }
+    }
+    match crate::identity::create_service_account(&app.issuer, &n.name, &scope, &c.key_id).await {
+        Ok((row, key)) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({
+                "id": row.id,
+                "name": row.name,
+                "scope": scope,
+                "key": key,
+                "warnings": warnings,
+            })),
+        )
+            .into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+pub(super) async fn list_service_accounts(State(app): State<Arc<App>>) -> Response {
+    match app.store.list_service_accounts().await {
+        Ok(rows) => Json(serde_json::json!({ "service_accounts": rows })).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+pub(super) async fn revoke_service_account(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Response {
+    let serial = app.tokens.serial().await;
+    match app.store.revoke_service_account(&id, now_ms()).await {
+        // What a leaked key minted goes with it.
+        Ok(Some(id)) => {
+            let tokens = match app
+                .store
+                .revoke_tokens_minted_by(&format!("sa:{id}"), now_ms())
+                .await
+            {
+                Ok(n) => n,
+                Err(e) => return store_err(e),
+            };
+            drop(serial);
+            if let Err(e) = app.tokens.reload_revocations().await {
+                return store_err(e);
+            }
+            Json(serde_json::json!({ "revoked": id, "id": id, "tokens_revoked": tokens }))
+                .into_response()
+        }
+        Ok(None) => err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no active service account with id or name `{id}`"),
+        ),
+        Err(e) => store_err(e),
+    }
+}

@@ -772,6 +772,7 @@ impl Config {
     /// secret stores' own credentials (a Vault token, AppRole secret id or service-account
     /// token file, the KEK key file, AWS credential files), whose contents sent to a provider's
     /// base URL would open every secret behind them.
+    #[allow(clippy::disallowed_methods)] // configuration: where the AWS SDK reads its files
     pub fn reference_policy(&self) -> airlock_secrets::ReferencePolicy {
         let v = &self.secrets.vault;
         let mut denied = vec![self.state_dir.clone(), self.keys_dir()];
@@ -904,6 +905,14 @@ kek = "keyfile:{dir}/keys/kek.key"
             dir = state_dir.display()
         )
     }
+}
+
+/// A variable of the server's environment that is not an `AIRLOCK_…` setting (`VAULT_ADDR`,
+/// `AWS_REGION`, the test clock's switch): the gateway reads the environment only here and in
+/// [`Config::load`]'s caller.
+#[allow(clippy::disallowed_methods)] // configuration
+pub fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 #[cfg(test)]

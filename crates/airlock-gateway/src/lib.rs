@@ -142,7 +142,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         },
         client.clone(),
         store.clone(),
-        &|name| std::env::var(name).ok().filter(|v| !v.is_empty()),
+        &|name| config::env_var(name).filter(|v| !v.is_empty()),
     )
     .map_err(anyhow::Error::msg)?;
     let budgets = Arc::new(airlock_spend::budget::Budgets::load(&store).await?);
@@ -235,7 +235,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
     app.tokens.reload_revocations().await?;
     // A hook for tests only: lets the owner move the anomaly detector's clock (a simulated
     // week of traffic without waiting a week). Never set it in production.
-    let test_clock = std::env::var("AIRLOCK_TEST_CLOCK").as_deref() == Ok("1");
+    let test_clock = config::env_var("AIRLOCK_TEST_CLOCK").as_deref() == Some("1");
     if test_clock {
         tracing::warn!("AIRLOCK_TEST_CLOCK=1: the anomaly detector's clock can be moved through the admin API (tests only)");
     }

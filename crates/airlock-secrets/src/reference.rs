@@ -352,6 +352,7 @@ impl SecretRef {
     /// Reads a local (`env:`, `file:`) secret now. `file:` references must name a regular
     /// file of at most [`MAX_SECRET_FILE`] bytes that `policy` permits (checked on the opened
     /// file). Other kinds are read by `airlock-secretstore`.
+    #[allow(clippy::disallowed_methods)] // an env: reference is read from the environment by design
     pub fn resolve(&self, policy: &ReferencePolicy) -> Result<Secret, ResolveError> {
         let value = match self {
             SecretRef::Env(name) if policy.reserved_env.contains(&name.to_ascii_uppercase()) => {

@@ -126,7 +126,10 @@ pub async fn run(argv: &[String], policy: &ExecPolicy) -> Result<Secret, Resolve
         let reserved = RESERVED_ENV_PREFIXES
             .iter()
             .any(|p| name.to_ascii_uppercase().starts_with(p));
-        if let (false, Some(v)) = (reserved, std::env::var_os(name)) {
+        // The allow-listed part of the server's environment is passed on to the command.
+        #[allow(clippy::disallowed_methods)]
+        let value = std::env::var_os(name);
+        if let (false, Some(v)) = (reserved, value) {
             cmd.env(name, v);
         }
     }

@@ -18,8 +18,8 @@ pub(crate) struct Admin {
 
 impl Admin {
     pub(crate) fn from_env() -> Result<Self, Failure> {
-        let url = std::env::var("AIRLOCK_URL").unwrap_or_else(|_| "http://127.0.0.1:8400".into());
-        let token = std::env::var("AIRLOCK_ADMIN_TOKEN").map_err(|_| {
+        let url = crate::setting("AIRLOCK_URL").unwrap_or_else(|| "http://127.0.0.1:8400".into());
+        let token = crate::setting("AIRLOCK_ADMIN_TOKEN").ok_or_else(|| {
             Failure::usage(
                 "AIRLOCK_ADMIN_TOKEN is not set: export the admin key that `airlock init` printed",
             )
@@ -352,7 +352,7 @@ enum TokenSource {
 }
 
 fn token_source(r: &RunArgs) -> Result<TokenSource, Failure> {
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let var = |k: &str| crate::setting(k).filter(|v| !v.trim().is_empty());
     if let Some(f) = &r.oidc_token_file {
         return Ok(TokenSource::File(f.clone()));
     }
@@ -390,8 +390,8 @@ pub async fn run_with_token(r: RunArgs) -> Result<(), Failure> {
         )));
     }
     let source = token_source(&r)?;
-    let url = std::env::var("AIRLOCK_URL")
-        .unwrap_or_else(|_| "http://127.0.0.1:8400".into())
+    let url = crate::setting("AIRLOCK_URL")
+        .unwrap_or_else(|| "http://127.0.0.1:8400".into())
         .trim_end_matches('/')
         .to_string();
     if url.starts_with("http://")

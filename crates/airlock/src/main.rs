@@ -620,9 +620,16 @@ fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// A setting the CLI reads from its environment (`AIRLOCK_URL`, `AIRLOCK_ADMIN_TOKEN`,
+/// `RUST_LOG`, GitHub Actions' variables…): the one place it does.
+#[allow(clippy::disallowed_methods)] // the CLI's configuration
+pub(crate) fn setting(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
 fn init_logging(level: &str, format: &str) {
-    let filter = std::env::var("RUST_LOG")
-        .unwrap_or_else(|_| format!("{level},hyper=info,hyper_util=info,sqlx=warn,h2=info,rustls=info,aws_config=info,aws_runtime=info,aws_smithy_runtime=info,aws_smithy_http_client=info,aws_sdk_kms=info,aws_sdk_secretsmanager=info,aws_sdk_sts=info"));
+    let filter = setting("RUST_LOG")
+        .unwrap_or_else(|| format!("{level},hyper=info,hyper_util=info,sqlx=warn,h2=info,rustls=info,aws_config=info,aws_runtime=info,aws_smithy_runtime=info,aws_smithy_http_client=info,aws_sdk_kms=info,aws_sdk_secretsmanager=info,aws_sdk_sts=info"));
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()

@@ -18,8 +18,9 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   echo "$want" > "$stamp"
 fi
 
-step "format and lints"
+step "format, lints and conventions (no import circles, long files say why)"
 cargo fmt --all -- --check
+python3 scripts/conventions.py
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "rust tests"

@@ -1,6 +1,9 @@
 //! Configuration: `airlock.toml`, every key overridable by an `AIRLOCK_*` environment variable
 //! (`AIRLOCK_LISTEN`, `AIRLOCK_LIMITS__MAX_BODY_BYTES`, …: `__` separates nested keys).
 //!
+//! Why one file: the whole configuration surface (every table, its defaults and its checks) in one
+//! place, as `airlock.toml` is one file.
+//!
 //! The overlay is a few lines over `toml::Value` rather than a layered-config crate: the
 //! mapping is one rule and the set of keys is closed (`deny_unknown_fields`).
 

@@ -3,6 +3,9 @@
 //! accounts (`alk_sa_<id>_<secret>` keys that can only mint, `POST /v1/token`) and a token's
 //! revocation of itself (`POST /v1/token/revoke`).
 //!
+//! Why one file: `issue`, the one function that mints a token, with the checks of every path that
+//! reaches it, so all of them are reviewed together.
+//!
 //! Every path that hands out a token goes through [`issue`]: the server's own limits (TTL,
 //! environments, known credentials) are checked there once, and a bounded caller's request is
 //! checked against its [`Scope`] before anything is signed. A request that names nothing gets

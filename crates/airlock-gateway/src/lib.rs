@@ -10,12 +10,14 @@ pub mod histogram;
 pub mod identity;
 
 pub mod incident;
+pub mod models;
 pub mod oidc;
 pub mod otel;
 
 pub mod policy;
 
 pub mod proxy;
+pub mod record;
 pub mod rotation;
 pub mod server;
 pub mod state;

@@ -2,6 +2,9 @@
 //! identity token its platform gave it (a JWT from an OIDC issuer); when a trust policy admits
 //! it, it gets a short-lived airlock token scoped by that policy.
 //!
+//! Why one file: token exchange is one security check (trust policy, signing keys, JWT
+//! verification, the grant), reviewed as a whole.
+//!
 //! The JWT is checked against the issuer's JWKS (discovered from
 //! `ISSUER/.well-known/openid-configuration` or configured, cached, fetched again on an unknown
 //! `kid` at most every `jwks_min_refetch_secs`), the policy's signature algorithm allow-list

@@ -48,14 +48,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/v1/models",
             get(|State(app): State<Arc<App>>, req: Request<Body>| {
-                crate::proxy::models(app.gateway.clone(), req)
+                crate::models::models(app.gateway.clone(), req)
             }),
         )
         .route(
             "/v1/models/{id}",
             get(
                 |State(app): State<Arc<App>>, Path(id): Path<String>, req: Request<Body>| {
-                    crate::proxy::model_one(app.gateway.clone(), id, req)
+                    crate::models::model_one(app.gateway.clone(), id, req)
                 },
             ),
         )

@@ -1,5 +1,7 @@
 //! Anomaly detection: a stolen key shows up while it is being used, not in next month's bill.
 //!
+//! Why one file: one detector: the statistics, the per-subject state and the checks that read it.
+//!
 //! Every finished request that airlock forwarded to a provider is observed twice, once for the
 //! credential that served it and once for the token's identity (its subject); requests airlock
 //! refused itself (bad or revoked tokens, scope, budgets, rate limits, unknown models) are not,

@@ -1,5 +1,8 @@
 //! airlock's database. SQLite by default (one file, WAL mode); every query lives here so the
 //! rest of the code never writes SQL. No column ever holds a provider key (invariant I1).
+//!
+//! Why one file: every SQL statement of the SQLite schema; it is split per aggregate behind one
+//! store interface when the PostgreSQL backend comes (issue 17).
 #![warn(missing_docs)]
 
 pub use airlock_audit::{Checkpoint, Sealed};

@@ -2,6 +2,9 @@
 //! running server through the admin API (`AIRLOCK_URL`, `AIRLOCK_ADMIN_TOKEN`); `init`,
 //! `scan`, `token attenuate` and `mock-provider` work offline.
 //!
+//! Why one file: the command line's definition is one clap tree, read as a whole; the work of each
+//! command lives in its own module.
+//!
 //! Exit codes: 0 success, 1 a check found a problem, 2 usage or configuration error,
 //! 3 a remote or store failure. Errors go to stderr.
 

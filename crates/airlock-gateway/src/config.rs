@@ -914,7 +914,7 @@ kek = "keyfile:{dir}/keys/kek.key"
 /// `AWS_REGION`, the test clock's switch): the gateway reads the environment only here and in
 /// [`Config::load`]'s caller.
 #[allow(clippy::disallowed_methods)] // configuration
-pub fn env_var(name: &str) -> Option<String> {
+pub(crate) fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 

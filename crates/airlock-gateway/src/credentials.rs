@@ -437,6 +437,8 @@ mod tests {
     use crate::testkit::{key, Kit};
     use std::sync::atomic::Ordering;
 
+    // Single-threaded runtime (tokio::test's default): the background refresher, which also
+    // reads a credential that has no key yet, cannot run between the two reads below.
     #[tokio::test]
     async fn a_key_is_read_once_audited_and_inventoried_without_its_bytes() {
         let kit = Kit::new("").await;
@@ -484,14 +486,19 @@ mod tests {
         let c = kit.app.creds.load().get("gone").cloned();
         let c = c.unwrap_or_else(|| panic!("loaded"));
         assert!(c.secret(&kit.app.creds, "req-1").await.is_err());
-        // (The background refresher may have tried again meanwhile: each try is recorded.)
+        // The background refresher may try again meanwhile; each try is counted, then recorded.
+        let failures = kit
+            .app
+            .recorder
+            .counters
+            .secret_read_failures
+            .load(Ordering::Relaxed);
         let reads = kit.audit("secret.resolve").await;
-        assert!(!reads.is_empty());
+        assert!(failures >= 1);
+        assert!(reads.len() as u64 >= failures);
         assert!(reads
             .iter()
             .all(|r| r.outcome == "failed" && r.credential.as_deref() == Some("gone")));
-        let failures = &kit.app.recorder.counters.secret_read_failures;
-        assert_eq!(failures.load(Ordering::Relaxed), reads.len() as u64);
     }
 
     #[tokio::test]

@@ -144,6 +144,8 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         },
         client.clone(),
         store.clone(),
+        // Configuration: the secret stores' standard variables (VAULT_ADDR, AWS_REGION…).
+        #[allow(clippy::disallowed_methods)]
         &|name| config::env_var(name).filter(|v| !v.is_empty()),
     )
     .map_err(anyhow::Error::msg)?;
@@ -237,6 +239,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
     app.tokens.reload_revocations().await?;
     // A hook for tests only: lets the owner move the anomaly detector's clock (a simulated
     // week of traffic without waiting a week). Never set it in production.
+    #[allow(clippy::disallowed_methods)] // configuration: the test clock's switch
     let test_clock = config::env_var("AIRLOCK_TEST_CLOCK").as_deref() == Some("1");
     if test_clock {
         tracing::warn!("AIRLOCK_TEST_CLOCK=1: the anomaly detector's clock can be moved through the admin API (tests only)");

@@ -1027,7 +1027,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn read_body_enforces_size_and_time() {
         let ok = read_body(&limits(10, 5), &HeaderMap::new(), Body::from("0123456789")).await;
         assert_eq!(ok.ok().as_deref(), Some(&b"0123456789"[..]));

@@ -12,6 +12,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// Proof that the caller holds the revocation lock of a [`Tokens`] (only `Tokens::serial`
+/// makes one).
+pub struct RevocationSerial<'a>(#[allow(dead_code)] tokio::sync::MutexGuard<'a, ()>);
+
 /// The verifier and the revocation set.
 pub struct Tokens {
     store: Store,
@@ -44,13 +48,13 @@ impl Tokens {
     /// Serialises a change to the revocations: held across the store's write and the
     /// in-memory update, so a periodic reload cannot read the store before the write and then
     /// replace the set after it. Drop it before `reload_revocations`.
-    pub async fn serial(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.lock.lock().await
+    pub async fn serial(&self) -> RevocationSerial<'_> {
+        RevocationSerial(self.lock.lock().await)
     }
 
     /// Marks `id` revoked in memory at once, after the store recorded it; the guard from
     /// `serial` proves the change is serialised with reloads.
-    pub fn mark_revoked(&self, _serial: &tokio::sync::MutexGuard<'_, ()>, id: &str) {
+    pub fn mark_revoked(&self, _serial: &RevocationSerial<'_>, id: &str) {
         self.revoked.rcu(|cur| {
             let mut next = HashSet::clone(cur);
             next.insert(id.to_string());

@@ -1,8 +1,8 @@
-//! Usage and audit recording, from one place: every request owns a [`Record`]; whichever way
-//! the request ends (refusal, upstream error, finished stream, client gone) the record is sent
-//! exactly once. One background writer appends the audit records to the hash chain and stores
-//! usage rows with them, a batch per transaction (group commit: whatever queued while the last
-//! transaction ran goes into the next), and signs checkpoints.
+//! Usage and audit recording, from one place: every request owns a `Record` (`record.rs`);
+//! whichever way the request ends (refusal, upstream error, finished stream, client gone) the
+//! record is sent exactly once. One background writer appends the audit records to the hash chain
+//! and stores usage rows with them, a batch per transaction (group commit: whatever queued while
+//! the last transaction ran goes into the next), and signs checkpoints.
 //!
 //! Why one file: the audit writer owns the chain: its start-up check, batches, retries and
 //! signatures share one state.
@@ -17,6 +17,75 @@
 //! SSE events of a stream (OpenAI's final chunk with `stream_options.include_usage`, Anthropic's
 //! `message_start` / `message_delta`, the Responses API's `response.completed`). The parser
 //! looks only for the `"usage"` key, so it never parses whole bodies and never keeps content.
+//!
+//! # What the log guards against, and what it cannot
+//!
+//! | tampering | how `audit verify` names it |
+//! | --- | --- |
+//! | a field changed | `changed` at that record (its hash no longer matches) |
+//! | changed and re-hashed | `broken_link` at the next record |
+//! | everything after it re-hashed | `checkpoint_mismatch` at the next signed checkpoint |
+//! | a record deleted, two swapped | `missing` / `reordered` at the first gap |
+//! | tail cut off | `truncated` when a checkpoint (in the database or the external copy) signs past the end |
+//! | checkpoint forged or altered | `bad_signature` |
+//! | checkpoints deleted, or records added without them | `unsigned` when records older than `--max-unsigned-age` (300 s) are not signed |
+//! | the start of an export cut off | `partial`, unless `--partial` says the export was made with `--since` |
+//!
+//! What the server itself checks, and when:
+//!
+//! - **Every batch is signed**: the writer signs the head of each batch it writes and stores
+//!   that signature (`audit_head`, one row, replaced) in the same transaction; permanent
+//!   checkpoints (`audit_checkpoints`, and the copy in `checkpoint_file`) are kept every
+//!   `checkpoint_every` records or `checkpoint_interval_secs`. So a log airlock wrote never holds
+//!   an unsigned record, and `/admin/v1/audit/checkpoints` includes the signed head.
+//! - **At start** (`usage::check_stored_log`), before appending anything: the signatures of the
+//!   last permanent checkpoint and of the signed head (any `keys/audit-*.pub`), every record from
+//!   that checkpoint on (unchanged, linked, the signed hashes where they say), that no record
+//!   follows the signed head, and that the last checkpoint in `audit.checkpoint_file` (read
+//!   backwards past any padding; a short torn last line is cut off, anything else refused) is one
+//!   the database holds; checkpoints committed but not copied are copied, signatures checked. Any
+//!   mismatch and `serve` refuses to start, so a rewritten or extended database is never signed
+//!   over; `serve --accept-unsigned-tail` signs records after the signed head once an operator has
+//!   looked at them, and records that it did (`audit.tail_accepted`). The chain continues from
+//!   what was verified, not from a second read. A missing audit key is not regenerated while the
+//!   log has records. One server per state directory (`airlock.lock`, taken before anything else;
+//!   the listener is bound first). Records before the last permanent checkpoint are left to
+//!   `audit verify`.
+//! - **While running**: the writer owns the chain, on its own thread and SQLite connection. When
+//!   a write fails it reads the stored head: unchanged, it keeps the batch for another attempt
+//!   (bounded, `RETRY_LIMIT`); the waiting requests were refused (or, for admin changes and
+//!   stream ends, answered in part), and their records say so; exactly its own batch, it carries
+//!   on; anything else (another process appended), it stops appending for good and the server
+//!   refuses requests; the records found there are then after the signed head, so a restart
+//!   refuses them too.
+//! - **What cannot be protected**: someone who can write the database can delete whole records
+//!   from the end back to a permanent checkpoint together with the signed head row, leaving an
+//!   older but consistent log; that truncation shows only against `checkpoint_file` (for the
+//!   records since the last permanent checkpoint, not even there). Someone who holds the audit
+//!   private key can forge everything; keep it out of the database's reach. `init` puts
+//!   `checkpoint_file` in the state directory, next to the database: whoever can rewrite one can
+//!   usually rewrite the other, so point it at other storage for the whole-database guarantee.
+//! - **Exports** end on a checkpoint the server signs for the export (`POST
+//!   /admin/v1/audit/checkpoint`); `verify --file` refuses a file that starts after record 1 or
+//!   has records after its last checkpoint unless `--partial` says it is an excerpt.
+//! - **Durability**: SQLite runs in WAL mode with `synchronous = FULL` by default (`[store]
+//!   synchronous`): a record the client waited for survives a power loss. `normal` survives a
+//!   crash of airlock only. The checkpoint copy is `fsync`ed per checkpoint.
+//! - **Streams**: a durable `inference.stream` / `started` record precedes the first byte; the
+//!   `inference` record with token counts closes the stream. A client that disconnects mid-stream
+//!   still leaves both.
+//! - **Memory**: a non-streamed response is held until its record is durable; bodies over
+//!   64 MiB are answered with 502 `upstream_body_failed` rather than buffered, so the bound per request is
+//!   64 MiB and in aggregate that times the concurrent non-streamed requests; a deployment that
+//!   expects large concurrent JSON bodies should front airlock with a connection limit.
+//! - **Fallbacks**: the `inference` record names the credential that answered; `reason` lists the
+//!   ones tried before it and why (`fell back from bad-500 (HTTP 500)`), because each of them used
+//!   its key.
+//!
+//! Anonymous refusals are audited up to `audit.anonymous_per_sec` (one budget for the whole
+//! server, not per client address) and counted beyond it (`airlock_audit_anonymous_skipped_total`),
+//! so junk traffic cannot flood the log; a flood can therefore hide other anonymous refusals in
+//! that second, never an authenticated request or an admin change.
 
 use airlock_audit::{AuditKey, Record as AuditRecord};
 use airlock_store::{BatchWriter, Store, UsageRow};

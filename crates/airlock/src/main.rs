@@ -681,6 +681,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     config.display()
                 )));
             }
+            #[allow(clippy::disallowed_methods)] // configuration: AIRLOCK_* overrides
             let mut cfg = Config::load(&config, std::env::vars()).map_err(Failure::usage)?;
             if let Some(l) = listen {
                 cfg.listen = l;

@@ -16,7 +16,7 @@
 //! current period; one airlock per database (as the audit log requires).
 
 use crate::clock::{Clock, SystemClock};
-use airlock_store::{BudgetRow, Store, UsageDimension};
+use airlock_store::{Store, UsageDimension};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -424,23 +424,6 @@ pub fn estimate(rate: crate::pricing::Rate, input_tokens: i64, output_tokens: i6
     input_tokens
         .saturating_mul(rate.input)
         .saturating_add(output_tokens.saturating_mul(rate.output))
-}
-
-/// A budget as the API shows it.
-pub fn describe(r: &BudgetRow, status: Option<&Status>) -> serde_json::Value {
-    serde_json::json!({
-        "id": r.id,
-        "kind": r.kind,
-        "key": r.key,
-        "period": r.period,
-        "limit_nanos": r.limit_nanos,
-        "limit_usd": usd(r.limit_nanos),
-        "spent_nanos": status.map(|s| s.spent_nanos),
-        "spent_usd": status.map(|s| usd(s.spent_nanos)),
-        "reserved_nanos": status.map(|s| s.reserved_nanos),
-        "period_start": status.map(|s| airlock_token::rfc3339((s.period_start_ms / 1000).max(0) as u64)),
-        "created_at": r.created_at,
-    })
 }
 
 #[cfg(test)]

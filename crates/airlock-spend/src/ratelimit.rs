@@ -7,7 +7,7 @@
 //! The limits live in the database (`rate_limits`); their state in memory.
 
 use crate::budget::Kind;
-use airlock_store::{RateLimitRow, Store};
+use airlock_store::Store;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -353,13 +353,6 @@ pub fn headers(info: &Info, h: &mut http::HeaderMap) {
         // Retrying cannot help: the request is larger than a minute's allowance.
         h.remove("retry-after");
     }
-}
-
-/// A limit as the API shows it.
-pub fn describe(r: &RateLimitRow) -> serde_json::Value {
-    serde_json::json!({
-        "id": r.id, "kind": r.kind, "key": r.key, "rpm": r.rpm, "tpm": r.tpm, "created_at": r.created_at,
-    })
 }
 
 /// Names what a limit is on, for refusals: `project \`x\``; a token is "this token" (its id

@@ -46,6 +46,26 @@ impl Admin {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    /// `method` on an admin API path with a typed body, the answer read as the API's type for
+    /// it (`airlock-api`): a field the server and the CLI disagree on fails here, loudly.
+    pub(crate) async fn typed<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<T, Failure> {
+        let body = body
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| Failure::usage(format!("cannot encode the request: {e}")))?;
+        let v = self.call(method, path, body).await?;
+        serde_json::from_value(v).map_err(|e| {
+            Failure::remote(format!(
+                "the server's answer to {path} is not what this airlock expects ({e}); are the CLI and the server the same version?"
+            ))
+        })
+    }
+
     async fn call(
         &self,
         method: Method,
@@ -667,137 +687,158 @@ fn scope_line(sc: &Value) -> String {
     )
 }
 
+/// A table with a header row and no borders, as the CLI prints lists; the columns named in
+/// `numeric` are aligned right.
+fn table(header: &[&str], numeric: &[usize]) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_header(header.iter().map(|h| comfy_table::Cell::new(*h)));
+    for i in numeric {
+        if let Some(c) = t.column_mut(*i) {
+            c.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+    }
+    t
+}
+
+/// Prints a typed answer as JSON.
+fn print_typed(v: &impl serde::Serialize) {
+    print_json(&serde_json::to_value(v).unwrap_or_default());
+}
+
 /// `airlock budget set|list|remove`.
 pub async fn budget(c: crate::BudgetCmd, json: bool) -> Result<(), Failure> {
+    use airlock_api::limits::{Budget, Budgets, NewBudget};
     let admin = Admin::from_env()?;
-    let v = match c {
+    match c {
         crate::BudgetCmd::Set {
             target,
             usd,
             period,
         } => {
             let (kind, key) = target.kind_key()?;
-            let v = admin
-                .post(
-                    "/budgets",
-                    json!({"kind": kind, "key": key, "period": period, "usd": usd}),
-                )
-                .await?;
-            if !json {
+            let new = NewBudget {
+                kind: kind.to_string(),
+                key: key.to_string(),
+                period: period.to_string(),
+                usd,
+            };
+            let b: Budget = admin.typed(Method::POST, "/budgets", Some(&new)).await?;
+            if json {
+                print_typed(&b);
+            } else {
                 println!(
                     "budget {}: {} {} at most {} USD per {} (spent {} USD)",
-                    s(&v, "id"),
-                    s(&v, "kind"),
-                    s(&v, "key"),
-                    s(&v, "limit_usd"),
-                    s(&v, "period"),
-                    s(&v, "spent_usd")
+                    b.id,
+                    b.kind,
+                    b.key,
+                    b.limit_usd,
+                    b.period,
+                    b.spent_usd.as_deref().unwrap_or("-")
                 );
-                return Ok(());
             }
-            v
         }
         crate::BudgetCmd::List => {
-            let v = admin.get("/budgets").await?;
-            if !json {
-                println!(
-                    "{:<16} {:<11} {:<32} {:<7} {:>16} {:>16}",
-                    "ID", "KIND", "KEY", "PERIOD", "LIMIT USD", "SPENT USD"
+            let list: Budgets = admin.typed(Method::GET, "/budgets", None::<&()>).await?;
+            if json {
+                print_typed(&list);
+            } else {
+                let mut t = table(
+                    &["ID", "KIND", "KEY", "PERIOD", "LIMIT USD", "SPENT USD"],
+                    &[4, 5],
                 );
-                for b in v["budgets"].as_array().cloned().unwrap_or_default() {
-                    println!(
-                        "{:<16} {:<11} {:<32} {:<7} {:>16} {:>16}",
-                        s(&b, "id"),
-                        s(&b, "kind"),
-                        s(&b, "key"),
-                        s(&b, "period"),
-                        s(&b, "limit_usd"),
-                        s(&b, "spent_usd")
-                    );
+                for b in &list.budgets {
+                    t.add_row([
+                        b.id.as_str(),
+                        &b.kind,
+                        &b.key,
+                        &b.period,
+                        &b.limit_usd,
+                        b.spent_usd.as_deref().unwrap_or("-"),
+                    ]);
                 }
-                return Ok(());
+                println!("{t}");
             }
-            v
         }
         crate::BudgetCmd::Remove { id } => {
-            let v = admin
-                .call(Method::DELETE, &format!("/budgets/{id}"), None)
+            let r: airlock_api::Removed = admin
+                .typed(Method::DELETE, &format!("/budgets/{id}"), None::<&()>)
                 .await?;
-            if !json {
-                println!("removed budget {id}");
-                return Ok(());
+            if json {
+                print_typed(&r);
+            } else {
+                println!("removed budget {}", r.id);
             }
-            v
         }
-    };
-    print_json(&v);
+    }
     Ok(())
 }
 
 /// A per-minute figure, or `-` when unlimited.
-fn per_min(v: &Value) -> String {
-    v.as_i64()
-        .map_or_else(|| "-".to_string(), |n| n.to_string())
+fn per_min(v: Option<i64>) -> String {
+    v.map_or_else(|| "-".to_string(), |n| n.to_string())
 }
 
 /// `airlock rate-limit set|list|remove`.
 pub async fn rate_limit(c: crate::RateLimitCmd, json: bool) -> Result<(), Failure> {
+    use airlock_api::limits::{NewRateLimit, RateLimit, RateLimits};
     let admin = Admin::from_env()?;
-    let v = match c {
+    match c {
         crate::RateLimitCmd::Set { target, rpm, tpm } => {
             let (kind, key) = target.kind_key()?;
-            let v = admin
-                .post(
-                    "/rate-limits",
-                    json!({"kind": kind, "key": key, "rpm": rpm, "tpm": tpm}),
-                )
+            let new = NewRateLimit {
+                kind: kind.to_string(),
+                key: key.to_string(),
+                rpm,
+                tpm,
+            };
+            let l: RateLimit = admin
+                .typed(Method::POST, "/rate-limits", Some(&new))
                 .await?;
-            if !json {
+            if json {
+                print_typed(&l);
+            } else {
                 println!(
                     "rate limit {}: {} {} at {} requests and {} tokens per minute",
-                    s(&v, "id"),
-                    s(&v, "kind"),
-                    s(&v, "key"),
-                    per_min(&v["rpm"]),
-                    per_min(&v["tpm"])
+                    l.id,
+                    l.kind,
+                    l.key,
+                    per_min(l.rpm),
+                    per_min(l.tpm)
                 );
-                return Ok(());
             }
-            v
         }
         crate::RateLimitCmd::List => {
-            let v = admin.get("/rate-limits").await?;
-            if !json {
-                println!(
-                    "{:<16} {:<11} {:<32} {:>10} {:>12}",
-                    "ID", "KIND", "KEY", "RPM", "TPM"
-                );
-                for b in v["rate_limits"].as_array().cloned().unwrap_or_default() {
-                    println!(
-                        "{:<16} {:<11} {:<32} {:>10} {:>12}",
-                        s(&b, "id"),
-                        s(&b, "kind"),
-                        s(&b, "key"),
-                        per_min(&b["rpm"]),
-                        per_min(&b["tpm"])
-                    );
+            let list: RateLimits = admin
+                .typed(Method::GET, "/rate-limits", None::<&()>)
+                .await?;
+            if json {
+                print_typed(&list);
+            } else {
+                let mut t = table(&["ID", "KIND", "KEY", "RPM", "TPM"], &[3, 4]);
+                for l in &list.rate_limits {
+                    t.add_row([
+                        l.id.clone(),
+                        l.kind.clone(),
+                        l.key.clone(),
+                        per_min(l.rpm),
+                        per_min(l.tpm),
+                    ]);
                 }
-                return Ok(());
+                println!("{t}");
             }
-            v
         }
         crate::RateLimitCmd::Remove { id } => {
-            let v = admin
-                .call(Method::DELETE, &format!("/rate-limits/{id}"), None)
+            let r: airlock_api::Removed = admin
+                .typed(Method::DELETE, &format!("/rate-limits/{id}"), None::<&()>)
                 .await?;
-            if !json {
-                println!("removed rate limit {id}");
-                return Ok(());
+            if json {
+                print_typed(&r);
+            } else {
+                println!("removed rate limit {}", r.id);
             }
-            v
         }
-    };
-    print_json(&v);
+    }
     Ok(())
 }
 
@@ -1645,47 +1686,41 @@ pub async fn token(t: TokenCmd, json: bool) -> Result<(), Failure> {
         }
         TokenCmd::Revoke { id } => {
             let admin = Admin::from_env()?;
-            let v = admin
-                .call(Method::POST, &format!("/tokens/{id}/revoke"), None)
+            let r: airlock_api::tokens::Revoked = admin
+                .typed(Method::POST, &format!("/tokens/{id}/revoke"), None::<&()>)
                 .await?;
             if json {
-                print_json(&v);
+                print_typed(&r);
             } else {
-                println!("revoked {id}");
+                println!("revoked {}", r.revoked);
             }
             Ok(())
         }
         TokenCmd::List { all } => {
             let admin = Admin::from_env()?;
-            let v = admin
-                .call(Method::GET, &format!("/tokens?all={all}"), None)
+            let list: airlock_api::tokens::Tokens = admin
+                .typed(Method::GET, &format!("/tokens?all={all}"), None::<&()>)
                 .await?;
             if json {
-                print_json(&v);
+                print_typed(&list);
                 return Ok(());
             }
-            println!(
-                "{:<28} {:<24} {:<8} {:<20} {:<22} REVOKED",
-                "ID", "SUBJECT", "ENV", "MODELS", "EXPIRES"
+            let mut t = table(
+                &["ID", "SUBJECT", "ENV", "MODELS", "EXPIRES", "REVOKED"],
+                &[],
             );
-            for t in v["tokens"].as_array().cloned().unwrap_or_default() {
-                println!(
-                    "{:<28} {:<24} {:<8} {:<20} {:<22} {}",
-                    s(&t, "id"),
-                    s(&t, "subject"),
-                    s(&t, "env"),
-                    list(&t, "models"),
-                    t["expires_at"]
-                        .as_u64()
-                        .map(airlock_token::rfc3339)
-                        .unwrap_or_default(),
-                    if t["revoked_at"].is_null() {
-                        "-".to_string()
-                    } else {
-                        ms(&t["revoked_at"])
-                    }
-                );
+            for tok in &list.tokens {
+                t.add_row([
+                    tok.id.clone(),
+                    tok.subject.clone(),
+                    tok.env.clone(),
+                    tok.models.join(","),
+                    airlock_token::rfc3339(tok.expires_at.max(0) as u64),
+                    tok.revoked_at
+                        .map_or_else(|| "-".to_string(), |at| ms(&Value::from(at))),
+                ]);
             }
+            println!("{t}");
             Ok(())
         }
     }

@@ -1,6 +1,40 @@
 //! Budgets and rate limits: set, list, remove.
 
 use super::*;
+use airlock_api::limits::{Budget, Budgets, NewBudget, NewRateLimit, RateLimit, RateLimits};
+use airlock_api::Removed;
+use airlock_store::{BudgetRow, RateLimitRow};
+
+/// A rate limit as the API shows it.
+fn rate_limit_view(r: &RateLimitRow) -> RateLimit {
+    RateLimit {
+        id: r.id.clone(),
+        kind: r.kind.clone(),
+        key: r.key.clone(),
+        rpm: r.rpm,
+        tpm: r.tpm,
+        created_at: r.created_at,
+    }
+}
+
+/// A budget as the API shows it, with its state in the current period when the server holds it.
+fn budget_view(r: &BudgetRow, status: Option<&airlock_spend::budget::Status>) -> Budget {
+    use airlock_spend::budget::usd;
+    Budget {
+        id: r.id.clone(),
+        kind: r.kind.clone(),
+        key: r.key.clone(),
+        period: r.period.clone(),
+        limit_nanos: r.limit_nanos,
+        limit_usd: usd(r.limit_nanos),
+        spent_nanos: status.map(|s| s.spent_nanos),
+        spent_usd: status.map(|s| usd(s.spent_nanos)),
+        reserved_nanos: status.map(|s| s.reserved_nanos),
+        period_start: status
+            .map(|s| airlock_token::rfc3339((s.period_start_ms / 1000).max(0) as u64)),
+        created_at: r.created_at,
+    }
+}
 
 /// US dollars to nano-dollars (at most nine decimals matter).
 pub(super) fn usd_to_nanos(usd: f64) -> Result<i64, String> {
@@ -10,15 +44,6 @@ pub(super) fn usd_to_nanos(usd: f64) -> Result<i64, String> {
         ));
     }
     Ok((usd * 1e9).round() as i64)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewRateLimit {
-    kind: String,
-    key: String,
-    rpm: Option<i64>,
-    tpm: Option<i64>,
 }
 
 /// `rate-limit set`: requests and/or tokens per minute on a token, identity or credential.
@@ -53,11 +78,7 @@ pub(super) async fn set_rate_limit(
     if let Err(e) = app.rate_limits.reload(&app.store).await {
         return store_err(e);
     }
-    (
-        StatusCode::CREATED,
-        Json(airlock_spend::ratelimit::describe(&row)),
-    )
-        .into_response()
+    (StatusCode::CREATED, Json(rate_limit_view(&row))).into_response()
 }
 
 /// What a budget or rate limit is set on: a known kind, and for a project a valid name.
@@ -75,9 +96,9 @@ pub(super) fn check_target(kind: &str, key: &str) -> Result<(), String> {
 
 pub(super) async fn list_rate_limits(State(app): State<Arc<App>>) -> Response {
     match app.store.list_rate_limits().await {
-        Ok(rows) => Json(serde_json::json!({
-            "rate_limits": rows.iter().map(airlock_spend::ratelimit::describe).collect::<Vec<_>>()
-        }))
+        Ok(rows) => Json(RateLimits {
+            rate_limits: rows.iter().map(rate_limit_view).collect(),
+        })
         .into_response(),
         Err(e) => store_err(e),
     }
@@ -92,7 +113,7 @@ pub(super) async fn remove_rate_limit(
             if let Err(e) = app.rate_limits.reload(&app.store).await {
                 return store_err(e);
             }
-            Json(serde_json::json!({ "removed": id, "id": id })).into_response()
+            Json(Removed::of(&id)).into_response()
         }
         Ok(false) => err(
             StatusCode::NOT_FOUND,
@@ -101,15 +122,6 @@ pub(super) async fn remove_rate_limit(
         ),
         Err(e) => store_err(e),
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewBudget {
-    kind: String,
-    key: String,
-    period: String,
-    usd: f64,
 }
 
 /// `budget set`: a spend cap on a token, identity or credential.
@@ -150,10 +162,7 @@ pub(super) async fn set_budget(
     let status = app.budgets.status();
     (
         StatusCode::CREATED,
-        Json(airlock_spend::budget::describe(
-            &row,
-            status.iter().find(|s| s.id == row.id),
-        )),
+        Json(budget_view(&row, status.iter().find(|s| s.id == row.id))),
     )
         .into_response()
 }
@@ -162,11 +171,11 @@ pub(super) async fn list_budgets(State(app): State<Arc<App>>) -> Response {
     match app.store.list_budgets().await {
         Ok(rows) => {
             let status = app.budgets.status();
-            let list: Vec<serde_json::Value> = rows
+            let budgets = rows
                 .iter()
-                .map(|r| airlock_spend::budget::describe(r, status.iter().find(|s| s.id == r.id)))
+                .map(|r| budget_view(r, status.iter().find(|s| s.id == r.id)))
                 .collect();
-            Json(serde_json::json!({ "budgets": list })).into_response()
+            Json(Budgets { budgets }).into_response()
         }
         Err(e) => store_err(e),
     }
@@ -178,7 +187,7 @@ pub(super) async fn remove_budget(State(app): State<Arc<App>>, Path(id): Path<St
             if let Err(e) = app.budgets.reload(&app.store).await {
                 return store_err(e);
             }
-            Json(serde_json::json!({ "removed": id, "id": id })).into_response()
+            Json(Removed::of(&id)).into_response()
         }
         Ok(false) => err(
             StatusCode::NOT_FOUND,

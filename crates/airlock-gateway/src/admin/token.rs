@@ -111,7 +111,10 @@ pub(super) async fn list_tokens(
     Query(q): Query<ListTokens>,
 ) -> Response {
     match app.store.list_tokens(q.all, now_ms() / 1000).await {
-        Ok(rows) => Json(serde_json::json!({ "tokens": rows })).into_response(),
+        Ok(rows) => Json(airlock_api::tokens::Tokens {
+            tokens: rows.into_iter().map(token_view).collect(),
+        })
+        .into_response(),
         Err(e) => store_err(e),
     }
 }
@@ -125,7 +128,7 @@ pub(super) async fn revoke_token(State(app): State<Arc<App>>, Path(id): Path<Str
             // Takes effect at once: the in-memory set is what the hot path checks.
             app.tokens.mark_revoked(&serial, &id);
             tracing::info!(token_id = %id, "token revoked");
-            Json(serde_json::json!({ "revoked": id })).into_response()
+            Json(airlock_api::tokens::Revoked { revoked: id }).into_response()
         }
         Ok(false) => err(
             StatusCode::NOT_FOUND,
@@ -133,5 +136,22 @@ pub(super) async fn revoke_token(State(app): State<Arc<App>>, Path(id): Path<Str
             format!("no token with id `{id}` was minted by this server"),
         ),
         Err(e) => store_err(e),
+    }
+}
+
+/// A token's metadata as the API shows it.
+fn token_view(r: airlock_store::TokenRow) -> airlock_api::tokens::Token {
+    airlock_api::tokens::Token {
+        id: r.id,
+        subject: r.subject,
+        env: r.env,
+        models: r.models,
+        credentials: r.credentials,
+        key_id: r.key_id,
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        revoked_at: r.revoked_at,
+        minted_by: r.minted_by,
+        claims: r.claims,
     }
 }

@@ -1,0 +1,30 @@
+//! The request and response bodies of airlock's admin API (`/admin/v1`), defined once: the
+//! server builds its answers from these types and the CLI reads them back into the same types,
+//! so a field renamed on one side is a compile error on the other, not a silent `null`.
+//!
+//! Resources move here one at a time; those not here yet are still built and read as JSON
+//! values (`airlock-gateway/src/admin/`, `airlock/src/client.rs`).
+
+pub mod limits;
+pub mod tokens;
+
+use serde::{Deserialize, Serialize};
+
+/// The answer to a `DELETE` of a resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    /// The id removed.
+    pub removed: String,
+    /// The same id.
+    pub id: String,
+}
+
+impl Removed {
+    /// The answer for `id`.
+    pub fn of(id: &str) -> Self {
+        Removed {
+            removed: id.to_string(),
+            id: id.to_string(),
+        }
+    }
+}

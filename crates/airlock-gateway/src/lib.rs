@@ -210,7 +210,24 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         default_max_output_tokens: cfg.budgets.default_max_output_tokens,
         model_lists: Default::default(),
     });
+    let control = Arc::new(admin::Control {
+        store: store.clone(),
+        hmac: hmac.clone(),
+        tokens: tokens.clone(),
+        creds: creds.clone(),
+        budgets: budgets.clone(),
+        rate_limits: rate_limits.clone(),
+        recorder: recorder.clone(),
+        client: client.clone(),
+        issuer: issuer.clone(),
+        trust: trust.clone(),
+        rotator: rotator.clone(),
+        responder: responder.clone(),
+        anomaly: Default::default(),
+        rotation_max_age_days: cfg.rotation.max_age_days,
+    });
     let app = Arc::new(App {
+        control,
         gateway,
         reactor,
         rotator,
@@ -275,6 +292,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
     }
     if let Some(d) = alarms::start(&app.reactor, &app.cfg.anomaly, test_clock).await? {
         app.recorder.watch(d.clone());
+        let _ = app.control.anomaly.set(d.clone());
         let _ = app.anomaly.set(d);
     }
     spawn_revocation_refresh(Arc::downgrade(&app));

@@ -80,7 +80,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .nest("/admin/v1", crate::admin::router(&app))
+        .nest(
+            "/admin/v1",
+            crate::admin::router(&app.control).with_state(app.control.clone()),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(edge))

@@ -22,6 +22,8 @@ pub struct App {
     pub ref_policy: airlock_secrets::ReferencePolicy,
     /// Mints tokens (admin keys, developers, service accounts, exchanges).
     pub issuer: Arc<crate::identity::Issuer>,
+    /// The control plane (the admin API's state).
+    pub control: Arc<crate::admin::Control>,
     /// Acts on anomaly alarms.
     pub reactor: Arc<crate::alarms::Reactor>,
     /// Rotates credentials' keys.

@@ -19,7 +19,7 @@ pub(super) struct NewAdminKey {
 
 /// `admin-key create`: the key is shown once; only its keyed hash is stored.
 pub(super) async fn create_admin_key_api(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Json(k): Json<NewAdminKey>,
 ) -> Response {
     let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
@@ -51,7 +51,7 @@ pub(super) async fn create_admin_key_api(
                 Some(Err(e)) => return bad(format!("max_ttl: {e} (examples: 15m, 1h)")),
             };
             match crate::identity::Scope::new(
-                app.cfg.max_ttl().unwrap_or(airlock_token::MAX_TTL),
+                app.issuer.max_ttl,
                 env,
                 crate::identity::split_list(k.models),
                 crate::identity::split_list(k.credentials),
@@ -105,7 +105,7 @@ pub(super) async fn create_admin_key_api(
     }
 }
 
-pub(super) async fn list_admin_keys(State(app): State<Arc<App>>) -> Response {
+pub(super) async fn list_admin_keys(State(app): State<Arc<Control>>) -> Response {
     match app.store.list_admin_keys().await {
         Ok(rows) => Json(serde_json::json!({ "admin_keys": rows })).into_response(),
         Err(e) => store_err(e),
@@ -113,7 +113,7 @@ pub(super) async fn list_admin_keys(State(app): State<Arc<App>>) -> Response {
 }
 
 pub(super) async fn revoke_admin_key(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Path(id): Path<String>,
 ) -> Response {
     // The last active owner key is never revoked (nobody could issue keys again): the store

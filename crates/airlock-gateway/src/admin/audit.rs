@@ -33,7 +33,7 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
 }
 
 pub(super) async fn audit_records(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Query(q): Query<AuditQuery>,
 ) -> Response {
     let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
@@ -76,7 +76,7 @@ pub(super) struct CheckpointQuery {
 }
 
 pub(super) async fn audit_checkpoints(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Query(q): Query<CheckpointQuery>,
 ) -> Response {
     let (from, to) = (q.from_seq.unwrap_or(0), q.to_seq.unwrap_or(i64::MAX));
@@ -96,7 +96,7 @@ pub(super) async fn audit_checkpoints(
 }
 
 /// Signs the chain head now and returns the checkpoint (an export then ends on a signature).
-pub(super) async fn sign_checkpoint(State(app): State<Arc<App>>) -> Response {
+pub(super) async fn sign_checkpoint(State(app): State<Arc<Control>>) -> Response {
     if !app.recorder.sign_now().await {
         return crate::usage::audit_unavailable()
             .render(airlock_providers::dialect::Dialect::OpenAi);
@@ -107,8 +107,8 @@ pub(super) async fn sign_checkpoint(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-pub(super) async fn audit_keys(State(app): State<Arc<App>>) -> Response {
-    match airlock_audit::PublicKeys::from_dir(&app.cfg.keys_dir()) {
+pub(super) async fn audit_keys(State(app): State<Arc<Control>>) -> Response {
+    match airlock_audit::PublicKeys::from_dir(&app.responder.keys_dir.clone()) {
         Ok(keys) => {
             let list: Vec<serde_json::Value> = keys
                 .list()

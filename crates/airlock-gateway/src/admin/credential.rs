@@ -20,7 +20,7 @@ pub(super) struct AddCredential {
 }
 
 pub(super) async fn add_credential(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Json(a): Json<AddCredential>,
 ) -> Response {
     let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
@@ -152,7 +152,7 @@ pub(super) async fn add_credential(
     (StatusCode::CREATED, Json(row)).into_response()
 }
 
-pub(super) async fn list_credentials(State(app): State<Arc<App>>) -> Response {
+pub(super) async fn list_credentials(State(app): State<Arc<Control>>) -> Response {
     match app.store.list_credentials().await {
         Ok(rows) => {
             let list: Vec<serde_json::Value> = rows
@@ -176,10 +176,10 @@ pub(super) struct ShowQuery {
 }
 
 /// Age of a credential's key against `rotation.max_age_days`.
-pub(super) fn rotation_state(app: &App, row: &CredentialRow) -> serde_json::Value {
+pub(super) fn rotation_state(app: &Control, row: &CredentialRow) -> serde_json::Value {
     let since = row.rotated_at.unwrap_or(row.created_at);
     let age_ms = (now_ms() - since).max(0);
-    let max = i64::from(app.cfg.rotation.max_age_days);
+    let max = i64::from(app.rotation_max_age_days);
     serde_json::json!({
         "key_age_days": age_ms / 86_400_000,
         "max_age_days": max,
@@ -188,7 +188,7 @@ pub(super) fn rotation_state(app: &App, row: &CredentialRow) -> serde_json::Valu
 }
 
 pub(super) async fn show_credential(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Path(name): Path<String>,
     Query(q): Query<ShowQuery>,
 ) -> Response {
@@ -228,7 +228,7 @@ pub(super) async fn show_credential(
 }
 
 pub(super) async fn remove_credential(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Path(name): Path<String>,
 ) -> Response {
     match app.store.delete_credential(&name).await {
@@ -251,7 +251,7 @@ pub(super) async fn remove_credential(
 /// `credential verify`: reads the key from its store now and makes the provider's cheapest
 /// authenticated call (list models).
 pub(super) async fn verify_credential(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Path(name): Path<String>,
     body: Option<Json<VerifyBody>>,
 ) -> Response {
@@ -288,7 +288,7 @@ pub(super) struct RotateBody {
 /// `credential rotate`: stage → test → promote; a failed test is answered with the rotation
 /// in state `failed` (nothing changed).
 pub(super) async fn rotate_credential(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Path(name): Path<String>,
     body: Option<Json<RotateBody>>,
 ) -> Response {
@@ -312,7 +312,7 @@ pub(super) async fn rotate_credential(
 
 /// `doctor`: every store answers, the KEK wraps and unwraps, every credential's key reads and
 /// its provider accepts it.
-pub(super) async fn doctor(State(app): State<Arc<App>>) -> Response {
+pub(super) async fn doctor(State(app): State<Arc<Control>>) -> Response {
     let mut checks: Vec<serde_json::Value> = app
         .creds
         .secrets
@@ -354,7 +354,7 @@ pub(super) async fn doctor(State(app): State<Arc<App>>) -> Response {
 }
 
 /// `kek rotate`: a new KEK version, every sealed data key rewrapped under it.
-pub(super) async fn rotate_kek(State(app): State<Arc<App>>) -> Response {
+pub(super) async fn rotate_kek(State(app): State<Arc<Control>>) -> Response {
     match app.creds.secrets.rotate_kek().await {
         Ok(report) => {
             tracing::info!(kek = %report.kek, rewrapped = report.rewrapped, failed = report.failed.len(), "KEK rotated");
@@ -378,21 +378,21 @@ pub(super) async fn rotate_kek(State(app): State<Arc<App>>) -> Response {
 }
 
 pub(super) async fn suspend_credential(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Path(name): Path<String>,
 ) -> Response {
     set_suspended(&app, name, true).await
 }
 
 pub(super) async fn resume_credential(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Path(name): Path<String>,
 ) -> Response {
     set_suspended(&app, name, false).await
 }
 
 /// Suspends or resumes a credential: a suspended credential serves nothing until resumed.
-pub(super) async fn set_suspended(app: &Arc<App>, name: String, suspended: bool) -> Response {
+pub(super) async fn set_suspended(app: &Arc<Control>, name: String, suspended: bool) -> Response {
     match app.store.set_suspended(&name, suspended).await {
         Ok(true) => {
             if let Err(e) = app.creds.reload().await {
@@ -417,7 +417,7 @@ pub(super) struct MatchReq {
 }
 
 pub(super) async fn match_secrets(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Json(m): Json<MatchReq>,
 ) -> Response {
     if m.candidates.len() > 10_000 {

@@ -48,7 +48,7 @@ pub(super) fn usd_to_nanos(usd: f64) -> Result<i64, String> {
 
 /// `rate-limit set`: requests and/or tokens per minute on a token, identity or credential.
 pub(super) async fn set_rate_limit(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     axum::Extension(c): axum::Extension<Caller>,
     Json(b): Json<NewRateLimit>,
 ) -> Response {
@@ -94,7 +94,7 @@ pub(super) fn check_target(kind: &str, key: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub(super) async fn list_rate_limits(State(app): State<Arc<App>>) -> Response {
+pub(super) async fn list_rate_limits(State(app): State<Arc<Control>>) -> Response {
     match app.store.list_rate_limits().await {
         Ok(rows) => Json(RateLimits {
             rate_limits: rows.iter().map(rate_limit_view).collect(),
@@ -105,7 +105,7 @@ pub(super) async fn list_rate_limits(State(app): State<Arc<App>>) -> Response {
 }
 
 pub(super) async fn remove_rate_limit(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Path(id): Path<String>,
 ) -> Response {
     match app.store.delete_rate_limit(&id).await {
@@ -126,7 +126,7 @@ pub(super) async fn remove_rate_limit(
 
 /// `budget set`: a spend cap on a token, identity or credential.
 pub(super) async fn set_budget(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     axum::Extension(c): axum::Extension<Caller>,
     Json(b): Json<NewBudget>,
 ) -> Response {
@@ -167,7 +167,7 @@ pub(super) async fn set_budget(
         .into_response()
 }
 
-pub(super) async fn list_budgets(State(app): State<Arc<App>>) -> Response {
+pub(super) async fn list_budgets(State(app): State<Arc<Control>>) -> Response {
     match app.store.list_budgets().await {
         Ok(rows) => {
             let status = app.budgets.status();
@@ -181,7 +181,10 @@ pub(super) async fn list_budgets(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-pub(super) async fn remove_budget(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+pub(super) async fn remove_budget(
+    State(app): State<Arc<Control>>,
+    Path(id): Path<String>,
+) -> Response {
     match app.store.delete_budget(&id).await {
         Ok(true) => {
             if let Err(e) = app.budgets.reload(&app.store).await {

@@ -3,7 +3,7 @@
 use super::*;
 
 pub(super) async fn incident_lockdown(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Json(req): Json<crate::incident::Lockdown>,
 ) -> Response {
     match crate::incident::lockdown(&app.responder, req).await {
@@ -20,7 +20,7 @@ pub(super) struct ReportQuery {
 }
 
 pub(super) async fn incident_report(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Query(q): Query<ReportQuery>,
 ) -> Response {
     let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);

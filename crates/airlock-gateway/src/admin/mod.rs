@@ -4,7 +4,6 @@
 //! hash of the secret is stored and it is compared in constant time.
 
 use crate::credentials::Credential;
-use crate::state::App;
 use crate::util::{now_ms, valid_name, without_values};
 use airlock_providers::adapter::ProviderKind;
 use airlock_providers::dialect::{ApiError, Dialect};
@@ -35,6 +34,39 @@ use self::{
     admin_keys::*, audit::*, credential::*, limits::*, lockdown::*, reports::*, service_account::*,
     token::*, trust::*,
 };
+
+/// What the control plane works with: every handle it changes or reads, and the two settings
+/// it reads itself. Built once by `build_app`; the data plane never sees it.
+pub struct Control {
+    /// The database.
+    pub store: airlock_store::Store,
+    /// HMAC key for admin-key hashes and fingerprints.
+    pub hmac: Arc<airlock_secrets::HmacKey>,
+    /// The verifier and the revocations.
+    pub tokens: Arc<crate::tokens::Tokens>,
+    /// The credentials in force and the secret stores.
+    pub creds: Arc<crate::credentials::Credentials>,
+    /// Spend caps.
+    pub budgets: Arc<airlock_spend::budget::Budgets>,
+    /// Requests and tokens per minute.
+    pub rate_limits: Arc<airlock_spend::ratelimit::RateLimits>,
+    /// The audit writer.
+    pub recorder: crate::usage::Recorder,
+    /// The client for provider checks.
+    pub client: crate::util::HttpClient,
+    /// Mints tokens.
+    pub issuer: Arc<crate::identity::Issuer>,
+    /// Token exchange's trust policies.
+    pub trust: Arc<crate::oidc::Trust>,
+    /// Key rotation.
+    pub rotator: Arc<crate::rotation::Rotator>,
+    /// Incident lockdown and report.
+    pub responder: Arc<crate::incident::Responder>,
+    /// The anomaly detector, once started.
+    pub anomaly: std::sync::OnceLock<Arc<airlock_spend::anomaly::Detector>>,
+    /// `[rotation] max_age_days`: a key older than this is overdue.
+    pub rotation_max_age_days: u32,
+}
 
 /// Prefix of admin keys.
 pub const ADMIN_KEY_PREFIX: &str = "alk_admin_";
@@ -95,7 +127,7 @@ fn err(status: StatusCode, code: &'static str, msg: impl Into<String>) -> Respon
     ApiError::new(status, code, msg).render(Dialect::OpenAi)
 }
 
-async fn caller(app: &App, headers: &http::HeaderMap) -> Result<Caller, Response> {
+async fn caller(app: &Control, headers: &http::HeaderMap) -> Result<Caller, Response> {
     let unauth = |m: &str| err(StatusCode::UNAUTHORIZED, "invalid_admin_key", m);
     let presented = crate::util::presented_token(headers)
         .ok_or_else(|| unauth("admin API needs an admin key: Authorization: Bearer alk_admin_… (set AIRLOCK_ADMIN_TOKEN for the CLI)"))?;
@@ -144,14 +176,18 @@ async fn caller(app: &App, headers: &http::HeaderMap) -> Result<Caller, Response
 
 /// Wraps a method router so that it only runs for callers holding one of `roles`.
 fn guarded(
-    app: &Arc<App>,
+    app: &Arc<Control>,
     roles: &'static [Role],
     action: Option<&'static str>,
-    inner: MethodRouter<Arc<App>>,
-) -> MethodRouter<Arc<App>> {
+    inner: MethodRouter<Arc<Control>>,
+) -> MethodRouter<Arc<Control>> {
     inner.layer(axum::middleware::from_fn_with_state(
         (roles, action, app.clone()),
-        |State((roles, action, app)): State<(&'static [Role], Option<&'static str>, Arc<App>)>,
+        |State((roles, action, app)): State<(
+            &'static [Role],
+            Option<&'static str>,
+            Arc<Control>,
+        )>,
          mut req: Request<Body>,
          next: axum::middleware::Next| async move {
             let headers = req.headers().clone();
@@ -244,7 +280,7 @@ impl RequestMeta {
 /// Writes the audit record of an admin call and answers only once it is durable (I5). The
 /// response body is read for the target's name or id and, on errors, the reason.
 async fn audit_admin(
-    app: &App,
+    app: &Control,
     caller: Option<&Caller>,
     action: &'static str,
     meta: RequestMeta,
@@ -340,7 +376,7 @@ async fn audit_admin(
 }
 
 /// The admin router (mounted at `/admin/v1`).
-pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
+pub fn router(app: &Arc<Control>) -> Router<Arc<Control>> {
     use axum::routing::{delete, get, post};
     let g = |roles, action, inner| guarded(app, roles, action, inner);
     Router::new()

@@ -10,7 +10,7 @@ pub(super) struct ClockReq {
 
 /// Moves the anomaly detector's clock (only on a server started with `AIRLOCK_TEST_CLOCK=1`).
 pub(super) async fn advance_test_clock(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Json(c): Json<ClockReq>,
 ) -> Response {
     let Some(d) = app.anomaly.get().filter(|d| d.test_clock) else {
@@ -36,7 +36,10 @@ pub(super) struct Recent {
     limit: Option<i64>,
 }
 
-pub(super) async fn recent_usage(State(app): State<Arc<App>>, Query(q): Query<Recent>) -> Response {
+pub(super) async fn recent_usage(
+    State(app): State<Arc<Control>>,
+    Query(q): Query<Recent>,
+) -> Response {
     match app
         .store
         .recent_usage(q.limit.unwrap_or(100).clamp(1, 10_000))
@@ -59,7 +62,7 @@ pub(super) struct UsageQuery {
 /// `airlock usage`: requests, tokens and cost grouped by one dimension, optionally per hour
 /// or day (UTC).
 pub(super) async fn usage_report(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Query(q): Query<UsageQuery>,
 ) -> Response {
     use airlock_store::UsageDimension;

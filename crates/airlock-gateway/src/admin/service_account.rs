@@ -18,7 +18,7 @@ pub(super) struct NewServiceAccount {
 
 /// `service-account create`: the key is shown once; only its keyed hash is stored.
 pub(super) async fn create_service_account(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     axum::Extension(c): axum::Extension<Caller>,
     Json(n): Json<NewServiceAccount>,
 ) -> Response {
@@ -35,7 +35,7 @@ pub(super) async fn create_service_account(
         Some(Err(e)) => return bad(format!("max_ttl: {e} (examples: 15m, 1h)")),
     };
     let scope = match crate::identity::Scope::new(
-        app.cfg.max_ttl().unwrap_or(airlock_token::MAX_TTL),
+        app.issuer.max_ttl,
         &n.env,
         crate::identity::split_list(n.models),
         crate::identity::split_list(n.credentials),
@@ -43,7 +43,7 @@ pub(super) async fn create_service_account(
     )
     .and_then(|mut s| {
         s.project = n.project;
-        s.check(app.cfg.max_ttl().unwrap_or(airlock_token::MAX_TTL))?;
+        s.check(app.issuer.max_ttl)?;
         Ok(s)
     }) {
         Ok(s) => s,
@@ -79,7 +79,7 @@ pub(super) async fn create_service_account(
     }
 }
 
-pub(super) async fn list_service_accounts(State(app): State<Arc<App>>) -> Response {
+pub(super) async fn list_service_accounts(State(app): State<Arc<Control>>) -> Response {
     match app.store.list_service_accounts().await {
         Ok(rows) => Json(serde_json::json!({ "service_accounts": rows })).into_response(),
         Err(e) => store_err(e),
@@ -87,7 +87,7 @@ pub(super) async fn list_service_accounts(State(app): State<Arc<App>>) -> Respon
 }
 
 pub(super) async fn revoke_service_account(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Path(id): Path<String>,
 ) -> Response {
     let serial = app.tokens.serial().await;

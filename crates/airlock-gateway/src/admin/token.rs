@@ -19,7 +19,7 @@ pub(super) struct Mint {
 }
 
 pub(super) async fn mint_token(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     axum::Extension(c): axum::Extension<Caller>,
     Json(m): Json<Mint>,
 ) -> Response {
@@ -107,7 +107,7 @@ pub(super) struct ListTokens {
 }
 
 pub(super) async fn list_tokens(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Query(q): Query<ListTokens>,
 ) -> Response {
     match app.store.list_tokens(q.all, now_ms() / 1000).await {
@@ -119,7 +119,10 @@ pub(super) async fn list_tokens(
     }
 }
 
-pub(super) async fn revoke_token(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+pub(super) async fn revoke_token(
+    State(app): State<Arc<Control>>,
+    Path(id): Path<String>,
+) -> Response {
     // Held across the write and the in-memory update so a periodic reload cannot read the
     // database before the write and then replace the set after the insert.
     let serial = app.tokens.serial().await;

@@ -4,12 +4,12 @@ use super::*;
 
 /// `trust add`: a policy in the same shape as a `[[trust]]` table.
 pub(super) async fn add_trust_policy(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     axum::Extension(c): axum::Extension<Caller>,
     Json(p): Json<crate::oidc::TrustPolicy>,
 ) -> Response {
     let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
-    if app.cfg.trust.iter().any(|t| t.name == p.name) {
+    if app.trust.configured.iter().any(|t| t.name == p.name) {
         return err(
             StatusCode::CONFLICT,
             "conflict",
@@ -19,10 +19,7 @@ pub(super) async fn add_trust_policy(
             ),
         );
     }
-    let compiled = match p
-        .clone()
-        .compile("api", app.cfg.max_ttl().unwrap_or(airlock_token::MAX_TTL))
-    {
+    let compiled = match p.clone().compile("api", app.issuer.max_ttl) {
         Ok(c) => c,
         Err(e) => return bad(e),
     };
@@ -41,7 +38,7 @@ pub(super) async fn add_trust_policy(
     (StatusCode::CREATED, Json(compiled.listing())).into_response()
 }
 
-pub(super) async fn list_trust_policies(State(app): State<Arc<App>>) -> Response {
+pub(super) async fn list_trust_policies(State(app): State<Arc<Control>>) -> Response {
     let list: Vec<serde_json::Value> = app
         .trust
         .policies
@@ -53,7 +50,7 @@ pub(super) async fn list_trust_policies(State(app): State<Arc<App>>) -> Response
 }
 
 pub(super) async fn remove_trust_policy(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Control>>,
     Path(name): Path<String>,
 ) -> Response {
     match app.store.delete_trust_policy(&name).await {
@@ -68,7 +65,7 @@ pub(super) async fn remove_trust_policy(
             }
             // A row shadowed by a configuration policy of the same name was never active: the
             // tokens named after that name are the configuration policy's.
-            if app.cfg.trust.iter().any(|t| t.name == name) {
+            if app.trust.configured.iter().any(|t| t.name == name) {
                 return Json(
                     serde_json::json!({ "removed": name, "name": name, "tokens_revoked": 0 }),
                 )
@@ -92,7 +89,7 @@ pub(super) async fn remove_trust_policy(
             Json(serde_json::json!({ "removed": name, "name": name, "tokens_revoked": tokens }))
                 .into_response()
         }
-        Ok(false) if app.cfg.trust.iter().any(|t| t.name == name) => err(
+        Ok(false) if app.trust.configured.iter().any(|t| t.name == name) => err(
             StatusCode::CONFLICT,
             "conflict",
             format!("trust policy `{name}` is defined in the configuration file; remove it there"),

@@ -28,7 +28,7 @@ pub struct Config {
     pub keys: KeysConfig,
     /// Timeouts and sizes.
     #[serde(default)]
-    pub limits: Limits,
+    pub limits: crate::proxy::Limits,
     /// Token lifetimes.
     #[serde(default)]
     pub tokens: TokensConfig,
@@ -49,7 +49,7 @@ pub struct Config {
     pub budgets: BudgetsConfig,
     /// `[anomaly]`: spikes and first sights per credential and identity.
     #[serde(default)]
-    pub anomaly: AnomalyConfig,
+    pub anomaly: crate::alarms::AnomalyConfig,
     /// `[otel]`: OpenTelemetry traces (off unless `endpoint` is set).
     #[serde(default)]
     pub otel: OtelConfig,
@@ -162,214 +162,6 @@ impl Default for OtelConfig {
     }
 }
 
-/// `[anomaly]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AnomalyConfig {
-    /// Watch at all.
-    pub enabled: bool,
-    /// Bucket length (`5m`, `1h`).
-    pub bucket: String,
-    /// Days of history in the baseline.
-    pub baseline_days: u32,
-    /// Modified z-score at or above which a bucket alarms.
-    pub z_threshold: f64,
-    /// A bucket with fewer requests never raises a rate alarm.
-    pub min_requests: u64,
-    /// A bucket that spent less never raises a spend alarm.
-    pub min_spend_usd: f64,
-    /// A credential or identity younger than this raises nothing (it has no baseline yet).
-    pub learning_hours: f64,
-    /// Prefix length of an IPv4 client range.
-    pub ipv4_prefix: u8,
-    /// Prefix length of an IPv6 client range.
-    pub ipv6_prefix: u8,
-    /// What to watch: `rate_spike`, `spend_spike`, `new_model`, `new_ip_range`,
-    /// `new_country`, `new_hour` (default: all but `new_hour`; `new_country` only with
-    /// `geoip`).
-    pub watch: Option<Vec<String>>,
-    /// Which kinds suspend the credential an alarm is about (until `airlock credential
-    /// resume`). Any token allowed to use the credential can trip them.
-    pub suspend_credential: Vec<String>,
-    /// Which first-sight kinds revoke the token whose request raised the alarm.
-    pub revoke_token: Vec<String>,
-    /// A spike of one kind alarms at most once per this long per subject (`1h`).
-    pub cooldown: String,
-    /// A MaxMind GeoIP2 / GeoLite2 Country or City file, for `new_country`.
-    pub geoip: Option<PathBuf>,
-    /// Where alerts are POSTed (https, or http to this machine).
-    pub webhook_url: Option<String>,
-    /// Reference to the webhook's signing secret (`env:NAME`, `file:/path`, `vault://…`).
-    pub webhook_secret: Option<String>,
-    /// Delivery attempts per alert.
-    pub webhook_attempts: u32,
-    /// Timeout of one delivery attempt, seconds.
-    pub webhook_timeout_secs: f64,
-}
-
-impl Default for AnomalyConfig {
-    fn default() -> Self {
-        AnomalyConfig {
-            enabled: true,
-            bucket: "5m".into(),
-            baseline_days: 8,
-            z_threshold: 3.5,
-            min_requests: 20,
-            min_spend_usd: 1.0,
-            learning_hours: 24.0,
-            ipv4_prefix: 24,
-            ipv6_prefix: 48,
-            watch: None,
-            suspend_credential: Vec::new(),
-            revoke_token: Vec::new(),
-            cooldown: "1h".into(),
-            geoip: None,
-            webhook_url: None,
-            webhook_secret: None,
-            webhook_attempts: 5,
-            webhook_timeout_secs: 5.0,
-        }
-    }
-}
-
-impl AnomalyConfig {
-    /// The detector's settings, checked.
-    pub fn settings(&self) -> Result<airlock_spend::anomaly::Settings, String> {
-        use airlock_spend::anomaly::Kind;
-        let bucket = humantime::parse_duration(&self.bucket)
-            .map_err(|e| format!("[anomaly] bucket = {:?}: {e}", self.bucket))?;
-        let bucket_ms = bucket.as_millis() as i64;
-        if !(60_000..=86_400_000).contains(&bucket_ms) || 86_400_000 % bucket_ms != 0 {
-            return Err(
-                "[anomaly] bucket must be between 1m and 24h and divide a day (5m, 15m, 1h, …)"
-                    .into(),
-            );
-        }
-        if !(5..=90).contains(&self.baseline_days) {
-            return Err(
-                "[anomaly] baseline_days must be between 5 and 90 (the daily check needs four whole days)"
-                    .into(),
-            );
-        }
-        let cooldown_ms = humantime::parse_duration(&self.cooldown)
-            .map_err(|e| format!("[anomaly] cooldown = {:?}: {e}", self.cooldown))?
-            .as_millis()
-            .min(i64::MAX as u128) as i64;
-        let baseline_buckets = i64::from(self.baseline_days) * 86_400_000 / bucket_ms;
-        if baseline_buckets > 10_000 {
-            return Err("[anomaly] baseline_days / bucket gives more than 10000 buckets; use a longer bucket".into());
-        }
-        if !(self.z_threshold.is_finite() && self.z_threshold > 0.0) {
-            return Err("[anomaly] z_threshold must be a positive number".into());
-        }
-        let within = |v: f64, max: f64| v.is_finite() && (0.0..=max).contains(&v);
-        if !within(self.min_spend_usd, 1e6) || !within(self.learning_hours, 24.0 * 90.0) {
-            return Err(
-                "[anomaly] min_spend_usd must be 0 to 1000000 and learning_hours 0 to 2160".into(),
-            );
-        }
-        if self.min_requests < 1 {
-            return Err("[anomaly] min_requests must be at least 1".into());
-        }
-        if self.ipv4_prefix > 32 || self.ipv6_prefix > 128 {
-            return Err("[anomaly] ipv4_prefix is at most 32, ipv6_prefix at most 128".into());
-        }
-        let kinds = |list: &[String], what: &str| {
-            list.iter()
-                .map(|k| {
-                    Kind::parse(k).ok_or_else(|| {
-                        format!(
-                            "[anomaly] {what}: `{k}` is not one of {}",
-                            Kind::ALL.map(|k| k.name()).join(", ")
-                        )
-                    })
-                })
-                .collect::<Result<std::collections::HashSet<_>, _>>()
-        };
-        let watch = match &self.watch {
-            Some(list) => {
-                let w = kinds(list, "watch")?;
-                if w.contains(&Kind::NewCountry) && self.geoip.is_none() {
-                    return Err("[anomaly] watch names new_country, which needs geoip = \"/path/GeoLite2-Country.mmdb\"".into());
-                }
-                w
-            }
-            // new_hour is noisy (people's hours, jobs that drift): asked for, not default.
-            None => Kind::ALL
-                .into_iter()
-                .filter(|k| *k != Kind::NewHour)
-                .collect(),
-        };
-        let checked = |list: &[String], what: &str| {
-            let set = kinds(list, what)?;
-            match set.iter().find(|k| !watch.contains(k)) {
-                Some(k) => Err(format!(
-                    "[anomaly] {what} names `{}`, which is not watched",
-                    k.name()
-                )),
-                None => Ok(set),
-            }
-        };
-        let suspend_credential = checked(&self.suspend_credential, "suspend_credential")?;
-        let revoke_token = checked(&self.revoke_token, "revoke_token")?;
-        if let Some(k) = revoke_token
-            .iter()
-            .find(|k| matches!(k, Kind::RateSpike | Kind::SpendSpike))
-        {
-            return Err(format!(
-                "[anomaly] revoke_token names `{}`: only first sights (new_model, new_ip_range, new_country, new_hour) are one request of one token",
-                k.name()
-            ));
-        }
-        if self.geoip.is_none()
-            && (suspend_credential.contains(&Kind::NewCountry)
-                || revoke_token.contains(&Kind::NewCountry))
-        {
-            return Err(
-                "[anomaly] new_country needs geoip = \"/path/GeoLite2-Country.mmdb\"".into(),
-            );
-        }
-        match (&self.webhook_url, &self.webhook_secret) {
-            (Some(url), Some(secret)) => {
-                // The URL is not repeated: a chat webhook's URL is itself a secret.
-                crate::oidc::check_url("[anomaly] webhook_url", url).map_err(|_| {
-                    "[anomaly] webhook_url must be an https URL without a query (plain http only to this machine)".to_string()
-                })?;
-                airlock_secrets::SecretRef::parse(secret)
-                    .map_err(|e| format!("[anomaly] webhook_secret: {e}"))?;
-            }
-            (Some(_), None) => {
-                return Err("[anomaly] webhook_url needs webhook_secret (a reference such as env:ANOMALY_WEBHOOK_SECRET): alerts are signed".into())
-            }
-            (None, Some(_)) => return Err("[anomaly] webhook_secret without webhook_url".into()),
-            (None, None) => {}
-        }
-        let timeout_ok = self.webhook_timeout_secs.is_finite()
-            && self.webhook_timeout_secs > 0.0
-            && self.webhook_timeout_secs <= 60.0;
-        if !(1..=20).contains(&self.webhook_attempts) || !timeout_ok {
-            return Err(
-                "[anomaly] webhook_attempts must be 1–20 and webhook_timeout_secs in (0, 60]"
-                    .into(),
-            );
-        }
-        Ok(airlock_spend::anomaly::Settings {
-            bucket_ms,
-            baseline_buckets,
-            z_threshold: self.z_threshold,
-            min_requests: self.min_requests,
-            min_spend_nanos: (self.min_spend_usd * 1e9).round() as i64,
-            learning_ms: (self.learning_hours * 3_600_000.0).round() as i64,
-            v4_prefix: self.ipv4_prefix,
-            v6_prefix: self.ipv6_prefix,
-            watch,
-            suspend_credential,
-            revoke_token,
-            cooldown_ms,
-        })
-    }
-}
-
 /// `[rotation]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -443,37 +235,6 @@ impl Default for KeysConfig {
         KeysConfig {
             dir: None,
             root_key_id: 1,
-        }
-    }
-}
-
-/// `[limits]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Largest request body accepted (bytes).
-    pub max_body_bytes: usize,
-    /// Time allowed for a client to send its request headers.
-    pub header_timeout_secs: u64,
-    /// Time allowed for a client to send its request body.
-    pub body_timeout_secs: u64,
-    /// Time to connect to a provider.
-    pub upstream_connect_timeout_ms: u64,
-    /// Time for a provider to start answering (response headers).
-    pub upstream_timeout_secs: u64,
-    /// Longest silence allowed inside a streamed response.
-    pub stream_idle_timeout_secs: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_body_bytes: 16 * 1024 * 1024,
-            header_timeout_secs: 30,
-            body_timeout_secs: 60,
-            upstream_connect_timeout_ms: 5_000,
-            upstream_timeout_secs: 600,
-            stream_idle_timeout_secs: 300,
         }
     }
 }

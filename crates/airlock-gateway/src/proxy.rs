@@ -32,6 +32,37 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body accepted (bytes).
+    pub max_body_bytes: usize,
+    /// Time allowed for a client to send its request headers.
+    pub header_timeout_secs: u64,
+    /// Time allowed for a client to send its request body.
+    pub body_timeout_secs: u64,
+    /// Time to connect to a provider.
+    pub upstream_connect_timeout_ms: u64,
+    /// Time for a provider to start answering (response headers).
+    pub upstream_timeout_secs: u64,
+    /// Longest silence allowed inside a streamed response.
+    pub stream_idle_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 16 * 1024 * 1024,
+            header_timeout_secs: 30,
+            body_timeout_secs: 60,
+            upstream_connect_timeout_ms: 5_000,
+            upstream_timeout_secs: 600,
+            stream_idle_timeout_secs: 300,
+        }
+    }
+}
+
 /// What the data plane needs, and nothing else: the tokens in force, the credentials and their
 /// keys, the spend engine's budgets and rate limits, the audit writer, the provider client, and
 /// the limits it enforces.
@@ -51,7 +82,7 @@ pub struct Gateway {
     /// The provider client.
     pub client: crate::util::HttpClient,
     /// Body size and time limits, upstream timeouts.
-    pub limits: crate::config::Limits,
+    pub limits: Limits,
     /// Output reserved for a request that sets no limit of its own.
     pub default_max_output_tokens: i64,
     /// Upstream model lists per credential, for `/v1/models`.
@@ -185,11 +216,7 @@ pub async fn handle(app: Arc<Gateway>, ep: Endpoint, req: Request<Body>) -> Resp
 }
 
 /// Step 2, read the body within `limits.max_body_bytes` and `limits.body_timeout_secs`.
-async fn read_body(
-    limits: &crate::config::Limits,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Bytes, ApiError> {
+async fn read_body(limits: &Limits, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let max = limits.max_body_bytes;
     let too_big = || {
         ApiError::new(
@@ -1019,8 +1046,8 @@ mod tests {
 
     // Step 2: read the body.
 
-    fn limits(max: usize, secs: u64) -> crate::config::Limits {
-        crate::config::Limits {
+    fn limits(max: usize, secs: u64) -> Limits {
+        Limits {
             max_body_bytes: max,
             body_timeout_secs: secs,
             ..Default::default()

@@ -5,6 +5,7 @@
 //! Resources move here one at a time; those not here yet are still built and read as JSON
 //! values (`airlock-gateway/src/admin/`, `airlock/src/client.rs`).
 
+pub mod access;
 pub mod limits;
 pub mod tokens;
 

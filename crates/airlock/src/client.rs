@@ -625,66 +625,68 @@ pub async fn service_account(c: ServiceAccountCmd, json: bool) -> Result<(), Fai
             v
         }
         ServiceAccountCmd::List => {
-            let v = admin.get("/service-accounts").await?;
-            if !json {
-                println!(
-                    "{:<14} {:<24} {:<44} {:<22} REVOKED",
-                    "ID", "NAME", "SCOPE", "LAST USED"
-                );
-                for a in v["service_accounts"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                {
-                    let sc = &a["scope"];
-                    let scope = scope_line(sc);
-                    println!(
-                        "{:<14} {:<24} {:<44} {:<22} {}",
-                        s(&a, "id"),
-                        s(&a, "name"),
-                        scope,
-                        ms(&a["last_used_at"]),
-                        ms(&a["revoked_at"])
-                    );
-                }
+            let list: airlock_api::access::ServiceAccounts = admin
+                .typed(Method::GET, "/service-accounts", None::<&()>)
+                .await?;
+            if json {
+                print_typed(&list);
                 return Ok(());
             }
-            v
+            let mut t = table(&["ID", "NAME", "SCOPE", "LAST USED", "REVOKED"], &[]);
+            for a in &list.service_accounts {
+                t.add_row([
+                    a.id.clone(),
+                    a.name.clone(),
+                    scope_text(&a.scope),
+                    at_ms(a.last_used_at),
+                    at_ms(a.revoked_at),
+                ]);
+            }
+            println!("{t}");
+            return Ok(());
         }
         ServiceAccountCmd::Revoke { id } => {
-            let v = admin
-                .post(&format!("/service-accounts/{id}/revoke"), json!({}))
+            let r: airlock_api::access::KeyRevoked = admin
+                .typed(
+                    Method::POST,
+                    &format!("/service-accounts/{id}/revoke"),
+                    Some(&json!({})),
+                )
                 .await?;
-            if !json {
-                println!("revoked service account {}", s(&v, "id"));
-                return Ok(());
+            if json {
+                print_typed(&r);
+            } else {
+                println!("revoked service account {}", r.revoked);
             }
-            v
+            return Ok(());
         }
     };
     print_json(&v);
     Ok(())
 }
 
-/// `prod: gpt-* via any credential, ≤ 30m` from a scope object.
-fn scope_line(sc: &Value) -> String {
-    if !sc.is_object() {
-        return "-".into();
-    }
-    let creds = list(sc, "credentials");
+/// `prod: gpt-* via any credential, ≤ 30m`.
+fn scope_text(sc: &airlock_api::access::Scope) -> String {
     format!(
         "{}: {} via {}, ≤ {}",
-        s(sc, "env"),
-        list(sc, "models"),
-        if creds == "*" {
+        sc.env,
+        if sc.models.is_empty() {
+            "*".to_string()
+        } else {
+            sc.models.join(",")
+        },
+        if sc.credentials.is_empty() {
             "any credential".to_string()
         } else {
-            creds
+            sc.credentials.join(",")
         },
-        humantime::format_duration(Duration::from_secs(
-            sc["max_ttl_secs"].as_u64().unwrap_or_default()
-        ))
+        humantime::format_duration(Duration::from_secs(sc.max_ttl_secs))
     )
+}
+
+/// A unix-milliseconds time as RFC 3339, or `-`.
+fn at_ms(t: Option<i64>) -> String {
+    t.map_or_else(|| "-".to_string(), |m| ms(&Value::from(m)))
 }
 
 /// A table with a header row and no borders, as the CLI prints lists; the columns named in
@@ -1083,36 +1085,40 @@ pub async fn admin_key(c: AdminKeyCmd, json: bool) -> Result<(), Failure> {
             v
         }
         AdminKeyCmd::List => {
-            let v = admin.call(Method::GET, "/admin-keys", None).await?;
-            if !json {
-                println!(
-                    "{:<14} {:<24} {:<10} {:<22} {:<22} GRANT",
-                    "ID", "NAME", "ROLE", "CREATED", "REVOKED"
-                );
-                for k in v["admin_keys"].as_array().cloned().unwrap_or_default() {
-                    println!(
-                        "{:<14} {:<24} {:<10} {:<22} {:<22} {}",
-                        s(&k, "id"),
-                        s(&k, "name"),
-                        s(&k, "role"),
-                        ms(&k["created_at"]),
-                        ms(&k["revoked_at"]),
-                        scope_line(&k["grant"])
-                    );
-                }
+            let list: airlock_api::access::AdminKeys =
+                admin.typed(Method::GET, "/admin-keys", None::<&()>).await?;
+            if json {
+                print_typed(&list);
                 return Ok(());
             }
-            v
+            let mut t = table(&["ID", "NAME", "ROLE", "CREATED", "REVOKED", "GRANT"], &[]);
+            for k in &list.admin_keys {
+                t.add_row([
+                    k.id.clone(),
+                    k.name.clone(),
+                    k.role.clone(),
+                    at_ms(Some(k.created_at)),
+                    at_ms(k.revoked_at),
+                    k.grant.as_ref().map_or_else(|| "-".to_string(), scope_text),
+                ]);
+            }
+            println!("{t}");
+            return Ok(());
         }
         AdminKeyCmd::Revoke { id } => {
-            let v = admin
-                .call(Method::POST, &format!("/admin-keys/{id}/revoke"), None)
+            let r: airlock_api::access::KeyRevoked = admin
+                .typed(
+                    Method::POST,
+                    &format!("/admin-keys/{id}/revoke"),
+                    None::<&()>,
+                )
                 .await?;
-            if !json {
-                println!("revoked {id}");
-                return Ok(());
+            if json {
+                print_typed(&r);
+            } else {
+                println!("revoked {}", r.revoked);
             }
-            v
+            return Ok(());
         }
     };
     print_json(&v);

@@ -107,7 +107,24 @@ pub(super) async fn create_admin_key_api(
 
 pub(super) async fn list_admin_keys(State(app): State<Arc<Control>>) -> Response {
     match app.store.list_admin_keys().await {
-        Ok(rows) => Json(serde_json::json!({ "admin_keys": rows })).into_response(),
+        Ok(rows) => {
+            let mut admin_keys = Vec::with_capacity(rows.len());
+            for k in rows {
+                let grant = match k.grant.map(serde_json::from_value).transpose() {
+                    Ok(g) => g,
+                    Err(e) => return unreadable_scope("admin key", &k.id, &e),
+                };
+                admin_keys.push(airlock_api::access::AdminKey {
+                    id: k.id,
+                    name: k.name,
+                    role: k.role,
+                    created_at: k.created_at,
+                    revoked_at: k.revoked_at,
+                    grant,
+                });
+            }
+            Json(airlock_api::access::AdminKeys { admin_keys }).into_response()
+        }
         Err(e) => store_err(e),
     }
 }
@@ -134,7 +151,12 @@ pub(super) async fn revoke_admin_key(
                     return store_err(e);
                 }
             }
-            Json(serde_json::json!({"revoked": id, "tokens_revoked": tokens})).into_response()
+            Json(airlock_api::access::KeyRevoked {
+                revoked: id,
+                id: None,
+                tokens_revoked: tokens,
+            })
+            .into_response()
         }
         Ok(false) => match app.store.admin_key(&id).await {
             Ok(Some(k)) if k.revoked_at.is_none() && k.role == "owner" => err(

@@ -556,6 +556,17 @@ fn store_err(e: StoreError) -> Response {
     }
 }
 
+/// A stored scope that no longer reads as one (only a manual edit of the database does that):
+/// the listing is refused rather than shown without it.
+fn unreadable_scope(what: &str, id: &str, e: &serde_json::Error) -> Response {
+    tracing::error!(%id, error = %e, "a stored {what} scope is unreadable");
+    err(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "store_corrupt",
+        format!("the stored scope of {what} `{id}` is unreadable; see the server log"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

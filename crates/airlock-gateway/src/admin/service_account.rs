@@ -81,7 +81,25 @@ pub(super) async fn create_service_account(
 
 pub(super) async fn list_service_accounts(State(app): State<Arc<Control>>) -> Response {
     match app.store.list_service_accounts().await {
-        Ok(rows) => Json(serde_json::json!({ "service_accounts": rows })).into_response(),
+        Ok(rows) => {
+            let mut service_accounts = Vec::with_capacity(rows.len());
+            for a in rows {
+                let scope = match serde_json::from_value(a.scope) {
+                    Ok(s) => s,
+                    Err(e) => return unreadable_scope("service account", &a.id, &e),
+                };
+                service_accounts.push(airlock_api::access::ServiceAccount {
+                    id: a.id,
+                    name: a.name,
+                    scope,
+                    created_at: a.created_at,
+                    created_by: a.created_by,
+                    last_used_at: a.last_used_at,
+                    revoked_at: a.revoked_at,
+                });
+            }
+            Json(airlock_api::access::ServiceAccounts { service_accounts }).into_response()
+        }
         Err(e) => store_err(e),
     }
 }
@@ -106,8 +124,12 @@ pub(super) async fn revoke_service_account(
             if let Err(e) = app.tokens.reload_revocations().await {
                 return store_err(e);
             }
-            Json(serde_json::json!({ "revoked": id, "id": id, "tokens_revoked": tokens }))
-                .into_response()
+            Json(airlock_api::access::KeyRevoked {
+                id: Some(id.clone()),
+                revoked: id,
+                tokens_revoked: tokens,
+            })
+            .into_response()
         }
         Ok(None) => err(
             StatusCode::NOT_FOUND,

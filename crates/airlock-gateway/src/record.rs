@@ -462,3 +462,124 @@ impl<B> Drop for ObservedBody<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::Kit;
+    use http_body_util::BodyExt;
+
+    /// An SSE answer in three events, the last carrying usage, as a provider streams it.
+    fn sse() -> Vec<&'static str> {
+        vec![
+            "data: {\"choices\":[{\"delta\":{\"content\":\"he\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"llo\"}}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n",
+        ]
+    }
+
+    fn upstream(
+        events: Vec<&'static str>,
+    ) -> http_body_util::StreamBody<
+        impl futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>>,
+    > {
+        http_body_util::StreamBody::new(futures_util::stream::iter(
+            events
+                .into_iter()
+                .map(|e| Ok(Frame::data(Bytes::from_static(e.as_bytes())))),
+        ))
+    }
+
+    fn record(kit: &Kit, id: &str) -> Record {
+        let row = UsageRow {
+            ts: crate::util::now_ms(),
+            request_id: id.into(),
+            token_id: Some("tok_unit".into()),
+            subject: Some("alice".into()),
+            endpoint: "/v1/chat/completions".into(),
+            model: Some("gpt-4o-mini".into()),
+            stream: true,
+            ..Default::default()
+        };
+        Record::start(kit.app.recorder.clone(), row)
+    }
+
+    async fn stored(kit: &Kit, id: &str) -> Option<airlock_audit::Record> {
+        let f = airlock_store::AuditFilter {
+            action: Some("inference".into()),
+            limit: 1000,
+            ..Default::default()
+        };
+        let all = kit.app.store.audit_records(&f).await.ok()?;
+        all.into_iter()
+            .map(|s| s.record)
+            .find(|r| r.request_id.as_deref() == Some(id))
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_only_after_its_record_is_durable() {
+        let kit = Kit::new("").await;
+        let body = ObservedBody::new(
+            upstream(sse()),
+            Observer::new(true),
+            record(&kit, "req-whole"),
+            Duration::from_secs(5),
+            200,
+        );
+        let bytes = body
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_bytes();
+        assert!(
+            bytes.ends_with(b"data: [DONE]\n\n"),
+            "every byte passed through"
+        );
+        // I5: the end reached the client, so the record is already in the store; no flush.
+        let r = stored(&kit, "req-whole").await;
+        let r = r.unwrap_or_else(|| panic!("durable before the stream's end"));
+        assert_eq!(r.outcome, "ok");
+        assert_eq!((r.input_tokens, r.output_tokens), (Some(7), Some(2)));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_mid_stream_leaves_a_record_with_what_arrived() {
+        let kit = Kit::new("").await;
+        let mut body = ObservedBody::new(
+            upstream(sse()),
+            Observer::new(true),
+            record(&kit, "req-cut"),
+            Duration::from_secs(5),
+            200,
+        );
+        let first = body.frame().await;
+        assert!(first.is_some_and(|f| f.is_ok()));
+        drop(body);
+        kit.flush().await;
+        let r = stored(&kit, "req-cut").await;
+        let r = r.unwrap_or_else(|| panic!("recorded"));
+        assert_eq!(r.outcome, "client_disconnected");
+        assert_eq!(r.output_tokens, None, "no usage had arrived");
+    }
+
+    #[tokio::test]
+    async fn a_provider_gone_silent_ends_the_stream_with_an_error_and_a_record() {
+        let kit = Kit::new("").await;
+        let silent = http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, std::io::Error>,
+        >());
+        let mut body = ObservedBody::new(
+            silent,
+            Observer::new(true),
+            record(&kit, "req-silent"),
+            Duration::from_millis(200),
+            200,
+        );
+        let got = body.frame().await;
+        assert!(got.is_some_and(|f| f.is_err()), "an error, not a hang");
+        drop(body);
+        kit.flush().await;
+        let r = stored(&kit, "req-silent").await;
+        assert_eq!(r.map(|r| r.outcome).as_deref(), Some("stream_idle_timeout"));
+    }
+}

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// What a bounded minter (a developer's grant, a service account, a trust policy) may put in a
 /// token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Scope {
     /// The only environment its tokens may be for.
     pub env: String,
@@ -37,6 +38,10 @@ pub struct AdminKey {
     pub revoked_at: Option<i64>,
     /// A developer key's grant.
     pub grant: Option<Scope>,
+    /// The stored grant could not be read (the database was edited by hand): the key is
+    /// listed so that it can be revoked, and its grant is not shown.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub grant_unreadable: bool,
 }
 
 /// `GET /admin-keys`.
@@ -53,8 +58,9 @@ pub struct ServiceAccount {
     pub id: String,
     /// Its name.
     pub name: String,
-    /// What its tokens may be.
-    pub scope: Scope,
+    /// What its tokens may be (absent only when the stored scope cannot be read: the database
+    /// was edited by hand; the account is listed so that it can be revoked).
+    pub scope: Option<Scope>,
     /// Unix milliseconds.
     pub created_at: i64,
     /// The admin key that created it.
@@ -82,4 +88,19 @@ pub struct KeyRevoked {
     pub id: Option<String>,
     /// Tokens it had minted that were revoked with it.
     pub tokens_revoked: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scope_with_a_field_this_version_does_not_know_is_refused() {
+        let ok: Result<Scope, _> =
+            serde_json::from_str(r#"{"env":"dev","models":["*"],"max_ttl_secs":60}"#);
+        assert!(ok.is_ok());
+        let more: Result<Scope, _> =
+            serde_json::from_str(r#"{"env":"dev","models":["*"],"max_ttl_secs":60,"admin":true}"#);
+        assert!(more.is_err(), "a field one side would drop silently");
+    }
 }

@@ -519,23 +519,37 @@ mod tests {
     #[tokio::test]
     async fn a_stream_ends_only_after_its_record_is_durable() {
         let kit = Kit::new("").await;
-        let body = ObservedBody::new(
-            upstream(sse()),
+        // A body that knows its end, as a body with a length or an HTTP/2 stream does: its last
+        // data frame is the one held back.
+        let whole = Bytes::from(sse().concat());
+        let mut body = ObservedBody::new(
+            http_body_util::Full::new(whole.clone()),
             Observer::new(true),
             record(&kit, "req-whole"),
             Duration::from_secs(5),
             200,
         );
-        let bytes = body
-            .collect()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .to_bytes();
+        // Another connection holds the database's write lock: the record cannot be written,
+        // so the last frame must not reach the client.
+        let db = kit.dir.path().join("airlock.db");
+        let lock = rusqlite::Connection::open(&db).unwrap_or_else(|e| panic!("{e}"));
+        lock.execute_batch("BEGIN EXCLUSIVE")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let held = tokio::time::timeout(Duration::from_millis(500), body.frame()).await;
         assert!(
-            bytes.ends_with(b"data: [DONE]\n\n"),
-            "every byte passed through"
+            held.is_err(),
+            "I5: the end waits while its record cannot be written"
         );
-        // I5: the end reached the client, so the record is already in the store; no flush.
+        assert!(stored(&kit, "req-whole").await.is_none());
+        lock.execute_batch("ROLLBACK")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let last = body.frame().await;
+        let data = last
+            .and_then(|f| f.ok())
+            .and_then(|f| f.into_data().ok())
+            .unwrap_or_default();
+        assert_eq!(data, whole, "every byte, once the record is durable");
+        // Durable when the end was handed over: found without waiting for the writer.
         let r = stored(&kit, "req-whole").await;
         let r = r.unwrap_or_else(|| panic!("durable before the stream's end"));
         assert_eq!(r.outcome, "ok");

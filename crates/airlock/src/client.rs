@@ -637,7 +637,9 @@ pub async fn service_account(c: ServiceAccountCmd, json: bool) -> Result<(), Fai
                 t.add_row([
                     a.id.clone(),
                     a.name.clone(),
-                    scope_text(&a.scope),
+                    a.scope
+                        .as_ref()
+                        .map_or_else(|| "(unreadable)".to_string(), scope_text),
                     at_ms(a.last_used_at),
                     at_ms(a.revoked_at),
                 ]);
@@ -1099,7 +1101,11 @@ pub async fn admin_key(c: AdminKeyCmd, json: bool) -> Result<(), Failure> {
                     k.role.clone(),
                     at_ms(Some(k.created_at)),
                     at_ms(k.revoked_at),
-                    k.grant.as_ref().map_or_else(|| "-".to_string(), scope_text),
+                    match (&k.grant, k.grant_unreadable) {
+                        (_, true) => "(unreadable)".to_string(),
+                        (Some(g), _) => scope_text(g),
+                        (None, _) => "-".to_string(),
+                    },
                 ]);
             }
             println!("{t}");
@@ -1720,7 +1726,11 @@ pub async fn token(t: TokenCmd, json: bool) -> Result<(), Failure> {
                     tok.id.clone(),
                     tok.subject.clone(),
                     tok.env.clone(),
-                    tok.models.join(","),
+                    if tok.models.is_empty() {
+                        "*".to_string()
+                    } else {
+                        tok.models.join(",")
+                    },
                     airlock_token::rfc3339(tok.expires_at.max(0) as u64),
                     tok.revoked_at
                         .map_or_else(|| "-".to_string(), |at| ms(&Value::from(at))),

@@ -110,10 +110,11 @@ pub(super) async fn list_admin_keys(State(app): State<Arc<Control>>) -> Response
         Ok(rows) => {
             let mut admin_keys = Vec::with_capacity(rows.len());
             for k in rows {
-                let grant = match k.grant.map(serde_json::from_value).transpose() {
-                    Ok(g) => g,
-                    Err(e) => return unreadable_scope("admin key", &k.id, &e),
-                };
+                let (grant, grant_unreadable) =
+                    match k.grant.map(serde_json::from_value).transpose() {
+                        Ok(g) => (g, false),
+                        Err(e) => (None, unreadable_scope("admin key", &k.id, &e)),
+                    };
                 admin_keys.push(airlock_api::access::AdminKey {
                     id: k.id,
                     name: k.name,
@@ -121,6 +122,7 @@ pub(super) async fn list_admin_keys(State(app): State<Arc<Control>>) -> Response
                     created_at: k.created_at,
                     revoked_at: k.revoked_at,
                     grant,
+                    grant_unreadable,
                 });
             }
             Json(airlock_api::access::AdminKeys { admin_keys }).into_response()

@@ -108,7 +108,7 @@ pub(super) async fn sign_checkpoint(State(app): State<Arc<Control>>) -> Response
 }
 
 pub(super) async fn audit_keys(State(app): State<Arc<Control>>) -> Response {
-    match airlock_audit::PublicKeys::from_dir(&app.responder.keys_dir.clone()) {
+    match airlock_audit::PublicKeys::from_dir(&app.responder.keys_dir) {
         Ok(keys) => {
             let list: Vec<serde_json::Value> = keys
                 .list()

@@ -35,8 +35,9 @@ use self::{
     token::*, trust::*,
 };
 
-/// What the control plane works with: every handle it changes or reads, and the two settings
-/// it reads itself. Built once by `build_app`; the data plane never sees it.
+/// What the control plane works with: every handle it changes or reads, and the one setting
+/// it reads itself (`rotation_max_age_days`). Built once by `build_app`; the data plane never
+/// sees it.
 pub struct Control {
     /// The database.
     pub store: airlock_store::Store,
@@ -557,14 +558,10 @@ fn store_err(e: StoreError) -> Response {
 }
 
 /// A stored scope that no longer reads as one (only a manual edit of the database does that):
-/// the listing is refused rather than shown without it.
-fn unreadable_scope(what: &str, id: &str, e: &serde_json::Error) -> Response {
+/// logged, and the row is listed without it so that it can still be found and revoked.
+fn unreadable_scope(what: &str, id: &str, e: &serde_json::Error) -> bool {
     tracing::error!(%id, error = %e, "a stored {what} scope is unreadable");
-    err(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "store_corrupt",
-        format!("the stored scope of {what} `{id}` is unreadable; see the server log"),
-    )
+    true
 }
 
 #[cfg(test)]

@@ -85,8 +85,11 @@ pub(super) async fn list_service_accounts(State(app): State<Arc<Control>>) -> Re
             let mut service_accounts = Vec::with_capacity(rows.len());
             for a in rows {
                 let scope = match serde_json::from_value(a.scope) {
-                    Ok(s) => s,
-                    Err(e) => return unreadable_scope("service account", &a.id, &e),
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        unreadable_scope("service account", &a.id, &e);
+                        None
+                    }
                 };
                 service_accounts.push(airlock_api::access::ServiceAccount {
                     id: a.id,

@@ -246,7 +246,6 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         budgets,
         rate_limits,
         state_lock,
-        anomaly: Default::default(),
     });
     app.trust
         .reload()
@@ -292,8 +291,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
     }
     if let Some(d) = alarms::start(&app.reactor, &app.cfg.anomaly, test_clock).await? {
         app.recorder.watch(d.clone());
-        let _ = app.control.anomaly.set(d.clone());
-        let _ = app.anomaly.set(d);
+        let _ = app.control.anomaly.set(d);
     }
     spawn_revocation_refresh(Arc::downgrade(&app));
     {

@@ -229,7 +229,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             g(&t.counts.dropped),
         );
     }
-    if let Some(d) = app.anomaly.get() {
+    if let Some(d) = app.control.anomaly.get() {
         use std::fmt::Write as _;
         body.push_str("# TYPE airlock_anomalies_total counter\n");
         for k in airlock_spend::anomaly::Kind::ALL {

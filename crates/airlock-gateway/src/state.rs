@@ -49,8 +49,6 @@ pub struct App {
     /// Held for the server's life: one server per state directory (a second one would append
     /// to the same audit log).
     pub state_lock: std::fs::File,
-    /// The anomaly detector (absent with `[anomaly] enabled = false`).
-    pub anomaly: std::sync::OnceLock<Arc<airlock_spend::anomaly::Detector>>,
 }
 
 impl App {}

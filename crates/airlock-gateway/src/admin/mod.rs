@@ -63,7 +63,8 @@ pub struct Control {
     pub rotator: Arc<crate::rotation::Rotator>,
     /// Incident lockdown and report.
     pub responder: Arc<crate::incident::Responder>,
-    /// The anomaly detector, once started.
+    /// The anomaly detector, once started (absent with `[anomaly] enabled = false`); the one
+    /// place it is kept (`/metrics` reads it here too).
     pub anomaly: std::sync::OnceLock<Arc<airlock_spend::anomaly::Detector>>,
     /// `[rotation] max_age_days`: a key older than this is overdue.
     pub rotation_max_age_days: u32,

@@ -278,27 +278,9 @@ mod tests {
     use super::*;
     use crate::testkit::{key, Kit};
     use http::HeaderMap;
-    use std::time::{Duration, SystemTime};
 
     fn token(kit: &Kit) -> HeaderMap {
-        let opts = airlock_token::MintOptions {
-            subject: "alice".into(),
-            env: "prod".into(),
-            models: vec!["gpt-*".into()],
-            credentials: Vec::new(),
-            ttl: Duration::from_secs(600),
-            project: None,
-        };
-        let verifier = kit.app.tokens.verifier.load_full();
-        let minted = airlock_token::mint(verifier.keys(), &opts, SystemTime::now())
-            .unwrap_or_else(|e| panic!("mint: {e}"));
-        let mut h = HeaderMap::new();
-        let v = format!("Bearer {}", minted.token);
-        h.insert(
-            http::header::AUTHORIZATION,
-            v.parse().unwrap_or_else(|_| panic!("header")),
-        );
-        h
+        kit.token("prod", &["gpt-*"])
     }
 
     #[tokio::test]

@@ -1087,24 +1087,7 @@ mod tests {
     // Steps 1, 4 and 5 on a gateway built as serve builds it.
 
     fn mint(kit: &crate::testkit::Kit, env: &str, models: &[&str]) -> HeaderMap {
-        let opts = airlock_token::MintOptions {
-            subject: "alice".into(),
-            env: env.into(),
-            models: models.iter().map(|m| m.to_string()).collect(),
-            credentials: Vec::new(),
-            ttl: Duration::from_secs(600),
-            project: None,
-        };
-        let v = kit.app.tokens.verifier.load_full();
-        let t = airlock_token::mint(v.keys(), &opts, SystemTime::now())
-            .unwrap_or_else(|e| panic!("mint: {e}"));
-        let mut h = HeaderMap::new();
-        let value = HeaderValue::from_str(&format!("Bearer {}", t.token));
-        h.insert(
-            http::header::AUTHORIZATION,
-            value.unwrap_or_else(|_| panic!("header")),
-        );
-        h
+        kit.token(env, models)
     }
 
     fn routed(

@@ -9,6 +9,9 @@
 //! A new version seen by the background refresh (a reference that follows the store's latest
 //! version) is a candidate: it is tested and promoted the same way by itself, and a candidate
 //! the provider refuses is not promoted (the old key keeps serving) and raises an alert.
+//!
+//! Why one file: the manual rotation, the automatic one and `confirm_old` share the rotation row's
+//! states and their audit steps; its length past 800 lines is its tests.
 
 use crate::credentials::{Credential, Credentials};
 use crate::upstream::Probe;

@@ -106,6 +106,29 @@ impl Kit {
             .unwrap_or_else(|e| panic!("reload: {e}"));
     }
 
+    /// The headers of a client holding a fresh token (subject `alice`, 10 minutes) for `env`
+    /// and `models`, signed by the server's current root key.
+    pub fn token(&self, env: &str, models: &[&str]) -> http::HeaderMap {
+        let opts = airlock_token::MintOptions {
+            subject: "alice".into(),
+            env: env.into(),
+            models: models.iter().map(|m| m.to_string()).collect(),
+            credentials: Vec::new(),
+            ttl: std::time::Duration::from_secs(600),
+            project: None,
+        };
+        let v = self.app.tokens.verifier.load_full();
+        let t = airlock_token::mint(v.keys(), &opts, std::time::SystemTime::now())
+            .unwrap_or_else(|e| panic!("mint: {e}"));
+        let mut h = http::HeaderMap::new();
+        let value = http::HeaderValue::from_str(&format!("Bearer {}", t.token));
+        h.insert(
+            http::header::AUTHORIZATION,
+            value.unwrap_or_else(|_| panic!("header")),
+        );
+        h
+    }
+
     /// Waits until every record queued so far is durable.
     pub async fn flush(&self) {
         let marker = airlock_audit::Record {

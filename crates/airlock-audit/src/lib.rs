@@ -1,7 +1,8 @@
-//! airlock's audit log as data: the record, its canonical encoding, the hash chain, signed
-//! checkpoints and the verifier. No I/O besides key files, so the same code runs in the server
-//! (which appends), in `airlock audit verify` against the database, and offline against an
-//! export with nothing but the public key.
+//! airlock's audit log: the record, its canonical encoding, the hash chain, signed
+//! checkpoints and the verifier, which are pure data (the same code runs in the server, in
+//! `airlock audit verify` against the database, and offline against an export with nothing but
+//! the public key); and, in [`log`], the writer that appends to a store through the
+//! [`log::Storage`] interface, and its start check.
 //!
 //! # Encoding (re-implementable by a third party)
 //!
@@ -689,6 +690,8 @@ impl<'de> Deserialize<'de> for UniqueKeys {
         d.deserialize_map(V)
     }
 }
+
+pub mod log;
 
 #[cfg(test)]
 mod tests;

@@ -574,9 +574,9 @@ pub async fn audit_event(app: &Issuer, e: Event) -> bool {
         ..Default::default()
     };
     let note = if ok {
-        "a token was issued, but its record could not be written at the time"
+        airlock_audit::log::Note::Issued
     } else {
-        "refused, and its record could not be written at the time"
+        airlock_audit::log::Note::Declined
     };
     app.recorder
         .write_noted(None, record, note)

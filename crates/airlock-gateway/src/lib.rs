@@ -107,17 +107,20 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
     };
     let pricing = cfg.prices().map_err(anyhow::Error::msg)?;
     let settings = usage::AuditSettings {
-        key: audit_key,
-        every: cfg.audit.checkpoint_every,
-        interval: Duration::from_secs(cfg.audit.checkpoint_interval_secs),
-        sink: cfg.audit.checkpoint_file.clone(),
-        verify_keys: airlock_audit::PublicKeys::from_dir(&keys_dir).map_err(anyhow::Error::msg)?,
-        fail_open: cfg.audit.fail_open().map_err(anyhow::Error::msg)?,
+        log: airlock_audit::log::Settings {
+            key: audit_key,
+            every: cfg.audit.checkpoint_every,
+            interval: Duration::from_secs(cfg.audit.checkpoint_interval_secs),
+            sink: cfg.audit.checkpoint_file.clone(),
+            verify_keys: airlock_audit::PublicKeys::from_dir(&keys_dir)
+                .map_err(anyhow::Error::msg)?,
+            fail_open: cfg.audit.fail_open().map_err(anyhow::Error::msg)?,
+            accept_unsigned_tail: cfg.audit.accept_unsigned_tail,
+        },
         anonymous_per_sec: cfg.audit.anonymous_per_sec,
-        accept_unsigned_tail: cfg.audit.accept_unsigned_tail,
         pricing,
     };
-    if settings.sink.is_none() {
+    if settings.log.sink.is_none() {
         tracing::warn!("audit.checkpoint_file is not set: a rewrite of the whole database would only be caught by a copy of the checkpoints kept elsewhere");
     }
     let (recorder, writer) = usage::Recorder::start(store.clone(), settings).await?;

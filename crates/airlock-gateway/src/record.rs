@@ -4,7 +4,8 @@
 //! settled when it is taken. A streamed answer passes through [`ObservedBody`], which reads
 //! usage as it goes and holds the last frame until the record is durable (I5).
 
-use crate::usage::{Durable, Msg, Recorder, NOTE_NOT_ANSWERED, NOTE_STREAM_CUT};
+use crate::usage::{Durable, Recorder};
+use airlock_audit::log::Note;
 use airlock_audit::Record as AuditRecord;
 use airlock_providers::usage::{scan_usage, Observer, Usage};
 use airlock_spend::charge::{Charge, Ending, Payers, Tokens};
@@ -240,17 +241,16 @@ impl Record {
 
     /// Sends the record and waits until it is durable.
     pub async fn commit(self) -> Durable {
-        self.commit_noted(NOTE_NOT_ANSWERED).await
+        self.commit_noted(Note::NotAnswered).await
     }
 
     /// Sends a refusal's record and waits until it is durable; the refusal is sent either way,
     /// and a record written late says so.
     pub async fn commit_refusal(self) -> Durable {
-        self.commit_noted("refused; its record could not be written at the time")
-            .await
+        self.commit_noted(Note::Refused).await
     }
 
-    async fn commit_noted(mut self, note: &'static str) -> Durable {
+    async fn commit_noted(mut self, note: Note) -> Durable {
         // Queued before the first await, so a cancelled request cannot lose its record.
         let rx = self.send_acked_noted(note);
         let ok = match rx {
@@ -261,24 +261,10 @@ impl Record {
     }
 
     /// Sends the record, returning a receiver for the writer's acknowledgement.
-    fn send_acked_noted(&mut self, note: &'static str) -> Option<oneshot::Receiver<bool>> {
+    /// (An anonymous refusal over the audit cap has nothing to write: answered at once.)
+    fn send_acked_noted(&mut self, note: Note) -> Option<oneshot::Receiver<bool>> {
         let (usage, audit) = self.take();
-        let (tx, rx) = oneshot::channel();
-        if usage.is_none() && audit.is_none() {
-            // An anonymous refusal over the audit cap: nothing to wait for.
-            let _ = tx.send(true);
-            return Some(rx);
-        }
-        self.recorder.enqueue(Msg {
-            at: Instant::now(),
-            usage,
-            audit,
-            ack: Some(tx),
-            sign: false,
-            tick: false,
-            note,
-        });
-        Some(rx)
+        Some(self.recorder.send(usage, audit, note))
     }
 }
 
@@ -344,7 +330,7 @@ impl<B> ObservedBody<B> {
                 r.streamed_events = Some(self.observer.events());
             }
             r.finish(self.status, outcome);
-            r.send_acked_noted(NOTE_STREAM_CUT)
+            r.send_acked_noted(Note::StreamCut)
         });
         self.held = Some(Held { frame, ack });
     }

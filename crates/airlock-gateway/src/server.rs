@@ -120,6 +120,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let c = &app.recorder.counters;
+    let log = app.recorder.log_stats();
     let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let mut body = format!(
         "# TYPE airlock_requests_total counter\nairlock_requests_total {}\n\
@@ -134,7 +135,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
          # TYPE airlock_audit_unrecorded_total counter\nairlock_audit_unrecorded_total {}\n\
          # TYPE airlock_audit_anonymous_skipped_total counter\nairlock_audit_anonymous_skipped_total {}\n\
          # TYPE airlock_rotations_rejected_total counter\nairlock_rotations_rejected_total {}\n\
-                  # TYPE airlock_cost_nanodollars_total counter\nairlock_cost_nanodollars_total {}\n\
+         # TYPE airlock_cost_nanodollars_total counter\nairlock_cost_nanodollars_total {}\n\
          # TYPE airlock_budget_refusals_total counter\nairlock_budget_refusals_total {}\n\
          # TYPE airlock_rate_limited_total counter\nairlock_rate_limited_total {}\n\
          # TYPE airlock_token_exchanges_total counter\nairlock_token_exchanges_total{{outcome=\"granted\"}} {}\nairlock_token_exchanges_total{{outcome=\"refused\"}} {}\n\
@@ -148,12 +149,12 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         g(&c.fallbacks),
         g(&c.input_tokens),
         g(&c.output_tokens),
-        g(&c.write_errors),
-        g(&c.audit_records),
-        g(&c.audit_checkpoints),
+        g(&log.write_errors),
+        g(&log.records),
+        g(&log.checkpoints),
         g(&c.audit_unrecorded),
         g(&c.audit_anonymous_skipped),
-                g(&c.rotations_rejected),
+        g(&c.rotations_rejected),
         g(&c.cost_nanos),
         g(&c.budget_refusals),
         g(&c.rate_limited),

@@ -714,6 +714,68 @@ impl BatchWriter {
     }
 }
 
+impl airlock_audit::log::Storage for BatchWriter {
+    type Row = UsageRow;
+
+    fn append(
+        &mut self,
+        rows: &[UsageRow],
+        records: &[Sealed],
+        checkpoint: Option<&Checkpoint>,
+        head: Option<&Checkpoint>,
+    ) -> std::result::Result<(), airlock_audit::log::StoreError> {
+        Ok(self.write_batch(rows, records, checkpoint, head)?)
+    }
+
+    fn head(&mut self) -> std::result::Result<(i64, String), airlock_audit::log::StoreError> {
+        Ok(self.audit_head()?)
+    }
+}
+
+impl airlock_audit::log::Row for UsageRow {
+    fn mark_not_answered(&mut self) {
+        if self.outcome == "ok" {
+            self.outcome = "not_answered".into();
+            self.status = 503;
+        }
+    }
+}
+
+impl airlock_audit::log::Stored for Store {
+    async fn last_checkpoint(
+        &self,
+    ) -> std::result::Result<Option<Checkpoint>, airlock_audit::log::StoreError> {
+        Ok(Store::last_checkpoint(self).await?)
+    }
+
+    async fn signed_head(
+        &self,
+    ) -> std::result::Result<Option<Checkpoint>, airlock_audit::log::StoreError> {
+        Ok(Store::signed_head(self).await?)
+    }
+
+    async fn records_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> std::result::Result<Vec<Sealed>, airlock_audit::log::StoreError> {
+        let f = AuditFilter {
+            after_seq: Some(after),
+            limit,
+            ..Default::default()
+        };
+        Ok(self.audit_records(&f).await?)
+    }
+
+    async fn checkpoints(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> std::result::Result<Vec<Checkpoint>, airlock_audit::log::StoreError> {
+        Ok(self.audit_checkpoints(from, to).await?)
+    }
+}
+
 /// What a commit waits for (SQLite's `synchronous` in WAL mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {

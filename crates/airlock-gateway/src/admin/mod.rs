@@ -354,9 +354,9 @@ async fn audit_admin(
         ..Default::default()
     };
     let note = if status.is_success() {
-        crate::usage::NOTE_CHANGE_MADE
+        airlock_audit::log::Note::ChangeMade
     } else {
-        "refused, and its record could not be written at the time"
+        airlock_audit::log::Note::Declined
     };
     if !app
         .recorder

@@ -3,7 +3,10 @@
 
 1. No import circle between the top-level modules of a crate (a module is a file or folder
    directly under src/; an edge is a `crate::NAME` path outside its tests).
-2. A source file whose code (tests left out) is longer than 800 lines says why it is one file,
+2. In airlock-gateway, a module imports only modules of a lower layer or of its own group (the
+   layers of ARCHITECTURE.md: the data plane and identity sit side by side and do not import
+   each other; the control plane sits above both). A new module must be given a layer here.
+3. A source file whose code (tests left out) is longer than 800 lines says why it is one file,
    in a line containing "Why one file:" among its first 20 lines.
 
 Prints each violation and exits 1 when there is one.
@@ -14,6 +17,16 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LIMIT = 800
+
+# airlock-gateway's layers: (level, group) per module.
+GATEWAY_LAYERS = {
+    **{m: (0, "leaves") for m in ("util", "histogram", "otel")},
+    **{m: (1, "shared") for m in ("tokens", "usage", "record", "credentials")},
+    **{m: (2, "data plane") for m in ("policy", "upstream", "proxy", "models")},
+    **{m: (2, "identity") for m in ("identity", "oidc")},
+    **{m: (3, "control plane") for m in ("admin", "rotation", "incident", "alarms")},
+    **{m: (4, "composition") for m in ("config", "state", "server", "testkit")},
+}
 
 
 def code_of(text):
@@ -69,6 +82,18 @@ def main():
                     if dep in modules and dep != name:
                         deps.add(dep)
             graph[name] = deps
+        if src.parent.name == "airlock-gateway":
+            for name, deps in sorted(graph.items()):
+                if name not in GATEWAY_LAYERS:
+                    problems.append(f"airlock-gateway: module {name} has no layer in scripts/conventions.py")
+                    continue
+                level, group = GATEWAY_LAYERS[name]
+                for dep in sorted(deps):
+                    dl, dg = GATEWAY_LAYERS.get(dep, (99, "?"))
+                    if dg != group and dl >= level:
+                        problems.append(
+                            f"airlock-gateway: {name} ({group}) imports {dep} ({dg}), which is not below it"
+                        )
         for circle in strongly_connected(graph):
             problems.append(f"{src.parent.name}: modules import each other: {', '.join(circle)}")
     for f in sorted(ROOT.glob("crates/*/src/**/*.rs")):

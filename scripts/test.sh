@@ -18,10 +18,18 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   echo "$want" > "$stamp"
 fi
 
-step "format, lints and conventions (no import circles, long files say why)"
+step "format, lints and conventions (no import circles, layers, long files say why)"
 cargo fmt --all -- --check
 python3 scripts/conventions.py
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "dependencies: licences, sources, duplicate versions (cargo deny, into .tools)"
+deny_version=0.20.2
+if [[ "$(.tools/bin/cargo-deny --version 2>/dev/null)" != "cargo-deny $deny_version" ]]; then
+  cargo install --quiet --locked --root .tools cargo-deny --version "$deny_version"
+fi
+# Advisories are left out: their database is fetched from GitHub, which CI cannot reach.
+.tools/bin/cargo-deny --log-level error check licenses bans sources
 
 step "rust tests"
 cargo test --workspace --quiet

@@ -13,8 +13,11 @@
 //!   baseline window (`baseline_days`, default 7). The bucket being filled is compared with the
 //!   subject's own active buckets in the window by a robust z-score, `0.6745 · (x − median) /
 //!   MAD` (Iglewicz and Hoaglin's modified z-score; when the MAD is zero, the mean absolute
-//!   deviation scaled by 1.2533 stands in, and when that is zero too any rise above the median
-//!   counts). The bucket alarms when z ≥ `z_threshold` (3.5) and its value is at least an
+//!   deviation scaled by 1.2533 stands in). The spread is never taken below the noise of a
+//!   count: √median requests (a Poisson count with mean m has standard deviation √m), and for
+//!   spend the same relative share of the median; only a baseline of zero (a dormant key)
+//!   makes any rise count. Without that floor a perfectly regular key (the same 72 requests
+//!   every day) would alarm on its 73rd. The bucket alarms when z ≥ `z_threshold` (3.5) and its value is at least an
 //!   absolute floor (`min_requests`, `min_spend_usd`), so that a quiet key does not alarm on one
 //!   request. The baseline is "how busy is it when it is busy", so a key used in bursts a few
 //!   hours a day is not a spike every day; a key with no activity in the window has no
@@ -298,6 +301,8 @@ pub struct Stat {
     pub mad: f64,
     /// Mean absolute deviation from the median (stands in when the MAD is zero).
     pub mean_ad: f64,
+    /// The least spread the baseline is taken to have: the noise of a count (see the top).
+    pub noise: f64,
 }
 
 impl Stat {
@@ -308,6 +313,7 @@ impl Stat {
                 median: 0.0,
                 mad: 0.0,
                 mean_ad: 0.0,
+                noise: 0.0,
             };
         }
         values.sort_by(f64::total_cmp);
@@ -319,20 +325,45 @@ impl Stat {
             median,
             mad: median_sorted(&dev),
             mean_ad,
+            noise: 0.0,
         }
     }
 
-    /// The modified z-score of `x`; `None` for unbounded (a flat baseline and `x` above it).
+    /// The same statistics with a spread of at least `noise`.
+    fn with_noise(self, noise: f64) -> Stat {
+        Stat { noise, ..self }
+    }
+
+    /// The modified z-score of `x`; `None` for unbounded (a baseline of no spread and no
+    /// noise, and `x` above it).
     pub fn z(&self, x: f64) -> Option<f64> {
-        if self.mad > 0.0 {
-            Some(0.6745 * (x - self.median) / self.mad)
-        } else if self.mean_ad > 0.0 {
-            Some((x - self.median) / (1.253_314 * self.mean_ad))
+        let robust = if self.mad > 0.0 {
+            self.mad / 0.6745
+        } else {
+            1.253_314 * self.mean_ad
+        };
+        let scale = robust.max(self.noise);
+        if scale > 0.0 {
+            Some((x - self.median) / scale)
         } else if x > self.median {
             None
         } else {
             Some(0.0)
         }
+    }
+
+    /// The noise floors of a window's request and spend statistics: √median requests, and
+    /// the same share of the median spend.
+    fn counted(requests: Stat, cost: Stat) -> (Stat, Stat) {
+        let share = if requests.median > 0.0 {
+            1.0 / requests.median.sqrt()
+        } else {
+            0.0
+        };
+        (
+            requests.with_noise(requests.median.sqrt()),
+            cost.with_noise(cost.median * share),
+        )
     }
 }
 
@@ -469,12 +500,15 @@ impl Subject {
             }
         }
         let active_days = day_req.iter().filter(|v| **v > 0.0).count();
+        let (requests, cost) = Stat::counted(Stat::of(&mut req), Stat::of(&mut cost));
+        let (day_requests, day_cost) =
+            Stat::counted(Stat::of(&mut day_req), Stat::of(&mut day_cost));
         let base = Baseline {
-            requests: Stat::of(&mut req),
-            cost: Stat::of(&mut cost),
+            requests,
+            cost,
             active_days,
-            day_requests: Stat::of(&mut day_req),
-            day_cost: Stat::of(&mut day_cost),
+            day_requests,
+            day_cost,
             today: now,
         };
         self.baseline = Some((b, base));
@@ -928,6 +962,7 @@ impl Detector {
                         median: stat.median * unit,
                         mad: stat.mad * unit,
                         mean_ad: stat.mean_ad * unit,
+                        noise: stat.noise * unit,
                     };
                     subject.alarmed_value[i] = x;
                     out.push((kind, Some(window), Some(x * unit), Some(scaled), None, true));
@@ -1095,6 +1130,44 @@ mod tests {
         let m = Stat::of(&mut mostly);
         assert_eq!(m.mad, 0.0);
         assert!(m.z(8.0).unwrap() > 0.0);
+        // A count's noise is the least spread: 73 against a flat 72 is ordinary, 3 against
+        // a flat 0 is not (a dormant key has no noise).
+        let mut regular = vec![72.0; 7];
+        let (r, _) = Stat::counted(Stat::of(&mut regular), Stat::of(&mut [0.0; 7]));
+        assert!((r.z(73.0).unwrap() - 1.0 / 72f64.sqrt()).abs() < 1e-9);
+        assert!(r.z(72.0 + 4.0 * 72f64.sqrt()).unwrap() > 3.5);
+        assert_eq!(f.with_noise(0.0).z(3.0), None);
+    }
+
+    #[test]
+    fn a_perfectly_regular_key_is_quiet_one_request_past_its_daily_count() {
+        // The same 72 requests every day (2, 3, 4 an hour in turn) for a week: the daily
+        // baseline has no spread at all, so only the noise floor keeps request 73 quiet.
+        let (d, mut rx) = detector(|s| s.min_requests = 15);
+        let start = 1_700_000_000_000 / (24 * H) * (24 * H);
+        let mut t = start;
+        for h in 0..9 * 24 {
+            for i in 0..(2 + h % 3) {
+                see(&d, row(t + i * 1000, "c", "s", "10.0.0.1", "m", 1));
+            }
+            t += H;
+        }
+        see(&d, row(t - 1, "c", "s", "10.0.0.1", "m", 1));
+        let a = drain(&mut rx);
+        assert!(a.is_empty(), "{a:?}");
+        // A doubled day still alarms.
+        for i in 0..72 {
+            see(
+                &d,
+                row(t - 600_000 + i * 1000, "c", "s", "10.0.0.1", "m", 1),
+            );
+        }
+        let a = drain(&mut rx);
+        assert!(
+            a.iter()
+                .any(|a| a.kind == Kind::RateSpike && a.window == Some(Window::Day)),
+            "{a:?}"
+        );
     }
 
     #[test]

@@ -406,7 +406,7 @@ async fn act(
             subject: a.identity.clone(),
             ..Default::default()
         };
-        app.recorder.write_nowait(None, Some(rec));
+        app.recorder.write_nowait(None, rec);
         let counts = Some(deliveries.clone());
         if let Some(hook) = &webhook {
             let Ok(permit) = in_flight.clone().try_acquire_owned() else {

@@ -309,7 +309,7 @@ impl Credential {
         };
         app.recorder.write_nowait(
             None,
-            Some(airlock_audit::Record {
+            airlock_audit::Record {
                 ts: now_ms(),
                 actor_kind: "system".into(),
                 action: "secret.resolve".into(),
@@ -320,7 +320,7 @@ impl Credential {
                 request_id: request_id.map(str::to_string),
                 credential: Some(self.name.clone()),
                 ..Default::default()
-            }),
+            },
         );
     }
 
@@ -360,7 +360,7 @@ pub fn spawn_refresher(
                     tracing::error!(credential = %c.name, "no good read of the key within max_stale: requests needing it are refused until its store answers");
                     a.recorder.write_nowait(
                         None,
-                        Some(airlock_audit::Record {
+                        airlock_audit::Record {
                             ts: now_ms(),
                             actor_kind: "system".into(),
                             action: "secret.expired".into(),
@@ -373,7 +373,7 @@ pub fn spawn_refresher(
                             )),
                             credential: Some(c.name.clone()),
                             ..Default::default()
-                        }),
+                        },
                     );
                 }
                 if c.cell.due(&c.reference, &a.cache_policy, now) {

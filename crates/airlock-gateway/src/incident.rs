@@ -135,7 +135,7 @@ pub async fn lockdown(app: &Arc<Responder>, req: Lockdown) -> Result<Value, ApiE
     }
     app.recorder.write_nowait(
         None,
-        Some(airlock_audit::Record {
+        airlock_audit::Record {
             ts: now,
             actor_kind: "system".into(),
             action: "incident.lockdown".into(),
@@ -151,7 +151,7 @@ pub async fn lockdown(app: &Arc<Responder>, req: Lockdown) -> Result<Value, ApiE
                     .unwrap_or_default()
             )),
             ..Default::default()
-        }),
+        },
     );
     tracing::warn!(
         root_key_id = id,

@@ -111,9 +111,9 @@ impl Record {
         self.apply(&u);
     }
 
-    /// Takes the row and builds the audit record; `None` for the audit record when it is an
-    /// anonymous refusal over the rate cap. Marks the record sent.
-    fn take(&mut self) -> (Option<UsageRow>, Option<AuditRecord>) {
+    /// Takes the row and builds the audit record; `None` when there is nothing to write (an
+    /// anonymous refusal over the rate cap). Marks the record sent.
+    fn take(&mut self) -> Option<(Option<UsageRow>, AuditRecord)> {
         self.sent = true;
         self.row.latency_ms = self.started.elapsed().as_millis() as i64;
         let ending = match self.row.outcome.as_str() {
@@ -175,12 +175,12 @@ impl Record {
                 .counters
                 .audit_anonymous_skipped
                 .fetch_add(1, Ordering::Relaxed);
-            return (None, None);
+            return None;
         }
         let audit = {
             // Within what every JSON reader of the log represents exactly.
             let cost = row.cost_nanos.map(|n| ((n + 500) / 1000).clamp(0, 1 << 53));
-            Some(AuditRecord {
+            AuditRecord {
                 ts: row.ts,
                 actor_kind: if anonymous { "anonymous" } else { "token" }.into(),
                 actor: row.token_id.clone(),
@@ -205,10 +205,10 @@ impl Record {
                 cost_micros: cost,
                 key: self.key.clone(),
                 ..Default::default()
-            })
+            }
         };
         // Usage rows are kept for requests that presented a valid token only.
-        ((!anonymous).then_some(row), audit)
+        Some(((!anonymous).then_some(row), audit))
     }
 
     /// Before a stream's first byte: a durable record that this token is using this credential
@@ -253,18 +253,21 @@ impl Record {
     async fn commit_noted(mut self, note: Note) -> Durable {
         // Queued before the first await, so a cancelled request cannot lose its record.
         let rx = self.send_acked_noted(note);
-        let ok = match rx {
-            Some(rx) => rx.await.unwrap_or(false),
-            None => false,
-        };
+        let ok = rx.await.unwrap_or(false);
         self.recorder.verdict(ok)
     }
 
     /// Sends the record, returning a receiver for the writer's acknowledgement.
     /// (An anonymous refusal over the audit cap has nothing to write: answered at once.)
-    fn send_acked_noted(&mut self, note: Note) -> Option<oneshot::Receiver<bool>> {
-        let (usage, audit) = self.take();
-        Some(self.recorder.send(usage, audit, note))
+    fn send_acked_noted(&mut self, note: Note) -> oneshot::Receiver<bool> {
+        match self.take() {
+            Some((usage, audit)) => self.recorder.send(usage, audit, note),
+            None => {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(true);
+                rx
+            }
+        }
     }
 }
 
@@ -273,8 +276,9 @@ impl Drop for Record {
         if self.sent {
             return;
         }
-        let (usage, audit) = self.take();
-        self.recorder.write_nowait(usage, audit);
+        if let Some((usage, audit)) = self.take() {
+            self.recorder.write_nowait(usage, audit);
+        }
     }
 }
 
@@ -323,7 +327,7 @@ impl<B> ObservedBody<B> {
     /// The response ended normally: send the record and hold `frame` until it is durable.
     fn end_with(&mut self, frame: Option<Frame<Bytes>>) {
         let outcome = self.outcome();
-        let ack = self.record.as_mut().and_then(|r| {
+        let ack = self.record.as_mut().map(|r| {
             self.observer.end();
             r.apply(&self.observer.usage());
             if self.observer.is_sse() {

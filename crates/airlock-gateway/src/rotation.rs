@@ -55,7 +55,7 @@ pub enum NewKey {
 fn step(app: &Rotator, row: &RotationRow, action: &str, outcome: &str, reason: String) {
     app.recorder.write_nowait(
         None,
-        Some(airlock_audit::Record {
+        airlock_audit::Record {
             ts: now_ms(),
             actor_kind: "system".into(),
             action: action.into(),
@@ -65,7 +65,7 @@ fn step(app: &Rotator, row: &RotationRow, action: &str, outcome: &str, reason: S
             reason: Some(format!("{} ({}): {reason}", row.id, row.source)),
             credential: Some(row.credential.clone()),
             ..Default::default()
-        }),
+        },
     );
 }
 

@@ -254,7 +254,7 @@ impl Recorder {
     pub(crate) fn send(
         &self,
         usage: Option<UsageRow>,
-        audit: Option<AuditRecord>,
+        audit: AuditRecord,
         note: Note,
     ) -> oneshot::Receiver<bool> {
         self.log.send(usage, audit, note)
@@ -317,7 +317,7 @@ impl Recorder {
         audit: AuditRecord,
         note: Note,
     ) -> Durable {
-        let ok = self.send(usage, Some(audit), note).await.unwrap_or(false);
+        let ok = self.send(usage, audit, note).await.unwrap_or(false);
         self.verdict(ok)
     }
 
@@ -336,7 +336,7 @@ impl Recorder {
     }
 
     /// Appends without waiting (for events whose request is already over or failing).
-    pub fn write_nowait(&self, usage: Option<UsageRow>, audit: Option<AuditRecord>) {
+    pub fn write_nowait(&self, usage: Option<UsageRow>, audit: AuditRecord) {
         self.log.append_nowait(usage, audit);
     }
 

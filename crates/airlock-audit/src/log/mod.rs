@@ -294,18 +294,9 @@ impl<R: Row> Log<R> {
     /// Queues a record (and its row) and returns the writer's answer: `true` once durable.
     /// Queued before this returns, so a caller cancelled while waiting cannot lose it; `note`
     /// is what the record says if its first write fails and a later one stores it.
-    pub fn send(
-        &self,
-        row: Option<R>,
-        record: Option<Record>,
-        note: Note,
-    ) -> oneshot::Receiver<bool> {
+    pub fn send(&self, row: Option<R>, record: Record, note: Note) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
-        if row.is_none() && record.is_none() {
-            let _ = tx.send(true);
-            return rx;
-        }
-        let mut m = Msg::new(row, record, Some(tx));
+        let mut m = Msg::new(row, Some(record), Some(tx));
         m.note = note;
         self.enqueue(m);
         rx
@@ -313,17 +304,14 @@ impl<R: Row> Log<R> {
 
     /// Appends a record (and its row) and waits until it is durable.
     pub async fn append(&self, row: Option<R>, record: Record) -> bool {
-        self.send(row, Some(record), Note::NotAnswered)
+        self.send(row, record, Note::NotAnswered)
             .await
             .unwrap_or(false)
     }
 
     /// Appends without waiting (for events whose request is already over or failing).
-    pub fn append_nowait(&self, row: Option<R>, record: Option<Record>) {
-        if row.is_none() && record.is_none() {
-            return;
-        }
-        self.enqueue(Msg::new(row, record, None));
+    pub fn append_nowait(&self, row: Option<R>, record: Record) {
+        self.enqueue(Msg::new(row, Some(record), None));
     }
 
     /// Signs the chain head now and waits until that signature is durable (for exports that

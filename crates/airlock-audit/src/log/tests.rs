@@ -165,9 +165,30 @@ fn verify(mem: &Mem, keys: &Keys) -> crate::Summary {
 }
 
 async fn open(mem: &Mem, settings: Settings) -> Result<Log<Usage>, Refused> {
-    Log::open(mem, mem.clone(), settings, |_| {})
-        .await
-        .map(|(log, _)| log)
+    open_joined(mem, settings).await.map(|(log, _)| log)
+}
+
+/// Opens the log and keeps the writer's handle, for tests that must know it has finished.
+async fn open_joined(
+    mem: &Mem,
+    settings: Settings,
+) -> Result<(Log<Usage>, tokio::task::JoinHandle<()>), Refused> {
+    Log::open(mem, mem.clone(), settings, |_| {}).await
+}
+
+/// Closes the log and waits until its writer has written what was queued and signed the head.
+async fn close(log: Log<Usage>, writer: tokio::task::JoinHandle<()>) {
+    drop(log);
+    writer.await.unwrap();
+}
+
+/// Waits (at most 5 s) until the store holds `n` records.
+async fn stored(mem: &Mem, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mem.0.lock().unwrap().records.len() < n {
+        assert!(Instant::now() < deadline, "never stored {n} records");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -179,7 +200,7 @@ async fn batches_are_chained_and_every_batch_is_signed() {
         .map(|i| {
             log.send(
                 Some(Usage("ok".into())),
-                Some(rec(&format!("a{i}"))),
+                rec(&format!("a{i}")),
                 Note::NotAnswered,
             )
         })
@@ -271,22 +292,129 @@ async fn a_log_changed_under_the_writer_stops_it() {
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(mem.0.lock().unwrap().records.len(), 2);
     assert!(!log.healthy());
+    assert!(
+        log.stats().write_errors.load(Ordering::Relaxed) >= 2,
+        "records given up on are counted"
+    );
+}
+
+#[tokio::test]
+async fn fail_open_serves_and_stores_the_record_later_as_it_was() {
+    let keys = Keys::new();
+    let mem = Mem::default();
+    let mut settings = keys.settings();
+    settings.fail_open = true;
+    let log = open(&mem, settings).await.unwrap();
+    assert!(log.fail_open());
+    mem.0.lock().unwrap().mode = Mode::Fail;
+    assert!(!log.append(Some(Usage("ok".into())), rec("inference")).await);
+    mem.0.lock().unwrap().mode = Mode::Works;
+    stored(&mem, 1).await;
+    let db = mem.0.lock().unwrap();
+    let r = &db.records[0].record;
+    // The request was answered (fail-open): nothing to rewrite, nothing to note.
+    assert_eq!((r.outcome.as_str(), r.status), ("ok", Some(200)));
+    assert_eq!(r.reason, None);
+    assert_eq!(db.rows, vec![Usage("ok".into())]);
+}
+
+#[tokio::test]
+async fn a_change_made_is_noted_but_not_rewritten_as_unanswered() {
+    let keys = Keys::new();
+    let mem = Mem::default();
+    let log = open(&mem, keys.settings()).await.unwrap();
+    mem.0.lock().unwrap().mode = Mode::Fail;
+    let mut change = rec("credential.add");
+    change.reason = Some("by the owner".into());
+    let ack = log.send(Some(Usage("ok".into())), change, Note::ChangeMade);
+    assert!(!ack.await.unwrap());
+    mem.0.lock().unwrap().mode = Mode::Works;
+    stored(&mem, 1).await;
+    let db = mem.0.lock().unwrap();
+    let r = &db.records[0].record;
+    assert_eq!((r.outcome.as_str(), r.status), ("ok", Some(200)));
+    assert_eq!(
+        r.reason.as_deref(),
+        Some(format!("{}; by the owner", Note::ChangeMade.text()).as_str())
+    );
+    assert_eq!(
+        db.rows,
+        vec![Usage("ok".into())],
+        "the row is not rewritten"
+    );
+}
+
+#[tokio::test]
+async fn the_retry_queue_is_bounded_and_what_it_drops_is_counted() {
+    let keys = Keys::new();
+    let mem = Mem::default();
+    let log = open(&mem, keys.settings()).await.unwrap();
+    mem.0.lock().unwrap().mode = Mode::Fail;
+    let extra = 40;
+    for i in 0..RETRY_LIMIT + extra {
+        log.append_nowait(None, rec(&format!("r{i}")));
+    }
+    // Wait until the writer has failed every one of them once.
+    assert!(!log.append(None, rec("last")).await);
+    let dropped = log.stats().write_errors.load(Ordering::Relaxed);
+    assert!(dropped >= extra as u64, "{dropped} dropped");
+    mem.0.lock().unwrap().mode = Mode::Works;
+    stored(&mem, RETRY_LIMIT).await;
+    let db = mem.0.lock().unwrap();
+    assert_eq!(db.records.len(), RETRY_LIMIT, "the newest are kept");
+    assert_eq!(db.records.last().unwrap().record.action, "last");
+}
+
+#[tokio::test]
+async fn the_checkpoint_file_follows_the_log_and_a_changed_one_refuses_start() {
+    let keys = Keys::new();
+    let mem = Mem::default();
+    let file = keys.dir.join("checkpoints.jsonl");
+    let mut settings = keys.settings();
+    settings.sink = Some(file.clone());
+    let (log, writer) = open_joined(&mem, settings).await.unwrap();
+    for i in 0..3 {
+        assert!(log.append(None, rec(&format!("r{i}"))).await);
+    }
+    assert!(log.sign_now().await);
+    close(log, writer).await;
+    let copied = std::fs::read_to_string(&file).unwrap();
+    let lines = copied.lines().count();
+    assert_eq!(
+        lines,
+        mem.0.lock().unwrap().checkpoints.len(),
+        "every checkpoint is copied: {copied}"
+    );
+    assert!(lines >= 1);
+    // Reopened on the same file: accepted.
+    let mut settings = keys.settings();
+    settings.sink = Some(file.clone());
+    let (log, writer) = open_joined(&mem, settings).await.unwrap();
+    close(log, writer).await;
+    // The file edited: its last checkpoint no longer matches the store's.
+    let edited = copied.replacen("\"head\":\"", "\"head\":\"00", 1);
+    assert_ne!(edited, copied);
+    std::fs::write(&file, edited).unwrap();
+    let mut settings = keys.settings();
+    settings.sink = Some(file.clone());
+    let err = open(&mem, settings).await.err().expect("refused");
+    assert!(err.0.contains("that the database does not have"), "{err}");
 }
 
 #[tokio::test]
 async fn the_start_check_refuses_a_changed_or_extended_log() {
     let keys = Keys::new();
     let mem = Mem::default();
-    let log = open(&mem, keys.settings()).await.unwrap();
+    let (log, writer) = open_joined(&mem, keys.settings()).await.unwrap();
     for i in 0..3 {
         assert!(log.append(None, rec(&format!("r{i}"))).await);
     }
     assert!(log.sign_now().await);
-    drop(log);
+    close(log, writer).await;
     // A second writer on an unchanged log continues the chain.
-    let log = open(&mem, keys.settings()).await.unwrap();
+    let (log, writer) = open_joined(&mem, keys.settings()).await.unwrap();
     assert!(log.append(None, rec("r3")).await);
-    drop(log);
+    close(log, writer).await;
     assert_eq!(verify(&mem, &keys).records, 4);
 
     // A field changed in place.
@@ -317,8 +445,8 @@ async fn the_start_check_refuses_a_changed_or_extended_log() {
     assert!(err.0.contains("after its last signature"), "{err}");
     let mut accept = keys.settings();
     accept.accept_unsigned_tail = true;
-    let log = open(&mem, accept).await.unwrap();
-    drop(log);
+    let (log, writer) = open_joined(&mem, accept).await.unwrap();
+    close(log, writer).await;
     let db = mem.0.lock().unwrap();
     assert_eq!(
         db.records.last().unwrap().record.action,

@@ -174,7 +174,10 @@ impl Flush<'_> {
             }
         };
         if !ok {
-            self.fail(batch, chain, true);
+            // A wedged writer keeps nothing: it will not write again, so what it drops is
+            // counted now rather than left uncounted in the retry queue.
+            let keep = !chain.wedged;
+            self.fail(batch, chain, keep);
             return;
         }
         self.stats

@@ -79,7 +79,7 @@ pub(super) async fn create_admin_key_api(
             // Which key, with which role: issuing an owner key must stand out in the log.
             app.recorder.write_nowait(
                 None,
-                Some(airlock_audit::Record {
+                airlock_audit::Record {
                     ts: now_ms(),
                     actor_kind: "system".into(),
                     action: "admin_key.issued".into(),
@@ -93,7 +93,7 @@ pub(super) async fn create_admin_key_api(
                         None => format!("role {} for `{}`", k.role, k.name),
                     }),
                     ..Default::default()
-                }),
+                },
             );
             (
                 StatusCode::CREATED,

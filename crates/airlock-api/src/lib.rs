@@ -6,8 +6,10 @@
 //! values (`airlock-gateway/src/admin/`, `airlock/src/client.rs`).
 
 pub mod access;
+pub mod credentials;
 pub mod limits;
 pub mod tokens;
+pub mod trust;
 
 use serde::{Deserialize, Serialize};
 

@@ -505,7 +505,7 @@ impl Config {
             if !names.insert(p.name.as_str()) {
                 return Err(format!("[[trust]] name `{}` is used twice", p.name));
             }
-            p.clone().compile("config", m)?;
+            crate::oidc::Compile::compile(p.clone(), "config", m)?;
         }
         if self.limits.max_body_bytes < 1024 {
             return Err("limits.max_body_bytes must be at least 1024".into());

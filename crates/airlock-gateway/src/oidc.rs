@@ -25,8 +25,8 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use serde::Deserialize;
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -114,87 +114,7 @@ const TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 const GITHUB_ISSUER: &str = "https://token.actions.githubusercontent.com";
 const MAX_JWT: usize = 16 * 1024;
 
-/// A claim condition: an exact value, `{ glob = "refs/heads/*" }` or `{ one_of = [..] }`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum Condition {
-    /// The claim equals this string.
-    Exact(String),
-    /// The claim is this integer (written unquoted).
-    Number(i64),
-    /// The claim is this boolean.
-    Bool(bool),
-    /// `glob` or `one_of`.
-    Rule(Rule),
-}
-
-/// The table form of a condition.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Rule {
-    /// `*` any run, `?` one character.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub glob: Option<String>,
-    /// Any of these exact values.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub one_of: Option<Vec<String>>,
-}
-
-/// What a trust policy grants: the scope of the tokens it mints.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyGrant {
-    /// Environment (I4).
-    pub env: String,
-    /// Model globs.
-    pub models: Vec<String>,
-    /// Credentials (empty: any of the environment).
-    #[serde(default)]
-    pub credentials: Vec<String>,
-    /// Longest token lifetime (default 15m).
-    #[serde(default = "default_max_ttl")]
-    pub max_ttl: String,
-    /// The project the tokens are accounted to.
-    #[serde(default)]
-    pub project: Option<String>,
-}
-
-fn default_max_ttl() -> String {
-    "15m".into()
-}
-
-fn default_algorithms() -> Vec<String> {
-    vec!["RS256".into(), "ES256".into()]
-}
-
-fn default_subject_claim() -> String {
-    "sub".into()
-}
-
-/// A trust policy: which identity tokens are exchanged for which airlock tokens.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TrustPolicy {
-    /// Name (recorded on every token it mints: `trust:<name>`).
-    pub name: String,
-    /// The `iss` claim, exactly (`https://token.actions.githubusercontent.com`).
-    pub issuer: String,
-    /// The `aud` the token must carry (what the workload asks its platform for).
-    pub audience: String,
-    /// The JWKS address; default: `jwks_uri` from the issuer's discovery document.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwks_url: Option<String>,
-    /// Accepted signature algorithms (default RS256, ES256; HMAC is never accepted).
-    #[serde(default = "default_algorithms")]
-    pub algorithms: Vec<String>,
-    /// Claim conditions, all of which must hold (at least one).
-    pub claims: BTreeMap<String, Condition>,
-    /// The claim that names the workload in the token's subject (default `sub`).
-    #[serde(default = "default_subject_claim")]
-    pub subject_claim: String,
-    /// What its tokens may do.
-    pub grant: PolicyGrant,
-}
+pub use airlock_api::trust::{Condition, PolicyGrant, Rule, TrustPolicy};
 
 enum Matcher {
     Exact(String),
@@ -242,9 +162,14 @@ pub(crate) fn check_url(what: &str, url: &str) -> Result<(), String> {
     Ok(())
 }
 
-impl TrustPolicy {
+/// Checking a policy as written into one ready to match.
+pub trait Compile {
     /// Checks the policy and prepares its matchers.
-    pub fn compile(self, source: &'static str, app_max_ttl: Duration) -> Result<Compiled, String> {
+    fn compile(self, source: &'static str, app_max_ttl: Duration) -> Result<Compiled, String>;
+}
+
+impl Compile for TrustPolicy {
+    fn compile(self, source: &'static str, app_max_ttl: Duration) -> Result<Compiled, String> {
         let name = self.name.clone();
         let e = |m: String| format!("trust policy `{name}`: {m}");
         if !crate::util::valid_name(&self.name) {
@@ -419,12 +344,11 @@ impl Compiled {
     }
 
     /// The policy and where it came from, for listing.
-    pub fn listing(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(&self.policy).unwrap_or_default();
-        if let Some(o) = v.as_object_mut() {
-            o.insert("source".into(), self.source.into());
+    pub fn listing(&self) -> airlock_api::trust::Listed {
+        airlock_api::trust::Listed {
+            policy: self.policy.clone(),
+            source: self.source.to_string(),
         }
-        v
     }
 }
 

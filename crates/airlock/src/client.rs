@@ -7,6 +7,9 @@ use crate::{
     print_json, AdminKeyCmd, CredentialCmd, Failure, IncidentCmd, RunArgs, ServiceAccountCmd,
     TokenCmd, TrustCmd,
 };
+use airlock_api::credentials::{
+    Credential, CredentialDetail, Credentials, KeyAge, NewCredential, Rotation, Suspension,
+};
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
@@ -159,28 +162,29 @@ fn read_secret_stdin() -> Result<zeroize::Zeroizing<String>, Failure> {
     Ok(text)
 }
 
-fn print_rotation(v: &Value) {
-    println!("{} {} ({})", s(v, "credential"), s(v, "state"), s(v, "id"));
+fn print_rotation(r: &Rotation) {
+    let o = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!("{} {} ({})", r.credential, r.state, r.id);
     println!(
         "  old  {} …{} version {}",
-        s(v, "old_fingerprint"),
-        s(v, "old_last4"),
-        s(v, "old_version")
+        o(&r.old_fingerprint),
+        o(&r.old_last4),
+        o(&r.old_version)
     );
     println!(
         "  new  {} …{} version {}",
-        s(v, "new_fingerprint"),
-        s(v, "new_last4"),
-        s(v, "new_version")
+        o(&r.new_fingerprint),
+        o(&r.new_last4),
+        o(&r.new_version)
     );
     println!(
         "  staged {}  tested {}  promoted {}",
-        ms(&v["started_at"]),
-        ms(&v["tested_at"]),
-        ms(&v["promoted_at"])
+        at_ms(Some(r.started_at)),
+        at_ms(r.tested_at),
+        at_ms(r.promoted_at)
     );
-    if let Some(r) = v["reason"].as_str() {
-        println!("  {r}");
+    if let Some(why) = &r.reason {
+        println!("  {why}");
     }
 }
 
@@ -223,20 +227,14 @@ async fn rotate_all(
     use futures_util::StreamExt;
     use std::io::IsTerminal;
     let since = since.as_deref().map(time_arg).transpose()?;
-    let list = admin.call(Method::GET, "/credentials", None).await?;
-    let creds: Vec<Value> = list["credentials"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let list: Credentials = admin
+        .typed(Method::GET, "/credentials", None::<&()>)
+        .await?;
+    let creds: Vec<Credential> = list
+        .credentials
         .into_iter()
-        .filter(|c| env.as_deref().is_none_or(|e| c["env"] == e))
-        .filter(|c| {
-            let last = c["rotated_at"]
-                .as_i64()
-                .or(c["created_at"].as_i64())
-                .unwrap_or(0);
-            since.is_none_or(|t| last < t)
-        })
+        .filter(|c| env.as_deref().is_none_or(|e| c.env == e))
+        .filter(|c| since.is_none_or(|t| c.rotated_at.unwrap_or(c.created_at) < t))
         .collect();
     let total = creds.len();
     let tty = std::io::stderr().is_terminal() && !json;
@@ -244,11 +242,8 @@ async fn rotate_all(
     let results: Vec<Value> = futures_util::stream::iter(creds.into_iter().map(|c| {
         let done = &done;
         async move {
-            let name = c["name"].as_str().unwrap_or_default().to_string();
-            let out = if c["secret_ref"]
-                .as_str()
-                .is_some_and(|r| r.starts_with("sealed:"))
-            {
+            let name = c.name;
+            let out = if c.secret_ref.starts_with("sealed:") {
                 json!({"credential": name, "state": "skipped",
                        "reason": "sealed: rotate it on its own with --new-secret-stdin"})
             } else {
@@ -921,8 +916,9 @@ pub async fn usage(
 
 /// `airlock trust add|list|remove`.
 pub async fn trust(c: TrustCmd, json: bool) -> Result<(), Failure> {
+    use airlock_api::trust::{Listed, PolicyRemoved, TrustPolicies};
     let admin = Admin::from_env()?;
-    let v = match c {
+    match c {
         TrustCmd::Add { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| Failure::usage(format!("{}: {e}", file.display())))?;
@@ -945,55 +941,71 @@ pub async fn trust(c: TrustCmd, json: bool) -> Result<(), Failure> {
                 };
                 serde_json::to_value(t).map_err(|e| Failure::usage(e.to_string()))?
             };
-            let v = admin.post("/trust-policies", policy).await?;
-            if !json {
-                println!(
-                    "trust policy {} added: tokens from {} with audience {} get {}",
-                    s(&v, "name"),
-                    s(&v, "issuer"),
-                    s(&v, "audience"),
-                    v["grant"]
-                );
-                return Ok(());
-            }
-            v
-        }
-        TrustCmd::List => {
-            let v = admin.get("/trust-policies").await?;
-            if !json {
-                println!(
-                    "{:<20} {:<8} {:<48} {:<12} GRANT",
-                    "NAME", "SOURCE", "ISSUER", "AUDIENCE"
-                );
-                for p in v["trust_policies"].as_array().cloned().unwrap_or_default() {
-                    let g = &p["grant"];
-                    println!(
-                        "{:<20} {:<8} {:<48} {:<12} {}: {} (≤ {})",
-                        s(&p, "name"),
-                        s(&p, "source"),
-                        s(&p, "issuer"),
-                        s(&p, "audience"),
-                        s(g, "env"),
-                        list(g, "models"),
-                        s(g, "max_ttl")
-                    );
-                }
-                return Ok(());
-            }
-            v
-        }
-        TrustCmd::Remove { name } => {
-            let v = admin
-                .call(Method::DELETE, &format!("/trust-policies/{name}"), None)
+            // Sent as written: the server checks it and says what is wrong.
+            let added: Listed = admin
+                .typed(Method::POST, "/trust-policies", Some(&policy))
                 .await?;
             if !json {
-                println!("removed trust policy {name}");
+                let p = &added.policy;
+                println!(
+                    "trust policy {} added: tokens from {} with audience {} get {}",
+                    p.name,
+                    p.issuer,
+                    p.audience,
+                    serde_json::to_value(&p.grant).unwrap_or_default()
+                );
                 return Ok(());
             }
-            v
+            print_typed(&added);
         }
-    };
-    print_json(&v);
+        TrustCmd::List => {
+            let list: TrustPolicies = admin
+                .typed(Method::GET, "/trust-policies", None::<&()>)
+                .await?;
+            if !json {
+                let mut t = table(&["NAME", "SOURCE", "ISSUER", "AUDIENCE", "GRANT"], &[]);
+                for l in &list.trust_policies {
+                    let (p, g) = (&l.policy, &l.policy.grant);
+                    t.add_row(vec![
+                        p.name.clone(),
+                        l.source.clone(),
+                        p.issuer.clone(),
+                        p.audience.clone(),
+                        format!(
+                            "{}: {} (≤ {})",
+                            g.env,
+                            if g.models.is_empty() {
+                                "*".to_string()
+                            } else {
+                                g.models.join(",")
+                            },
+                            g.max_ttl
+                        ),
+                    ]);
+                }
+                println!("{t}");
+                return Ok(());
+            }
+            print_typed(&list);
+        }
+        TrustCmd::Remove { name } => {
+            let r: PolicyRemoved = admin
+                .typed(
+                    Method::DELETE,
+                    &format!("/trust-policies/{name}"),
+                    None::<&()>,
+                )
+                .await?;
+            if !json {
+                println!(
+                    "removed trust policy {} ({} tokens it granted revoked)",
+                    r.name, r.tokens_revoked
+                );
+                return Ok(());
+            }
+            print_typed(&r);
+        }
+    }
     Ok(())
 }
 
@@ -1323,24 +1335,39 @@ pub async fn credential(c: CredentialCmd, json: bool) -> Result<(), Failure> {
             models,
             priority,
         } => {
-            let mut body = json!({"name": name, "provider": provider, "env": env, "base_url": base_url, "models": models, "priority": priority});
-            if secret_stdin {
-                let value = read_secret_stdin()?;
-                body["secret_value"] = Value::String(value.to_string());
+            let mut body = NewCredential {
+                name,
+                provider,
+                env,
+                base_url,
+                models,
+                priority: Some(priority),
+                ..Default::default()
+            };
+            // The key travels in the body of this one call; the body's copy is wiped after it.
+            let value = if secret_stdin {
+                Some(read_secret_stdin()?)
             } else {
-                body["secret_ref"] = json!(secret);
+                body.secret_ref = secret;
+                None
+            };
+            body.secret_value = value.as_ref().map(|v| v.to_string());
+            let added: Result<Credential, Failure> =
+                admin.typed(Method::POST, "/credentials", Some(&body)).await;
+            if let Some(v) = body.secret_value.as_mut() {
+                zeroize::Zeroize::zeroize(v);
             }
-            let v = admin.call(Method::POST, "/credentials", Some(body)).await?;
+            let c = added?;
             if json {
-                print_json(&v);
+                print_typed(&c);
             } else {
                 println!(
                     "added {} ({} / {}) fingerprint {} …{}",
-                    s(&v, "name"),
-                    s(&v, "provider"),
-                    s(&v, "env"),
-                    s(&v, "fingerprint"),
-                    s(&v, "last4")
+                    c.name,
+                    c.provider,
+                    c.env,
+                    c.fingerprint.as_deref().unwrap_or("-"),
+                    c.last4.as_deref().unwrap_or("-")
                 );
             }
         }
@@ -1403,26 +1430,26 @@ pub async fn credential(c: CredentialCmd, json: bool) -> Result<(), Failure> {
             } else {
                 json!({})
             };
-            let v = admin
-                .call(
+            let r: Rotation = admin
+                .typed(
                     Method::POST,
                     &format!("/credentials/{name}/rotate"),
-                    Some(body),
+                    Some(&body),
                 )
                 .await?;
             if json {
-                print_json(&v);
+                print_typed(&r);
             } else {
-                print_rotation(&v);
+                print_rotation(&r);
             }
-            return if v["state"] == "promoted" {
+            return if r.state == "promoted" {
                 Ok(())
             } else {
                 Err(Failure {
                     code: 1,
                     message: format!(
                         "credential {name}: the rotation failed: {}",
-                        s(&v, "reason")
+                        r.reason.as_deref().unwrap_or("-")
                     ),
                 })
             };
@@ -1465,95 +1492,123 @@ pub async fn credential(c: CredentialCmd, json: bool) -> Result<(), Failure> {
             };
         }
         CredentialCmd::List => {
-            let v = admin.call(Method::GET, "/credentials", None).await?;
+            let list: Credentials = admin
+                .typed(Method::GET, "/credentials", None::<&()>)
+                .await?;
             if json {
-                print_json(&v);
+                print_typed(&list);
                 return Ok(());
             }
-            println!(
-                "{:<20} {:<18} {:<8} {:<4} {:<28} {:<6} {:<20} REFERENCE",
-                "NAME", "PROVIDER", "ENV", "PRIO", "FINGERPRINT", "LAST4", "LAST USED"
+            let mut t = table(
+                &[
+                    "NAME",
+                    "PROVIDER",
+                    "ENV",
+                    "PRIO",
+                    "FINGERPRINT",
+                    "LAST4",
+                    "LAST USED",
+                    "REFERENCE",
+                ],
+                &[3],
             );
-            for c in v["credentials"].as_array().cloned().unwrap_or_default() {
-                println!(
-                    "{:<20} {:<18} {:<8} {:<4} {:<28} {:<6} {:<20} {}",
-                    s(&c, "name"),
-                    s(&c, "provider"),
-                    s(&c, "env"),
-                    c["priority"],
-                    s(&c, "fingerprint").chars().take(28).collect::<String>(),
-                    s(&c, "last4"),
-                    ms(&c["last_used_at"]),
-                    s(&c, "secret_ref")
-                );
+            for c in &list.credentials {
+                t.add_row(vec![
+                    c.name.clone(),
+                    c.provider.clone(),
+                    c.env.clone(),
+                    c.priority.to_string(),
+                    c.fingerprint
+                        .as_deref()
+                        .unwrap_or("-")
+                        .chars()
+                        .take(28)
+                        .collect::<String>(),
+                    c.last4.clone().unwrap_or_else(|| "-".into()),
+                    at_ms(c.last_used_at),
+                    c.secret_ref.clone(),
+                ]);
             }
+            println!("{t}");
         }
         CredentialCmd::Show { name, days } => {
-            let v = admin
-                .call(
+            let d: CredentialDetail = admin
+                .typed(
                     Method::GET,
                     &format!("/credentials/{name}?window_days={days}"),
-                    None,
+                    None::<&()>,
                 )
                 .await?;
             if json {
-                print_json(&v);
+                print_typed(&d);
                 return Ok(());
             }
-            println!("name         {}", s(&v, "name"));
-            println!("provider     {}", s(&v, "provider"));
-            println!("environment  {}", s(&v, "env"));
-            println!("reference    {}", s(&v, "secret_ref"));
+            let c = &d.credential;
+            let o = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+            println!("name         {}", c.name);
+            println!("provider     {}", c.provider);
+            println!("environment  {}", c.env);
+            println!("reference    {}", c.secret_ref);
             println!(
                 "base url     {}",
-                v["base_url"].as_str().unwrap_or("(provider default)")
+                c.base_url.as_deref().unwrap_or("(provider default)")
             );
-            println!("models       {}", list(&v, "models"));
-            println!("priority     {}", v["priority"]);
-            println!("fingerprint  {}", s(&v, "fingerprint"));
-            if let Some(ver) = v["secret_version"].as_str() {
+            println!(
+                "models       {}",
+                if c.models.is_empty() {
+                    "*".to_string()
+                } else {
+                    c.models.join(",")
+                }
+            );
+            println!("priority     {}", c.priority);
+            println!("fingerprint  {}", o(&c.fingerprint));
+            if let Some(ver) = &c.secret_version {
                 println!("version      {ver}");
             }
-            println!("last 4       {}", s(&v, "last4"));
-            println!("created      {}", ms(&v["created_at"]));
-            println!("rotated      {}", ms(&v["rotated_at"]));
-            println!("rotation     {}", s(&v["rotation"], "state"));
-            println!("last used    {}", ms(&v["last_used_at"]));
+            println!("last 4       {}", o(&c.last4));
+            println!("created      {}", at_ms(Some(c.created_at)));
+            println!("rotated      {}", at_ms(c.rotated_at));
+            let age = c.rotation.clone().unwrap_or(KeyAge {
+                key_age_days: 0,
+                max_age_days: 0,
+                overdue: false,
+                state: None,
+            });
+            println!("rotation     {}", o(&age.state));
+            println!("last used    {}", at_ms(c.last_used_at));
             println!(
                 "requests     {} ({} input / {} output tokens)",
-                v["usage"]["requests"], v["usage"]["input_tokens"], v["usage"]["output_tokens"]
+                d.usage.requests, d.usage.input_tokens, d.usage.output_tokens
             );
-            let r = &v["rotation"];
             println!(
                 "key age      {} days (policy {} days){}",
-                r["key_age_days"],
-                r["max_age_days"],
-                if r["overdue"].as_bool() == Some(true) {
+                age.key_age_days,
+                age.max_age_days,
+                if age.overdue {
                     "  OVERDUE: rotate it"
                 } else {
                     ""
                 }
             );
-            let a = &v["activity"];
+            let a = &d.activity;
             println!(
                 "last {} days {} requests, {} / {} tokens, ${:.4}",
-                a["window_days"],
-                a["requests"],
-                a["input_tokens"],
-                a["output_tokens"],
-                a["cost_micros"].as_f64().unwrap_or(0.0) / 1e6
+                a.window_days,
+                a.requests,
+                a.input_tokens,
+                a.output_tokens,
+                a.cost_micros as f64 / 1e6
             );
-            for (label, key) in [
-                ("identities", "identities"),
-                ("tokens", "tokens"),
-                ("client ips", "client_ips"),
+            for (label, counts) in [
+                ("identities", &a.identities),
+                ("tokens", &a.tokens),
+                ("client ips", &a.client_ips),
             ] {
-                let items: Vec<String> = a[key]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let items: Vec<String> = counts
+                    .iter()
                     .take(10)
-                    .map(|c| format!("{} ({})", s(c, "name"), c["requests"]))
+                    .map(|c| format!("{} ({})", c.name, c.requests))
                     .collect();
                 println!(
                     "  {label:<11}{}",
@@ -1568,13 +1623,13 @@ pub async fn credential(c: CredentialCmd, json: bool) -> Result<(), Failure> {
         CredentialCmd::Suspend { name } => suspend(&admin, &name, true, json).await?,
         CredentialCmd::Resume { name } => suspend(&admin, &name, false, json).await?,
         CredentialCmd::Remove { name } => {
-            let v = admin
-                .call(Method::DELETE, &format!("/credentials/{name}"), None)
+            let r: airlock_api::Removed = admin
+                .typed(Method::DELETE, &format!("/credentials/{name}"), None::<&()>)
                 .await?;
             if json {
-                print_json(&v);
+                print_typed(&r);
             } else {
-                println!("removed {name}");
+                println!("removed {}", r.removed);
             }
         }
     }
@@ -1583,11 +1638,15 @@ pub async fn credential(c: CredentialCmd, json: bool) -> Result<(), Failure> {
 
 async fn suspend(admin: &Admin, name: &str, on: bool, json: bool) -> Result<(), Failure> {
     let verb = if on { "suspend" } else { "resume" };
-    let v = admin
-        .call(Method::POST, &format!("/credentials/{name}/{verb}"), None)
+    let v: Suspension = admin
+        .typed(
+            Method::POST,
+            &format!("/credentials/{name}/{verb}"),
+            None::<&()>,
+        )
         .await?;
     if json {
-        print_json(&v);
+        print_typed(&v);
     } else if on {
         println!("suspended {name}: it serves nothing until `airlock credential resume {name}`");
     } else {

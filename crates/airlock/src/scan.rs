@@ -3,9 +3,10 @@
 
 use crate::client::Admin;
 use crate::Failure;
+use airlock_api::credentials::{Credentials, MatchRequest, Matches};
 use airlock_scan::{report, Options, Progress, Report};
 use clap::{Args, ValueEnum};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -204,14 +205,18 @@ async fn match_inventory(
         return Ok(());
     }
     let admin = Admin::from_env()?;
-    let v = admin.get("/credentials").await?;
-    let creds: Vec<(String, String, String)> = v["credentials"]
-        .as_array()
+    let list: Credentials = admin
+        .typed(http::Method::GET, "/credentials", None::<&()>)
+        .await?;
+    let creds: Vec<(String, String, String)> = list
+        .credentials
         .into_iter()
-        .flatten()
         .map(|c| {
-            let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-            (s("name"), s("fingerprint"), s("last4"))
+            (
+                c.name,
+                c.fingerprint.unwrap_or_default(),
+                c.last4.unwrap_or_default(),
+            )
         })
         .collect();
     if let Some(path) = key_file {
@@ -249,13 +254,16 @@ async fn match_inventory(
             .iter()
             .map(|&i| String::from_utf8_lossy(report.findings[i].secret().expose()).into_owned())
             .collect();
-        let r = admin
-            .post("/inventory/match", json!({ "candidates": candidates }))
-            .await?;
-        let matches = r["matches"].as_array().cloned().unwrap_or_default();
+        let mut ask = MatchRequest { candidates };
+        let r: Result<Matches, Failure> = admin
+            .typed(http::Method::POST, "/inventory/match", Some(&ask))
+            .await;
+        ask.candidates
+            .iter_mut()
+            .for_each(zeroize::Zeroize::zeroize);
+        let matches = r?.matches;
         for (k, &i) in chunk.iter().enumerate() {
-            report.findings[i].credential =
-                matches.get(k).and_then(Value::as_str).map(str::to_string);
+            report.findings[i].credential = matches.get(k).cloned().flatten();
         }
     }
     Ok(())

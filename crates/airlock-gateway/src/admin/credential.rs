@@ -1,27 +1,64 @@
 //! Credentials: add, list, show, remove, verify, rotate, suspend and resume; the secret stores' doctor and the KEK rotation; matching found keys against the inventory.
 
 use super::*;
+use airlock_api::credentials as api;
+use airlock_store::RotationRow;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AddCredential {
-    name: String,
-    provider: String,
-    env: String,
-    /// Where the key lives.
-    secret_ref: Option<String>,
-    /// Or the key itself, to be sealed under the KEK (`--secret-stdin`). Moved into a
-    /// `Secret` at once; never stored, logged or echoed.
-    secret_value: Option<String>,
-    base_url: Option<String>,
-    #[serde(default)]
-    models: Vec<String>,
-    priority: Option<i64>,
+/// The API's view of a stored credential.
+fn credential(row: &CredentialRow, rotation: Option<api::KeyAge>) -> api::Credential {
+    api::Credential {
+        name: row.name.clone(),
+        provider: row.provider.clone(),
+        env: row.env.clone(),
+        secret_ref: row.secret_ref.clone(),
+        base_url: row.base_url.clone(),
+        models: row.models.clone(),
+        priority: row.priority,
+        fingerprint: row.fingerprint.clone(),
+        last4: row.last4.clone(),
+        created_at: row.created_at,
+        rotated_at: row.rotated_at,
+        last_used_at: row.last_used_at,
+        suspended: row.suspended,
+        secret_version: row.secret_version.clone(),
+        rotation,
+    }
+}
+
+/// The API's view of a stored rotation.
+pub(crate) fn rotation(r: RotationRow) -> api::Rotation {
+    api::Rotation {
+        id: r.id,
+        credential: r.credential,
+        source: r.source,
+        state: r.state,
+        reason: r.reason,
+        old_fingerprint: r.old_fingerprint,
+        old_last4: r.old_last4,
+        old_version: r.old_version,
+        old_ref: r.old_ref,
+        new_fingerprint: r.new_fingerprint,
+        new_last4: r.new_last4,
+        new_version: r.new_version,
+        started_at: r.started_at,
+        tested_at: r.tested_at,
+        promoted_at: r.promoted_at,
+        confirmed_at: r.confirmed_at,
+    }
+}
+
+fn counts(v: Vec<airlock_store::Count>) -> Vec<api::Count> {
+    v.into_iter()
+        .map(|c| api::Count {
+            name: c.name,
+            requests: c.requests,
+        })
+        .collect()
 }
 
 pub(super) async fn add_credential(
     State(app): State<Arc<Control>>,
-    Json(a): Json<AddCredential>,
+    Json(a): Json<api::NewCredential>,
 ) -> Response {
     let bad = |m: String| err(StatusCode::BAD_REQUEST, "invalid_request", m);
     if !valid_name(&a.name) {
@@ -149,21 +186,17 @@ pub(super) async fn add_credential(
         return store_err(e);
     }
     tracing::info!(credential = %row.name, provider = %row.provider, env = %row.env, "credential added");
-    (StatusCode::CREATED, Json(row)).into_response()
+    (StatusCode::CREATED, Json(credential(&row, None))).into_response()
 }
 
 pub(super) async fn list_credentials(State(app): State<Arc<Control>>) -> Response {
     match app.store.list_credentials().await {
         Ok(rows) => {
-            let list: Vec<serde_json::Value> = rows
+            let credentials = rows
                 .iter()
-                .map(|r| {
-                    let mut v = serde_json::to_value(r).unwrap_or_default();
-                    v["rotation"] = rotation_state(&app, r);
-                    v
-                })
+                .map(|r| credential(r, Some(key_age(&app, r))))
                 .collect();
-            Json(serde_json::json!({ "credentials": list })).into_response()
+            Json(api::Credentials { credentials }).into_response()
         }
         Err(e) => store_err(e),
     }
@@ -176,15 +209,16 @@ pub(super) struct ShowQuery {
 }
 
 /// Age of a credential's key against `rotation.max_age_days`.
-pub(super) fn rotation_state(app: &Control, row: &CredentialRow) -> serde_json::Value {
+pub(super) fn key_age(app: &Control, row: &CredentialRow) -> api::KeyAge {
     let since = row.rotated_at.unwrap_or(row.created_at);
     let age_ms = (now_ms() - since).max(0);
     let max = i64::from(app.rotation_max_age_days);
-    serde_json::json!({
-        "key_age_days": age_ms / 86_400_000,
-        "max_age_days": max,
-        "overdue": age_ms > max * 86_400_000,
-    })
+    api::KeyAge {
+        key_age_days: age_ms / 86_400_000,
+        max_age_days: max,
+        overdue: age_ms > max * 86_400_000,
+        state: None,
+    }
 }
 
 pub(super) async fn show_credential(
@@ -201,22 +235,36 @@ pub(super) async fn show_credential(
                 Ok(a) => a,
                 Err(e) => return store_err(e),
             };
-            let mut v = serde_json::to_value(&row).unwrap_or_default();
             let rotations = app.store.rotations(&name, 20).await.unwrap_or_default();
-            v["rotation"] = rotation_state(&app, &row);
-            v["rotation"]["state"] = match rotations
+            let mut age = key_age(&app, &row);
+            age.state = Some(match rotations
                 .iter()
                 .find(|r| r.state == "promoted" || r.state == "confirmed")
             {
                 Some(r) if r.state == "confirmed" => "rotated, old key confirmed dead".into(),
                 Some(_) => "rotated, waiting for the old key to be revoked at the provider (then: credential verify --old)".into(),
                 None => "never rotated".into(),
-            };
-            v["rotations"] = serde_json::to_value(&rotations).unwrap_or_default();
-            v["usage"] = serde_json::to_value(totals).unwrap_or_default();
-            v["activity"] = serde_json::to_value(&activity).unwrap_or_default();
-            v["activity"]["window_days"] = window_days.into();
-            Json(v).into_response()
+            });
+            Json(api::CredentialDetail {
+                credential: credential(&row, Some(age)),
+                rotations: rotations.into_iter().map(rotation).collect(),
+                usage: api::Totals {
+                    requests: totals.requests,
+                    input_tokens: totals.input_tokens,
+                    output_tokens: totals.output_tokens,
+                },
+                activity: api::Activity {
+                    window_days,
+                    requests: activity.requests,
+                    input_tokens: activity.input_tokens,
+                    output_tokens: activity.output_tokens,
+                    cost_micros: activity.cost_micros,
+                    identities: counts(activity.identities),
+                    tokens: counts(activity.tokens),
+                    client_ips: counts(activity.client_ips),
+                },
+            })
+            .into_response()
         }
         Ok(None) => err(
             StatusCode::NOT_FOUND,
@@ -237,7 +285,7 @@ pub(super) async fn remove_credential(
                 return store_err(e);
             }
             tracing::info!(credential = %name, "credential removed");
-            Json(serde_json::json!({ "removed": name })).into_response()
+            Json(airlock_api::Removed::of(&name)).into_response()
         }
         Ok(false) => err(
             StatusCode::NOT_FOUND,
@@ -305,7 +353,7 @@ pub(super) async fn rotate_credential(
         "store"
     };
     match crate::rotation::rotate(&app.rotator, &name, new, source).await {
-        Ok(row) => Json(row).into_response(),
+        Ok(row) => Json(rotation(row)).into_response(),
         Err(e) => err(e.status, e.code, e.message),
     }
 }
@@ -399,7 +447,11 @@ pub(super) async fn set_suspended(app: &Arc<Control>, name: String, suspended: b
                 return store_err(e);
             }
             tracing::warn!(credential = %name, suspended, "credential suspension changed");
-            Json(serde_json::json!({ "credential": name, "suspended": suspended })).into_response()
+            Json(api::Suspension {
+                credential: name,
+                suspended,
+            })
+            .into_response()
         }
         Ok(false) => err(
             StatusCode::NOT_FOUND,
@@ -410,15 +462,9 @@ pub(super) async fn set_suspended(app: &Arc<Control>, name: String, suspended: b
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct MatchReq {
-    candidates: Vec<String>,
-}
-
 pub(super) async fn match_secrets(
     State(app): State<Arc<Control>>,
-    Json(m): Json<MatchReq>,
+    Json(m): Json<api::MatchRequest>,
 ) -> Response {
     if m.candidates.len() > 10_000 {
         return err(
@@ -442,5 +488,5 @@ pub(super) async fn match_secrets(
                 .map(|r| r.name.clone())
         })
         .collect();
-    Json(serde_json::json!({ "matches": matches })).into_response()
+    Json(api::Matches { matches }).into_response()
 }

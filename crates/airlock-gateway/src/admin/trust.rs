@@ -1,6 +1,8 @@
 //! Trust policies for token exchange: add, list, remove (with what they granted).
 
 use super::*;
+use crate::oidc::Compile;
+use airlock_api::trust::{PolicyRemoved, TrustPolicies};
 
 /// `trust add`: a policy in the same shape as a `[[trust]]` table.
 pub(super) async fn add_trust_policy(
@@ -39,14 +41,14 @@ pub(super) async fn add_trust_policy(
 }
 
 pub(super) async fn list_trust_policies(State(app): State<Arc<Control>>) -> Response {
-    let list: Vec<serde_json::Value> = app
+    let trust_policies = app
         .trust
         .policies
         .load()
         .iter()
         .map(|c| c.listing())
         .collect();
-    Json(serde_json::json!({ "trust_policies": list })).into_response()
+    Json(TrustPolicies { trust_policies }).into_response()
 }
 
 pub(super) async fn remove_trust_policy(
@@ -66,9 +68,11 @@ pub(super) async fn remove_trust_policy(
             // A row shadowed by a configuration policy of the same name was never active: the
             // tokens named after that name are the configuration policy's.
             if app.trust.configured.iter().any(|t| t.name == name) {
-                return Json(
-                    serde_json::json!({ "removed": name, "name": name, "tokens_revoked": 0 }),
-                )
+                return Json(PolicyRemoved {
+                    removed: name.clone(),
+                    name,
+                    tokens_revoked: 0,
+                })
                 .into_response();
             }
             // Tokens the policy granted end with it.
@@ -86,8 +90,12 @@ pub(super) async fn remove_trust_policy(
             if let Err(e) = app.tokens.reload_revocations().await {
                 return store_err(e);
             }
-            Json(serde_json::json!({ "removed": name, "name": name, "tokens_revoked": tokens }))
-                .into_response()
+            Json(PolicyRemoved {
+                removed: name.clone(),
+                name,
+                tokens_revoked: tokens,
+            })
+            .into_response()
         }
         Ok(false) if app.trust.configured.iter().any(|t| t.name == name) => err(
             StatusCode::CONFLICT,

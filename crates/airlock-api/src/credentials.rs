@@ -205,3 +205,78 @@ pub struct Matches {
     /// In the order of the candidates.
     pub matches: Vec<Option<String>>,
 }
+
+/// `POST /credentials/{name}/verify`: the key read from its store now, then the provider
+/// asked to list models with it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    /// The credential.
+    pub credential: String,
+    /// Its provider.
+    pub provider: String,
+    /// Its environment.
+    pub env: String,
+    /// The kind of store the key was read from.
+    pub store: String,
+    /// The reference read.
+    pub reference: String,
+    /// `ok`, `refused` (the provider said 401/403), `unreachable` (no answer, or one that says
+    /// nothing about the key) or `unreadable` (the store).
+    pub status: String,
+    /// What was seen, in words.
+    pub detail: String,
+    /// The store version of the key in service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// A newer version the store holds (the refresher tests and promotes it by itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_has_newer: Option<String>,
+    /// Keyed fingerprint of the key in service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Its last four characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last4: Option<String>,
+    /// The provider's HTTP status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+}
+
+/// `POST /doctor`: every secret store, the KEK, and every credential as `verify` sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Doctor {
+    /// Every check passed.
+    pub ok: bool,
+    /// The checks, stores first.
+    pub checks: Vec<Check>,
+}
+
+/// One check of `doctor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// What was checked (`vault`, `aws`, `kek`, `credential NAME`).
+    pub name: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was found (never a value).
+    pub detail: String,
+    /// A credential's status (as in [`Verification::status`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// A credential's reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+/// `POST /kek/rotate`: a new KEK version, every sealed data key rewrapped under it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KekRotation {
+    /// The KEK every sealed secret is now under.
+    pub kek: String,
+    /// Its newest version.
+    pub version: String,
+    /// How many were rewrapped.
+    pub rewrapped: u64,
+    /// Those that were not: (sealed id, why).
+    pub failed: Vec<(String, String)>,
+}

@@ -2,11 +2,13 @@
 //! server builds its answers from these types and the CLI reads them back into the same types,
 //! so a field renamed on one side is a compile error on the other, not a silent `null`.
 //!
-//! Resources move here one at a time; those not here yet are still built and read as JSON
-//! values (`airlock-gateway/src/admin/`, `airlock/src/client.rs`).
+//! The resources are here. Not here: the usage report (its columns follow its grouping), the
+//! answer of `credential verify --old`, and the audit log's pages and records (which are
+//! `airlock-audit` types).
 
 pub mod access;
 pub mod credentials;
+pub mod incident;
 pub mod limits;
 pub mod tokens;
 pub mod trust;

@@ -9,8 +9,6 @@ use airlock_providers::dialect::ApiError;
 use airlock_store::SeenColumn;
 use airlock_token::{KeyRing, Verifier};
 use http::StatusCode;
-use serde::Deserialize;
-use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -32,16 +30,8 @@ pub struct Responder {
     pub cache_capacity: usize,
 }
 
-/// `POST /admin/v1/incident/lockdown`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Lockdown {
-    /// `all`, environment names or credential names.
-    #[serde(default)]
-    pub suspend: Vec<String>,
-    /// Why, for the audit log.
-    pub reason: Option<String>,
-}
+use airlock_api::incident as api;
+pub use airlock_api::incident::LockdownRequest as Lockdown;
 
 fn store_failed(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "store failure during an incident action");
@@ -56,7 +46,7 @@ fn store_failed(e: impl std::fmt::Display) -> ApiError {
 /// before it is retired from verification, so every token issued so far is refused at once
 /// (this server) and after any restart (the generation is in the database). Admin keys are
 /// not tokens and keep working, so fresh tokens can be minted right after.
-pub async fn lockdown(app: &Arc<Responder>, req: Lockdown) -> Result<Value, ApiError> {
+pub async fn lockdown(app: &Arc<Responder>, req: Lockdown) -> Result<api::Lockdown, ApiError> {
     let reason = req
         .reason
         .clone()
@@ -158,20 +148,20 @@ pub async fn lockdown(app: &Arc<Responder>, req: Lockdown) -> Result<Value, ApiE
         suspended = suspend.len(),
         "incident lockdown: every earlier token is refused"
     );
-    Ok(json!({
-        "root_key_id": id,
-        "public_key": format!("ed25519/{}", public.to_bytes_hex()),
-        "tokens_refused": format!("every token signed by a root key below {id}"),
-        "suspended": suspend,
-        "at": now,
-    }))
+    Ok(api::Lockdown {
+        root_key_id: id,
+        public_key: format!("ed25519/{}", public.to_bytes_hex()),
+        tokens_refused: format!("every token signed by a root key below {id}"),
+        suspended: suspend,
+        at: now,
+    })
 }
 
 /// `GET /admin/v1/incident/report?since=T`: for every credential, who used it since `since`
 /// (identities, tokens, client addresses, models), the volume and spend against its own
 /// baseline (the average of the seven windows of the same length before `since`), the
 /// identities and addresses never seen in the 30 days before, and its rotation state.
-pub async fn report(app: &Arc<Responder>, since: i64, until: i64) -> Result<Value, ApiError> {
+pub async fn report(app: &Arc<Responder>, since: i64, until: i64) -> Result<api::Report, ApiError> {
     let window = (until - since).max(1);
     let groups = app
         .store
@@ -234,43 +224,82 @@ pub async fn report(app: &Arc<Responder>, since: i64, until: i64) -> Result<Valu
             .await
             .ok()
             .and_then(|r| r.into_iter().next())
-            .map(|r| json!({"state": r.state, "promoted_at": r.promoted_at, "confirmed_at": r.confirmed_at}))
-            .unwrap_or_else(|| json!({"state": "never rotated"}));
-        out.push(json!({
-            "credential": c.name,
-            "provider": c.provider,
-            "env": c.env,
-            "suspended": c.suspended,
-            "fingerprint": c.fingerprint,
-            "requests": requests,
-            "input_tokens": input,
-            "output_tokens": output,
-            "cost_micros": spend,
-            "baseline": {
-                "requests_per_window": baseline,
-                "cost_micros_per_window": base_spend as f64 / 7.0,
-                "windows": 7,
+            .map(|r| api::LastRotation {
+                state: r.state,
+                promoted_at: r.promoted_at,
+                confirmed_at: r.confirmed_at,
+            })
+            .unwrap_or_else(|| api::LastRotation {
+                state: "never rotated".into(),
+                promoted_at: None,
+                confirmed_at: None,
+            });
+        out.push(api::CredentialUse {
+            credential: c.name.clone(),
+            provider: c.provider.clone(),
+            env: c.env.clone(),
+            suspended: c.suspended,
+            fingerprint: c.fingerprint.clone(),
+            requests,
+            input_tokens: input,
+            output_tokens: output,
+            cost_micros: spend,
+            baseline: api::Baseline {
+                requests_per_window: baseline,
+                cost_micros_per_window: base_spend as f64 / 7.0,
+                windows: 7,
             },
-            "requests_vs_baseline": if baseline > 0.0 { Value::from(requests as f64 / baseline) } else { Value::Null },
-            "identities": identities.iter().map(|(s, n)| json!({
-                "subject": s, "requests": n, "first_seen": !known_subjects.contains(s),
-            })).collect::<Vec<_>>(),
-            "tokens": tokens.iter().map(|(t, (s, n))| json!({"token_id": t, "subject": s, "requests": n})).collect::<Vec<_>>(),
-            "client_ips": ips.iter().map(|(ip, n)| json!({
-                "ip": ip, "requests": n, "first_seen": !known_ips.contains(ip),
-            })).collect::<Vec<_>>(),
-            "models": models.iter().map(|(m, n)| json!({"model": m, "requests": n})).collect::<Vec<_>>(),
-            "new_identities": identities.keys().filter(|s| !known_subjects.contains(*s)).collect::<Vec<_>>(),
-            "new_client_ips": ips.keys().filter(|ip| !known_ips.contains(*ip)).collect::<Vec<_>>(),
-            "rotation": rotation,
-        }));
+            requests_vs_baseline: (baseline > 0.0).then(|| requests as f64 / baseline),
+            new_identities: identities
+                .keys()
+                .filter(|s| !known_subjects.contains(*s))
+                .cloned()
+                .collect(),
+            new_client_ips: ips
+                .keys()
+                .filter(|ip| !known_ips.contains(*ip))
+                .cloned()
+                .collect(),
+            identities: identities
+                .into_iter()
+                .map(|(s, n)| api::IdentityUse {
+                    first_seen: !known_subjects.contains(&s),
+                    subject: s,
+                    requests: n,
+                })
+                .collect(),
+            tokens: tokens
+                .into_iter()
+                .map(|(t, (s, n))| api::TokenUse {
+                    token_id: t,
+                    subject: s,
+                    requests: n,
+                })
+                .collect(),
+            client_ips: ips
+                .into_iter()
+                .map(|(ip, n)| api::AddressUse {
+                    first_seen: !known_ips.contains(&ip),
+                    ip,
+                    requests: n,
+                })
+                .collect(),
+            models: models
+                .into_iter()
+                .map(|(m, n)| api::ModelUse {
+                    model: m,
+                    requests: n,
+                })
+                .collect(),
+            rotation,
+        });
     }
-    Ok(json!({
-        "since": since,
-        "until": until,
-        "window_secs": window / 1000,
-        "credentials": out,
-    }))
+    Ok(api::Report {
+        since,
+        until,
+        window_secs: window / 1000,
+        credentials: out,
+    })
 }
 
 #[cfg(test)]
@@ -313,7 +342,7 @@ mod tests {
             kit.app.tokens.authenticate(&token(&kit)).is_ok(),
             "new tokens work"
         );
-        assert_eq!(out["suspended"], json!(["p1", "p2"]));
+        assert_eq!(out.suspended, ["p1", "p2"]);
         let set = kit.app.creds.load_full();
         let suspended: Vec<_> = set
             .all

@@ -78,39 +78,42 @@ pub fn models_request(c: &Credential, secret: &Secret) -> Option<Request<Full<By
 /// `credential verify`: the key read from its store now, then the provider asked to list
 /// models with it. `status` is `ok`, `refused` (the provider said 401/403), `unreachable`
 /// (no answer, or an answer that says nothing about the key) or `unreadable` (the store).
-pub async fn verify(creds: &Credentials, client: &HttpClient, c: &Credential) -> serde_json::Value {
+pub async fn verify(
+    creds: &Credentials,
+    client: &HttpClient,
+    c: &Credential,
+) -> airlock_api::credentials::Verification {
     let f = c.read_now(creds, "verify read").await;
-    let mut out = serde_json::json!({
-        "credential": c.name,
-        "provider": c.provider.as_str(),
-        "env": c.env,
-        "store": c.reference().store(),
-        "reference": c.reference().to_string(),
-    });
+    let mut out = airlock_api::credentials::Verification {
+        credential: c.name.clone(),
+        provider: c.provider.as_str().into(),
+        env: c.env.clone(),
+        store: c.reference().store().into(),
+        reference: c.reference().to_string(),
+        ..Default::default()
+    };
     // The key in service is what is checked; a newer one in the store is a candidate that
     // the refresher tests and promotes by itself.
     let secret = match (&f.result, c.cell().current()) {
         (Err(e), _) => {
-            out["status"] = "unreadable".into();
-            out["detail"] = e.to_string().into();
+            out.status = "unreadable".into();
+            out.detail = e.to_string();
             return out;
         }
         (Ok(_), Some((s, v))) => {
-            out["version"] = v.into();
+            out.version = v;
             s
         }
         (Ok(s), None) => s.clone(),
     };
     if f.candidate {
-        out["store_has_newer"] = f.version.clone().unwrap_or_default().into();
+        out.store_has_newer = Some(f.version.clone().unwrap_or_default());
     }
-    out["fingerprint"] = secret.fingerprint(&creds.hmac).into();
-    out["last4"] = secret.last4().into();
+    out.fingerprint = Some(secret.fingerprint(&creds.hmac));
+    out.last4 = Some(secret.last4());
     let p = probe(client, c, &secret).await;
-    out["status"] = p.status.into();
-    out["detail"] = p.detail.into();
-    if let Some(code) = p.http_status {
-        out["http_status"] = code.into();
-    }
+    out.status = p.status.into();
+    out.detail = p.detail;
+    out.http_status = p.http_status;
     out
 }

@@ -1,14 +1,17 @@
 //! Management commands over the admin API.
 //!
-//! Why one file: the admin API client and the printing of each command's answer; it shrinks when
-//! the admin API's request and response types are shared with the server (issue 16, not done yet).
+//! Why one file: the admin API client and the printing of each command's answer, one function
+//! per command group. The answers are read into `airlock-api` types; the usage report (whose
+//! columns depend on its grouping), `credential verify --old`, the anomaly records and the
+//! public token endpoints (OAuth's own format) are still read as JSON.
 
 use crate::{
     print_json, AdminKeyCmd, CredentialCmd, Failure, IncidentCmd, RunArgs, ServiceAccountCmd,
     TokenCmd, TrustCmd,
 };
 use airlock_api::credentials::{
-    Credential, CredentialDetail, Credentials, KeyAge, NewCredential, Rotation, Suspension,
+    Credential, CredentialDetail, Credentials, Doctor, KekRotation, KeyAge, NewCredential,
+    Rotation, Suspension, Verification,
 };
 use bytes::Bytes;
 use http::{Method, Request};
@@ -1145,26 +1148,33 @@ pub async fn admin_key(c: AdminKeyCmd, json: bool) -> Result<(), Failure> {
 
 /// `airlock incident lockdown|report`.
 pub async fn incident(c: IncidentCmd, json: bool) -> Result<(), Failure> {
+    use airlock_api::incident::{Lockdown, LockdownRequest, Report};
     let admin = Admin::from_env()?;
     match c {
         IncidentCmd::Lockdown { suspend, reason } => {
-            let v = admin
-                .call(
+            let l: Lockdown = admin
+                .typed(
                     Method::POST,
                     "/incident/lockdown",
-                    Some(json!({"suspend": suspend, "reason": reason})),
+                    Some(&LockdownRequest { suspend, reason }),
                 )
                 .await?;
             if json {
-                print_json(&v);
+                print_typed(&l);
             } else {
-                println!("lockdown: {}", s(&v, "tokens_refused"));
+                println!("lockdown: {}", l.tokens_refused);
                 println!(
                     "  new tokens are signed by root key {} ({})",
-                    v["root_key_id"],
-                    s(&v, "public_key")
+                    l.root_key_id, l.public_key
                 );
-                println!("  suspended: {}", list(&v, "suspended"));
+                println!(
+                    "  suspended: {}",
+                    if l.suspended.is_empty() {
+                        "-".to_string()
+                    } else {
+                        l.suspended.join(",")
+                    }
+                );
                 println!("  mint fresh tokens for legitimate clients now: airlock token mint …");
             }
         }
@@ -1174,59 +1184,53 @@ pub async fn incident(c: IncidentCmd, json: bool) -> Result<(), Failure> {
             if let Some(u) = until {
                 path.push_str(&format!("&until={}", time_arg(&u)?));
             }
-            let v = admin.call(Method::GET, &path, None).await?;
+            let r: Report = admin.typed(Method::GET, &path, None::<&()>).await?;
             if json {
-                print_json(&v);
+                print_typed(&r);
                 return Ok(());
             }
-            println!("blast radius since {}", ms(&v["since"]));
-            for c in v["credentials"].as_array().cloned().unwrap_or_default() {
-                let ratio = c["requests_vs_baseline"]
-                    .as_f64()
-                    .map(|r| format!("{r:.1}x its baseline"))
+            println!("blast radius since {}", at_ms(Some(r.since)));
+            for c in &r.credentials {
+                let ratio = c
+                    .requests_vs_baseline
+                    .map(|x| format!("{x:.1}x its baseline"))
                     .unwrap_or_else(|| "no baseline".into());
                 println!(
                     "\n{} ({} / {}): {} requests ({ratio}), ${:.4}; rotation: {}",
-                    s(&c, "credential"),
-                    s(&c, "provider"),
-                    s(&c, "env"),
-                    c["requests"],
-                    c["cost_micros"].as_i64().unwrap_or(0) as f64 / 1e6,
-                    s(&c["rotation"], "state")
+                    c.credential,
+                    c.provider,
+                    c.env,
+                    c.requests,
+                    c.cost_micros as f64 / 1e6,
+                    c.rotation.state
                 );
-                for (k, label) in [("identities", "subject"), ("client_ips", "ip")] {
-                    for x in c[k].as_array().cloned().unwrap_or_default() {
-                        println!(
-                            "  {:<10} {:<32} {:>6} requests{}",
-                            if k == "identities" {
-                                "identity"
-                            } else {
-                                "address"
-                            },
-                            s(&x, label),
-                            x["requests"],
-                            if x["first_seen"] == true {
-                                "  FIRST SEEN"
-                            } else {
-                                ""
-                            }
-                        );
-                    }
+                let first = |seen: bool| if seen { "  FIRST SEEN" } else { "" };
+                for x in &c.identities {
+                    println!(
+                        "  {:<10} {:<32} {:>6} requests{}",
+                        "identity",
+                        x.subject,
+                        x.requests,
+                        first(x.first_seen)
+                    );
                 }
-                for t in c["tokens"].as_array().cloned().unwrap_or_default() {
+                for x in &c.client_ips {
+                    println!(
+                        "  {:<10} {:<32} {:>6} requests{}",
+                        "address",
+                        x.ip,
+                        x.requests,
+                        first(x.first_seen)
+                    );
+                }
+                for t in &c.tokens {
                     println!(
                         "  token      {:<32} {:>6} requests ({})",
-                        s(&t, "token_id"),
-                        t["requests"],
-                        s(&t, "subject")
+                        t.token_id, t.requests, t.subject
                     );
                 }
-                for m in c["models"].as_array().cloned().unwrap_or_default() {
-                    println!(
-                        "  model      {:<32} {:>6} requests",
-                        s(&m, "model"),
-                        m["requests"]
-                    );
+                for m in &c.models {
+                    println!("  model      {:<32} {:>6} requests", m.model, m.requests);
                 }
             }
         }
@@ -1237,25 +1241,20 @@ pub async fn incident(c: IncidentCmd, json: bool) -> Result<(), Failure> {
 /// `airlock kek rotate`.
 pub async fn kek_rotate(json: bool) -> Result<(), Failure> {
     let admin = Admin::from_env()?;
-    let v = admin
-        .call(Method::POST, "/kek/rotate", Some(json!({})))
+    // A partial rewrap is answered 207 with the same body.
+    let v: KekRotation = admin
+        .typed(Method::POST, "/kek/rotate", Some(&json!({})))
         .await?;
-    let failed = v["failed"].as_array().cloned().unwrap_or_default();
+    let failed = &v.failed;
     if json {
-        print_json(&v);
+        print_typed(&v);
     } else {
         println!(
             "rewrapped {} sealed secret(s) under {} (version {})",
-            v["rewrapped"],
-            s(&v, "kek"),
-            s(&v, "version")
+            v.rewrapped, v.kek, v.version
         );
-        for f in &failed {
-            eprintln!(
-                "  not rewrapped: {} ({})",
-                f[0].as_str().unwrap_or("?"),
-                f[1].as_str().unwrap_or("?")
-            );
+        for (id, why) in failed {
+            eprintln!("  not rewrapped: {id} ({why})");
         }
     }
     if failed.is_empty() {
@@ -1271,20 +1270,22 @@ pub async fn kek_rotate(json: bool) -> Result<(), Failure> {
 /// `airlock doctor`.
 pub async fn doctor(json: bool) -> Result<(), Failure> {
     let admin = Admin::from_env()?;
-    let v = admin.call(Method::POST, "/doctor", Some(json!({}))).await?;
+    let v: Doctor = admin
+        .typed(Method::POST, "/doctor", Some(&json!({})))
+        .await?;
     if json {
-        print_json(&v);
+        print_typed(&v);
     } else {
-        for c in v["checks"].as_array().cloned().unwrap_or_default() {
+        for c in &v.checks {
             println!(
                 "{} {:<32} {}",
-                if c["ok"] == true { "ok  " } else { "FAIL" },
-                s(&c, "name"),
-                s(&c, "detail")
+                if c.ok { "ok  " } else { "FAIL" },
+                c.name,
+                c.detail
             );
         }
     }
-    if v["ok"] == true {
+    if v.ok {
         Ok(())
     } else {
         Err(Failure {
@@ -1455,31 +1456,26 @@ pub async fn credential(c: CredentialCmd, json: bool) -> Result<(), Failure> {
             };
         }
         CredentialCmd::Verify { name, old: false } => {
-            let v = admin
-                .call(
+            let v: Verification = admin
+                .typed(
                     Method::POST,
                     &format!("/credentials/{name}/verify"),
-                    Some(json!({})),
+                    Some(&json!({})),
                 )
                 .await?;
-            let status = s(&v, "status").to_string();
             if json {
-                print_json(&v);
+                print_typed(&v);
             } else {
-                println!("{} {}: {}", name, status, s(&v, "detail"));
-                println!("  store        {} ({})", s(&v, "store"), s(&v, "reference"));
-                if let Some(ver) = v["version"].as_str() {
+                println!("{} {}: {}", name, v.status, v.detail);
+                println!("  store        {} ({})", v.store, v.reference);
+                if let Some(ver) = &v.version {
                     println!("  version      {ver}");
                 }
-                if v["fingerprint"].is_string() {
-                    println!(
-                        "  fingerprint  {} …{}",
-                        s(&v, "fingerprint"),
-                        s(&v, "last4")
-                    );
+                if let Some(fp) = &v.fingerprint {
+                    println!("  fingerprint  {fp} …{}", v.last4.as_deref().unwrap_or("-"));
                 }
             }
-            return match status.as_str() {
+            return match v.status.as_str() {
                 "ok" => Ok(()),
                 "unreachable" => Err(Failure {
                     code: 3,

@@ -361,13 +361,19 @@ pub(super) async fn rotate_credential(
 /// `doctor`: every store answers, the KEK wraps and unwraps, every credential's key reads and
 /// its provider accepts it.
 pub(super) async fn doctor(State(app): State<Arc<Control>>) -> Response {
-    let mut checks: Vec<serde_json::Value> = app
+    let mut checks: Vec<api::Check> = app
         .creds
         .secrets
         .checks()
         .await
         .into_iter()
-        .map(|c| serde_json::to_value(c).unwrap_or_default())
+        .map(|c| api::Check {
+            name: c.name,
+            ok: c.ok,
+            detail: c.detail,
+            status: None,
+            reference: None,
+        })
         .collect();
     // Each credential as `credential verify` sees it: the key read from its store now, then
     // the provider's cheapest authenticated call.
@@ -376,29 +382,29 @@ pub(super) async fn doctor(State(app): State<Arc<Control>>) -> Response {
         let app = app.clone();
         async move {
             let v = crate::upstream::verify(&app.creds, &app.client, c).await;
-            let mut detail = v["detail"].as_str().unwrap_or_default().to_string();
-            if let Some(fp) = v["fingerprint"].as_str() {
+            let mut detail = v.detail;
+            if let Some(fp) = &v.fingerprint {
                 detail.push_str(&format!(
                     "; read from {}{} (fingerprint {fp})",
                     c.reference().store(),
-                    v["version"]
-                        .as_str()
+                    v.version
+                        .as_deref()
                         .map(|x| format!(", version {x}"))
                         .unwrap_or_default()
                 ));
             }
-            serde_json::json!({
-                "name": format!("credential {}", c.name),
-                "ok": v["status"] == "ok",
-                "status": v["status"],
-                "detail": detail,
-                "reference": c.reference().to_string(),
-            })
+            api::Check {
+                name: format!("credential {}", c.name),
+                ok: v.status == "ok",
+                status: Some(v.status),
+                detail,
+                reference: Some(c.reference().to_string()),
+            }
         }
     });
     checks.extend(futures_util::future::join_all(reads).await);
-    let ok = checks.iter().all(|c| c["ok"] == true);
-    Json(serde_json::json!({ "ok": ok, "checks": checks })).into_response()
+    let ok = checks.iter().all(|c| c.ok);
+    Json(api::Doctor { ok, checks }).into_response()
 }
 
 /// `kek rotate`: a new KEK version, every sealed data key rewrapped under it.
@@ -411,7 +417,16 @@ pub(super) async fn rotate_kek(State(app): State<Arc<Control>>) -> Response {
             } else {
                 StatusCode::MULTI_STATUS
             };
-            (status, Json(report)).into_response()
+            (
+                status,
+                Json(api::KekRotation {
+                    kek: report.kek,
+                    version: report.version,
+                    rewrapped: report.rewrapped as u64,
+                    failed: report.failed,
+                }),
+            )
+                .into_response()
         }
         Err(e) => err(
             if e.is_definite() {

@@ -2,10 +2,11 @@
 //! (its reference, keyed fingerprint, last four characters, store version) ever appears here,
 //! never a key (I1); a new sealed key travels once, in [`NewCredential::secret_value`].
 
+use crate::SecretValue;
 use serde::{Deserialize, Serialize};
 
 /// `POST /credentials`. Exactly one of `secret_ref` and `secret_value`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewCredential {
     /// Unique name, e.g. `openai-prod`.
@@ -20,7 +21,7 @@ pub struct NewCredential {
     /// Or the key itself, to be sealed under the KEK; the server moves it into a secret at
     /// once and never stores, logs or echoes it.
     #[serde(default)]
-    pub secret_value: Option<String>,
+    pub secret_value: Option<SecretValue>,
     /// Base URL override.
     #[serde(default)]
     pub base_url: Option<String>,
@@ -191,12 +192,12 @@ pub struct Suspension {
     pub suspended: bool,
 }
 
-/// `POST /credentials/match`: which of these values are keys in the inventory (the scanner).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `POST /inventory/match`: which of these values are keys in the inventory (the scanner).
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatchRequest {
     /// Candidate values (at most 10 000); compared by keyed fingerprint, never stored.
-    pub candidates: Vec<String>,
+    pub candidates: Vec<SecretValue>,
 }
 
 /// The answer to [`MatchRequest`]: per candidate, the credential it is, if any.

@@ -31,7 +31,7 @@ pub struct Responder {
 }
 
 use airlock_api::incident as api;
-pub use airlock_api::incident::LockdownRequest as Lockdown;
+pub use airlock_api::incident::LockdownRequest;
 
 fn store_failed(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "store failure during an incident action");
@@ -46,7 +46,10 @@ fn store_failed(e: impl std::fmt::Display) -> ApiError {
 /// before it is retired from verification, so every token issued so far is refused at once
 /// (this server) and after any restart (the generation is in the database). Admin keys are
 /// not tokens and keep working, so fresh tokens can be minted right after.
-pub async fn lockdown(app: &Arc<Responder>, req: Lockdown) -> Result<api::Lockdown, ApiError> {
+pub async fn lockdown(
+    app: &Arc<Responder>,
+    req: LockdownRequest,
+) -> Result<api::Lockdown, ApiError> {
     let reason = req
         .reason
         .clone()
@@ -329,7 +332,7 @@ mod tests {
         assert!(kit.app.tokens.authenticate(&before).is_ok());
         let out = lockdown(
             &kit.app.responder,
-            Lockdown {
+            LockdownRequest {
                 suspend: vec!["prod".into()],
                 reason: Some("vendor breach".into()),
             },
@@ -367,7 +370,7 @@ mod tests {
         let newest = kit.app.tokens.verifier.load().keys().newest_id();
         let e = lockdown(
             &kit.app.responder,
-            Lockdown {
+            LockdownRequest {
                 suspend: vec!["staging".into()],
                 reason: None,
             },
@@ -386,7 +389,7 @@ mod tests {
         let kit = Kit::new("").await;
         let e = lockdown(
             &kit.app.responder,
-            Lockdown {
+            LockdownRequest {
                 suspend: Vec::new(),
                 reason: Some(key("leak")),
             },

@@ -205,7 +205,11 @@ pub struct Anomaly {
     /// Spikes: the baseline's median absolute deviation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mad: Option<f64>,
-    /// Spikes: the modified z-score (absent when infinite: the baseline was flat).
+    /// Spikes: the least spread the baseline was taken to have (a count's noise, see the
+    /// module's documentation); the z-score divides by the larger of this and the MAD's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noise: Option<f64>,
+    /// Spikes: the modified z-score (absent when infinite: a baseline of zero, a dormant key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub z: Option<f64>,
     /// First sights: the new value (model, range, country, hour).
@@ -265,11 +269,12 @@ impl Anomaly {
                     )
                 };
                 format!(
-                    "{} {} {when} a median of {} (MAD {}, z {})",
+                    "{} {} {when} a median of {} (MAD {}, noise floor {}, z {})",
                     fmt_num(self.observed.unwrap_or(0.0)),
                     unit,
                     fmt_num(self.median.unwrap_or(0.0)),
                     fmt_num(self.mad.unwrap_or(0.0)),
+                    fmt_num(self.noise.unwrap_or(0.0)),
                     self.z.map(fmt_num).unwrap_or_else(|| "unbounded".into())
                 )
             }
@@ -818,6 +823,7 @@ impl Detector {
                         observed,
                         median: stat.map(|s| s.median),
                         mad: stat.map(|s| s.mad),
+                        noise: stat.map(|s| s.noise),
                         z: stat.and_then(|s| observed.and_then(|x| s.z(x))),
                         value,
                         request_id: row.request_id.clone(),

@@ -13,6 +13,7 @@ use airlock_api::credentials::{
     Credential, CredentialDetail, Credentials, Doctor, KekRotation, KeyAge, NewCredential,
     Rotation, Suspension, Verification,
 };
+use airlock_api::SecretValue;
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
@@ -64,10 +65,20 @@ impl Admin {
             .map(serde_json::to_value)
             .transpose()
             .map_err(|e| Failure::usage(format!("cannot encode the request: {e}")))?;
+        let changes = method != Method::GET;
         let v = self.call(method, path, body).await?;
-        serde_json::from_value(v).map_err(|e| {
+        serde_json::from_value(v.clone()).map_err(|e| {
+            // A change the server made is not to be retried because its answer was unreadable
+            // (a second lockdown would retire the tokens just minted).
+            let done = if changes {
+                "the server accepted the request and made the change, but "
+            } else {
+                ""
+            };
+            let mut raw = v.to_string();
+            raw.truncate(raw.floor_char_boundary(2000));
             Failure::remote(format!(
-                "the server's answer to {path} is not what this airlock expects ({e}); are the CLI and the server the same version?"
+                "{done}its answer to {path} is not what this airlock expects ({e}); are the CLI and the server the same version? The answer: {raw}"
             ))
         })
     }
@@ -1345,20 +1356,17 @@ pub async fn credential(c: CredentialCmd, json: bool) -> Result<(), Failure> {
                 priority: Some(priority),
                 ..Default::default()
             };
-            // The key travels in the body of this one call; the body's copy is wiped after it.
-            let value = if secret_stdin {
-                Some(read_secret_stdin()?)
+            // The key travels in the body of this one call (as it did as JSON before): the
+            // typed body wipes its copy; the request's buffer is freed after the send.
+            if secret_stdin {
+                body.secret_value = Some(SecretValue::new(read_secret_stdin()?.to_string()));
             } else {
                 body.secret_ref = secret;
-                None
-            };
-            body.secret_value = value.as_ref().map(|v| v.to_string());
-            let added: Result<Credential, Failure> =
-                admin.typed(Method::POST, "/credentials", Some(&body)).await;
-            if let Some(v) = body.secret_value.as_mut() {
-                zeroize::Zeroize::zeroize(v);
             }
-            let c = added?;
+            let c: Credential = admin
+                .typed(Method::POST, "/credentials", Some(&body))
+                .await?;
+            drop(body);
             if json {
                 print_typed(&c);
             } else {

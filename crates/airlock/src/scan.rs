@@ -4,6 +4,7 @@
 use crate::client::Admin;
 use crate::Failure;
 use airlock_api::credentials::{Credentials, MatchRequest, Matches};
+use airlock_api::SecretValue;
 use airlock_scan::{report, Options, Progress, Report};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
@@ -250,17 +251,20 @@ async fn match_inventory(
         })
         .collect();
     for chunk in idx.chunks(1000) {
-        let candidates: Vec<String> = chunk
+        // Wiped when `ask` is dropped.
+        let candidates: Vec<SecretValue> = chunk
             .iter()
-            .map(|&i| String::from_utf8_lossy(report.findings[i].secret().expose()).into_owned())
+            .map(|&i| {
+                SecretValue::new(
+                    String::from_utf8_lossy(report.findings[i].secret().expose()).into_owned(),
+                )
+            })
             .collect();
-        let mut ask = MatchRequest { candidates };
+        let ask = MatchRequest { candidates };
         let r: Result<Matches, Failure> = admin
             .typed(http::Method::POST, "/inventory/match", Some(&ask))
             .await;
-        ask.candidates
-            .iter_mut()
-            .for_each(zeroize::Zeroize::zeroize);
+        drop(ask);
         let matches = r?.matches;
         for (k, &i) in chunk.iter().enumerate() {
             report.findings[i].credential = matches.get(k).cloned().flatten();

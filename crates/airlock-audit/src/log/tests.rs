@@ -391,8 +391,18 @@ async fn the_checkpoint_file_follows_the_log_and_a_changed_one_refuses_start() {
     settings.sink = Some(file.clone());
     let (log, writer) = open_joined(&mem, settings).await.unwrap();
     close(log, writer).await;
-    // The file edited: its last checkpoint no longer matches the store's.
-    let edited = copied.replacen("\"head\":\"", "\"head\":\"00", 1);
+    // The file edited: its last checkpoint (the one the start check reads) no longer matches
+    // the store's.
+    let (before, last) = copied
+        .trim_end()
+        .rsplit_once('\n')
+        .unwrap_or(("", copied.trim_end()));
+    let last = last.replacen("\"head\":\"", "\"head\":\"00", 1);
+    let edited = if before.is_empty() {
+        format!("{last}\n")
+    } else {
+        format!("{before}\n{last}\n")
+    };
     assert_ne!(edited, copied);
     std::fs::write(&file, edited).unwrap();
     let mut settings = keys.settings();

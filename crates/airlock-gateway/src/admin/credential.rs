@@ -122,7 +122,7 @@ pub(super) async fn add_credential(
             }
         }
         (None, Some(v)) => {
-            let secret = match airlock_secrets::value_to_secret(v, "the secret given") {
+            let secret = match airlock_secrets::value_to_secret(v.take(), "the secret given") {
                 Ok(s) => s,
                 Err(e) => return bad(e.to_string()),
             };
@@ -496,7 +496,7 @@ pub(super) async fn match_secrets(
         .candidates
         .into_iter()
         .map(|c| {
-            let s = Secret::new(c);
+            let s = Secret::new(c.take());
             let fp = s.fingerprint(&app.hmac);
             rows.iter()
                 .find(|r| r.fingerprint.as_deref() == Some(fp.as_str()))

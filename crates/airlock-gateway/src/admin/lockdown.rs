@@ -4,7 +4,7 @@ use super::*;
 
 pub(super) async fn incident_lockdown(
     State(app): State<Arc<Control>>,
-    Json(req): Json<crate::incident::Lockdown>,
+    Json(req): Json<crate::incident::LockdownRequest>,
 ) -> Response {
     match crate::incident::lockdown(&app.responder, req).await {
         Ok(v) => Json(v).into_response(),

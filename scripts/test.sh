@@ -31,6 +31,16 @@ fi
 # Advisories are left out: their database is fetched from GitHub, which CI cannot reach.
 .tools/bin/cargo-deny --log-level error check licenses bans sources
 
+step "PostgreSQL on 127.0.0.1:5432 (the store conformance suite runs on it as well as SQLite)"
+# It runs on development machines and in CI; started here with its documented command if not.
+if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null && [[ -d /etc/postgresql ]]; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+  else
+    echo "PostgreSQL is not running on 127.0.0.1:5432 and is not installed here (apt-get install postgresql)" >&2
+  fi
+fi
+
 step "rust tests"
 cargo test --workspace --quiet
 

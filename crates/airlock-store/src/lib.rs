@@ -7,10 +7,10 @@
 
 pub use airlock_audit::{Checkpoint, Sealed};
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
+use sqlx::{Executor, Row};
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 /// Database failures. Messages name the operation, never a value.
@@ -51,7 +51,7 @@ fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// A credential as stored: where its key lives, never the key.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CredentialRow {
     /// Unique name, e.g. `openai-prod`.
     pub name: String,
@@ -515,7 +515,7 @@ pub struct Activity {
     pub client_ips: Vec<Count>,
 }
 
-fn checkpoint_from(r: &sqlx::sqlite::SqliteRow) -> Checkpoint {
+fn checkpoint_from(r: &sqlx::any::AnyRow) -> Checkpoint {
     Checkpoint {
         seq: r.get("seq"),
         ts: r.get("ts"),
@@ -525,7 +525,7 @@ fn checkpoint_from(r: &sqlx::sqlite::SqliteRow) -> Checkpoint {
     }
 }
 
-fn sealed_from(r: &sqlx::sqlite::SqliteRow) -> Sealed {
+fn sealed_from(r: &sqlx::any::AnyRow) -> Sealed {
     Sealed {
         record: airlock_audit::Record {
             seq: r.get("seq"),
@@ -786,15 +786,29 @@ pub enum SyncMode {
     Normal,
 }
 
-/// The database handle (cheap to clone).
+/// Which database a store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One file on this machine (the embedded default).
+    Sqlite,
+    /// A PostgreSQL server, which several airlock servers may share.
+    Postgres,
+}
+
+/// The database handle (cheap to clone). Queries are written once, in SQL both databases
+/// read the same way (`$N` parameters, `CAST(SUM(..) AS BIGINT)`, integers for booleans);
+/// the few that differ pick their text with [`Store::dialect`].
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
-    path: std::path::PathBuf,
+    pool: AnyPool,
+    backend: Backend,
+    /// The SQLite file (the audit writer opens its own connection to it).
+    path: Option<std::path::PathBuf>,
     sync: SyncMode,
 }
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and applies migrations, with
@@ -805,39 +819,76 @@ impl Store {
 
     /// As [`Store::open_sqlite`], choosing what a commit waits for.
     pub async fn open_sqlite_with(path: &Path, sync: SyncMode) -> Result<Self> {
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-            .map_err(db("open"))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(match sync {
-                SyncMode::Full => SqliteSynchronous::Full,
-                SyncMode::Normal => SqliteSynchronous::Normal,
-            })
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let synchronous = match sync {
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
+        };
+        // What SqliteConnectOptions would set, as statements: the Any driver takes a URL only.
+        let pragmas = format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
+             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;"
+        );
+        let pool = AnyPoolOptions::new()
             .max_connections(4)
-            .connect_with(opts)
+            .after_connect(move |conn, _| {
+                let pragmas = pragmas.clone();
+                Box::pin(async move {
+                    conn.execute(pragmas.as_str()).await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await
             .map_err(db("open"))?;
-        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Db {
+        SQLITE.run(&pool).await.map_err(|e| StoreError::Db {
             op: "migrate",
             source: e.into(),
         })?;
         Ok(Store {
             pool,
-            path: path.to_path_buf(),
+            backend: Backend::Sqlite,
+            path: Some(path.to_path_buf()),
             sync,
         })
     }
 
-    /// Opens from a store URL: `sqlite:///abs/path.db` or a bare path.
+    /// Opens a PostgreSQL database (`postgres://user@host:port/db`) and applies migrations.
+    /// Several servers may start at once: the migrator holds an advisory lock while it runs,
+    /// so each migration runs once.
+    pub async fn open_postgres(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(db("open"))?;
+        POSTGRES.run(&pool).await.map_err(|e| StoreError::Db {
+            op: "migrate",
+            source: e.into(),
+        })?;
+        Ok(Store {
+            pool,
+            backend: Backend::Postgres,
+            path: None,
+            sync: SyncMode::Full,
+        })
+    }
+
+    /// Opens from a store URL: `postgres://…` (or `postgresql://…`), `sqlite:///abs/path.db`
+    /// or a bare path.
     pub async fn open(url: &str) -> Result<Self> {
         Self::open_with(url, SyncMode::Full).await
     }
 
-    /// As [`Store::open`], choosing what a commit waits for.
+    /// As [`Store::open`], choosing what a commit waits for (SQLite only; PostgreSQL waits for
+    /// its own `synchronous_commit`).
     pub async fn open_with(url: &str, sync: SyncMode) -> Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Self::open_postgres(url).await;
+        }
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
@@ -852,6 +903,47 @@ impl Store {
             });
         }
         Self::open_sqlite_with(Path::new(path), sync).await
+    }
+
+    /// Every table with its columns, sorted (the conformance tests hold the two schemas to
+    /// the same shape).
+    pub async fn schema(&self) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
+        let sql = self.dialect(
+            "SELECT m.name AS t, p.name AS c FROM sqlite_master m, pragma_table_info(m.name) p
+              WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name NOT LIKE '_sqlx_%'",
+            "SELECT table_name::text AS t, column_name::text AS c FROM information_schema.columns
+              WHERE table_schema = current_schema() AND table_name NOT LIKE '_sqlx_%'",
+        );
+        let rows = sqlx::query(sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read the schema"))?;
+        let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for r in rows {
+            out.entry(r.get("t")).or_default().push(r.get("c"));
+        }
+        for cols in out.values_mut() {
+            cols.sort();
+        }
+        Ok(out)
+    }
+
+    /// Closes every connection (waiting for those in use to be returned).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The statement for this database, where the two differ.
+    fn dialect(&self, sqlite: &'static str, postgres: &'static str) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => sqlite,
+            Backend::Postgres => postgres,
+        }
     }
 
     /// Whether the database answers (for `/readyz`).
@@ -876,7 +968,7 @@ impl Store {
         if let Some(s) = sealed {
             sqlx::query(
                 "INSERT INTO sealed_secrets (id, credential, kek, kek_version, wrapped_key, nonce,
-                   ciphertext, created_at) VALUES (?,?,?,?,?,?,?,?)",
+                   ciphertext, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
             )
             .bind(&s.id)
             .bind(&s.credential)
@@ -892,7 +984,7 @@ impl Store {
         }
         let r = sqlx::query(
             "INSERT INTO credentials (name, provider, env, secret_ref, base_url, models, priority,
-               fingerprint, last4, created_at, suspended, secret_version) VALUES (?,?,?,?,?,?,?,?,?,?,0,?)",
+               fingerprint, last4, created_at, suspended, secret_version) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,0,$11)",
         )
         .bind(&c.name)
         .bind(&c.provider)
@@ -916,7 +1008,7 @@ impl Store {
         }
     }
 
-    fn credential_from(r: &sqlx::sqlite::SqliteRow) -> CredentialRow {
+    fn credential_from(r: &sqlx::any::AnyRow) -> CredentialRow {
         CredentialRow {
             name: r.get("name"),
             provider: r.get("provider"),
@@ -946,7 +1038,7 @@ impl Store {
 
     /// One credential.
     pub async fn get_credential(&self, name: &str) -> Result<Option<CredentialRow>> {
-        let row = sqlx::query("SELECT * FROM credentials WHERE name = ?")
+        let row = sqlx::query("SELECT * FROM credentials WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await
@@ -958,12 +1050,12 @@ impl Store {
     /// key is useless); false if there was none.
     pub async fn delete_credential(&self, name: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        sqlx::query("DELETE FROM sealed_secrets WHERE credential = ?")
+        sqlx::query("DELETE FROM sealed_secrets WHERE credential = $1")
             .bind(name)
             .execute(&mut *tx)
             .await
             .map_err(db("delete sealed secret"))?;
-        let r = sqlx::query("DELETE FROM credentials WHERE name = ?")
+        let r = sqlx::query("DELETE FROM credentials WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await
@@ -972,7 +1064,7 @@ impl Store {
         Ok(r.rows_affected() > 0)
     }
 
-    fn sealed_from(r: &sqlx::sqlite::SqliteRow) -> SealedRow {
+    fn sealed_from(r: &sqlx::any::AnyRow) -> SealedRow {
         SealedRow {
             id: r.get("id"),
             credential: r.get("credential"),
@@ -988,7 +1080,7 @@ impl Store {
 
     /// One sealed secret.
     pub async fn get_sealed(&self, id: &str) -> Result<Option<SealedRow>> {
-        let row = sqlx::query("SELECT * FROM sealed_secrets WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM sealed_secrets WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -1010,8 +1102,8 @@ impl Store {
     /// the one that was rewrapped; false when it changed meanwhile.
     pub async fn rewrap_sealed(&self, old_wrapped: &[u8], new: &SealedRow) -> Result<bool> {
         let r = sqlx::query(
-            "UPDATE sealed_secrets SET kek = ?, kek_version = ?, wrapped_key = ?, nonce = ?,
-               ciphertext = ?, rewrapped_at = ? WHERE id = ? AND wrapped_key = ?",
+            "UPDATE sealed_secrets SET kek = $1, kek_version = $2, wrapped_key = $3, nonce = $4,
+               ciphertext = $5, rewrapped_at = $6 WHERE id = $7 AND wrapped_key = $8",
         )
         .bind(&new.kek)
         .bind(&new.kek_version)
@@ -1037,8 +1129,8 @@ impl Store {
         now_ms: i64,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE credentials SET rotated_at = CASE WHEN fingerprint IS NOT NULL AND fingerprint != ?1 THEN ?3 ELSE rotated_at END,
-               fingerprint = ?1, last4 = ?2, secret_version = COALESCE(?5, secret_version) WHERE name = ?4",
+            "UPDATE credentials SET rotated_at = CASE WHEN fingerprint IS NOT NULL AND fingerprint != $1 THEN $3 ELSE rotated_at END,
+               fingerprint = $1, last4 = $2, secret_version = COALESCE($5, secret_version) WHERE name = $4",
         )
         .bind(fingerprint)
         .bind(last4)
@@ -1058,8 +1150,8 @@ impl Store {
     pub async fn usage_groups(&self, from: i64, to: i64) -> Result<Vec<UseGroup>> {
         let rows = sqlx::query(
             "SELECT credential, subject, token_id, client_ip, model, COUNT(*) AS n,
-               COALESCE(SUM(input_tokens),0) AS i, COALESCE(SUM(output_tokens),0) AS o
-             FROM usage WHERE credential IS NOT NULL AND ts >= ? AND ts < ?
+               CAST(COALESCE(SUM(input_tokens),0) AS BIGINT) AS i, CAST(COALESCE(SUM(output_tokens),0) AS BIGINT) AS o
+             FROM usage WHERE credential IS NOT NULL AND ts >= $1 AND ts < $2
              GROUP BY credential, subject, token_id, client_ip, model",
         )
         .bind(from)
@@ -1096,7 +1188,7 @@ impl Store {
             SeenColumn::ClientIp => "client_ip",
         };
         let rows = sqlx::query(&format!(
-            "SELECT DISTINCT {col} AS v FROM usage WHERE credential = ? AND ts >= ? AND ts < ? AND {col} IS NOT NULL"
+            "SELECT DISTINCT {col} AS v FROM usage WHERE credential = $1 AND ts >= $2 AND ts < $3 AND {col} IS NOT NULL"
         ))
         .bind(credential)
         .bind(from)
@@ -1115,7 +1207,7 @@ impl Store {
         to: i64,
     ) -> Result<(i64, i64)> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM usage WHERE credential = ? AND ts >= ? AND ts < ?",
+            "SELECT COUNT(*) FROM usage WHERE credential = $1 AND ts >= $2 AND ts < $3",
         )
         .bind(credential)
         .bind(from)
@@ -1124,7 +1216,7 @@ impl Store {
         .await
         .map_err(db("count usage"))?;
         let c: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(SUM(cost_micros),0) FROM audit WHERE action = 'inference' AND credential = ? AND ts >= ? AND ts < ?",
+            "SELECT CAST(COALESCE(SUM(cost_micros),0) AS BIGINT) FROM audit WHERE action = 'inference' AND credential = $1 AND ts >= $2 AND ts < $3",
         )
         .bind(credential)
         .bind(from)
@@ -1163,7 +1255,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
         sqlx::query(
-            "INSERT INTO token_epoch (id, min_root_key_id, signing_root_key_id, at, reason) VALUES (1,?,?,?,?)
+            "INSERT INTO token_epoch (id, min_root_key_id, signing_root_key_id, at, reason) VALUES (1,$1,$2,$3,$4)
              ON CONFLICT (id) DO UPDATE SET min_root_key_id = excluded.min_root_key_id,
                signing_root_key_id = excluded.signing_root_key_id, at = excluded.at, reason = excluded.reason",
         )
@@ -1175,7 +1267,7 @@ impl Store {
         .await
         .map_err(db("record lockdown"))?;
         for name in suspend {
-            sqlx::query("UPDATE credentials SET suspended = 1 WHERE name = ?")
+            sqlx::query("UPDATE credentials SET suspended = 1 WHERE name = $1")
                 .bind(name)
                 .execute(&mut *tx)
                 .await
@@ -1186,7 +1278,7 @@ impl Store {
 
     // ---- rotations ----------------------------------------------------------------------
 
-    fn rotation_from(r: &sqlx::sqlite::SqliteRow) -> RotationRow {
+    fn rotation_from(r: &sqlx::any::AnyRow) -> RotationRow {
         RotationRow {
             id: r.get("id"),
             credential: r.get("credential"),
@@ -1212,7 +1304,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO rotations (id, credential, source, state, reason, old_fingerprint, old_last4,
                old_version, old_ref, new_fingerprint, new_last4, new_version, started_at, tested_at,
-               promoted_at, confirmed_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+               promoted_at, confirmed_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, reason = excluded.reason,
                tested_at = excluded.tested_at, promoted_at = excluded.promoted_at,
                confirmed_at = excluded.confirmed_at",
@@ -1247,7 +1339,7 @@ impl Store {
     ) -> Result<std::collections::HashMap<String, i64>> {
         let rows = sqlx::query(
             "SELECT old_fingerprint AS f, MIN(promoted_at) AS t FROM rotations
-             WHERE credential = ? AND state IN ('promoted', 'confirmed') AND old_fingerprint IS NOT NULL
+             WHERE credential = $1 AND state IN ('promoted', 'confirmed') AND old_fingerprint IS NOT NULL
              GROUP BY old_fingerprint",
         )
         .bind(credential)
@@ -1268,7 +1360,7 @@ impl Store {
     /// A credential's rotations, newest first.
     pub async fn rotations(&self, credential: &str, limit: i64) -> Result<Vec<RotationRow>> {
         let rows = sqlx::query(
-            "SELECT * FROM rotations WHERE credential = ? ORDER BY started_at DESC, id DESC LIMIT ?",
+            "SELECT * FROM rotations WHERE credential = $1 ORDER BY started_at DESC, id DESC LIMIT $2",
         )
         .bind(credential)
         .bind(limit)
@@ -1281,13 +1373,15 @@ impl Store {
     /// Audit records, of any credential (a key may be shared), whose request used the key with
     /// fingerprint `key` (the `key` field lists every key a request used) after `after_ms`.
     pub async fn key_uses_after(&self, key: &str, after_ms: i64) -> Result<i64> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM audit WHERE ts > ? AND instr(key, ?) > 0")
-                .bind(after_ms)
-                .bind(key)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db("count key uses"))?;
+        let n: i64 = sqlx::query_scalar(self.dialect(
+            "SELECT COUNT(*) FROM audit WHERE ts > $1 AND instr(key, $2) > 0",
+            "SELECT COUNT(*) FROM audit WHERE ts > $1 AND strpos(key, $2) > 0",
+        ))
+        .bind(after_ms)
+        .bind(key)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("count key uses"))?;
         Ok(n)
     }
 
@@ -1308,7 +1402,7 @@ impl Store {
         if let Some(s) = sealed {
             sqlx::query(
                 "INSERT INTO sealed_secrets (id, credential, kek, kek_version, wrapped_key, nonce,
-                   ciphertext, created_at) VALUES (?,?,?,?,?,?,?,?)",
+                   ciphertext, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
             )
             .bind(&s.id)
             .bind(&s.credential)
@@ -1323,8 +1417,8 @@ impl Store {
             .map_err(db("insert sealed secret"))?;
         }
         let r = sqlx::query(
-            "UPDATE credentials SET secret_ref = ?, fingerprint = ?, last4 = ?,
-               secret_version = ?, rotated_at = ? WHERE name = ? AND secret_ref = ?",
+            "UPDATE credentials SET secret_ref = $1, fingerprint = $2, last4 = $3,
+               secret_version = $4, rotated_at = $5 WHERE name = $6 AND secret_ref = $7",
         )
         .bind(secret_ref)
         .bind(seen.0)
@@ -1346,7 +1440,7 @@ impl Store {
 
     /// Deletes one sealed secret (a rotated-out key, once confirmed dead).
     pub async fn delete_sealed(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM sealed_secrets WHERE id = ?")
+        let r = sqlx::query("DELETE FROM sealed_secrets WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await
@@ -1360,7 +1454,7 @@ impl Store {
     pub async fn insert_token(&self, t: &TokenRow) -> Result<()> {
         sqlx::query(
             "INSERT INTO tokens (id, subject, env, models, credentials, key_id, created_at, expires_at, minted_by, claims)
-             VALUES (?,?,?,?,?,?,?,?,?,?)",
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
         )
         .bind(&t.id)
         .bind(&t.subject)
@@ -1381,7 +1475,7 @@ impl Store {
     /// Tokens, newest first; expired ones only when asked.
     pub async fn list_tokens(&self, include_expired: bool, now_s: i64) -> Result<Vec<TokenRow>> {
         let rows = sqlx::query(
-            "SELECT * FROM tokens WHERE ?1 OR expires_at >= ?2 ORDER BY created_at DESC LIMIT 1000",
+            "SELECT * FROM tokens WHERE $1 OR expires_at >= $2 ORDER BY created_at DESC LIMIT 1000",
         )
         .bind(include_expired)
         .bind(now_s)
@@ -1410,12 +1504,13 @@ impl Store {
 
     /// Marks a token revoked. Returns false when no such token was minted here.
     pub async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool> {
-        let r = sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
-            .bind(now_ms)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(db("revoke token"))?;
+        let r =
+            sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
+                .bind(now_ms)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(db("revoke token"))?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -1423,7 +1518,7 @@ impl Store {
     /// returns how many.
     pub async fn revoke_tokens_minted_by(&self, minted_by: &str, now_ms: i64) -> Result<u64> {
         let r = sqlx::query(
-            "UPDATE tokens SET revoked_at = ?1 WHERE minted_by = ?2 AND revoked_at IS NULL AND expires_at >= ?3",
+            "UPDATE tokens SET revoked_at = $1 WHERE minted_by = $2 AND revoked_at IS NULL AND expires_at >= $3",
         )
         .bind(now_ms)
         .bind(minted_by)
@@ -1438,7 +1533,7 @@ impl Store {
     /// how many.
     pub async fn revoke_tokens_of_subject(&self, subject: &str, now_ms: i64) -> Result<u64> {
         let r = sqlx::query(
-            "UPDATE tokens SET revoked_at = ?1 WHERE subject = ?2 AND revoked_at IS NULL AND expires_at >= ?3",
+            "UPDATE tokens SET revoked_at = $1 WHERE subject = $2 AND revoked_at IS NULL AND expires_at >= $3",
         )
         .bind(now_ms)
         .bind(subject)
@@ -1451,8 +1546,8 @@ impl Store {
 
     /// Suspends or resumes a credential; false when there is no such credential.
     pub async fn set_suspended(&self, name: &str, suspended: bool) -> Result<bool> {
-        let r = sqlx::query("UPDATE credentials SET suspended = ? WHERE name = ?")
-            .bind(suspended)
+        let r = sqlx::query("UPDATE credentials SET suspended = $1 WHERE name = $2")
+            .bind(i64::from(suspended))
             .bind(name)
             .execute(&self.pool)
             .await
@@ -1478,13 +1573,19 @@ impl Store {
         {
             h.firsts.push((true, r.get("k"), r.get("first")));
         }
+        // Summed as a float (SQLite) or a numeric (PostgreSQL), so it cannot overflow, then
+        // clamped into an i64.
+        let charged = self.dialect(
+            "CAST(MIN(TOTAL(COALESCE(charged_nanos, cost_nanos)), 9.0e18) AS INTEGER)",
+            "CAST(LEAST(COALESCE(SUM(COALESCE(charged_nanos, cost_nanos)), 0), 9.0e18) AS BIGINT)",
+        );
         for col in ["credential", "subject"] {
             let identity = col == "subject";
             let live =
-                format!("ts >= ?1 AND {col} IS NOT NULL AND token_id IS NOT NULL AND attempts > 0");
+                format!("ts >= $1 AND {col} IS NOT NULL AND token_id IS NOT NULL AND attempts > 0");
             let tallies = sqlx::query(&format!(
-                "SELECT {col} AS k, ts / ?2 AS b, COUNT(*) AS n,
-                        CAST(MIN(TOTAL(COALESCE(charged_nanos, cost_nanos)), 9.0e18) AS INTEGER) AS c
+                "SELECT {col} AS k, ts / $2 AS b, COUNT(*) AS n,
+                        {charged} AS c
                  FROM usage WHERE {live} GROUP BY {col}, b"
             ))
             .bind(since_ms)
@@ -1529,7 +1630,7 @@ impl Store {
     /// Ids of revoked tokens that have not expired yet (the server keeps these in memory).
     pub async fn revoked_token_ids(&self, now_s: i64) -> Result<Vec<String>> {
         let rows =
-            sqlx::query("SELECT id FROM tokens WHERE revoked_at IS NOT NULL AND expires_at >= ?")
+            sqlx::query("SELECT id FROM tokens WHERE revoked_at IS NOT NULL AND expires_at >= $1")
                 .bind(now_s)
                 .fetch_all(&self.pool)
                 .await
@@ -1550,7 +1651,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO admin_keys (id, name, role, hash, grant_scope, created_at) VALUES (?,?,?,?,?,?)",
+            "INSERT INTO admin_keys (id, name, role, hash, grant_scope, created_at) VALUES ($1,$2,$3,$4,$5,$6)",
         )
             .bind(id)
             .bind(name)
@@ -1567,7 +1668,7 @@ impl Store {
     /// Looks up an admin key by its public id.
     pub async fn admin_key(&self, id: &str) -> Result<Option<AdminKeyRow>> {
         let row = sqlx::query(
-            "SELECT id, name, role, hash, revoked_at, grant_scope FROM admin_keys WHERE id = ?",
+            "SELECT id, name, role, hash, revoked_at, grant_scope FROM admin_keys WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -1611,7 +1712,7 @@ impl Store {
     /// Stores a new service account; `Conflict` when an active one has the name.
     pub async fn insert_service_account(&self, s: &ServiceAccountRow) -> Result<()> {
         let r = sqlx::query(
-            "INSERT INTO service_accounts (id, name, scope, hash, created_at, created_by) VALUES (?,?,?,?,?,?)",
+            "INSERT INTO service_accounts (id, name, scope, hash, created_at, created_by) VALUES ($1,$2,$3,$4,$5,$6)",
         )
         .bind(&s.id)
         .bind(&s.name)
@@ -1630,7 +1731,7 @@ impl Store {
         }
     }
 
-    fn service_account_from(r: &sqlx::sqlite::SqliteRow) -> ServiceAccountRow {
+    fn service_account_from(r: &sqlx::any::AnyRow) -> ServiceAccountRow {
         ServiceAccountRow {
             id: r.get("id"),
             name: r.get("name"),
@@ -1645,7 +1746,7 @@ impl Store {
 
     /// A service account by its key's public id.
     pub async fn service_account(&self, id: &str) -> Result<Option<ServiceAccountRow>> {
-        let row = sqlx::query("SELECT * FROM service_accounts WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM service_accounts WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -1669,8 +1770,8 @@ impl Store {
         now_ms: i64,
     ) -> Result<Option<String>> {
         let row = sqlx::query(
-            "UPDATE service_accounts SET revoked_at = ?1
-              WHERE revoked_at IS NULL AND (id = ?2 OR name = ?2) RETURNING id",
+            "UPDATE service_accounts SET revoked_at = $1
+              WHERE revoked_at IS NULL AND (id = $2 OR name = $2) RETURNING id",
         )
         .bind(now_ms)
         .bind(id_or_name)
@@ -1683,8 +1784,8 @@ impl Store {
     /// Notes a service account's use (at most once a minute per account).
     pub async fn touch_service_account(&self, id: &str, now_ms: i64) -> Result<()> {
         sqlx::query(
-            "UPDATE service_accounts SET last_used_at = ?1
-              WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at < ?1 - 60000)",
+            "UPDATE service_accounts SET last_used_at = $1
+              WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1 - 60000)",
         )
         .bind(now_ms)
         .bind(id)
@@ -1699,7 +1800,7 @@ impl Store {
     /// Adds a trust policy; `Conflict` when the name is taken.
     pub async fn insert_trust_policy(&self, p: &TrustPolicyRow) -> Result<()> {
         let r = sqlx::query(
-            "INSERT INTO trust_policies (name, policy, created_at, created_by) VALUES (?,?,?,?)",
+            "INSERT INTO trust_policies (name, policy, created_at, created_by) VALUES ($1,$2,$3,$4)",
         )
         .bind(&p.name)
         .bind(p.policy.to_string())
@@ -1735,7 +1836,7 @@ impl Store {
 
     /// Removes a trust policy added through the API.
     pub async fn delete_trust_policy(&self, name: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM trust_policies WHERE name = ?")
+        let r = sqlx::query("DELETE FROM trust_policies WHERE name = $1")
             .bind(name)
             .execute(&self.pool)
             .await
@@ -1747,7 +1848,7 @@ impl Store {
     /// revocations at once cannot leave no owner); false when nothing was revoked.
     pub async fn revoke_admin_key(&self, id: &str, now_ms: i64) -> Result<bool> {
         let r = sqlx::query(
-            "UPDATE admin_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL
+            "UPDATE admin_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL
                AND (role <> 'owner'
                     OR (SELECT COUNT(*) FROM admin_keys WHERE role = 'owner' AND revoked_at IS NULL) > 1)",
         )
@@ -1763,7 +1864,15 @@ impl Store {
 
     /// A connection of its own for the one thread that appends audit records and usage rows.
     pub fn batch_writer(&self) -> Result<BatchWriter> {
-        let conn = rusqlite::Connection::open(&self.path).map_err(wdb("open the writer"))?;
+        let Some(path) = &self.path else {
+            return Err(StoreError::Db {
+                op: "open the audit writer",
+                source: sqlx::Error::Configuration(
+                    "the audit writer for PostgreSQL is not built yet".into(),
+                ),
+            });
+        };
+        let conn = rusqlite::Connection::open(path).map_err(wdb("open the writer"))?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(wdb("open the writer"))?;
         conn.execute_batch(match self.sync {
@@ -1854,7 +1963,7 @@ impl Store {
     /// Checkpoints with `from <= seq <= to`, in order.
     pub async fn audit_checkpoints(&self, from: i64, to: i64) -> Result<Vec<Checkpoint>> {
         let rows = sqlx::query(
-            "SELECT seq, ts, head, key_id, signature FROM audit_checkpoints WHERE seq >= ? AND seq <= ? ORDER BY seq",
+            "SELECT seq, ts, head, key_id, signature FROM audit_checkpoints WHERE seq >= $1 AND seq <= $2 ORDER BY seq",
         )
         .bind(from)
         .bind(to)
@@ -1868,7 +1977,7 @@ impl Store {
     pub async fn credential_activity(&self, name: &str, since_ms: i64) -> Result<Activity> {
         let group = |col: &'static str| {
             format!(
-                "SELECT {col} AS k, COUNT(*) AS n FROM audit WHERE action = 'inference' AND credential = ?                  AND ts >= ? AND {col} IS NOT NULL GROUP BY {col} ORDER BY n DESC, k LIMIT 100"
+                "SELECT {col} AS k, COUNT(*) AS n FROM audit WHERE action = 'inference' AND credential = $1                  AND ts >= $2 AND {col} IS NOT NULL GROUP BY {col} ORDER BY n DESC, k LIMIT 100"
             )
         };
         let mut out = Activity::default();
@@ -1892,8 +2001,8 @@ impl Store {
                 .collect();
         }
         let r = sqlx::query(
-            "SELECT COUNT(*) AS n, COALESCE(SUM(input_tokens),0) AS i, COALESCE(SUM(output_tokens),0) AS o,
-               COALESCE(SUM(cost_micros),0) AS c FROM audit WHERE action = 'inference' AND credential = ? AND ts >= ?",
+            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(input_tokens),0) AS BIGINT) AS i, CAST(COALESCE(SUM(output_tokens),0) AS BIGINT) AS o,
+               CAST(COALESCE(SUM(cost_micros),0) AS BIGINT) AS c FROM audit WHERE action = 'inference' AND credential = $1 AND ts >= $2",
         )
         .bind(name)
         .bind(since_ms)
@@ -1909,7 +2018,7 @@ impl Store {
 
     /// The most recent usage rows (newest first).
     pub async fn recent_usage(&self, limit: i64) -> Result<Vec<UsageRow>> {
-        let rows = sqlx::query("SELECT * FROM usage ORDER BY id DESC LIMIT ?")
+        let rows = sqlx::query("SELECT * FROM usage ORDER BY id DESC LIMIT $1")
             .bind(limit)
             .fetch_all(&self.pool)
             .await
@@ -1946,7 +2055,7 @@ impl Store {
     /// Adds a rate limit.
     pub async fn insert_rate_limit(&self, r: &RateLimitRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO rate_limits (id, kind, key, rpm, tpm, created_at, created_by) VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO rate_limits (id, kind, key, rpm, tpm, created_at, created_by) VALUES ($1,$2,$3,$4,$5,$6,$7)",
         )
         .bind(&r.id)
         .bind(&r.kind)
@@ -1983,7 +2092,7 @@ impl Store {
 
     /// Removes a rate limit.
     pub async fn delete_rate_limit(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM rate_limits WHERE id = ?")
+        let r = sqlx::query("DELETE FROM rate_limits WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await
@@ -1994,7 +2103,7 @@ impl Store {
     /// Adds a budget.
     pub async fn insert_budget(&self, b: &BudgetRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO budgets (id, kind, key, period, limit_nanos, created_at, created_by) VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO budgets (id, kind, key, period, limit_nanos, created_at, created_by) VALUES ($1,$2,$3,$4,$5,$6,$7)",
         )
         .bind(&b.id)
         .bind(&b.kind)
@@ -2031,7 +2140,7 @@ impl Store {
 
     /// Removes a budget.
     pub async fn delete_budget(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM budgets WHERE id = ?")
+        let r = sqlx::query("DELETE FROM budgets WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await
@@ -2043,7 +2152,7 @@ impl Store {
     pub async fn spent_since(&self, by: UsageDimension, key: &str, since_ms: i64) -> Result<i64> {
         let col = by.column();
         let sql = format!(
-            "SELECT COALESCE(SUM(COALESCE(charged_nanos, cost_nanos)), 0) AS c FROM usage WHERE {col} = ? AND ts >= ?"
+            "SELECT CAST(COALESCE(SUM(COALESCE(charged_nanos, cost_nanos)), 0) AS BIGINT) AS c FROM usage WHERE {col} = $1 AND ts >= $2"
         );
         let r = sqlx::query(&sql)
             .bind(key)
@@ -2068,12 +2177,12 @@ impl Store {
         let bucket = bucket_ms.unwrap_or(0);
         // The column name comes from the enum, never from the caller's text.
         let sql = format!(
-            "SELECT {col} AS k, CASE WHEN ?3 > 0 THEN (ts / ?3) * ?3 END AS b, COUNT(*) AS n,
-                    COALESCE(SUM(input_tokens), 0) AS i, COALESCE(SUM(output_tokens), 0) AS o,
-                    COALESCE(SUM(cached_tokens), 0) AS ci, COALESCE(SUM(cost_nanos), 0) AS c,
-                    SUM(CASE WHEN model IS NOT NULL AND cost_nanos IS NULL
-                              AND (input_tokens IS NOT NULL OR output_tokens IS NOT NULL) THEN 1 ELSE 0 END) AS unpriced
-               FROM usage WHERE ts >= ?1 AND ts < ?2
+            "SELECT {col} AS k, CASE WHEN $3 > 0 THEN (ts / $3) * $3 END AS b, COUNT(*) AS n,
+                    CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS i, CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS o,
+                    CAST(COALESCE(SUM(cached_tokens), 0) AS BIGINT) AS ci, CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS c,
+                    CAST(SUM(CASE WHEN model IS NOT NULL AND cost_nanos IS NULL
+                              AND (input_tokens IS NOT NULL OR output_tokens IS NOT NULL) THEN 1 ELSE 0 END) AS BIGINT) AS unpriced
+               FROM usage WHERE ts >= $1 AND ts < $2
               GROUP BY k, b ORDER BY b, c DESC, n DESC, k"
         );
         let rows = sqlx::query(&sql)
@@ -2101,8 +2210,8 @@ impl Store {
     /// Totals of successful requests served by a credential.
     pub async fn credential_totals(&self, name: &str) -> Result<UsageTotals> {
         let r = sqlx::query(
-            "SELECT COUNT(*) AS n, COALESCE(SUM(input_tokens),0) AS i, COALESCE(SUM(output_tokens),0) AS o
-             FROM usage WHERE credential = ? AND outcome != 'refused'",
+            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(input_tokens),0) AS BIGINT) AS i, CAST(COALESCE(SUM(output_tokens),0) AS BIGINT) AS o
+             FROM usage WHERE credential = $1 AND outcome != 'refused'",
         )
         .bind(name)
         .fetch_one(&self.pool)

@@ -575,13 +575,28 @@ fn to_json(v: &[String]) -> String {
 /// Appends audit records, usage rows and checkpoints, a batch per transaction, synchronously on
 /// the calling thread (the audit writer's own thread), with cached prepared statements.
 pub struct BatchWriter {
-    conn: rusqlite::Connection,
+    inner: Writer,
 }
+
+enum Writer {
+    /// A connection of its own: one synchronous call per batch, no hand-off per statement.
+    Sqlite(rusqlite::Connection),
+    /// The store's pool, driven from the writer's thread: a batch is a few multi-row INSERTs
+    /// in one transaction.
+    Postgres {
+        pool: AnyPool,
+        runtime: tokio::runtime::Handle,
+    },
+}
+
+/// Rows per multi-row INSERT (PostgreSQL takes at most 65 535 parameters per statement).
+const PG_ROWS_PER_INSERT: usize = 1000;
 
 impl BatchWriter {
     /// Writes one batch in one transaction, with `head`, the signature over its last record
     /// (stored as the signed head, replacing the previous one) and, when due, a permanent
-    /// `checkpoint`.
+    /// `checkpoint`. Must not be called from within the async runtime (the writer runs on a
+    /// thread of its own).
     pub fn write_batch(
         &mut self,
         batch: &[UsageRow],
@@ -589,8 +604,14 @@ impl BatchWriter {
         checkpoint: Option<&Checkpoint>,
         head: Option<&Checkpoint>,
     ) -> Result<()> {
+        let conn = match &mut self.inner {
+            Writer::Sqlite(conn) => conn,
+            Writer::Postgres { pool, runtime } => {
+                return runtime.block_on(pg_write_batch(pool, batch, audit, checkpoint, head));
+            }
+        };
         use rusqlite::params;
-        let tx = self.conn.transaction().map_err(wdb("begin"))?;
+        let tx = conn.transaction().map_err(wdb("begin"))?;
         {
             if let Some(h) = head {
                 tx.prepare_cached(
@@ -701,8 +722,21 @@ impl BatchWriter {
     /// The last record's (seq, hash), or (0, GENESIS) for an empty log.
     pub fn audit_head(&self) -> Result<(i64, String)> {
         use rusqlite::OptionalExtension;
-        let row = self
-            .conn
+        let conn = match &self.inner {
+            Writer::Sqlite(conn) => conn,
+            Writer::Postgres { pool, runtime } => {
+                return runtime.block_on(async {
+                    let row = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+                        .fetch_optional(pool)
+                        .await
+                        .map_err(db("read audit head"))?;
+                    Ok(row
+                        .map(|r| (r.get("seq"), r.get("hash")))
+                        .unwrap_or((0, airlock_audit::GENESIS.to_string())))
+                });
+            }
+        };
+        let row = conn
             .query_row(
                 "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
                 [],
@@ -712,6 +746,155 @@ impl BatchWriter {
             .map_err(wdb("read audit head"))?;
         Ok(row.unwrap_or((0, airlock_audit::GENESIS.to_string())))
     }
+}
+
+/// `($1,…,$cols),($cols+1,…)…` for `rows` rows: numbered placeholders, which both databases
+/// read (sqlx's query builder writes `?` for the Any driver, which PostgreSQL does not).
+fn values(rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ",(" });
+        for c in 0..cols {
+            if c > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!("${}", r * cols + c + 1));
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// The PostgreSQL half of [`BatchWriter::write_batch`]: the same rows, multi-row INSERTs.
+async fn pg_write_batch(
+    pool: &AnyPool,
+    batch: &[UsageRow],
+    audit: &[Sealed],
+    checkpoint: Option<&Checkpoint>,
+    head: Option<&Checkpoint>,
+) -> Result<()> {
+    let mut tx = pool.begin().await.map_err(db("begin"))?;
+    if let Some(h) = head {
+        sqlx::query(
+            "INSERT INTO audit_head (id, seq, ts, head, key_id, signature) VALUES (1,$1,$2,$3,$4,$5)
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, ts = excluded.ts, head = excluded.head,
+               key_id = excluded.key_id, signature = excluded.signature",
+        )
+        .bind(h.seq)
+        .bind(h.ts)
+        .bind(&h.head)
+        .bind(h.key_id)
+        .bind(&h.signature)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("sign the head"))?;
+    }
+    for chunk in audit.chunks(PG_ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO audit (seq, ts, actor_kind, actor, subject, action, target_kind, target,
+               outcome, reason, request_id, client_ip, credential, model, status, input_tokens,
+               output_tokens, cost_micros, prev, hash, key) VALUES {}",
+            values(chunk.len(), 21)
+        );
+        let mut q = sqlx::query(&sql);
+        for s in chunk {
+            let r = &s.record;
+            q = q
+                .bind(r.seq)
+                .bind(r.ts)
+                .bind(&r.actor_kind)
+                .bind(&r.actor)
+                .bind(&r.subject)
+                .bind(&r.action)
+                .bind(&r.target_kind)
+                .bind(&r.target)
+                .bind(&r.outcome)
+                .bind(&r.reason)
+                .bind(&r.request_id)
+                .bind(&r.client_ip)
+                .bind(&r.credential)
+                .bind(&r.model)
+                .bind(r.status)
+                .bind(r.input_tokens)
+                .bind(r.output_tokens)
+                .bind(r.cost_micros)
+                .bind(&r.prev)
+                .bind(&s.hash)
+                .bind(&r.key);
+        }
+        q.execute(&mut *tx)
+            .await
+            .map_err(db("append audit record"))?;
+    }
+    if let Some(c) = checkpoint {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, ts, head, key_id, signature) VALUES ($1,$2,$3,$4,$5)",
+        )
+        .bind(c.seq)
+        .bind(c.ts)
+        .bind(&c.head)
+        .bind(c.key_id)
+        .bind(&c.signature)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("write audit checkpoint"))?;
+    }
+    for chunk in batch.chunks(PG_ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO usage (ts, request_id, token_id, subject, env, credential, provider, endpoint, model,
+               status, outcome, input_tokens, output_tokens, cached_tokens, latency_ms, ttfb_ms, stream,
+               attempts, client_ip, cost_nanos, project, charged_nanos) VALUES {}",
+            values(chunk.len(), 22)
+        );
+        let mut q = sqlx::query(&sql);
+        for u in chunk {
+            q = q
+                .bind(u.ts)
+                .bind(&u.request_id)
+                .bind(&u.token_id)
+                .bind(&u.subject)
+                .bind(&u.env)
+                .bind(&u.credential)
+                .bind(&u.provider)
+                .bind(&u.endpoint)
+                .bind(&u.model)
+                .bind(u.status)
+                .bind(&u.outcome)
+                .bind(u.input_tokens)
+                .bind(u.output_tokens)
+                .bind(u.cached_tokens)
+                .bind(u.latency_ms)
+                .bind(u.ttfb_ms)
+                .bind(i64::from(u.stream))
+                .bind(u.attempts)
+                .bind(&u.client_ip)
+                .bind(u.cost_nanos)
+                .bind(&u.project)
+                .bind(u.charged_nanos);
+        }
+        q.execute(&mut *tx).await.map_err(db("record usage"))?;
+    }
+    // One update per credential per batch, with the latest time.
+    let mut last_used: Vec<(&str, i64)> = Vec::new();
+    for u in batch {
+        if let (Some(c), true) = (&u.credential, u.status < 500 && u.outcome != "refused") {
+            match last_used.iter_mut().find(|(n, _)| *n == c.as_str()) {
+                Some(e) => e.1 = e.1.max(u.ts),
+                None => last_used.push((c.as_str(), u.ts)),
+            }
+        }
+    }
+    for (name, ts) in last_used {
+        sqlx::query(
+            "UPDATE credentials SET last_used_at = GREATEST(COALESCE(last_used_at, 0), $1) WHERE name = $2",
+        )
+        .bind(ts)
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("record usage"))?;
+    }
+    tx.commit().await.map_err(db("commit"))
 }
 
 impl airlock_audit::log::Storage for BatchWriter {
@@ -784,6 +967,27 @@ pub enum SyncMode {
     Full,
     /// Written to the operating system: survives a crash of airlock, not of the machine.
     Normal,
+}
+
+/// A store URL fit to print: the password, if any, replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rfind('@') {
+        Some(at) => {
+            let user = &rest[..at];
+            let user = user.split_once(':').map_or(user, |(u, _)| u);
+            let shown = if rest[..at].contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_string()
+            };
+            format!("{scheme}://{shown}{}", &rest[at..])
+        }
+        None => url.to_string(),
+    }
 }
 
 /// Which database a store is.
@@ -1865,11 +2069,17 @@ impl Store {
     /// A connection of its own for the one thread that appends audit records and usage rows.
     pub fn batch_writer(&self) -> Result<BatchWriter> {
         let Some(path) = &self.path else {
-            return Err(StoreError::Db {
+            let runtime = tokio::runtime::Handle::try_current().map_err(|_| StoreError::Db {
                 op: "open the audit writer",
                 source: sqlx::Error::Configuration(
-                    "the audit writer for PostgreSQL is not built yet".into(),
+                    "the PostgreSQL audit writer is opened within the async runtime".into(),
                 ),
+            })?;
+            return Ok(BatchWriter {
+                inner: Writer::Postgres {
+                    pool: self.pool.clone(),
+                    runtime,
+                },
             });
         };
         let conn = rusqlite::Connection::open(path).map_err(wdb("open the writer"))?;
@@ -1884,7 +2094,9 @@ impl Store {
             }
         })
         .map_err(wdb("open the writer"))?;
-        Ok(BatchWriter { conn })
+        Ok(BatchWriter {
+            inner: Writer::Sqlite(conn),
+        })
     }
 
     /// The last record's (seq, hash), or (0, GENESIS) for an empty log.
@@ -1921,35 +2133,46 @@ impl Store {
 
     /// Audit records matching `f`, in chain order.
     pub async fn audit_records(&self, f: &AuditFilter) -> Result<Vec<Sealed>> {
-        let mut q = sqlx::QueryBuilder::new("SELECT * FROM audit WHERE seq > ");
-        q.push_bind(f.after_seq.unwrap_or(0));
-        if let Some(c) = &f.credential {
-            q.push(" AND credential = ").push_bind(c);
+        // Numbered by hand: sqlx's query builder writes `?` for the Any driver.
+        let mut sql = String::from("SELECT * FROM audit WHERE seq > $1");
+        let mut n = 1;
+        let mut next = |sql: &mut String, text: &str| {
+            n += 1;
+            sql.push_str(&text.replace('#', &format!("${n}")));
+        };
+        if f.credential.is_some() {
+            next(&mut sql, " AND credential = #");
         }
-        if let Some(a) = &f.actor {
-            q.push(" AND (actor = ")
-                .push_bind(a)
-                .push(" OR subject = ")
-                .push_bind(a)
-                .push(")");
+        if f.actor.is_some() {
+            // The same value twice: one parameter.
+            next(&mut sql, " AND (actor = # OR subject = #)");
         }
-        if let Some(a) = &f.action {
-            q.push(" AND action = ").push_bind(a);
+        if f.action.is_some() {
+            next(&mut sql, " AND action = #");
         }
-        if let Some(t) = f.since {
-            q.push(" AND ts >= ").push_bind(t);
+        if f.since.is_some() {
+            next(&mut sql, " AND ts >= #");
         }
-        if let Some(t) = f.until {
-            q.push(" AND ts < ").push_bind(t);
+        if f.until.is_some() {
+            next(&mut sql, " AND ts < #");
         }
-        q.push(if f.newest {
-            " ORDER BY seq DESC LIMIT "
-        } else {
-            " ORDER BY seq LIMIT "
-        })
-        .push_bind(f.limit.clamp(1, 100_000));
+        next(
+            &mut sql,
+            if f.newest {
+                " ORDER BY seq DESC LIMIT #"
+            } else {
+                " ORDER BY seq LIMIT #"
+            },
+        );
+        let mut q = sqlx::query(&sql).bind(f.after_seq.unwrap_or(0));
+        for v in [&f.credential, &f.actor, &f.action].into_iter().flatten() {
+            q = q.bind(v);
+        }
+        for v in [f.since, f.until].into_iter().flatten() {
+            q = q.bind(v);
+        }
         let rows = q
-            .build()
+            .bind(f.limit.clamp(1, 100_000))
             .fetch_all(&self.pool)
             .await
             .map_err(db("read audit records"))?;

@@ -500,3 +500,227 @@ async fn rotations_and_promotion() {
     })
     .await;
 }
+
+fn inference(
+    ts: i64,
+    credential: &str,
+    subject: &str,
+    ip: &str,
+    model: &str,
+    cost: i64,
+) -> (UsageRow, airlock_audit::Record) {
+    let u = UsageRow {
+        ts,
+        request_id: format!("r{ts}"),
+        token_id: Some(format!("tok_{subject}")),
+        subject: Some(subject.into()),
+        env: Some("prod".into()),
+        credential: Some(credential.into()),
+        provider: Some("openai".into()),
+        endpoint: "/v1/chat/completions".into(),
+        model: Some(model.into()),
+        status: 200,
+        outcome: "ok".into(),
+        input_tokens: Some(3),
+        output_tokens: Some(4),
+        latency_ms: 5,
+        stream: true,
+        attempts: 1,
+        client_ip: Some(ip.into()),
+        cost_nanos: Some(cost),
+        project: Some("p".into()),
+        ..Default::default()
+    };
+    let a = airlock_audit::Record {
+        ts,
+        actor_kind: "token".into(),
+        actor: u.token_id.clone(),
+        subject: u.subject.clone(),
+        action: "inference".into(),
+        outcome: "ok".into(),
+        request_id: Some(u.request_id.clone()),
+        client_ip: u.client_ip.clone(),
+        credential: u.credential.clone(),
+        model: u.model.clone(),
+        status: Some(200),
+        input_tokens: Some(3),
+        output_tokens: Some(4),
+        cost_micros: Some(cost / 1000),
+        key: Some(format!("hmac-sha256:{credential}")),
+        ..Default::default()
+    };
+    (u, a)
+}
+
+#[tokio::test]
+async fn the_audit_writer_and_the_reports_it_feeds() {
+    on_both(|s| async move {
+        s.insert_credential(&credential("c1")).await.unwrap();
+        s.insert_credential(&credential("c2")).await.unwrap();
+        let day = 86_400_000;
+        let t0 = 1_800_000_000_000 / day * day;
+        let uses = [
+            inference(t0 + 1_000, "c1", "alice", "10.0.0.1", "gpt-4o", 2_000_000),
+            inference(t0 + 2_000, "c1", "alice", "10.0.0.1", "gpt-4o", 3_000_000),
+            inference(
+                t0 + 3_600_000,
+                "c1",
+                "bob",
+                "10.0.0.2",
+                "gpt-4o-mini",
+                1_000_000,
+            ),
+            inference(t0 + day + 5, "c2", "alice", "10.0.0.1", "gpt-4o", 7_000_000),
+        ];
+        let (rows, records): (Vec<_>, Vec<_>) = uses.into_iter().unzip();
+        let mut prev = (0, airlock_audit::GENESIS.to_string());
+        let sealed: Vec<Sealed> = records
+            .into_iter()
+            .map(|r| {
+                let s = r.seal_after(prev.0, &prev.1);
+                prev = (s.record.seq, s.hash.clone());
+                s
+            })
+            .collect();
+        let head = Checkpoint {
+            seq: 4,
+            ts: t0 + day + 6,
+            head: prev.1.clone(),
+            key_id: 1,
+            signature: "sig-head".into(),
+        };
+        let cp = Checkpoint {
+            signature: "sig-cp".into(),
+            ..head.clone()
+        };
+        // The writer runs on a thread of its own, as in the server.
+        let mut w = s.batch_writer().unwrap();
+        let got = tokio::task::spawn_blocking(move || {
+            assert_eq!(w.audit_head().unwrap().0, 0);
+            w.write_batch(&rows[..3], &sealed[..3], None, None).unwrap();
+            w.write_batch(&rows[3..], &sealed[3..], Some(&cp), Some(&head))
+                .unwrap();
+            // A record with a seq already stored: refused, nothing of its batch kept.
+            assert!(w.write_batch(&rows[..1], &sealed[..1], None, None).is_err());
+            w.audit_head().unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, prev);
+
+        let all = s
+            .audit_records(&AuditFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[3].hash, prev.1);
+        assert_eq!(all[0].record.hash(), all[0].hash, "read back as written");
+        let alice = s
+            .audit_records(&AuditFilter {
+                actor: Some("alice".into()),
+                credential: Some("c1".into()),
+                newest: true,
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(alice.len(), 1);
+        assert_eq!(alice[0].record.seq, 2, "the newest of alice's on c1");
+        assert_eq!(
+            s.signed_head().await.unwrap().unwrap().signature,
+            "sig-head"
+        );
+        assert_eq!(
+            s.last_checkpoint().await.unwrap().unwrap().signature,
+            "sig-cp"
+        );
+        assert_eq!(s.audit_checkpoints(1, 10).await.unwrap().len(), 1);
+        assert_eq!(s.audit_head().await.unwrap(), prev);
+        assert_eq!(
+            s.key_uses_after("hmac-sha256:c1", t0 + 1_500)
+                .await
+                .unwrap(),
+            2
+        );
+
+        let c1 = s.get_credential("c1").await.unwrap().unwrap();
+        assert_eq!(c1.last_used_at, Some(t0 + 3_600_000));
+        assert_eq!(
+            s.credential_totals("c1").await.unwrap(),
+            UsageTotals {
+                requests: 3,
+                input_tokens: 9,
+                output_tokens: 12
+            }
+        );
+        let a = s.credential_activity("c1", t0).await.unwrap();
+        assert_eq!((a.requests, a.cost_micros), (3, 6_000));
+        assert_eq!(a.identities[0].name, "alice");
+        assert_eq!(a.identities[0].requests, 2);
+        assert_eq!(
+            s.credential_volume("c1", t0, t0 + day).await.unwrap(),
+            (3, 6_000)
+        );
+        let groups = s.usage_groups(t0, t0 + 2 * day).await.unwrap();
+        assert_eq!(groups.iter().map(|g| g.requests).sum::<i64>(), 4);
+        let seen = s
+            .seen_before("c1", SeenColumn::ClientIp, t0, t0 + day)
+            .await
+            .unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(
+            s.spent_since(UsageDimension::Identity, "alice", t0)
+                .await
+                .unwrap(),
+            12_000_000
+        );
+        let by_day = s
+            .usage_report(UsageDimension::Credential, t0, t0 + 2 * day, Some(day))
+            .await
+            .unwrap();
+        assert_eq!(by_day.len(), 2);
+        assert_eq!(
+            (
+                by_day[0].key.as_deref(),
+                by_day[0].bucket_ms,
+                by_day[0].requests,
+                by_day[0].cost_nanos
+            ),
+            (Some("c1"), Some(t0), 3, 6_000_000)
+        );
+        let recent = s.recent_usage(2).await.unwrap();
+        assert_eq!(recent.len(), 2);
+        assert!(recent[0].stream);
+        assert_eq!(recent[0].credential.as_deref(), Some("c2"), "newest first");
+        let h = s.anomaly_history(t0, 3_600_000).await.unwrap();
+        let c1_first_hour = h
+            .tallies
+            .iter()
+            .find(|t| !t.0 && t.1 == "c1" && t.2 == t0 / 3_600_000)
+            .unwrap();
+        assert_eq!((c1_first_hour.3, c1_first_hour.4), (2, 5_000_000));
+        assert!(h
+            .seen
+            .iter()
+            .any(|x| !x.0 && x.1 == "c1" && x.3.as_deref() == Some("10.0.0.2")));
+    })
+    .await;
+}
+
+#[test]
+fn a_store_url_is_printed_without_its_password() {
+    assert_eq!(
+        redact_url("postgres://airlock:s3cret@db:5432/airlock"),
+        "postgres://airlock:***@db:5432/airlock"
+    );
+    assert_eq!(
+        redact_url("postgres://airlock@db/airlock"),
+        "postgres://airlock@db/airlock"
+    );
+    assert_eq!(redact_url("sqlite:///x/a.db"), "sqlite:///x/a.db");
+    assert!(!redact_url("postgresql://u:p%40ss@h/d?sslmode=require").contains("p%40ss"));
+}

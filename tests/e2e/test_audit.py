@@ -29,13 +29,13 @@ def tmp_path(airlock, request):
 class Instance:
     """A separate airlock (own state, own database) in front of the session's mock providers."""
 
-    def __init__(self, a, name, env=None, toml_extra=""):
+    def __init__(self, a, name, env=None, toml_extra="", init_args=()):
         self.a = a
         self.dir = a.tmp / name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        r = subprocess.run([BIN, "init", "--dir", str(self.dir), "--listen", f"127.0.0.1:{self.port}", "--json"],
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run([BIN, "init", "--dir", str(self.dir), "--listen", f"127.0.0.1:{self.port}", "--json",
+                            *init_args], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         self.admin, self.config = out["admin_token"], out["config"]

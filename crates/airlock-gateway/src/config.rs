@@ -595,7 +595,12 @@ impl Config {
     }
 
     /// A commented configuration file for `airlock init`.
-    pub fn template(state_dir: &Path, listen: &str) -> String {
+    pub fn template(state_dir: &Path, listen: &str, store: Option<&str>) -> String {
+        let dir = state_dir.display();
+        let store = match store {
+            Some(url) => format!("# PostgreSQL (or a SQLite file: sqlite:///path/airlock.db)\nurl = \"{url}\""),
+            None => format!("# SQLite file (default STATE_DIR/airlock.db), or postgres://user@host:5432/db\nurl = \"sqlite://{dir}/airlock.db\""),
+        };
         format!(
             r#"# airlock configuration. Every key can be overridden by an environment variable:
 # AIRLOCK_LISTEN, AIRLOCK_LIMITS__MAX_BODY_BYTES, AIRLOCK_LOG__LEVEL, ...
@@ -604,9 +609,8 @@ listen = "{listen}"
 state_dir = "{dir}"
 
 [store]
-# SQLite file (default STATE_DIR/airlock.db)
-url = "sqlite://{dir}/airlock.db"
-synchronous = "full"   # every commit synced to disk (audit records survive a power loss); or "normal"
+{store}
+synchronous = "full"   # SQLite: every commit synced to disk (audit records survive a power loss); or "normal"
 
 [keys]
 # root-<id>.key signs new tokens; other root-*.key files in the directory still verify.
@@ -685,9 +689,14 @@ mod tests {
 
     #[test]
     fn template_parses_and_env_overrides() {
-        let t = Config::template(Path::new("/tmp/x"), "127.0.0.1:8400");
+        let t = Config::template(Path::new("/tmp/x"), "127.0.0.1:8400", None);
         let c = Config::parse(&t, std::iter::empty()).unwrap();
         assert_eq!(c.keys_dir(), PathBuf::from("/tmp/x/keys"));
+        assert_eq!(c.store_url(), "sqlite:///tmp/x/airlock.db");
+        let pg = "postgres://airlock@db:5432/airlock";
+        let p = Config::template(Path::new("/tmp/x"), "127.0.0.1:8400", Some(pg));
+        let p = Config::parse(&p, std::iter::empty()).unwrap();
+        assert_eq!(p.store_url(), pg);
         let env = vec![
             ("AIRLOCK_LISTEN".to_string(), "127.0.0.1:9999".to_string()),
             (

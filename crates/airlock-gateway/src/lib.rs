@@ -377,7 +377,18 @@ impl std::fmt::Debug for Initialized {
 }
 
 /// Creates a state directory: configuration, root key, HMAC key, database, owner admin key.
-pub async fn init(dir: &Path, listen: &str) -> anyhow::Result<Initialized> {
+pub async fn init(dir: &Path, listen: &str, store: Option<&str>) -> anyhow::Result<Initialized> {
+    if let Some(url) = store {
+        if !(url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite:"))
+        {
+            anyhow::bail!(
+                "--store {}: give postgres://user@host:5432/db or sqlite:///path/airlock.db",
+                airlock_store::redact_url(url)
+            );
+        }
+    }
     let fresh = std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none());
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
@@ -393,7 +404,7 @@ pub async fn init(dir: &Path, listen: &str) -> anyhow::Result<Initialized> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    let text = Config::template(&dir, listen);
+    let text = Config::template(&dir, listen, store);
     let cfg = Config::parse(&text, std::iter::empty()).map_err(anyhow::Error::msg)?;
     let keys_dir = cfg.keys_dir();
     std::fs::create_dir_all(&keys_dir)?;
@@ -424,7 +435,7 @@ pub async fn init(dir: &Path, listen: &str) -> anyhow::Result<Initialized> {
         admin_token,
         public_key: format!("ed25519/{}", public.to_bytes_hex()),
         audit_public_key: audit_public,
-        store: cfg.store_url(),
+        store: airlock_store::redact_url(&cfg.store_url()),
         listen: listen.to_string(),
     })
 }

@@ -26,7 +26,7 @@ impl Kit {
     /// `init` then `build_app`, with `extra` appended to the configuration.
     pub async fn new(extra: &str) -> Kit {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let init = crate::init(dir.path(), "127.0.0.1:0")
+        let init = crate::init(dir.path(), "127.0.0.1:0", None)
             .await
             .unwrap_or_else(|e| panic!("init: {e}"));
         if !extra.is_empty() {

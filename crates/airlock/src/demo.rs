@@ -11,7 +11,7 @@ pub async fn run(listen: &str, json: bool) -> Result<(), Failure> {
     crate::init_logging("warn", "text");
     let dir =
         std::env::temp_dir().join(format!("airlock-demo-{}", airlock_secrets::random_token(4)));
-    let init = airlock_gateway::init(&dir.join("state"), listen)
+    let init = airlock_gateway::init(&dir.join("state"), listen, None)
         .await
         .map_err(|e| Failure::usage(format!("{e:#}")))?;
     let cfg = Config::load(&init.config, std::iter::empty()).map_err(Failure::usage)?;

@@ -65,6 +65,10 @@ enum Cmd {
         /// Address the server will listen on.
         #[arg(long, default_value = "127.0.0.1:8400")]
         listen: String,
+        /// The database: `postgres://user@host:5432/db` (its schema is created now) or
+        /// `sqlite:///path/airlock.db`; default a SQLite file in the directory.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
     /// Manage provider credentials (the inventory).
     #[command(subcommand)]
@@ -692,13 +696,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Demo { listen } => demo::run(&listen, json).await,
         Cmd::MockProvider(m) => mock(m).await,
-        Cmd::Init { dir, listen } => {
+        Cmd::Init { dir, listen, store } => {
             listen.parse::<std::net::SocketAddr>().map_err(|_| {
                 Failure::usage(format!(
                     "--listen {listen}: not an address like 127.0.0.1:8400"
                 ))
             })?;
-            let out = airlock_gateway::init(&dir, &listen)
+            let out = airlock_gateway::init(&dir, &listen, store.as_deref())
                 .await
                 .map_err(|e| Failure::usage(format!("{e:#}")))?;
             if json {

@@ -1,0 +1,355 @@
+//! The audit writer's storage: a batch of records, usage rows and checkpoints per transaction.
+
+use crate::*;
+
+/// Appends audit records, usage rows and checkpoints, a batch per transaction, synchronously on
+/// the calling thread (the audit writer's own thread), with cached prepared statements.
+pub struct BatchWriter {
+    pub(crate) inner: Writer,
+}
+
+pub(crate) enum Writer {
+    /// A connection of its own: one synchronous call per batch, no hand-off per statement.
+    Sqlite(rusqlite::Connection),
+    /// The store's pool, driven from the writer's thread: a batch is a few multi-row INSERTs
+    /// in one transaction.
+    Postgres {
+        pool: AnyPool,
+        runtime: tokio::runtime::Handle,
+    },
+}
+
+/// Rows per multi-row INSERT (PostgreSQL takes at most 65 535 parameters per statement).
+const PG_ROWS_PER_INSERT: usize = 1000;
+
+impl BatchWriter {
+    /// Writes one batch in one transaction, with `head`, the signature over its last record
+    /// (stored as the signed head, replacing the previous one) and, when due, a permanent
+    /// `checkpoint`. Must not be called from within the async runtime (the writer runs on a
+    /// thread of its own).
+    pub fn write_batch(
+        &mut self,
+        batch: &[UsageRow],
+        audit: &[Sealed],
+        checkpoint: Option<&Checkpoint>,
+        head: Option<&Checkpoint>,
+    ) -> Result<()> {
+        let conn = match &mut self.inner {
+            Writer::Sqlite(conn) => conn,
+            Writer::Postgres { pool, runtime } => {
+                return runtime.block_on(pg_write_batch(pool, batch, audit, checkpoint, head));
+            }
+        };
+        use rusqlite::params;
+        let tx = conn.transaction().map_err(wdb("begin"))?;
+        {
+            if let Some(h) = head {
+                tx.prepare_cached(
+                    "INSERT INTO audit_head (id, seq, ts, head, key_id, signature) VALUES (1,?,?,?,?,?)
+                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, ts = excluded.ts, head = excluded.head,
+                       key_id = excluded.key_id, signature = excluded.signature",
+                )
+                .and_then(|mut st| st.execute(params![h.seq, h.ts, h.head, h.key_id, h.signature]))
+                .map_err(wdb("sign the head"))?;
+            }
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT INTO audit (seq, ts, actor_kind, actor, subject, action, target_kind, target,
+                       outcome, reason, request_id, client_ip, credential, model, status, input_tokens,
+                       output_tokens, cost_micros, prev, hash, key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                )
+                .map_err(wdb("append audit record"))?;
+            for s in audit {
+                let r = &s.record;
+                ins.execute(params![
+                    r.seq,
+                    r.ts,
+                    r.actor_kind,
+                    r.actor,
+                    r.subject,
+                    r.action,
+                    r.target_kind,
+                    r.target,
+                    r.outcome,
+                    r.reason,
+                    r.request_id,
+                    r.client_ip,
+                    r.credential,
+                    r.model,
+                    r.status,
+                    r.input_tokens,
+                    r.output_tokens,
+                    r.cost_micros,
+                    r.prev,
+                    s.hash,
+                    r.key
+                ])
+                .map_err(wdb("append audit record"))?;
+            }
+            if let Some(c) = checkpoint {
+                tx.prepare_cached(
+                    "INSERT INTO audit_checkpoints (seq, ts, head, key_id, signature) VALUES (?,?,?,?,?)",
+                )
+                .and_then(|mut st| st.execute(params![c.seq, c.ts, c.head, c.key_id, c.signature]))
+                .map_err(wdb("write audit checkpoint"))?;
+            }
+            let mut usage = tx
+                .prepare_cached(
+                    "INSERT INTO usage (ts, request_id, token_id, subject, env, credential, provider, endpoint, model,
+                       status, outcome, input_tokens, output_tokens, cached_tokens, latency_ms, ttfb_ms, stream,
+                       attempts, client_ip, cost_nanos, project, charged_nanos) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                )
+                .map_err(wdb("record usage"))?;
+            let mut used = tx
+                .prepare_cached(
+                    "UPDATE credentials SET last_used_at = max(COALESCE(last_used_at, 0), ?) WHERE name = ?",
+                )
+                .map_err(wdb("record usage"))?;
+            // One update per credential per batch, with the latest time.
+            let mut last_used: Vec<(&str, i64)> = Vec::new();
+            for u in batch {
+                usage
+                    .execute(params![
+                        u.ts,
+                        u.request_id,
+                        u.token_id,
+                        u.subject,
+                        u.env,
+                        u.credential,
+                        u.provider,
+                        u.endpoint,
+                        u.model,
+                        u.status,
+                        u.outcome,
+                        u.input_tokens,
+                        u.output_tokens,
+                        u.cached_tokens,
+                        u.latency_ms,
+                        u.ttfb_ms,
+                        u.stream,
+                        u.attempts,
+                        u.client_ip,
+                        u.cost_nanos,
+                        u.project,
+                        u.charged_nanos
+                    ])
+                    .map_err(wdb("record usage"))?;
+                if let (Some(c), true) = (&u.credential, u.status < 500 && u.outcome != "refused") {
+                    match last_used.iter_mut().find(|(n, _)| *n == c.as_str()) {
+                        Some(e) => e.1 = e.1.max(u.ts),
+                        None => last_used.push((c.as_str(), u.ts)),
+                    }
+                }
+            }
+            for (name, ts) in last_used {
+                used.execute(params![ts, name])
+                    .map_err(wdb("record usage"))?;
+            }
+        }
+        tx.commit().map_err(wdb("commit"))
+    }
+
+    /// The last record's (seq, hash), or (0, GENESIS) for an empty log.
+    pub fn audit_head(&self) -> Result<(i64, String)> {
+        use rusqlite::OptionalExtension;
+        let conn = match &self.inner {
+            Writer::Sqlite(conn) => conn,
+            Writer::Postgres { pool, runtime } => {
+                return runtime.block_on(async {
+                    let row = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+                        .fetch_optional(pool)
+                        .await
+                        .map_err(db("read audit head"))?;
+                    Ok(row
+                        .map(|r| (r.get("seq"), r.get("hash")))
+                        .unwrap_or((0, airlock_audit::GENESIS.to_string())))
+                });
+            }
+        };
+        let row = conn
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(wdb("read audit head"))?;
+        Ok(row.unwrap_or((0, airlock_audit::GENESIS.to_string())))
+    }
+}
+
+/// `($1,…,$cols),($cols+1,…)…` for `rows` rows: numbered placeholders, which both databases
+/// read (sqlx's query builder writes `?` for the Any driver, which PostgreSQL does not).
+fn values(rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ",(" });
+        for c in 0..cols {
+            if c > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!("${}", r * cols + c + 1));
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// The PostgreSQL half of [`BatchWriter::write_batch`]: the same rows, multi-row INSERTs.
+async fn pg_write_batch(
+    pool: &AnyPool,
+    batch: &[UsageRow],
+    audit: &[Sealed],
+    checkpoint: Option<&Checkpoint>,
+    head: Option<&Checkpoint>,
+) -> Result<()> {
+    let mut tx = pool.begin().await.map_err(db("begin"))?;
+    if let Some(h) = head {
+        sqlx::query(
+            "INSERT INTO audit_head (id, seq, ts, head, key_id, signature) VALUES (1,$1,$2,$3,$4,$5)
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, ts = excluded.ts, head = excluded.head,
+               key_id = excluded.key_id, signature = excluded.signature",
+        )
+        .bind(h.seq)
+        .bind(h.ts)
+        .bind(&h.head)
+        .bind(h.key_id)
+        .bind(&h.signature)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("sign the head"))?;
+    }
+    for chunk in audit.chunks(PG_ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO audit (seq, ts, actor_kind, actor, subject, action, target_kind, target,
+               outcome, reason, request_id, client_ip, credential, model, status, input_tokens,
+               output_tokens, cost_micros, prev, hash, key) VALUES {}",
+            values(chunk.len(), 21)
+        );
+        let mut q = sqlx::query(&sql);
+        for s in chunk {
+            let r = &s.record;
+            q = q
+                .bind(r.seq)
+                .bind(r.ts)
+                .bind(&r.actor_kind)
+                .bind(&r.actor)
+                .bind(&r.subject)
+                .bind(&r.action)
+                .bind(&r.target_kind)
+                .bind(&r.target)
+                .bind(&r.outcome)
+                .bind(&r.reason)
+                .bind(&r.request_id)
+                .bind(&r.client_ip)
+                .bind(&r.credential)
+                .bind(&r.model)
+                .bind(r.status)
+                .bind(r.input_tokens)
+                .bind(r.output_tokens)
+                .bind(r.cost_micros)
+                .bind(&r.prev)
+                .bind(&s.hash)
+                .bind(&r.key);
+        }
+        q.execute(&mut *tx)
+            .await
+            .map_err(db("append audit record"))?;
+    }
+    if let Some(c) = checkpoint {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, ts, head, key_id, signature) VALUES ($1,$2,$3,$4,$5)",
+        )
+        .bind(c.seq)
+        .bind(c.ts)
+        .bind(&c.head)
+        .bind(c.key_id)
+        .bind(&c.signature)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("write audit checkpoint"))?;
+    }
+    for chunk in batch.chunks(PG_ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO usage (ts, request_id, token_id, subject, env, credential, provider, endpoint, model,
+               status, outcome, input_tokens, output_tokens, cached_tokens, latency_ms, ttfb_ms, stream,
+               attempts, client_ip, cost_nanos, project, charged_nanos) VALUES {}",
+            values(chunk.len(), 22)
+        );
+        let mut q = sqlx::query(&sql);
+        for u in chunk {
+            q = q
+                .bind(u.ts)
+                .bind(&u.request_id)
+                .bind(&u.token_id)
+                .bind(&u.subject)
+                .bind(&u.env)
+                .bind(&u.credential)
+                .bind(&u.provider)
+                .bind(&u.endpoint)
+                .bind(&u.model)
+                .bind(u.status)
+                .bind(&u.outcome)
+                .bind(u.input_tokens)
+                .bind(u.output_tokens)
+                .bind(u.cached_tokens)
+                .bind(u.latency_ms)
+                .bind(u.ttfb_ms)
+                .bind(i64::from(u.stream))
+                .bind(u.attempts)
+                .bind(&u.client_ip)
+                .bind(u.cost_nanos)
+                .bind(&u.project)
+                .bind(u.charged_nanos);
+        }
+        q.execute(&mut *tx).await.map_err(db("record usage"))?;
+    }
+    // One update per credential per batch, with the latest time.
+    let mut last_used: Vec<(&str, i64)> = Vec::new();
+    for u in batch {
+        if let (Some(c), true) = (&u.credential, u.status < 500 && u.outcome != "refused") {
+            match last_used.iter_mut().find(|(n, _)| *n == c.as_str()) {
+                Some(e) => e.1 = e.1.max(u.ts),
+                None => last_used.push((c.as_str(), u.ts)),
+            }
+        }
+    }
+    for (name, ts) in last_used {
+        sqlx::query(
+            "UPDATE credentials SET last_used_at = GREATEST(COALESCE(last_used_at, 0), $1) WHERE name = $2",
+        )
+        .bind(ts)
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("record usage"))?;
+    }
+    tx.commit().await.map_err(db("commit"))
+}
+
+impl airlock_audit::log::Storage for BatchWriter {
+    type Row = UsageRow;
+
+    fn append(
+        &mut self,
+        rows: &[UsageRow],
+        records: &[Sealed],
+        checkpoint: Option<&Checkpoint>,
+        head: Option<&Checkpoint>,
+    ) -> std::result::Result<(), airlock_audit::log::StoreError> {
+        Ok(self.write_batch(rows, records, checkpoint, head)?)
+    }
+
+    fn head(&mut self) -> std::result::Result<(i64, String), airlock_audit::log::StoreError> {
+        Ok(self.audit_head()?)
+    }
+}
+
+impl airlock_audit::log::Row for UsageRow {
+    fn mark_not_answered(&mut self) {
+        if self.outcome == "ok" {
+            self.outcome = "not_answered".into();
+            self.status = 503;
+        }
+    }
+}

@@ -7,6 +7,7 @@
 #   bench/run.sh                       # all peers, CONC="1 64", DURATION=10
 #   PEERS="direct nginx-proxy" DURATION=5 bench/run.sh
 #   AIRLOCK_BENCH_BIN=/tmp/airlock-old bench/run.sh   # skip the build, use this binary
+#   AIRLOCK_BENCH_STORE=postgres://postgres@127.0.0.1:5432/bench bench/run.sh   # on PostgreSQL (an empty database)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -28,7 +29,7 @@ server=
 cleanup() { [[ -n $server ]] && kill "$server" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
 
-init=$("$bin" init --dir "$tmp/state" --listen "127.0.0.1:$port" --json)
+init=$("$bin" init --dir "$tmp/state" --listen "127.0.0.1:$port" --json ${AIRLOCK_BENCH_STORE:+--store "$AIRLOCK_BENCH_STORE"})
 admin=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["admin_token"])' <<<"$init")
 # The harness's mock accepts any key; this one is random and lives only in the temp dir.
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp/upstream.key"; chmod 600 "$tmp/upstream.key"

@@ -166,12 +166,42 @@ impl Record {
         hex::encode(h.finalize())
     }
 
-    /// Sets `seq` and `prev` to follow `(prev_seq, prev_hash)` and seals the record.
+    /// Sets `seq` and `prev` to follow `(prev_seq, prev_hash)` and seals the record. A NUL
+    /// character in any text (a caller can put one in a field that is quoted into `reason`)
+    /// becomes U+FFFD first: PostgreSQL's text refuses NUL, and a record no database can store
+    /// would hold up every record queued behind it. Hashed as stored, so both databases agree.
     pub fn seal_after(mut self, prev_seq: i64, prev_hash: &str) -> Sealed {
+        for s in [&mut self.actor_kind, &mut self.action, &mut self.outcome] {
+            no_nul(s);
+        }
+        for s in [
+            &mut self.actor,
+            &mut self.subject,
+            &mut self.target_kind,
+            &mut self.target,
+            &mut self.reason,
+            &mut self.request_id,
+            &mut self.client_ip,
+            &mut self.credential,
+            &mut self.model,
+            &mut self.key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            no_nul(s);
+        }
         self.seq = prev_seq + 1;
         self.prev = prev_hash.to_string();
         let hash = self.hash();
         Sealed { record: self, hash }
+    }
+}
+
+/// Replaces each NUL character with U+FFFD.
+pub fn no_nul(s: &mut String) {
+    if s.contains('\0') {
+        *s = s.replace('\0', "\u{FFFD}");
     }
 }
 

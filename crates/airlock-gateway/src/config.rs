@@ -598,7 +598,11 @@ impl Config {
     pub fn template(state_dir: &Path, listen: &str, store: Option<&str>) -> String {
         let dir = state_dir.display();
         let store = match store {
-            Some(url) => format!("# PostgreSQL (or a SQLite file: sqlite:///path/airlock.db)\nurl = \"{url}\""),
+            // Written as a TOML string (escaped), never pasted.
+            Some(url) => format!(
+                "# PostgreSQL (or a SQLite file: sqlite:///path/airlock.db)\nurl = {}",
+                toml::Value::String(url.to_string())
+            ),
             None => format!("# SQLite file (default STATE_DIR/airlock.db), or postgres://user@host:5432/db\nurl = \"sqlite://{dir}/airlock.db\""),
         };
         format!(

@@ -73,6 +73,12 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         cfg.store.sync().map_err(anyhow::Error::msg)?,
     )
     .await?;
+    let Some(store_lock) = store.server_lock().await? else {
+        anyhow::bail!(
+            "another airlock is serving from {} (one server per database until replicas share one audit chain); stop it first",
+            airlock_store::redact_url(&cfg.store_url())
+        );
+    };
     // After an incident lockdown, its root-key generation overrides the configuration's.
     let keys = Arc::new(match store.token_epoch().await? {
         Some((min, signing)) => {
@@ -249,6 +255,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         budgets,
         rate_limits,
         state_lock,
+        store_lock,
     });
     app.trust
         .reload()
@@ -429,7 +436,17 @@ pub async fn init(dir: &Path, listen: &str, store: Option<&str>) -> anyhow::Resu
     let store = Store::open(&cfg.store_url()).await?;
     let admin_token =
         admin::create_admin_key(&store, &hmac, "owner", admin::Role::Owner, None).await?;
-    std::fs::write(&cfg_path, text)?;
+    // Readable by its owner only: a store URL may carry a password.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new();
+        f.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut f, 0o600);
+        f.open(&cfg_path)
+            .with_context(|| format!("cannot create {}", cfg_path.display()))?
+            .write_all(text.as_bytes())?;
+    }
     Ok(Initialized {
         config: cfg_path,
         admin_token,

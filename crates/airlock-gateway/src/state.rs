@@ -49,6 +49,8 @@ pub struct App {
     /// Held for the server's life: one server per state directory (a second one would append
     /// to the same audit log).
     pub state_lock: std::fs::File,
+    /// Held for the server's life on PostgreSQL: one server per database, for the same reason.
+    pub store_lock: airlock_store::ServerLock,
 }
 
 impl App {}

@@ -206,16 +206,29 @@ impl Store {
     /// Revokes an admin key, unless it is the last active owner key (one statement, so two
     /// revocations at once cannot leave no owner); false when nothing was revoked.
     pub async fn revoke_admin_key(&self, id: &str, now_ms: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        if self.backend == Backend::Postgres {
+            // SQLite runs one write at a time; PostgreSQL does not: two revocations of two
+            // owner keys would each count two owners and leave none. Locking the live owner
+            // keys first makes the second wait, then count again.
+            sqlx::query(
+                "SELECT id FROM admin_keys WHERE role = 'owner' AND revoked_at IS NULL FOR UPDATE",
+            )
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("revoke admin key"))?;
+        }
         let r = sqlx::query(
             "UPDATE admin_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL
                AND (role <> 'owner'
                     OR (SELECT COUNT(*) FROM admin_keys WHERE role = 'owner' AND revoked_at IS NULL) > 1)",
         )
-                .bind(now_ms)
-                .bind(id)
-                .execute(&self.pool)
-                .await
-                .map_err(db("revoke admin key"))?;
+        .bind(now_ms)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("revoke admin key"))?;
+        tx.commit().await.map_err(db("commit"))?;
         Ok(r.rows_affected() == 1)
     }
 }

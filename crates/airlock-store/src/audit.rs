@@ -10,7 +10,8 @@ impl Store {
             let runtime = tokio::runtime::Handle::try_current().map_err(|_| StoreError::Db {
                 op: "open the audit writer",
                 source: sqlx::Error::Configuration(
-                    "the PostgreSQL audit writer is opened within the async runtime".into(),
+                    "the PostgreSQL audit writer must be opened from within the async runtime"
+                        .into(),
                 ),
             })?;
             return Ok(BatchWriter {

@@ -586,7 +586,7 @@ mod tokens;
 mod usage;
 mod writer;
 
-pub use store::{redact_url, Backend, Store, SyncMode};
+pub use store::{redact_url, Backend, ServerLock, Store, SyncMode};
 pub use writer::BatchWriter;
 
 #[cfg(test)]

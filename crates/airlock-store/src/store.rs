@@ -12,26 +12,88 @@ pub enum SyncMode {
     Normal,
 }
 
-/// A store URL fit to print: the password, if any, replaced by `***`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+/// A store URL fit to print: a password, in the user part or as a `password` parameter,
+/// replaced by `***`; text that is not a URL is not repeated at all.
+pub fn redact_url(raw: &str) -> String {
+    let Ok(mut u) = url::Url::parse(raw) else {
+        return match raw.split_once(':') {
+            Some((scheme, _)) if scheme.chars().all(|c| c.is_ascii_alphanumeric()) => {
+                format!("{scheme}:<not a URL>")
+            }
+            _ => "<not a URL>".into(),
+        };
     };
-    let host_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..host_end].rfind('@') {
-        Some(at) => {
-            let user = &rest[..at];
-            let user = user.split_once(':').map_or(user, |(u, _)| u);
-            let shown = if rest[..at].contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_string()
-            };
-            format!("{scheme}://{shown}{}", &rest[at..])
-        }
-        None => url.to_string(),
+    if u.scheme().starts_with("sqlite") {
+        return raw.to_string();
     }
+    if u.host_str().is_none_or(str::is_empty) {
+        // Not host-shaped (`user:password@host` without `//`): nothing in it is safe to show.
+        return format!("{}:<not shown>", u.scheme());
+    }
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    if u.query_pairs()
+        .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+    {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k.eq_ignore_ascii_case("password") {
+                    "***".to_string()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
+
+/// A PostgreSQL URL for another machine must say how its connection is protected: sqlx's
+/// default (`prefer`) checks no certificate and falls back to plain text, and whoever can
+/// rewrite the `credentials` table decides where provider keys are sent.
+fn check_tls(raw: &str) -> Result<()> {
+    let refuse = |m: String| StoreError::Db {
+        op: "open",
+        source: sqlx::Error::Configuration(m.into()),
+    };
+    let u = url::Url::parse(raw).map_err(|_| refuse("store.url is not a URL".into()))?;
+    let local = match u.host() {
+        None => true,
+        // `postgres:` is not a scheme the URL standard knows, so its host is kept as text.
+        Some(url::Host::Domain(d)) => {
+            d == "localhost"
+                || d.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+    };
+    let socket = u
+        .query_pairs()
+        .any(|(k, v)| k == "host" && v.starts_with('/'));
+    let sslmode = u.query_pairs().any(|(k, _)| k == "sslmode");
+    if local || socket || sslmode {
+        return Ok(());
+    }
+    Err(refuse(format!(
+        "store.url {} names a PostgreSQL server on another machine without sslmode: add \
+         ?sslmode=verify-full (its certificate checked; sslrootcert=/path for a private CA), \
+         or choose another sslmode explicitly",
+        redact_url(raw)
+    )))
+}
+
+/// The advisory lock key of the one-server lock ("airlock" in ASCII).
+const SERVER_LOCK: i64 = 0x0061_6972_6c6f_636b;
+
+/// Held while a server writes a PostgreSQL database (see [`Store::server_lock`]).
+pub struct ServerLock(#[allow(dead_code)] Option<std::sync::Mutex<sqlx::AnyConnection>>);
 
 /// Which database a store is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,9 +168,22 @@ impl Store {
     /// so each migration runs once.
     pub async fn open_postgres(url: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
+        check_tls(url)?;
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // A commit is durable when it returns, whatever the server's default; a
+                    // hung statement or lock ends in an error (and a refusal), not a hang.
+                    conn.execute(
+                        "SET synchronous_commit = on; SET statement_timeout = '60s'; \
+                         SET lock_timeout = '10s'",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
             .connect(url)
             .await
             .map_err(db("open"))?;
@@ -178,6 +253,29 @@ impl Store {
     /// Closes every connection (waiting for those in use to be returned).
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// On PostgreSQL, takes the database's one-server lock (a session advisory lock, held by a
+    /// connection of its own until the returned guard is dropped or the process dies); `None`
+    /// if another server holds it. Until several replicas share one audit chain, one server
+    /// writes each database's log. SQLite servers lock their state directory instead: always
+    /// `Some` there.
+    pub async fn server_lock(&self) -> Result<Option<ServerLock>> {
+        if self.backend != Backend::Postgres {
+            return Ok(Some(ServerLock(None)));
+        }
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db("take the server lock"))?
+            .detach();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(SERVER_LOCK)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(db("take the server lock"))?;
+        Ok(got.then(|| ServerLock(Some(std::sync::Mutex::new(conn)))))
     }
 
     /// Which database this is.

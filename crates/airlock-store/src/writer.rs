@@ -276,20 +276,27 @@ async fn pg_write_batch(
                attempts, client_ip, cost_nanos, project, charged_nanos) VALUES {}",
             values(chunk.len(), 22)
         );
+        // PostgreSQL's text refuses NUL: a caller's NUL must not hold up the batch.
+        let t = |s: &String| {
+            let mut s = s.clone();
+            airlock_audit::no_nul(&mut s);
+            s
+        };
+        let o = |s: &Option<String>| s.as_ref().map(t);
         let mut q = sqlx::query(&sql);
         for u in chunk {
             q = q
                 .bind(u.ts)
-                .bind(&u.request_id)
-                .bind(&u.token_id)
-                .bind(&u.subject)
-                .bind(&u.env)
-                .bind(&u.credential)
-                .bind(&u.provider)
-                .bind(&u.endpoint)
-                .bind(&u.model)
+                .bind(t(&u.request_id))
+                .bind(o(&u.token_id))
+                .bind(o(&u.subject))
+                .bind(o(&u.env))
+                .bind(o(&u.credential))
+                .bind(o(&u.provider))
+                .bind(t(&u.endpoint))
+                .bind(o(&u.model))
                 .bind(u.status)
-                .bind(&u.outcome)
+                .bind(t(&u.outcome))
                 .bind(u.input_tokens)
                 .bind(u.output_tokens)
                 .bind(u.cached_tokens)
@@ -297,9 +304,9 @@ async fn pg_write_batch(
                 .bind(u.ttfb_ms)
                 .bind(i64::from(u.stream))
                 .bind(u.attempts)
-                .bind(&u.client_ip)
+                .bind(o(&u.client_ip))
                 .bind(u.cost_nanos)
-                .bind(&u.project)
+                .bind(o(&u.project))
                 .bind(u.charged_nanos);
         }
         q.execute(&mut *tx).await.map_err(db("record usage"))?;

@@ -722,5 +722,124 @@ fn a_store_url_is_printed_without_its_password() {
         "postgres://airlock@db/airlock"
     );
     assert_eq!(redact_url("sqlite:///x/a.db"), "sqlite:///x/a.db");
-    assert!(!redact_url("postgresql://u:p%40ss@h/d?sslmode=require").contains("p%40ss"));
+    for raw in [
+        "postgresql://u:p%40ss@h/d?sslmode=require",
+        "postgres://u@h/d?password=hunter22&sslmode=verify-full",
+        "postgres://u:hunter22@h:5432/d?application_name=x",
+        "airlock:hunter22@db/x",
+        "hunter22",
+    ] {
+        let shown = redact_url(raw);
+        assert!(
+            !shown.contains("hunter22") && !shown.contains("p%40ss"),
+            "{raw} shown as {shown}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_remote_postgresql_without_sslmode_is_refused_before_connecting() {
+    let e = Store::open("postgres://airlock:hunter22@db.example.test:5432/airlock")
+        .await
+        .err()
+        .expect("refused");
+    let e = e.to_string();
+    assert!(e.contains("sslmode=verify-full"), "{e}");
+    assert!(!e.contains("hunter22"), "{e}");
+}
+
+#[tokio::test]
+async fn a_nul_from_a_caller_is_stored_as_u_fffd_and_the_chain_holds() {
+    on_both(|s| async move {
+        let (mut u, mut a) = inference(5, "c1", "ali\0ce", "10.0.0.1", "gpt-4o", 1);
+        a.reason = Some("environment `\0` is unknown".into());
+        u.outcome = "refused\0".into();
+        let sealed = a.seal_after(0, airlock_audit::GENESIS);
+        assert!(!sealed.record.reason.as_deref().unwrap().contains('\0'));
+        let mut w = s.batch_writer().unwrap();
+        let good = inference(6, "c1", "bob", "10.0.0.2", "gpt-4o", 1);
+        let next = good.1.seal_after(1, &sealed.hash);
+        tokio::task::spawn_blocking(move || {
+            w.write_batch(&[u, good.0], &[sealed, next], None, None)
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let back = s
+            .audit_records(&AuditFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(back.len(), 2, "the record behind it was stored too");
+        assert_eq!(back[0].record.subject.as_deref(), Some("ali\u{FFFD}ce"));
+        assert_eq!(back[0].record.hash(), back[0].hash, "hashed as stored");
+        assert_eq!(back[1].record.prev, back[0].hash);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_owners_revoking_each_other_at_once_leave_one() {
+    on_both(|s| async move {
+        let mut live = vec!["o0".to_string(), "o1".to_string()];
+        for id in &live {
+            s.insert_admin_key(id, "owner", "owner", "h", None, 1)
+                .await
+                .unwrap();
+        }
+        for round in 0..10 {
+            let (a, b) = tokio::join!(
+                s.revoke_admin_key(&live[0], 10 + round),
+                s.revoke_admin_key(&live[1], 10 + round)
+            );
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert!(
+                a ^ b,
+                "round {round}: exactly one of the two is revoked ({a}, {b})"
+            );
+            let owners: Vec<String> = s
+                .list_admin_keys()
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|k| k.role == "owner" && k.revoked_at.is_none())
+                .map(|k| k.id)
+                .collect();
+            assert_eq!(owners.len(), 1, "round {round}");
+            let next = format!("n{round}");
+            s.insert_admin_key(&next, "owner", "owner", "h", None, 2)
+                .await
+                .unwrap();
+            live = vec![owners[0].clone(), next];
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_server_per_postgresql_database() {
+    on_both(|s| async move {
+        let first = s.server_lock().await.unwrap();
+        assert!(first.is_some());
+        let second = s.server_lock().await.unwrap();
+        if s.backend() == Backend::Sqlite {
+            // SQLite servers lock their state directory instead.
+            assert!(second.is_some());
+            return;
+        }
+        assert!(second.is_none(), "a second server is refused");
+        drop(first);
+        // The lock ends with its connection (the server process's death does the same).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if s.server_lock().await.unwrap().is_some() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never released");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
 }

@@ -523,7 +523,28 @@ impl Config {
         airlock_spend::pricing::Prices::load(&overrides)
     }
 
-    /// The database URL.
+    /// The database URL to connect with: `[store] url`, or what the reference there names
+    /// (`env:NAME`, `file:/path`), so that a password need not be written into this file.
+    #[allow(clippy::disallowed_methods)] // configuration: the server's start-up reads it
+    pub fn store_connect_url(&self) -> anyhow::Result<String> {
+        let url = self.store_url();
+        let value = if let Some(name) = url.strip_prefix("env:") {
+            env_var(name).ok_or_else(|| {
+                anyhow::anyhow!("[store] url {url}: the environment variable is not set")
+            })?
+        } else if let Some(path) = url.strip_prefix("file:") {
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("[store] url {url}: {e}"))?
+        } else {
+            return Ok(url);
+        };
+        let value = value.trim().to_string();
+        if value.starts_with("env:") || value.starts_with("file:") || value.is_empty() {
+            anyhow::bail!("[store] url {url}: names no database URL");
+        }
+        Ok(value)
+    }
+
+    /// The database URL as configured (a reference is not resolved).
     pub fn store_url(&self) -> String {
         self.store
             .url
@@ -701,6 +722,19 @@ mod tests {
         let p = Config::template(Path::new("/tmp/x"), "127.0.0.1:8400", Some(pg));
         let p = Config::parse(&p, std::iter::empty()).unwrap();
         assert_eq!(p.store_url(), pg);
+        // A reference: the URL (and its password) kept outside the configuration.
+        let dir = std::env::temp_dir().join(format!("airlock-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("store-url");
+        std::fs::write(&file, format!("{pg}\n")).unwrap();
+        let r = format!("file:{}", file.display());
+        let c = Config::template(Path::new("/tmp/x"), "127.0.0.1:8400", Some(&r));
+        let c = Config::parse(&c, std::iter::empty()).unwrap();
+        assert_eq!(c.store_url(), r);
+        assert_eq!(c.store_connect_url().unwrap(), pg);
+        std::fs::write(&file, "").unwrap();
+        assert!(c.store_connect_url().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
         let env = vec![
             ("AIRLOCK_LISTEN".to_string(), "127.0.0.1:9999".to_string()),
             (

@@ -69,7 +69,7 @@ pub async fn build_app(cfg: Config) -> anyhow::Result<(Arc<App>, tokio::task::Jo
         );
     }
     let store = Store::open_with(
-        &cfg.store_url(),
+        &cfg.store_connect_url()?,
         cfg.store.sync().map_err(anyhow::Error::msg)?,
     )
     .await?;
@@ -388,10 +388,12 @@ pub async fn init(dir: &Path, listen: &str, store: Option<&str>) -> anyhow::Resu
     if let Some(url) = store {
         if !(url.starts_with("postgres://")
             || url.starts_with("postgresql://")
-            || url.starts_with("sqlite:"))
+            || url.starts_with("sqlite:")
+            || url.starts_with("env:")
+            || url.starts_with("file:"))
         {
             anyhow::bail!(
-                "--store {}: give postgres://user@host:5432/db or sqlite:///path/airlock.db",
+                "--store {}: give postgres://user@host:5432/db, sqlite:///path/airlock.db, or env:NAME / file:/path holding one",
                 airlock_store::redact_url(url)
             );
         }
@@ -433,7 +435,7 @@ pub async fn init(dir: &Path, listen: &str, store: Option<&str>) -> anyhow::Resu
     {
         airlock_secretstore::sealed::Keyfile::add_version(&p).map_err(anyhow::Error::msg)?;
     }
-    let store = Store::open(&cfg.store_url()).await?;
+    let store = Store::open(&cfg.store_connect_url()?).await?;
     let admin_token =
         admin::create_admin_key(&store, &hmac, "owner", admin::Role::Owner, None).await?;
     // Readable by its owner only: a store URL may carry a password.

@@ -15,6 +15,10 @@ pub enum SyncMode {
 /// A store URL fit to print: a password, in the user part or as a `password` parameter,
 /// replaced by `***`; text that is not a URL is not repeated at all.
 pub fn redact_url(raw: &str) -> String {
+    // A reference to where the URL is kept is no secret.
+    if raw.starts_with("env:") || raw.starts_with("file:") {
+        return raw.to_string();
+    }
     let Ok(mut u) = url::Url::parse(raw) else {
         return match raw.split_once(':') {
             Some((scheme, _)) if scheme.chars().all(|c| c.is_ascii_alphanumeric()) => {

@@ -43,9 +43,12 @@ pub async fn run(listen: &str, json: bool) -> Result<(), Failure> {
         std::future::pending(),
     ));
 
-    let store = Store::open(&cfg.store_url())
-        .await
-        .map_err(|e| Failure::remote(e.to_string()))?;
+    let store = Store::open(
+        &cfg.store_connect_url()
+            .map_err(|e| Failure::usage(format!("{e:#}")))?,
+    )
+    .await
+    .map_err(|e| Failure::remote(e.to_string()))?;
     let hmac_text = std::fs::read_to_string(cfg.keys_dir().join(airlock_gateway::HMAC_KEY_FILE))
         .map_err(|e| Failure::usage(e.to_string()))?;
     let hmac = HmacKey::from_hex(&hmac_text).ok_or_else(|| Failure::usage("bad hmac key"))?;

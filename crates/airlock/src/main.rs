@@ -781,7 +781,11 @@ pub async fn serve(
         tracing::error!("could not sign the audit log's head at shutdown");
     }
     drop(app);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
+    // What was queued after the head was signed (streams cut by the shutdown) is written
+    // before the runtime goes: on PostgreSQL the writer needs the runtime to write at all.
+    if tokio::time::timeout(ten, writer).await.is_err() {
+        tracing::error!("the audit writer did not finish within 10 s of shutdown");
+    }
     Ok(())
 }
 

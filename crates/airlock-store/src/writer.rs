@@ -37,116 +37,76 @@ impl BatchWriter {
         let conn = match &mut self.inner {
             Writer::Sqlite(conn) => conn,
             Writer::Postgres { pool, runtime } => {
-                return runtime.block_on(pg_write_batch(pool, batch, audit, checkpoint, head));
+                return runtime.block_on(async {
+                    let mut tx = pool.begin().await.map_err(db("begin"))?;
+                    pg_write(&mut tx, batch, audit, checkpoint, head).await?;
+                    tx.commit().await.map_err(db("commit"))
+                });
             }
         };
-        use rusqlite::params;
         let tx = conn.transaction().map_err(wdb("begin"))?;
-        {
-            if let Some(h) = head {
-                tx.prepare_cached(
-                    "INSERT INTO audit_head (id, seq, ts, head, key_id, signature) VALUES (1,?,?,?,?,?)
-                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, ts = excluded.ts, head = excluded.head,
-                       key_id = excluded.key_id, signature = excluded.signature",
-                )
-                .and_then(|mut st| st.execute(params![h.seq, h.ts, h.head, h.key_id, h.signature]))
-                .map_err(wdb("sign the head"))?;
-            }
-            let mut ins = tx
-                .prepare_cached(
-                    "INSERT INTO audit (seq, ts, actor_kind, actor, subject, action, target_kind, target,
-                       outcome, reason, request_id, client_ip, credential, model, status, input_tokens,
-                       output_tokens, cost_micros, prev, hash, key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                )
-                .map_err(wdb("append audit record"))?;
-            for s in audit {
-                let r = &s.record;
-                ins.execute(params![
-                    r.seq,
-                    r.ts,
-                    r.actor_kind,
-                    r.actor,
-                    r.subject,
-                    r.action,
-                    r.target_kind,
-                    r.target,
-                    r.outcome,
-                    r.reason,
-                    r.request_id,
-                    r.client_ip,
-                    r.credential,
-                    r.model,
-                    r.status,
-                    r.input_tokens,
-                    r.output_tokens,
-                    r.cost_micros,
-                    r.prev,
-                    s.hash,
-                    r.key
-                ])
-                .map_err(wdb("append audit record"))?;
-            }
-            if let Some(c) = checkpoint {
-                tx.prepare_cached(
-                    "INSERT INTO audit_checkpoints (seq, ts, head, key_id, signature) VALUES (?,?,?,?,?)",
-                )
-                .and_then(|mut st| st.execute(params![c.seq, c.ts, c.head, c.key_id, c.signature]))
-                .map_err(wdb("write audit checkpoint"))?;
-            }
-            let mut usage = tx
-                .prepare_cached(
-                    "INSERT INTO usage (ts, request_id, token_id, subject, env, credential, provider, endpoint, model,
-                       status, outcome, input_tokens, output_tokens, cached_tokens, latency_ms, ttfb_ms, stream,
-                       attempts, client_ip, cost_nanos, project, charged_nanos) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                )
-                .map_err(wdb("record usage"))?;
-            let mut used = tx
-                .prepare_cached(
-                    "UPDATE credentials SET last_used_at = max(COALESCE(last_used_at, 0), ?) WHERE name = ?",
-                )
-                .map_err(wdb("record usage"))?;
-            // One update per credential per batch, with the latest time.
-            let mut last_used: Vec<(&str, i64)> = Vec::new();
-            for u in batch {
-                usage
-                    .execute(params![
-                        u.ts,
-                        u.request_id,
-                        u.token_id,
-                        u.subject,
-                        u.env,
-                        u.credential,
-                        u.provider,
-                        u.endpoint,
-                        u.model,
-                        u.status,
-                        u.outcome,
-                        u.input_tokens,
-                        u.output_tokens,
-                        u.cached_tokens,
-                        u.latency_ms,
-                        u.ttfb_ms,
-                        u.stream,
-                        u.attempts,
-                        u.client_ip,
-                        u.cost_nanos,
-                        u.project,
-                        u.charged_nanos
-                    ])
-                    .map_err(wdb("record usage"))?;
-                if let (Some(c), true) = (&u.credential, u.status < 500 && u.outcome != "refused") {
-                    match last_used.iter_mut().find(|(n, _)| *n == c.as_str()) {
-                        Some(e) => e.1 = e.1.max(u.ts),
-                        None => last_used.push((c.as_str(), u.ts)),
-                    }
-                }
-            }
-            for (name, ts) in last_used {
-                used.execute(params![ts, name])
-                    .map_err(wdb("record usage"))?;
-            }
-        }
+        sqlite_write(&tx, batch, audit, checkpoint, head)?;
         tx.commit().map_err(wdb("commit"))
+    }
+
+    /// [`Storage::append`](airlock_audit::log::Storage::append): the head read, the batch
+    /// sealed after it and stored, in one transaction that holds the log's write lock (SQLite:
+    /// an immediate transaction; PostgreSQL: a transaction-scoped advisory lock, so that
+    /// several servers take turns on one chain).
+    fn append_sealed(
+        &mut self,
+        rows: &[UsageRow],
+        seal: &mut dyn FnMut(i64, &str) -> Option<airlock_audit::log::Sealing>,
+    ) -> Result<Option<airlock_audit::log::Sealing>> {
+        use rusqlite::OptionalExtension;
+        let conn = match &mut self.inner {
+            Writer::Sqlite(conn) => conn,
+            Writer::Postgres { pool, runtime } => {
+                return runtime.block_on(pg_append(pool, rows, seal));
+            }
+        };
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(wdb("begin"))?;
+        let (seq, hash) = tx
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(wdb("read audit head"))?
+            .unwrap_or((0, airlock_audit::GENESIS.to_string()));
+        let Some(sealing) = seal(seq, &hash) else {
+            return Ok(None);
+        };
+        sqlite_write(
+            &tx,
+            rows,
+            &sealing.records,
+            sealing.checkpoint.as_ref(),
+            sealing.head.as_ref(),
+        )?;
+        tx.commit().map_err(wdb("commit"))?;
+        Ok(Some(sealing))
+    }
+
+    /// The hash of the record stored at `seq`, if any.
+    pub fn record_hash(&self, seq: i64) -> Result<Option<String>> {
+        use rusqlite::OptionalExtension;
+        match &self.inner {
+            Writer::Sqlite(conn) => conn
+                .query_row("SELECT hash FROM audit WHERE seq = ?", [seq], |r| r.get(0))
+                .optional()
+                .map_err(wdb("read an audit record")),
+            Writer::Postgres { pool, runtime } => runtime.block_on(async {
+                sqlx::query_scalar("SELECT hash FROM audit WHERE seq = $1")
+                    .bind(seq)
+                    .fetch_optional(pool)
+                    .await
+                    .map_err(db("read an audit record"))
+            }),
+        }
     }
 
     /// The last record's (seq, hash), or (0, GENESIS) for an empty log.
@@ -178,6 +138,120 @@ impl BatchWriter {
     }
 }
 
+/// The SQLite half of a batch, inside the caller's transaction.
+fn sqlite_write(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &[UsageRow],
+    audit: &[Sealed],
+    checkpoint: Option<&Checkpoint>,
+    head: Option<&Checkpoint>,
+) -> Result<()> {
+    use rusqlite::params;
+    if let Some(h) = head {
+        tx.prepare_cached(
+                "INSERT INTO audit_head (id, seq, ts, head, key_id, signature) VALUES (1,?,?,?,?,?)
+                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, ts = excluded.ts, head = excluded.head,
+                   key_id = excluded.key_id, signature = excluded.signature",
+            )
+            .and_then(|mut st| st.execute(params![h.seq, h.ts, h.head, h.key_id, h.signature]))
+            .map_err(wdb("sign the head"))?;
+    }
+    let mut ins = tx
+            .prepare_cached(
+                "INSERT INTO audit (seq, ts, actor_kind, actor, subject, action, target_kind, target,
+                   outcome, reason, request_id, client_ip, credential, model, status, input_tokens,
+                   output_tokens, cost_micros, prev, hash, key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            )
+            .map_err(wdb("append audit record"))?;
+    for s in audit {
+        let r = &s.record;
+        ins.execute(params![
+            r.seq,
+            r.ts,
+            r.actor_kind,
+            r.actor,
+            r.subject,
+            r.action,
+            r.target_kind,
+            r.target,
+            r.outcome,
+            r.reason,
+            r.request_id,
+            r.client_ip,
+            r.credential,
+            r.model,
+            r.status,
+            r.input_tokens,
+            r.output_tokens,
+            r.cost_micros,
+            r.prev,
+            s.hash,
+            r.key
+        ])
+        .map_err(wdb("append audit record"))?;
+    }
+    if let Some(c) = checkpoint {
+        tx.prepare_cached(
+            "INSERT INTO audit_checkpoints (seq, ts, head, key_id, signature) VALUES (?,?,?,?,?)",
+        )
+        .and_then(|mut st| st.execute(params![c.seq, c.ts, c.head, c.key_id, c.signature]))
+        .map_err(wdb("write audit checkpoint"))?;
+    }
+    let mut usage = tx
+            .prepare_cached(
+                "INSERT INTO usage (ts, request_id, token_id, subject, env, credential, provider, endpoint, model,
+                   status, outcome, input_tokens, output_tokens, cached_tokens, latency_ms, ttfb_ms, stream,
+                   attempts, client_ip, cost_nanos, project, charged_nanos) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            )
+            .map_err(wdb("record usage"))?;
+    let mut used = tx
+            .prepare_cached(
+                "UPDATE credentials SET last_used_at = max(COALESCE(last_used_at, 0), ?) WHERE name = ?",
+            )
+            .map_err(wdb("record usage"))?;
+    // One update per credential per batch, with the latest time.
+    let mut last_used: Vec<(&str, i64)> = Vec::new();
+    for u in batch {
+        usage
+            .execute(params![
+                u.ts,
+                u.request_id,
+                u.token_id,
+                u.subject,
+                u.env,
+                u.credential,
+                u.provider,
+                u.endpoint,
+                u.model,
+                u.status,
+                u.outcome,
+                u.input_tokens,
+                u.output_tokens,
+                u.cached_tokens,
+                u.latency_ms,
+                u.ttfb_ms,
+                u.stream,
+                u.attempts,
+                u.client_ip,
+                u.cost_nanos,
+                u.project,
+                u.charged_nanos
+            ])
+            .map_err(wdb("record usage"))?;
+        if let (Some(c), true) = (&u.credential, u.status < 500 && u.outcome != "refused") {
+            match last_used.iter_mut().find(|(n, _)| *n == c.as_str()) {
+                Some(e) => e.1 = e.1.max(u.ts),
+                None => last_used.push((c.as_str(), u.ts)),
+            }
+        }
+    }
+    for (name, ts) in last_used {
+        used.execute(params![ts, name])
+            .map_err(wdb("record usage"))?;
+    }
+    Ok(())
+}
+
 /// `($1,…,$cols),($cols+1,…)…` for `rows` rows: numbered placeholders, which both databases
 /// read (sqlx's query builder writes `?` for the Any driver, which PostgreSQL does not).
 fn values(rows: usize, cols: usize) -> String {
@@ -195,15 +269,51 @@ fn values(rows: usize, cols: usize) -> String {
     out
 }
 
-/// The PostgreSQL half of [`BatchWriter::write_batch`]: the same rows, multi-row INSERTs.
-async fn pg_write_batch(
+/// The advisory lock every PostgreSQL writer takes, per transaction, to append to the one
+/// chain ("audit" in ASCII).
+const CHAIN_LOCK: i64 = 0x0061_7564_6974;
+
+/// [`BatchWriter::append_sealed`] on PostgreSQL: the chain's lock, the head, the seal, the rows.
+async fn pg_append(
     pool: &AnyPool,
+    rows: &[UsageRow],
+    seal: &mut dyn FnMut(i64, &str) -> Option<airlock_audit::log::Sealing>,
+) -> Result<Option<airlock_audit::log::Sealing>> {
+    let mut tx = pool.begin().await.map_err(db("begin"))?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CHAIN_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("lock the audit chain"))?;
+    let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("read audit head"))?
+        .map(|r| (r.get::<i64, _>("seq"), r.get::<String, _>("hash")))
+        .unwrap_or((0, airlock_audit::GENESIS.to_string()));
+    let Some(sealing) = seal(head.0, &head.1) else {
+        return Ok(None);
+    };
+    pg_write(
+        &mut tx,
+        rows,
+        &sealing.records,
+        sealing.checkpoint.as_ref(),
+        sealing.head.as_ref(),
+    )
+    .await?;
+    tx.commit().await.map_err(db("commit"))?;
+    Ok(Some(sealing))
+}
+
+/// The PostgreSQL half of [`BatchWriter::write_batch`]: the same rows, multi-row INSERTs.
+async fn pg_write(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     batch: &[UsageRow],
     audit: &[Sealed],
     checkpoint: Option<&Checkpoint>,
     head: Option<&Checkpoint>,
 ) -> Result<()> {
-    let mut tx = pool.begin().await.map_err(db("begin"))?;
     if let Some(h) = head {
         sqlx::query(
             "INSERT INTO audit_head (id, seq, ts, head, key_id, signature) VALUES (1,$1,$2,$3,$4,$5)
@@ -215,7 +325,7 @@ async fn pg_write_batch(
         .bind(&h.head)
         .bind(h.key_id)
         .bind(&h.signature)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(db("sign the head"))?;
     }
@@ -252,7 +362,7 @@ async fn pg_write_batch(
                 .bind(&s.hash)
                 .bind(&r.key);
         }
-        q.execute(&mut *tx)
+        q.execute(&mut **tx)
             .await
             .map_err(db("append audit record"))?;
     }
@@ -265,7 +375,7 @@ async fn pg_write_batch(
         .bind(&c.head)
         .bind(c.key_id)
         .bind(&c.signature)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(db("write audit checkpoint"))?;
     }
@@ -309,7 +419,7 @@ async fn pg_write_batch(
                 .bind(o(&u.project))
                 .bind(u.charged_nanos);
         }
-        q.execute(&mut *tx).await.map_err(db("record usage"))?;
+        q.execute(&mut **tx).await.map_err(db("record usage"))?;
     }
     // One update per credential per batch, with the latest time.
     let mut last_used: Vec<(&str, i64)> = Vec::new();
@@ -327,28 +437,39 @@ async fn pg_write_batch(
         )
         .bind(ts)
         .bind(name)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(db("record usage"))?;
     }
-    tx.commit().await.map_err(db("commit"))
+    Ok(())
 }
 
 impl airlock_audit::log::Storage for BatchWriter {
     type Row = UsageRow;
 
+    fn shared(&self) -> bool {
+        matches!(self.inner, Writer::Postgres { .. })
+    }
+
     fn append(
         &mut self,
         rows: &[UsageRow],
-        records: &[Sealed],
-        checkpoint: Option<&Checkpoint>,
-        head: Option<&Checkpoint>,
-    ) -> std::result::Result<(), airlock_audit::log::StoreError> {
-        Ok(self.write_batch(rows, records, checkpoint, head)?)
+        seal: &mut dyn FnMut(i64, &str) -> Option<airlock_audit::log::Sealing>,
+    ) -> std::result::Result<Option<airlock_audit::log::Sealing>, airlock_audit::log::StoreError>
+    {
+        Ok(self.append_sealed(rows, seal)?)
     }
 
     fn head(&mut self) -> std::result::Result<(i64, String), airlock_audit::log::StoreError> {
         Ok(self.audit_head()?)
+    }
+
+    fn holds(
+        &mut self,
+        seq: i64,
+        hash: &str,
+    ) -> std::result::Result<bool, airlock_audit::log::StoreError> {
+        Ok(self.record_hash(seq)?.as_deref() == Some(hash))
     }
 }
 

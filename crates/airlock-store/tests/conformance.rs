@@ -843,3 +843,54 @@ async fn one_server_per_postgresql_database() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn two_writers_append_to_one_chain_in_turn() {
+    use airlock_audit::log::{Sealing, Storage};
+    on_both(|s| async move {
+        let writers = [s.batch_writer().unwrap(), s.batch_writer().unwrap()];
+        assert_eq!(writers[0].shared(), s.backend() == Backend::Postgres);
+        let threads: Vec<_> = writers
+            .into_iter()
+            .enumerate()
+            .map(|(w, mut writer)| {
+                tokio::task::spawn_blocking(move || {
+                    for i in 0..40 {
+                        let (_, rec) = inference(i, "c", &format!("w{w}"), "10.0.0.1", "m", 1);
+                        let mut seal = |seq: i64, hash: &str| {
+                            let sealed = rec.clone().seal_after(seq, hash);
+                            let tip = (sealed.record.seq, sealed.hash.clone());
+                            Some(Sealing {
+                                records: vec![sealed],
+                                checkpoint: None,
+                                head: None,
+                                tip,
+                            })
+                        };
+                        let stored = writer.append(&[], &mut seal).unwrap();
+                        assert!(stored.is_some());
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.await.unwrap();
+        }
+        let all = s
+            .audit_records(&AuditFilter {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 80);
+        let mut prev = airlock_audit::GENESIS.to_string();
+        for (i, r) in all.iter().enumerate() {
+            assert_eq!(r.record.seq, i as i64 + 1);
+            assert_eq!(r.record.prev, prev, "a link of the chain at {}", i + 1);
+            assert_eq!(r.record.hash(), r.hash);
+            prev.clone_from(&r.hash);
+        }
+    })
+    .await;
+}

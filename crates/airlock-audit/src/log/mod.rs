@@ -42,22 +42,45 @@ impl Row for () {
     fn mark_not_answered(&mut self) {}
 }
 
+/// A batch sealed after the stored head, as [`Storage::append`] stores it.
+#[derive(Debug, Clone)]
+pub struct Sealing {
+    /// The records, chained after the head the storage read.
+    pub records: Vec<Sealed>,
+    /// A permanent checkpoint, when one is due.
+    pub checkpoint: Option<Checkpoint>,
+    /// The signed head (replacing the previous one); `None` when nothing is to be signed.
+    pub head: Option<Checkpoint>,
+    /// The chain's last (seq, hash) once this batch is stored.
+    pub tip: (i64, String),
+}
+
 /// The writer's side of a store: its own connection, used from the writer's thread only (calls
 /// may block).
 pub trait Storage: Send + 'static {
     /// Rows stored with the records.
     type Row: Row;
-    /// Stores one batch atomically: `rows`, `records` (already chained), the signed `head`
-    /// (replacing the previous one) and, when due, a permanent `checkpoint`. All or nothing.
+    /// Whether other writers (other servers) append to the same log. If so the stored head
+    /// moving between two batches is expected; if not, it means someone else wrote to the log,
+    /// and the writer stops.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Stores one batch atomically. Inside one transaction that holds the log's write lock,
+    /// reads the last stored record's (seq, hash) (or (0, GENESIS)), calls `seal` with it, and
+    /// stores `rows` and what `seal` returns: the records, the signed head (replacing the
+    /// previous one) and, when due, a permanent checkpoint. All or nothing. `Ok(None)`, with
+    /// nothing stored, when `seal` declines (the head is not what the writer expected).
     fn append(
         &mut self,
         rows: &[Self::Row],
-        records: &[Sealed],
-        checkpoint: Option<&Checkpoint>,
-        head: Option<&Checkpoint>,
-    ) -> Result<(), StoreError>;
+        seal: &mut dyn FnMut(i64, &str) -> Option<Sealing>,
+    ) -> Result<Option<Sealing>, StoreError>;
     /// The last stored record's (seq, hash), or (0, GENESIS) for an empty log.
     fn head(&mut self) -> Result<(i64, String), StoreError>;
+    /// Whether the record stored at `seq` has this hash (to tell a commit reported failed
+    /// from a failed one).
+    fn holds(&mut self, seq: i64, hash: &str) -> Result<bool, StoreError>;
 }
 
 /// The reads the start check makes.

@@ -44,24 +44,30 @@ impl Storage for Mem {
     fn append(
         &mut self,
         rows: &[Usage],
-        records: &[Sealed],
-        checkpoint: Option<&Checkpoint>,
-        head: Option<&Checkpoint>,
-    ) -> Result<(), StoreError> {
+        seal: &mut dyn FnMut(i64, &str) -> Option<Sealing>,
+    ) -> Result<Option<Sealing>, StoreError> {
         let mut db = self.0.lock().unwrap();
         if db.mode == Mode::Fail {
             return Err("disk full".into());
         }
+        let (seq, hash) = db
+            .records
+            .last()
+            .map(|s| (s.record.seq, s.hash.clone()))
+            .unwrap_or((0, GENESIS.into()));
+        let Some(s) = seal(seq, &hash) else {
+            return Ok(None);
+        };
         db.rows.extend_from_slice(rows);
-        db.records.extend_from_slice(records);
-        db.checkpoints.extend(checkpoint.cloned());
-        if let Some(h) = head {
+        db.records.extend_from_slice(&s.records);
+        db.checkpoints.extend(s.checkpoint.clone());
+        if let Some(h) = &s.head {
             db.head = Some(h.clone());
         }
         if db.mode == Mode::Lie {
             return Err("connection reset after commit".into());
         }
-        Ok(())
+        Ok(Some(s))
     }
 
     fn head(&mut self) -> Result<(i64, String), StoreError> {
@@ -71,6 +77,14 @@ impl Storage for Mem {
             .last()
             .map(|s| (s.record.seq, s.hash.clone()))
             .unwrap_or((0, GENESIS.into())))
+    }
+
+    fn holds(&mut self, seq: i64, hash: &str) -> Result<bool, StoreError> {
+        let db = self.0.lock().unwrap();
+        Ok(db
+            .records
+            .iter()
+            .any(|s| s.record.seq == seq && s.hash == hash))
     }
 }
 
@@ -464,4 +478,76 @@ async fn the_start_check_refuses_a_changed_or_extended_log() {
     );
     drop(db);
     assert_eq!(verify(&mem, &keys).unsigned_tail, 0);
+}
+
+/// The same store, as several servers see it: the head moving between batches is expected.
+struct Shared(Mem);
+
+impl Storage for Shared {
+    type Row = Usage;
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn append(
+        &mut self,
+        rows: &[Usage],
+        seal: &mut dyn FnMut(i64, &str) -> Option<Sealing>,
+    ) -> Result<Option<Sealing>, StoreError> {
+        self.0.append(rows, seal)
+    }
+
+    fn head(&mut self) -> Result<(i64, String), StoreError> {
+        self.0.head()
+    }
+
+    fn holds(&mut self, seq: i64, hash: &str) -> Result<bool, StoreError> {
+        self.0.holds(seq, hash)
+    }
+}
+
+#[tokio::test]
+async fn writers_sharing_a_log_take_turns_on_one_chain() {
+    let keys = Keys::new();
+    let mem = Mem::default();
+    let (a, wa) = Log::open(&mem, Shared(mem.clone()), keys.settings(), |_| {})
+        .await
+        .unwrap();
+    let (b, wb) = Log::open(&mem, Shared(mem.clone()), keys.settings(), |_| {})
+        .await
+        .unwrap();
+    let sends: Vec<_> = (0..40)
+        .map(|i| {
+            let log = if i % 2 == 0 { &a } else { &b };
+            log.send(None, rec(&format!("r{i}")), Note::NotAnswered)
+        })
+        .collect();
+    for s in sends {
+        assert!(s.await.unwrap());
+    }
+    assert!(
+        a.healthy() && b.healthy(),
+        "neither took the other for a forger"
+    );
+    close(a, wa).await;
+    close(b, wb).await;
+    let summary = verify(&mem, &keys);
+    assert_eq!(
+        summary.records, 40,
+        "one chain holding both writers' records"
+    );
+    assert_eq!(summary.unsigned_tail, 0);
+    // A writer alone on its log still stops when someone else writes to it.
+    let (solo, _) = Log::open(&mem, mem.clone(), keys.settings(), |_| {})
+        .await
+        .unwrap();
+    {
+        let mut db = mem.0.lock().unwrap();
+        let last = db.records.last().unwrap().clone();
+        db.records
+            .push(rec("forged").seal_after(last.record.seq, &last.hash));
+    }
+    assert!(!solo.append(None, rec("next")).await);
+    assert!(!solo.healthy());
 }

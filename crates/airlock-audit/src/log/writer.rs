@@ -1,7 +1,7 @@
 //! The writer's loop: batches, signatures, checkpoints, and what happens when a write fails.
 
 use super::start::{append_checkpoint, Verified};
-use super::{Msg, Note, Row, Settings, Stats, Storage, RETRY_LIMIT};
+use super::{Msg, Note, Row, Sealing, Settings, Stats, Storage, RETRY_LIMIT};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -119,73 +119,102 @@ impl Flush<'_> {
             all.append(batch);
             *batch = all;
         }
-        let mut rows = Vec::new();
-        let mut sealed = Vec::new();
-        let (mut seq, mut head) = (chain.seq, chain.head.clone());
-        for m in batch.iter() {
-            if let Some(u) = &m.row {
-                rows.push(u.clone());
-            }
-            if let Some(r) = &m.record {
-                let s = r.clone().seal_after(seq, &head);
-                seq = s.record.seq;
-                head.clone_from(&s.hash);
-                sealed.push(s);
-            }
-        }
-        let now = super::now_ms();
-        let cp = ((force_checkpoint || chain.checkpoint_due(seq)) && seq > chain.last_cp)
-            .then(|| chain.settings.key.checkpoint(seq, now, &head));
-        // Every batch signs its head, so no record is ever stored unsigned.
-        let head_sig = match &cp {
-            Some(cp) => Some(cp.clone()),
-            None => (!sealed.is_empty()).then(|| chain.settings.key.checkpoint(seq, now, &head)),
+        let rows: Vec<S::Row> = batch.iter().filter_map(|m| m.row.clone()).collect();
+        let records: Vec<crate::Record> = batch.iter().filter_map(|m| m.record.clone()).collect();
+        let shared = db.shared();
+        let expected = (chain.seq, chain.head.clone());
+        // What the storage found at the head, and what was sealed after it (kept to tell a
+        // commit reported failed from a failed one).
+        let mut found: Option<(i64, String)> = None;
+        let mut attempt: Option<Sealing> = None;
+        let result = {
+            let chain = &*chain;
+            let mut seal = |prev_seq: i64, prev_hash: &str| -> Option<Sealing> {
+                found = Some((prev_seq, prev_hash.to_string()));
+                if !shared && (prev_seq, prev_hash) != (expected.0, expected.1.as_str()) {
+                    return None;
+                }
+                let (mut seq, mut head) = (prev_seq, prev_hash.to_string());
+                let mut sealed = Vec::with_capacity(records.len());
+                for r in &records {
+                    let s = r.clone().seal_after(seq, &head);
+                    seq = s.record.seq;
+                    head.clone_from(&s.hash);
+                    sealed.push(s);
+                }
+                let now = super::now_ms();
+                let cp = ((force_checkpoint || chain.checkpoint_due(seq)) && seq > chain.last_cp)
+                    .then(|| chain.settings.key.checkpoint(seq, now, &head));
+                // Every batch signs its head, so no record is ever stored unsigned.
+                let head_sig = match &cp {
+                    Some(cp) => Some(cp.clone()),
+                    None => {
+                        (!sealed.is_empty()).then(|| chain.settings.key.checkpoint(seq, now, &head))
+                    }
+                };
+                let sealing = Sealing {
+                    records: sealed,
+                    checkpoint: cp,
+                    head: head_sig,
+                    tip: (seq, head),
+                };
+                attempt = Some(sealing.clone());
+                Some(sealing)
+            };
+            db.append(&rows, &mut seal)
         };
-        let ok = match db.append(&rows, &sealed, cp.as_ref(), head_sig.as_ref()) {
-            Ok(()) => true,
+        let stored = match result {
+            Ok(Some(s)) => Some(s),
+            Ok(None) => {
+                // Declined: someone else wrote to a log this writer owns alone. Continuing
+                // from it would sign whatever was put there.
+                tracing::error!(
+                    expected = expected.0,
+                    stored = found.as_ref().map(|f| f.0),
+                    "the audit log changed under the writer (another process wrote to it): appending stops; \
+                     restart airlock so that its start check can judge the log"
+                );
+                chain.wedged = true;
+                None
+            }
             Err(e) => {
-                tracing::error!(error = %e, records = sealed.len(), "audit write failed");
+                tracing::error!(error = %e, records = records.len(), "audit write failed");
                 // Try the timer again later rather than spinning on a broken database.
                 chain.last_cp_at = Instant::now();
-                // What is stored now? Only two answers are acceptable: nothing of this batch
-                // (write again later), or exactly this batch (committed, then reported
-                // failed). Anything else means the log changed under the writer; continuing
-                // from it would sign whatever was put there.
-                match db.head() {
-                    Ok(now) if now == (chain.seq, chain.head.clone()) => false,
-                    Ok(now) if now == (seq, head.clone()) => {
-                        tracing::warn!(
-                            "the audit batch was committed although the write reported an error"
-                        );
-                        true
+                // Committed, then reported failed? Only if this batch's last record is there.
+                match attempt {
+                    Some(a) if !a.records.is_empty() => {
+                        let (seq, hash) = a
+                            .records
+                            .last()
+                            .map(|r| (r.record.seq, r.hash.clone()))
+                            .unwrap_or_default();
+                        match db.holds(seq, &hash) {
+                            Ok(true) => {
+                                tracing::warn!(
+                                    "the audit batch was committed although the write reported an error"
+                                );
+                                Some(a)
+                            }
+                            _ => None,
+                        }
                     }
-                    Ok((stored_seq, _)) => {
-                        tracing::error!(
-                            expected = chain.seq,
-                            stored = stored_seq,
-                            "the audit log changed under the writer (another process wrote to it): appending stops; \
-                             restart airlock so that its start check can judge the log"
-                        );
-                        chain.wedged = true;
-                        false
-                    }
-                    Err(_) => false,
+                    _ => None,
                 }
             }
         };
-        if !ok {
+        let Some(stored) = stored else {
             // A wedged writer keeps nothing: it will not write again, so what it drops is
             // counted now rather than left uncounted in the retry queue.
             let keep = !chain.wedged;
             self.fail(batch, chain, keep);
             return;
-        }
+        };
         self.stats
             .records
-            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
-        chain.seq = seq;
-        chain.head = head;
-        if let Some(cp) = &cp {
+            .fetch_add(stored.records.len() as u64, Ordering::Relaxed);
+        (chain.seq, chain.head) = stored.tip;
+        if let Some(cp) = &stored.checkpoint {
             chain.last_cp = cp.seq;
             chain.last_cp_at = Instant::now();
             self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);

@@ -58,6 +58,12 @@ impl Storage for Mem {
         let Some(s) = seal(seq, &hash) else {
             return Ok(None);
         };
+        // As the databases' primary key on checkpoints' seq.
+        if let Some(cp) = &s.checkpoint {
+            if db.checkpoints.iter().any(|c| c.seq == cp.seq) {
+                return Err("duplicate checkpoint".into());
+            }
+        }
         db.rows.extend_from_slice(rows);
         db.records.extend_from_slice(&s.records);
         db.checkpoints.extend(s.checkpoint.clone());
@@ -530,6 +536,10 @@ async fn writers_sharing_a_log_take_turns_on_one_chain() {
         a.healthy() && b.healthy(),
         "neither took the other for a forger"
     );
+    // A checkpoint at the head is made once: the second writer, with nothing of its own to
+    // add, does not try to make it again.
+    assert!(a.sign_now().await);
+    assert!(b.sign_now().await);
     close(a, wa).await;
     close(b, wb).await;
     let summary = verify(&mem, &keys);

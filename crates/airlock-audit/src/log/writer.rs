@@ -143,8 +143,12 @@ impl Flush<'_> {
                     sealed.push(s);
                 }
                 let now = super::now_ms();
-                let cp = ((force_checkpoint || chain.checkpoint_due(seq)) && seq > chain.last_cp)
-                    .then(|| chain.settings.key.checkpoint(seq, now, &head));
+                // On a shared log another writer may hold a checkpoint at the head found here:
+                // a permanent checkpoint is made only over records this batch adds.
+                let cp = ((force_checkpoint || chain.checkpoint_due(seq))
+                    && seq > chain.last_cp
+                    && (!shared || !sealed.is_empty()))
+                .then(|| chain.settings.key.checkpoint(seq, now, &head));
                 // Every batch signs its head, so no record is ever stored unsigned.
                 let head_sig = match &cp {
                     Some(cp) => Some(cp.clone()),

@@ -91,5 +91,13 @@ def test_serve_on_postgresql_with_the_official_sdks(airlock, database):
         assert inst.chat().status_code == 200
         v = inst.cli("audit", "verify", "--json")
         assert v.returncode == 0, v.stdout + v.stderr
+        # Someone with write access appends a record: the writer does not sign over it; it
+        # stops, so requests are refused (fail-closed), and verify reports the tail.
+        forged = psql(database, "INSERT INTO audit (seq, ts, actor_kind, action, outcome, prev, hash) "
+                                "SELECT MAX(seq) + 1, 0, 'token', 'inference', 'ok', 'x', 'y' FROM audit")
+        assert forged.returncode == 0, forged
+        assert inst.chat().status_code == 503
+        v = inst.cli("audit", "verify", "--json")
+        assert v.returncode == 1, v.stdout + v.stderr
     finally:
         inst.stop()

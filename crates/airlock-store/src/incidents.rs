@@ -124,6 +124,9 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(db("record lockdown"))?;
+        // In name order, as the audit writer's updates of credentials: no deadlock.
+        let mut suspend: Vec<&String> = suspend.iter().collect();
+        suspend.sort_unstable();
         for name in suspend {
             sqlx::query("UPDATE credentials SET suspended = 1 WHERE name = $1")
                 .bind(name)

@@ -182,7 +182,7 @@ impl Store {
                     // hung statement or lock ends in an error (and a refusal), not a hang.
                     conn.execute(
                         "SET synchronous_commit = on; SET statement_timeout = '60s'; \
-                         SET lock_timeout = '10s'",
+                         SET lock_timeout = '10s'; SET idle_in_transaction_session_timeout = '15s'",
                     )
                     .await?;
                     Ok(())

@@ -95,6 +95,13 @@ impl BatchWriter {
     pub fn record_hash(&self, seq: i64) -> Result<Option<String>> {
         use rusqlite::OptionalExtension;
         match &self.inner {
+            // A connection still inside a transaction would see its own uncommitted rows.
+            Writer::Sqlite(conn) if !conn.is_autocommit() => Err(StoreError::Db {
+                op: "read an audit record",
+                source: sqlx::Error::Protocol(
+                    "the writer's connection is inside a transaction".into(),
+                ),
+            }),
             Writer::Sqlite(conn) => conn
                 .query_row("SELECT hash FROM audit WHERE seq = ?", [seq], |r| r.get(0))
                 .optional()
@@ -192,7 +199,9 @@ fn sqlite_write(
     }
     if let Some(c) = checkpoint {
         tx.prepare_cached(
-            "INSERT INTO audit_checkpoints (seq, ts, head, key_id, signature) VALUES (?,?,?,?,?)",
+            // A checkpoint this writer stored in a commit reported failed is not an error.
+            "INSERT INTO audit_checkpoints (seq, ts, head, key_id, signature) VALUES (?,?,?,?,?)
+             ON CONFLICT (seq) DO NOTHING",
         )
         .and_then(|mut st| st.execute(params![c.seq, c.ts, c.head, c.key_id, c.signature]))
         .map_err(wdb("write audit checkpoint"))?;
@@ -245,6 +254,8 @@ fn sqlite_write(
             }
         }
     }
+    // In name order, as every other multi-row update of credentials: no deadlock.
+    last_used.sort_unstable();
     for (name, ts) in last_used {
         used.execute(params![ts, name])
             .map_err(wdb("record usage"))?;
@@ -280,6 +291,11 @@ async fn pg_append(
     seal: &mut dyn FnMut(i64, &str) -> Option<airlock_audit::log::Sealing>,
 ) -> Result<Option<airlock_audit::log::Sealing>> {
     let mut tx = pool.begin().await.map_err(db("begin"))?;
+    // The head must be read after the lock is taken, whatever the server's default isolation.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut *tx)
+        .await
+        .map_err(db("begin"))?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(CHAIN_LOCK)
         .execute(&mut *tx)
@@ -368,7 +384,9 @@ async fn pg_write(
     }
     if let Some(c) = checkpoint {
         sqlx::query(
-            "INSERT INTO audit_checkpoints (seq, ts, head, key_id, signature) VALUES ($1,$2,$3,$4,$5)",
+            // A checkpoint this writer stored in a commit reported failed is not an error.
+            "INSERT INTO audit_checkpoints (seq, ts, head, key_id, signature) VALUES ($1,$2,$3,$4,$5)
+             ON CONFLICT (seq) DO NOTHING",
         )
         .bind(c.seq)
         .bind(c.ts)
@@ -431,6 +449,8 @@ async fn pg_write(
             }
         }
     }
+    // In name order, as every other multi-row update of credentials: no deadlock.
+    last_used.sort_unstable();
     for (name, ts) in last_used {
         sqlx::query(
             "UPDATE credentials SET last_used_at = GREATEST(COALESCE(last_used_at, 0), $1) WHERE name = $2",
@@ -447,8 +467,12 @@ async fn pg_write(
 impl airlock_audit::log::Storage for BatchWriter {
     type Row = UsageRow;
 
+    /// Not yet on PostgreSQL either: while one server writes each database (its server
+    /// lock), a head that moved under the writer means someone else wrote to the log, and
+    /// the writer must stop rather than sign over it. Sharing comes with a check that a moved
+    /// head was signed by another airlock writer (issue 17).
     fn shared(&self) -> bool {
-        matches!(self.inner, Writer::Postgres { .. })
+        false
     }
 
     fn append(

@@ -70,7 +70,8 @@ pub trait Storage: Send + 'static {
     /// reads the last stored record's (seq, hash) (or (0, GENESIS)), calls `seal` with it, and
     /// stores `rows` and what `seal` returns: the records, the signed head (replacing the
     /// previous one) and, when due, a permanent checkpoint. All or nothing. `Ok(None)`, with
-    /// nothing stored, when `seal` declines (the head is not what the writer expected).
+    /// nothing stored, when `seal` declines (the head is not what the writer expected). `seal`
+    /// is called at most once per call: a store must not retry inside `append`.
     fn append(
         &mut self,
         rows: &[Self::Row],

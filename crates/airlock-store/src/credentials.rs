@@ -16,21 +16,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
         if let Some(s) = sealed {
-            sqlx::query(
-                "INSERT INTO sealed_secrets (id, credential, kek, kek_version, wrapped_key, nonce,
-                   ciphertext, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-            )
-            .bind(&s.id)
-            .bind(&s.credential)
-            .bind(&s.kek)
-            .bind(&s.kek_version)
-            .bind(&s.wrapped_key)
-            .bind(&s.nonce)
-            .bind(&s.ciphertext)
-            .bind(s.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("insert sealed secret"))?;
+            insert_sealed(&mut tx, s).await?;
         }
         let r = sqlx::query(
             "INSERT INTO credentials (name, provider, env, secret_ref, base_url, models, priority,
@@ -213,4 +199,28 @@ impl Store {
             .map_err(db("suspend credential"))?;
         Ok(r.rows_affected() > 0)
     }
+}
+
+/// Stores a sealed secret inside the caller's transaction (a credential added or rotated
+/// with it).
+pub(crate) async fn insert_sealed(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    s: &SealedRow,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO sealed_secrets (id, credential, kek, kek_version, wrapped_key, nonce,
+           ciphertext, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+    )
+    .bind(&s.id)
+    .bind(&s.credential)
+    .bind(&s.kek)
+    .bind(&s.kek_version)
+    .bind(&s.wrapped_key)
+    .bind(&s.nonce)
+    .bind(&s.ciphertext)
+    .bind(s.created_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("insert sealed secret"))?;
+    Ok(())
 }

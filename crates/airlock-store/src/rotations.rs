@@ -125,21 +125,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
         if let Some(s) = sealed {
-            sqlx::query(
-                "INSERT INTO sealed_secrets (id, credential, kek, kek_version, wrapped_key, nonce,
-                   ciphertext, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-            )
-            .bind(&s.id)
-            .bind(&s.credential)
-            .bind(&s.kek)
-            .bind(&s.kek_version)
-            .bind(&s.wrapped_key)
-            .bind(&s.nonce)
-            .bind(&s.ciphertext)
-            .bind(s.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("insert sealed secret"))?;
+            crate::credentials::insert_sealed(&mut tx, s).await?;
         }
         let r = sqlx::query(
             "UPDATE credentials SET secret_ref = $1, fingerprint = $2, last4 = $3,

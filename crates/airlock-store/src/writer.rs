@@ -115,34 +115,6 @@ impl BatchWriter {
             }),
         }
     }
-
-    /// The last record's (seq, hash), or (0, GENESIS) for an empty log.
-    pub fn audit_head(&self) -> Result<(i64, String)> {
-        use rusqlite::OptionalExtension;
-        let conn = match &self.inner {
-            Writer::Sqlite(conn) => conn,
-            Writer::Postgres { pool, runtime } => {
-                return runtime.block_on(async {
-                    let row = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-                        .fetch_optional(pool)
-                        .await
-                        .map_err(db("read audit head"))?;
-                    Ok(row
-                        .map(|r| (r.get("seq"), r.get("hash")))
-                        .unwrap_or((0, airlock_audit::GENESIS.to_string())))
-                });
-            }
-        };
-        let row = conn
-            .query_row(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
-            )
-            .optional()
-            .map_err(wdb("read audit head"))?;
-        Ok(row.unwrap_or((0, airlock_audit::GENESIS.to_string())))
-    }
 }
 
 /// The SQLite half of a batch, inside the caller's transaction.
@@ -218,8 +190,6 @@ fn sqlite_write(
                 "UPDATE credentials SET last_used_at = max(COALESCE(last_used_at, 0), ?) WHERE name = ?",
             )
             .map_err(wdb("record usage"))?;
-    // One update per credential per batch, with the latest time.
-    let mut last_used: Vec<(&str, i64)> = Vec::new();
     for u in batch {
         usage
             .execute(params![
@@ -247,20 +217,29 @@ fn sqlite_write(
                 u.charged_nanos
             ])
             .map_err(wdb("record usage"))?;
-        if let (Some(c), true) = (&u.credential, u.status < 500 && u.outcome != "refused") {
-            match last_used.iter_mut().find(|(n, _)| *n == c.as_str()) {
-                Some(e) => e.1 = e.1.max(u.ts),
-                None => last_used.push((c.as_str(), u.ts)),
-            }
-        }
     }
-    // In name order, as every other multi-row update of credentials: no deadlock.
-    last_used.sort_unstable();
-    for (name, ts) in last_used {
+    for (name, ts) in last_used(batch) {
         used.execute(params![ts, name])
             .map_err(wdb("record usage"))?;
     }
     Ok(())
+}
+
+/// The credentials a batch's answered requests used, each with its latest time: one update
+/// per credential per batch, in name order (as every multi-row update of credentials, so two
+/// transactions never wait on each other's rows).
+fn last_used(batch: &[UsageRow]) -> Vec<(&str, i64)> {
+    let mut out: Vec<(&str, i64)> = Vec::new();
+    for u in batch {
+        if let (Some(c), true) = (&u.credential, u.status < 500 && u.outcome != "refused") {
+            match out.iter_mut().find(|(n, _)| *n == c.as_str()) {
+                Some(e) => e.1 = e.1.max(u.ts),
+                None => out.push((c.as_str(), u.ts)),
+            }
+        }
+    }
+    out.sort_unstable();
+    out
 }
 
 /// `($1,…,$cols),($cols+1,…)…` for `rows` rows: numbered placeholders, which both databases
@@ -439,19 +418,7 @@ async fn pg_write(
         }
         q.execute(&mut **tx).await.map_err(db("record usage"))?;
     }
-    // One update per credential per batch, with the latest time.
-    let mut last_used: Vec<(&str, i64)> = Vec::new();
-    for u in batch {
-        if let (Some(c), true) = (&u.credential, u.status < 500 && u.outcome != "refused") {
-            match last_used.iter_mut().find(|(n, _)| *n == c.as_str()) {
-                Some(e) => e.1 = e.1.max(u.ts),
-                None => last_used.push((c.as_str(), u.ts)),
-            }
-        }
-    }
-    // In name order, as every other multi-row update of credentials: no deadlock.
-    last_used.sort_unstable();
-    for (name, ts) in last_used {
+    for (name, ts) in last_used(batch) {
         sqlx::query(
             "UPDATE credentials SET last_used_at = GREATEST(COALESCE(last_used_at, 0), $1) WHERE name = $2",
         )
@@ -482,10 +449,6 @@ impl airlock_audit::log::Storage for BatchWriter {
     ) -> std::result::Result<Option<airlock_audit::log::Sealing>, airlock_audit::log::StoreError>
     {
         Ok(self.append_sealed(rows, seal)?)
-    }
-
-    fn head(&mut self) -> std::result::Result<(i64, String), airlock_audit::log::StoreError> {
-        Ok(self.audit_head()?)
     }
 
     fn holds(

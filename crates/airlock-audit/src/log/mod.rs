@@ -77,8 +77,6 @@ pub trait Storage: Send + 'static {
         rows: &[Self::Row],
         seal: &mut dyn FnMut(i64, &str) -> Option<Sealing>,
     ) -> Result<Option<Sealing>, StoreError>;
-    /// The last stored record's (seq, hash), or (0, GENESIS) for an empty log.
-    fn head(&mut self) -> Result<(i64, String), StoreError>;
     /// Whether the record stored at `seq` has this hash (to tell a commit reported failed
     /// from a failed one).
     fn holds(&mut self, seq: i64, hash: &str) -> Result<bool, StoreError>;

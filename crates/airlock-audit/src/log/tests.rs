@@ -76,15 +76,6 @@ impl Storage for Mem {
         Ok(Some(s))
     }
 
-    fn head(&mut self) -> Result<(i64, String), StoreError> {
-        let db = self.0.lock().unwrap();
-        Ok(db
-            .records
-            .last()
-            .map(|s| (s.record.seq, s.hash.clone()))
-            .unwrap_or((0, GENESIS.into())))
-    }
-
     fn holds(&mut self, seq: i64, hash: &str) -> Result<bool, StoreError> {
         let db = self.0.lock().unwrap();
         Ok(db
@@ -502,10 +493,6 @@ impl Storage for Shared {
         seal: &mut dyn FnMut(i64, &str) -> Option<Sealing>,
     ) -> Result<Option<Sealing>, StoreError> {
         self.0.append(rows, seal)
-    }
-
-    fn head(&mut self) -> Result<(i64, String), StoreError> {
-        self.0.head()
     }
 
     fn holds(&mut self, seq: i64, hash: &str) -> Result<bool, StoreError> {

@@ -5,7 +5,7 @@
 //! One [`Store`] handle; its queries are split per aggregate (`credentials`, `tokens`,
 //! `access`, `rotations`, `incidents`, `audit`, `usage`, `limits`), each written once for both
 //! databases (see `store.rs`); `writer.rs` is the audit writer's batch. This file holds the
-//! row types the queries return. `tests/conformance.rs` runs every query on both databases.
+//! row types the queries return. `tests/conformance/` runs every query on both databases.
 #![warn(missing_docs)]
 
 pub use airlock_audit::{Checkpoint, Sealed};

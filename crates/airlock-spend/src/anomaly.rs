@@ -17,9 +17,9 @@
 //!   count: √median requests (a Poisson count with mean m has standard deviation √m), and for
 //!   spend the same relative share of the median; only a baseline of zero (a dormant key)
 //!   makes any rise count. Without that floor a perfectly regular key (the same 72 requests
-//!   every day) would alarm on its 73rd. The bucket alarms when z ≥ `z_threshold` (3.5) and its value is at least an
-//!   absolute floor (`min_requests`, `min_spend_usd`), so that a quiet key does not alarm on one
-//!   request. The baseline is "how busy is it when it is busy", so a key used in bursts a few
+//!   every day) would alarm on its 73rd. The bucket alarms when z ≥ `z_threshold` (3.5) and
+//!   its value is at least an absolute floor (`min_requests`, `min_spend_usd`), so that a quiet
+//!   key does not alarm on one request. The baseline is "how busy is it when it is busy", so a key used in bursts a few
 //!   hours a day is not a spike every day; a key with no activity in the window has no
 //!   baseline, and anything over the floor is a spike (a dormant key waking up).
 //! - what it has been seen with: models, client address ranges (/24 for IPv4, /48 for IPv6),

@@ -67,7 +67,7 @@ impl Admin {
             .map_err(|e| Failure::usage(format!("cannot encode the request: {e}")))?;
         let changes = method != Method::GET;
         let v = self.call(method, path, body).await?;
-        serde_json::from_value(v.clone()).map_err(|e| {
+        T::deserialize(&v).map_err(|e| {
             // A change the server made is not to be retried because its answer was unreadable
             // (a second lockdown would retire the tokens just minted).
             let done = if changes {

@@ -225,6 +225,56 @@ fn sqlite_write(
     Ok(())
 }
 
+/// The rows with every NUL character as U+FFFD (PostgreSQL's text refuses NUL, and a caller's
+/// NUL must not hold up the batch); the rows themselves, uncopied, when none holds one.
+fn nul_free(rows: &[UsageRow]) -> std::borrow::Cow<'_, [UsageRow]> {
+    fn texts(u: &mut UsageRow) -> impl Iterator<Item = &mut String> {
+        [&mut u.request_id, &mut u.endpoint, &mut u.outcome]
+            .into_iter()
+            .chain(
+                [
+                    &mut u.token_id,
+                    &mut u.subject,
+                    &mut u.env,
+                    &mut u.credential,
+                    &mut u.provider,
+                    &mut u.model,
+                    &mut u.client_ip,
+                    &mut u.project,
+                ]
+                .into_iter()
+                .flatten(),
+            )
+    }
+    let has_nul = |u: &UsageRow| {
+        [&u.request_id, &u.endpoint, &u.outcome]
+            .into_iter()
+            .chain(
+                [
+                    &u.token_id,
+                    &u.subject,
+                    &u.env,
+                    &u.credential,
+                    &u.provider,
+                    &u.model,
+                    &u.client_ip,
+                    &u.project,
+                ]
+                .into_iter()
+                .flatten(),
+            )
+            .any(|s| s.contains('\0'))
+    };
+    if !rows.iter().any(has_nul) {
+        return std::borrow::Cow::Borrowed(rows);
+    }
+    let mut owned = rows.to_vec();
+    for u in &mut owned {
+        texts(u).for_each(airlock_audit::no_nul);
+    }
+    std::borrow::Cow::Owned(owned)
+}
+
 /// The credentials a batch's answered requests used, each with its latest time: one update
 /// per credential per batch, in name order (as every multi-row update of credentials, so two
 /// transactions never wait on each other's rows).
@@ -309,6 +359,8 @@ async fn pg_write(
     checkpoint: Option<&Checkpoint>,
     head: Option<&Checkpoint>,
 ) -> Result<()> {
+    let batch = nul_free(batch);
+    let batch = &batch[..];
     if let Some(h) = head {
         sqlx::query(
             "INSERT INTO audit_head (id, seq, ts, head, key_id, signature) VALUES (1,$1,$2,$3,$4,$5)
@@ -383,27 +435,20 @@ async fn pg_write(
                attempts, client_ip, cost_nanos, project, charged_nanos) VALUES {}",
             values(chunk.len(), 22)
         );
-        // PostgreSQL's text refuses NUL: a caller's NUL must not hold up the batch.
-        let t = |s: &String| {
-            let mut s = s.clone();
-            airlock_audit::no_nul(&mut s);
-            s
-        };
-        let o = |s: &Option<String>| s.as_ref().map(t);
         let mut q = sqlx::query(&sql);
         for u in chunk {
             q = q
                 .bind(u.ts)
-                .bind(t(&u.request_id))
-                .bind(o(&u.token_id))
-                .bind(o(&u.subject))
-                .bind(o(&u.env))
-                .bind(o(&u.credential))
-                .bind(o(&u.provider))
-                .bind(t(&u.endpoint))
-                .bind(o(&u.model))
+                .bind(&u.request_id)
+                .bind(&u.token_id)
+                .bind(&u.subject)
+                .bind(&u.env)
+                .bind(&u.credential)
+                .bind(&u.provider)
+                .bind(&u.endpoint)
+                .bind(&u.model)
                 .bind(u.status)
-                .bind(t(&u.outcome))
+                .bind(&u.outcome)
                 .bind(u.input_tokens)
                 .bind(u.output_tokens)
                 .bind(u.cached_tokens)
@@ -411,9 +456,9 @@ async fn pg_write(
                 .bind(u.ttfb_ms)
                 .bind(i64::from(u.stream))
                 .bind(u.attempts)
-                .bind(o(&u.client_ip))
+                .bind(&u.client_ip)
                 .bind(u.cost_nanos)
-                .bind(o(&u.project))
+                .bind(&u.project)
                 .bind(u.charged_nanos);
         }
         q.execute(&mut **tx).await.map_err(db("record usage"))?;
